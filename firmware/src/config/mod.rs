@@ -1,0 +1,401 @@
+//! Configuration: one TOML file, overridable from the command line and the
+//! environment, validated completely before anything starts.
+//!
+//! Precedence, lowest first: built-in defaults, the file, `TALKIE_SECTION__KEY`
+//! environment variables, `--set section.key=value` arguments. Every error
+//! names where the offending value came from (file, line and column; the
+//! `--set` argument; the environment variable), the key, and what is
+//! allowed. The binary exits with [`EX_CONFIG`] on any of them.
+//!
+//! Secrets (`agent.token`, `status.token`) may be inline, but the intended
+//! sources are `*_token_file` keys and systemd credentials
+//! (`$CREDENTIALS_DIRECTORY/agent-token`, `status-token`); they are read here
+//! and never printed.
+
+mod schema;
+mod secret;
+mod validate;
+
+pub use schema::*;
+pub use secret::{Secret, REDACTED};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the service looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/talkie/talkie.toml";
+
+/// sysexits.h `EX_CONFIG`: the process exit code for any configuration error.
+pub const EX_CONFIG: i32 = 78;
+
+/// Prefix of environment overrides: `TALKIE_AUDIO__RATE=16000`.
+pub const ENV_PREFIX: &str = "TALKIE_";
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A position in the configuration file (1-based line and column).
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+    },
+    /// A `--set` argument.
+    Set(String),
+    /// An environment variable.
+    Env(String),
+    /// Not set anywhere: the built-in default.
+    Default { path: PathBuf },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line, column } => {
+                write!(f, "{}:{line}:{column}", path.display())
+            }
+            Origin::Set(arg) => write!(f, "--set {arg}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Default { path } => write!(f, "{} (built-in default)", path.display()),
+        }
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub origin: Origin,
+    /// `section.key`
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source} (pass --config PATH)", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: invalid TOML: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: expected section.key=value ({message})")]
+    Override { origin: Origin, message: String },
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems, for tests and the status page.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// Everything besides the file that shapes the effective configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--set section.key=value` arguments, in order.
+    pub sets: Vec<String>,
+    /// `(name, value)` of the `TALKIE_*__*` environment variables.
+    pub env: Vec<(String, String)>,
+    /// systemd's `$CREDENTIALS_DIRECTORY`.
+    pub credentials_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Take the environment overrides and credentials directory from the
+    /// process environment.
+    pub fn from_process_env(sets: Vec<String>) -> Self {
+        let env = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        Self {
+            sets,
+            env,
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        }
+    }
+}
+
+/// A loaded, validated configuration plus where each value came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+}
+
+/// Read, override, validate and resolve the secrets of the file at `path`.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(path, &text, overrides)
+}
+
+/// [`load`] on text already in memory; `path` is used in messages.
+pub fn load_str(path: &Path, text: &str, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let locator = Locator::parse(path, text)?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: e.message().to_owned(),
+        }
+    })?;
+    let mut origins = HashMap::new();
+    for (var, value) in &overrides.env {
+        let origin = Origin::Env(var.clone());
+        let key = env_key(var).ok_or_else(|| ConfigError::Override {
+            origin: origin.clone(),
+            message: format!("name it {ENV_PREFIX}SECTION__KEY"),
+        })?;
+        apply_override(&mut table, &key, value, origin, &mut origins)?;
+    }
+    for arg in &overrides.sets {
+        let origin = Origin::Set(arg.clone());
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(ConfigError::Override {
+                origin,
+                message: "missing `=`".to_owned(),
+            });
+        };
+        apply_override(&mut table, key.trim(), value.trim(), origin, &mut origins)?;
+    }
+    let locate = |key: &str| -> Origin {
+        origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| locator.locate(key))
+    };
+    let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().message().to_owned();
+            ConfigError::Invalid(vec![Problem {
+                origin: locate(&key),
+                message,
+                key,
+            }])
+        })?;
+    let mut problems = validate::validate(&config);
+    problems.extend(resolve_secrets(&mut config, overrides.credentials_dir.as_deref()));
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(
+            problems
+                .into_iter()
+                .map(|(key, message)| Problem {
+                    origin: locate(&key),
+                    key,
+                    message,
+                })
+                .collect(),
+        ));
+    }
+    Ok(Loaded {
+        config,
+        path: path.to_owned(),
+    })
+}
+
+/// `TALKIE_AUDIO__RATE` → `audio.rate`.
+fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    let (section, key) = rest.split_once("__")?;
+    if section.is_empty() || key.is_empty() || key.contains("__") {
+        return None;
+    }
+    Some(format!(
+        "{}.{}",
+        section.to_ascii_lowercase(),
+        key.to_ascii_lowercase()
+    ))
+}
+
+fn apply_override(
+    table: &mut toml::Table,
+    key: &str,
+    raw: &str,
+    origin: Origin,
+    origins: &mut HashMap<String, Origin>,
+) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Override {
+        origin: origin.clone(),
+        message,
+    };
+    let (section, name) = key
+        .split_once('.')
+        .filter(|(s, k)| !s.is_empty() && !k.is_empty() && !k.contains('.'))
+        .ok_or_else(|| err(format!("`{key}` is not of the form section.key")))?;
+    // A TOML literal (`16000`, `true`, `"x"`, `[1, 2]`) keeps its type;
+    // anything else (`hw:1,0`, `/tmp/a.wav`) is taken as a string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(section_table) = entry else {
+        return Err(err(format!("`{section}` is not a section")));
+    };
+    section_table.insert(name.to_owned(), value);
+    origins.insert(format!("{section}.{name}"), origin);
+    Ok(())
+}
+
+/// Fill `token` from `token_file` or the systemd credential.
+fn resolve_secrets(config: &mut Config, credentials_dir: Option<&Path>) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let agent = &mut config.agent;
+    if let Err(p) = resolve_secret(
+        "agent",
+        &mut agent.token,
+        agent.token_file.as_deref(),
+        "agent-token",
+        credentials_dir,
+    ) {
+        problems.push(p);
+    }
+    let status = &mut config.status;
+    if let Err(p) = resolve_secret(
+        "status",
+        &mut status.token,
+        status.token_file.as_deref(),
+        "status-token",
+        credentials_dir,
+    ) {
+        problems.push(p);
+    }
+    problems
+}
+
+fn resolve_secret(
+    section: &str,
+    token: &mut Option<Secret>,
+    token_file: Option<&Path>,
+    credential: &str,
+    credentials_dir: Option<&Path>,
+) -> Result<(), (String, String)> {
+    let key = format!("{section}.token_file");
+    let file = match (token_file, credentials_dir) {
+        (Some(f), Some(dir)) if f.is_relative() => Some(dir.join(f)),
+        (Some(f), _) => Some(f.to_owned()),
+        (None, Some(dir)) if token.is_none() => {
+            let p = dir.join(credential);
+            p.exists().then_some(p)
+        }
+        _ => None,
+    };
+    let Some(file) = file else { return Ok(()) };
+    if token.is_some() {
+        return Err((
+            key,
+            format!("set only one of {section}.token and {section}.token_file"),
+        ));
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| (key.clone(), format!("cannot read {}: {e}", file.display())))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err((key, format!("{} is empty", file.display())));
+    }
+    *token = Some(Secret::new(value));
+    Ok(())
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Finds keys in the original file text, for error positions.
+struct Locator {
+    path: PathBuf,
+    text: String,
+    doc: toml_edit::Document<String>,
+}
+
+impl Locator {
+    fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let doc = toml_edit::Document::parse(text.to_owned()).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            text: text.to_owned(),
+            doc,
+        })
+    }
+
+    /// Position of `section.key` (its value, else its section header).
+    fn locate(&self, key: &str) -> Origin {
+        let mut parts = key.splitn(2, '.');
+        let section = parts.next().unwrap_or("");
+        let name = parts.next();
+        let item = self.doc.as_table().get(section);
+        let span = match (item.and_then(|i| i.as_table_like()), name) {
+            (Some(t), Some(name)) => t
+                .get(name)
+                .and_then(|v| v.span())
+                .or_else(|| item.and_then(|i| i.span())),
+            _ => item.and_then(|i| i.span()),
+        };
+        match span {
+            Some(s) => {
+                let (line, column) = line_col(&self.text, s.start);
+                Origin::File {
+                    path: self.path.clone(),
+                    line,
+                    column,
+                }
+            }
+            None => Origin::Default {
+                path: self.path.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

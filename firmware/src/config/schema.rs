@@ -1,0 +1,364 @@
+//! The configuration schema: one struct per TOML section, with defaults.
+//!
+//! Every section is `deny_unknown_fields` and every key has a default, so a
+//! minimal file names only what differs. Ranges are checked in
+//! [`super::validate`]. `docs/configuration.md` documents every key; keep
+//! the two in step.
+
+use super::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub audio: AudioConfig,
+    pub vad: VadConfig,
+    pub stt: SttConfig,
+    pub ptt: PttConfig,
+    pub gpio: GpioConfig,
+    pub agent: AgentConfig,
+    pub outbox: OutboxConfig,
+    pub status: StatusConfig,
+    pub watchdog: WatchdogConfig,
+    pub log: LogConfig,
+}
+
+/// `[device]`: who this kiosk is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Identifier sent with every transcript and shown on the status page.
+    pub id: String,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            id: "talkie".to_owned(),
+        }
+    }
+}
+
+/// Where audio comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioBackend {
+    /// A real capture device through alsa-lib.
+    #[default]
+    Alsa,
+    /// A WAV file (simulation, demo, tests).
+    File,
+}
+
+/// `[audio]`: capture and the audio path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioConfig {
+    pub backend: AudioBackend,
+    /// ALSA PCM name (`alsa` backend).
+    pub device: String,
+    /// Wanted capture rate in Hz; the device's nearest is used.
+    pub rate: u32,
+    /// Wanted capture channels (1 or 2); stereo is downmixed.
+    pub channels: u16,
+    /// Capture period in milliseconds.
+    pub period_ms: u32,
+    /// WAV file to play (`file` backend).
+    pub file: Option<PathBuf>,
+    /// `file` backend: deliver at real time (true) or as fast as possible.
+    pub realtime: bool,
+    /// Audio kept from before the button press, in milliseconds.
+    pub preroll_ms: u32,
+    /// Longest utterance in seconds; listening stops by itself after it.
+    pub max_utterance_s: u32,
+    /// SCHED_FIFO priority for the capture thread (1–99); 0 leaves the
+    /// normal scheduler.
+    pub rt_priority: u8,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            backend: AudioBackend::Alsa,
+            device: "default".to_owned(),
+            rate: 48_000,
+            channels: 1,
+            period_ms: 20,
+            file: None,
+            realtime: true,
+            preroll_ms: 500,
+            max_utterance_s: 30,
+            rt_priority: 0,
+        }
+    }
+}
+
+/// `[vad]`: voice activity detection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadConfig {
+    /// Silero VAD ONNX file.
+    pub model: PathBuf,
+    /// Speech probability above which a chunk counts as speech.
+    pub threshold: f32,
+    /// Speech shorter than this is ignored.
+    pub min_speech_ms: u32,
+    /// Silence shorter than this does not end speech.
+    pub min_silence_ms: u32,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("/usr/share/talkie/models/silero_vad.onnx"),
+            threshold: 0.5,
+            min_speech_ms: 250,
+            min_silence_ms: 300,
+        }
+    }
+}
+
+/// `[stt]`: speech to text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttConfig {
+    /// Directory holding the Whisper encoder/decoder ONNX files and tokenizer.
+    pub model_dir: PathBuf,
+    /// Most tokens decoded for one utterance.
+    pub max_tokens: u32,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("/usr/share/talkie/models"),
+            max_tokens: 96,
+        }
+    }
+}
+
+/// How a press maps to an utterance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PttMode {
+    /// Speak while the button is held.
+    #[default]
+    Hold,
+    /// Press to start, press again to stop.
+    Toggle,
+}
+
+/// What a press does while the previous utterance is still being handled.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusyPolicy {
+    /// Keep one utterance queued.
+    #[default]
+    Queue,
+    /// Refuse with a busy blink.
+    Reject,
+}
+
+/// `[ptt]`: push-to-talk interaction rules.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PttConfig {
+    pub mode: PttMode,
+    /// Presses shorter than this are ignored.
+    pub min_press_ms: u32,
+    pub busy: BusyPolicy,
+    /// End the utterance after this much trailing silence; 0 = off.
+    pub vad_auto_stop_ms: u32,
+}
+
+impl Default for PttConfig {
+    fn default() -> Self {
+        Self {
+            mode: PttMode::Hold,
+            min_press_ms: 150,
+            busy: BusyPolicy::Queue,
+            vad_auto_stop_ms: 0,
+        }
+    }
+}
+
+/// Where the button and LEDs are.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioBackend {
+    /// Real GPIO on a Raspberry Pi.
+    Rppal,
+    /// A scripted timeline of button events (simulation).
+    Script,
+    /// No button, no LEDs.
+    #[default]
+    None,
+}
+
+/// Pull resistor on the button pin.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    #[default]
+    Up,
+    Down,
+    Off,
+}
+
+/// `[gpio]`: button and LEDs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpioConfig {
+    pub backend: GpioBackend,
+    /// Button timeline (`script` backend).
+    pub script: Option<PathBuf>,
+    /// BCM pin of the push-to-talk button.
+    pub button_pin: u8,
+    /// The button pulls the pin low when pressed.
+    pub button_active_low: bool,
+    pub button_pull: Pull,
+    /// Edges closer together than this are bounces.
+    pub debounce_ms: u32,
+}
+
+impl Default for GpioConfig {
+    fn default() -> Self {
+        Self {
+            backend: GpioBackend::None,
+            script: None,
+            button_pin: 17,
+            button_active_low: true,
+            button_pull: Pull::Up,
+            debounce_ms: 20,
+        }
+    }
+}
+
+/// `[agent]`: the remote agent transcripts are forwarded to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Base URL (`http://` or `https://`); unset = keep transcripts local.
+    pub url: Option<String>,
+    /// Bearer token. Prefer `token_file` or the `agent-token` credential.
+    pub token: Option<Secret>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout_ms: u32,
+    pub request_timeout_ms: u32,
+    pub backoff_min_ms: u32,
+    pub backoff_max_ms: u32,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// Seconds the breaker stays open before a trial request.
+    pub breaker_open_s: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            token_file: None,
+            ca_file: None,
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 10_000,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            breaker_failures: 5,
+            breaker_open_s: 30,
+        }
+    }
+}
+
+/// `[outbox]`: durable queue of transcripts awaiting delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    pub path: PathBuf,
+    pub max_items: u32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/talkie/outbox.db"),
+            max_items: 10_000,
+        }
+    }
+}
+
+/// `[status]`: the technician's status page and local API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+    /// Technician token. Prefer `token_file` or the `status-token` credential.
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+/// `[watchdog]`: health-gated systemd watchdog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Send `WATCHDOG=1` when systemd asks for it (`WatchdogSec=`).
+    pub enabled: bool,
+    /// A loop whose heartbeat is older than this counts as wedged.
+    pub stall_ms: u32,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stall_ms: 5_000,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter: `info`, `debug`, `talkie=debug,warn`, …
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}

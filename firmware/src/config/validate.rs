@@ -1,0 +1,171 @@
+//! Range, path and cross-key checks that serde's types cannot express.
+//! Each problem is `(section.key, message naming what is allowed)`.
+
+use super::schema::{AudioBackend, Config, GpioBackend};
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+
+type Problems = Vec<(String, String)>;
+
+fn range<T: PartialOrd + Display + Copy>(
+    p: &mut Problems,
+    key: &str,
+    value: T,
+    allowed: RangeInclusive<T>,
+) {
+    if !allowed.contains(&value) {
+        p.push((
+            key.to_owned(),
+            format!(
+                "{value} is out of range (allowed: {} to {})",
+                allowed.start(),
+                allowed.end()
+            ),
+        ));
+    }
+}
+
+fn check(p: &mut Problems, key: &str, ok: bool, message: impl Into<String>) {
+    if !ok {
+        p.push((key.to_owned(), message.into()));
+    }
+}
+
+fn existing_file(p: &mut Problems, key: &str, path: Option<&std::path::Path>, needed_for: &str) {
+    match path {
+        None => p.push((key.to_owned(), format!("must be set {needed_for}"))),
+        Some(f) if !f.is_file() => p.push((
+            key.to_owned(),
+            format!("{} does not exist or is not a file", f.display()),
+        )),
+        Some(_) => {}
+    }
+}
+
+/// All problems in `c`, in file order.
+pub(super) fn validate(c: &Config) -> Problems {
+    let mut p = Problems::new();
+
+    let id = &c.device.id;
+    check(
+        &mut p,
+        "device.id",
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
+        format!("{id:?} is not allowed (1 to 64 characters of A-Z a-z 0-9 - _ .)"),
+    );
+
+    let a = &c.audio;
+    match a.backend {
+        AudioBackend::Alsa => check(
+            &mut p,
+            "audio.device",
+            !a.device.trim().is_empty(),
+            "must name an ALSA PCM (e.g. \"default\", \"hw:1,0\"; see `talkie devices`)",
+        ),
+        AudioBackend::File => existing_file(
+            &mut p,
+            "audio.file",
+            a.file.as_deref(),
+            "when audio.backend = \"file\" (a WAV file)",
+        ),
+    }
+    range(&mut p, "audio.rate", a.rate, 8_000..=192_000);
+    range(&mut p, "audio.channels", a.channels, 1..=2);
+    range(&mut p, "audio.period_ms", a.period_ms, 5..=200);
+    range(&mut p, "audio.preroll_ms", a.preroll_ms, 0..=5_000);
+    range(&mut p, "audio.max_utterance_s", a.max_utterance_s, 1..=120);
+    range(&mut p, "audio.rt_priority", a.rt_priority, 0..=99);
+
+    let v = &c.vad;
+    check(
+        &mut p,
+        "vad.threshold",
+        v.threshold > 0.0 && v.threshold < 1.0,
+        format!("{} is out of range (allowed: between 0 and 1, exclusive)", v.threshold),
+    );
+    range(&mut p, "vad.min_speech_ms", v.min_speech_ms, 0..=10_000);
+    range(&mut p, "vad.min_silence_ms", v.min_silence_ms, 0..=10_000);
+    check(&mut p, "vad.model", !v.model.as_os_str().is_empty(), "must be a path");
+
+    check(
+        &mut p,
+        "stt.model_dir",
+        !c.stt.model_dir.as_os_str().is_empty(),
+        "must be a directory path",
+    );
+    range(&mut p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
+
+    range(&mut p, "ptt.min_press_ms", c.ptt.min_press_ms, 0..=5_000);
+    check(
+        &mut p,
+        "ptt.vad_auto_stop_ms",
+        c.ptt.vad_auto_stop_ms == 0 || (200..=10_000).contains(&c.ptt.vad_auto_stop_ms),
+        format!(
+            "{} is out of range (allowed: 0 = off, or 200 to 10000)",
+            c.ptt.vad_auto_stop_ms
+        ),
+    );
+
+    let g = &c.gpio;
+    if g.backend == GpioBackend::Script {
+        existing_file(
+            &mut p,
+            "gpio.script",
+            g.script.as_deref(),
+            "when gpio.backend = \"script\" (a TOML button timeline)",
+        );
+    }
+    range(&mut p, "gpio.button_pin", g.button_pin, 0..=27);
+    range(&mut p, "gpio.debounce_ms", g.debounce_ms, 0..=1_000);
+
+    let ag = &c.agent;
+    if let Some(url) = &ag.url {
+        check(
+            &mut p,
+            "agent.url",
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() > "https://".len()
+                && !url.contains(char::is_whitespace),
+            format!("{url:?} is not allowed (an http:// or https:// URL)"),
+        );
+    }
+    if let Some(ca) = &ag.ca_file {
+        existing_file(&mut p, "agent.ca_file", Some(ca), "");
+    }
+    range(&mut p, "agent.connect_timeout_ms", ag.connect_timeout_ms, 100..=60_000);
+    range(&mut p, "agent.request_timeout_ms", ag.request_timeout_ms, 100..=300_000);
+    range(&mut p, "agent.backoff_min_ms", ag.backoff_min_ms, 10..=600_000);
+    range(
+        &mut p,
+        "agent.backoff_max_ms",
+        ag.backoff_max_ms,
+        ag.backoff_min_ms.min(3_600_000)..=3_600_000,
+    );
+    range(&mut p, "agent.breaker_failures", ag.breaker_failures, 1..=1_000);
+    range(&mut p, "agent.breaker_open_s", ag.breaker_open_s, 1..=3_600);
+
+    check(
+        &mut p,
+        "outbox.path",
+        !c.outbox.path.as_os_str().is_empty(),
+        "must be a file path",
+    );
+    range(&mut p, "outbox.max_items", c.outbox.max_items, 1..=1_000_000);
+
+    range(&mut p, "watchdog.stall_ms", c.watchdog.stall_ms, 100..=600_000);
+
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
+        p.push((
+            "log.level".to_owned(),
+            format!(
+                "{:?} is not a log filter ({e}; allowed: error, warn, info, debug, trace, or target=level lists)",
+                c.log.level
+            ),
+        ));
+    }
+    p
+}
