@@ -1,4 +1,19 @@
 //! talkie: firmware for a push-to-talk voice kiosk.
+//!
+//! - [`config`]: the TOML file, overrides, validation, secrets.
+//! - [`audio`]: capture thread → SPSC queue → audio thread (downmix,
+//!   resample to 16 kHz, level meter, pre-roll) → a sink.
+//! - [`telemetry`]: the counters and gauges every loop publishes.
+//! - [`alloc_audit`]: a counting allocator that proves the audio path
+//!   allocates nothing in steady state (tests and benchmarks).
+//! - [`cli`]: the `talkie` command line.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod alloc_audit;
+pub mod audio;
 pub mod config;
+pub mod telemetry;
+pub mod cli;
+pub mod logging;
+pub mod record;
+pub mod run;

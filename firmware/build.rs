@@ -1,0 +1,23 @@
+//! Embeds the git revision for `talkie --version` (`TALKIE_GIT_REV` wins,
+//! for builds from a tarball).
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=TALKIE_GIT_REV");
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+    println!("cargo:rerun-if-changed=../.git/refs");
+    let rev = std::env::var("TALKIE_GIT_REV").ok().or_else(|| {
+        let out = Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    });
+    println!(
+        "cargo:rustc-env=TALKIE_GIT_REV={}",
+        rev.unwrap_or_else(|| "unknown".to_owned())
+    );
+}

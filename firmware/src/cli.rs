@@ -1,0 +1,138 @@
+//! The `talkie` command line: parsing, dispatch, exit codes.
+
+use crate::config::{self, ConfigError, LogFormat, Overrides, EX_CONFIG};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// `talkie --version`: crate version plus git revision.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TALKIE_GIT_REV"), ")");
+
+/// Exit code for failures that are not configuration errors.
+pub const EX_FAILURE: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "talkie", version = VERSION, about = "Push-to-talk voice kiosk firmware")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "TALKIE_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Override one key: `--set audio.device=hw:1,0` (repeatable; wins over
+    /// the file and TALKIE_SECTION__KEY variables).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the kiosk service.
+    Run,
+    /// Validate the configuration and print the effective values (secrets redacted).
+    CheckConfig,
+    /// List ALSA capture devices and what they support.
+    Devices,
+    /// Record from the configured microphone through the audio path to a 16 kHz mono WAV.
+    Record {
+        /// Length in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Output WAV file.
+        out: PathBuf,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
+    config::load(&cli.config, &Overrides::from_process_env(cli.sets.clone()))
+}
+
+fn config_failed(e: &ConfigError) -> i32 {
+    eprintln!("talkie: configuration error:\n{e}");
+    EX_CONFIG
+}
+
+/// Run the parsed command; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::Devices => {
+            crate::logging::init("warn", cli.log_format.unwrap_or_default());
+            devices()
+        }
+        Command::CheckConfig => match load_config(&cli) {
+            Ok(loaded) => match toml::to_string(&loaded.config) {
+                Ok(text) => {
+                    eprintln!("talkie: {} is valid; effective configuration:", loaded.path.display());
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("talkie: cannot print configuration: {e}");
+                    EX_FAILURE
+                }
+            },
+            Err(e) => config_failed(&e),
+        },
+        Command::Run | Command::Record { .. } => {
+            let loaded = match load_config(&cli) {
+                Ok(l) => l,
+                Err(e) => return config_failed(&e),
+            };
+            let cfg = &loaded.config;
+            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+            tracing::info!(version = VERSION, config = %loaded.path.display(), "talkie starting");
+            let result = match &cli.command {
+                Command::Record { seconds, out } => {
+                    crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
+                }
+                _ => crate::run::run(cfg).map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "talkie failed");
+                    eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn devices() -> i32 {
+    match talkie_hal::audio::alsa::list_capture_devices() {
+        Ok((usable, unusable)) => {
+            if usable.is_empty() {
+                println!(
+                    "no ALSA capture devices found: plug in a microphone, check `arecord -l`, \
+                     and make sure this user is in group `audio`"
+                );
+            }
+            for d in &usable {
+                println!(
+                    "{}\n    {}\n    rates {}–{} Hz, channels {}–{}, formats {}",
+                    d.name,
+                    d.description,
+                    d.rate_min,
+                    d.rate_max,
+                    d.channels_min,
+                    d.channels_max,
+                    d.formats.join(" ")
+                );
+            }
+            if !unusable.is_empty() {
+                println!("\nnot usable for capture now:");
+                for (name, why) in &unusable {
+                    println!("    {name}: {why}");
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("talkie: {e}");
+            EX_FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Counters and gauges shared between the real-time threads and everything
+//! that reports on them (logs, status page, `/metrics`, the watchdog).
+//!
+//! Writers are the audio-path threads; they only do relaxed atomic stores and
+//! adds, which never block and never allocate. Readers take a
+//! [`AudioSnapshot`] whenever they like.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Milliseconds since the process's first call, monotonic. Heartbeats use it.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Health of the microphone as the capture thread sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CaptureState {
+    /// Not started yet.
+    Starting = 0,
+    /// Delivering audio.
+    Running = 1,
+    /// Lost the device; reopening with backoff.
+    Degraded = 2,
+    /// A simulated source reached its end, or capture was stopped.
+    Ended = 3,
+    /// Gave up: the device cannot be used (see logs).
+    Failed = 4,
+}
+
+impl CaptureState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Running,
+            2 => Self::Degraded,
+            3 => Self::Ended,
+            4 => Self::Failed,
+            _ => Self::Starting,
+        }
+    }
+
+    /// Lower-case name for logs, JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Degraded => "degraded",
+            Self::Ended => "ended",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Everything the audio path counts. One instance per process, in an `Arc`.
+#[derive(Debug)]
+pub struct AudioStats {
+    /// Device frames read by the capture thread.
+    pub frames_captured: AtomicU64,
+    /// Device frames dropped because the capture→audio queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Overruns recovered by the capture backend.
+    pub xruns: AtomicU64,
+    /// Times the device delivered nothing within its read timeout.
+    pub stalls: AtomicU64,
+    /// Attempts to reopen a lost device.
+    pub reopen_attempts: AtomicU64,
+    /// 16 kHz mono samples produced by the audio thread.
+    pub samples_processed: AtomicU64,
+    /// Most frames ever waiting in the capture→audio queue.
+    pub queue_high_water: AtomicU64,
+    /// RMS level of the last meter window, dBFS, as `f32` bits.
+    level_rms_dbfs: AtomicU32,
+    /// Peak level of the last meter window, dBFS, as `f32` bits.
+    level_peak_dbfs: AtomicU32,
+    capture_state: AtomicU8,
+    /// [`now_ms`] of the capture thread's last loop iteration.
+    pub capture_beat_ms: AtomicU64,
+    /// [`now_ms`] of the audio thread's last loop iteration.
+    pub audio_beat_ms: AtomicU64,
+}
+
+/// The quietest level reported, for digital silence.
+pub const SILENCE_DBFS: f32 = -120.0;
+
+impl Default for AudioStats {
+    fn default() -> Self {
+        Self {
+            frames_captured: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            xruns: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            reopen_attempts: AtomicU64::new(0),
+            samples_processed: AtomicU64::new(0),
+            queue_high_water: AtomicU64::new(0),
+            level_rms_dbfs: AtomicU32::new(SILENCE_DBFS.to_bits()),
+            level_peak_dbfs: AtomicU32::new(SILENCE_DBFS.to_bits()),
+            capture_state: AtomicU8::new(CaptureState::Starting as u8),
+            capture_beat_ms: AtomicU64::new(0),
+            audio_beat_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A consistent-enough copy of [`AudioStats`] for reporting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AudioSnapshot {
+    pub frames_captured: u64,
+    pub frames_dropped: u64,
+    pub xruns: u64,
+    pub stalls: u64,
+    pub reopen_attempts: u64,
+    pub samples_processed: u64,
+    pub queue_high_water: u64,
+    pub level_rms_dbfs: f32,
+    pub level_peak_dbfs: f32,
+    pub capture_state: CaptureState,
+}
+
+impl AudioStats {
+    pub fn set_level(&self, rms_dbfs: f32, peak_dbfs: f32) {
+        self.level_rms_dbfs.store(rms_dbfs.to_bits(), Relaxed);
+        self.level_peak_dbfs.store(peak_dbfs.to_bits(), Relaxed);
+    }
+
+    pub fn set_capture_state(&self, s: CaptureState) {
+        self.capture_state.store(s as u8, Relaxed);
+    }
+
+    pub fn capture_state(&self) -> CaptureState {
+        CaptureState::from_u8(self.capture_state.load(Relaxed))
+    }
+
+    pub fn snapshot(&self) -> AudioSnapshot {
+        AudioSnapshot {
+            frames_captured: self.frames_captured.load(Relaxed),
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            xruns: self.xruns.load(Relaxed),
+            stalls: self.stalls.load(Relaxed),
+            reopen_attempts: self.reopen_attempts.load(Relaxed),
+            samples_processed: self.samples_processed.load(Relaxed),
+            queue_high_water: self.queue_high_water.load(Relaxed),
+            level_rms_dbfs: f32::from_bits(self.level_rms_dbfs.load(Relaxed)),
+            level_peak_dbfs: f32::from_bits(self.level_peak_dbfs.load(Relaxed)),
+            capture_state: self.capture_state(),
+        }
+    }
+}
