@@ -5,7 +5,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// `talkie --version`: crate version plus git revision.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TALKIE_GIT_REV"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("TALKIE_GIT_REV"),
+    ")"
+);
 
 /// Exit code for failures that are not configuration errors.
 pub const EX_FAILURE: i32 = 1;
@@ -64,7 +69,10 @@ pub fn main(cli: Cli) -> i32 {
         Command::CheckConfig => match load_config(&cli) {
             Ok(loaded) => match toml::to_string(&loaded.config) {
                 Ok(text) => {
-                    eprintln!("talkie: {} is valid; effective configuration:", loaded.path.display());
+                    eprintln!(
+                        "talkie: {} is valid; effective configuration:",
+                        loaded.path.display()
+                    );
                     print!("{text}");
                     0
                 }
@@ -103,7 +111,7 @@ pub fn main(cli: Cli) -> i32 {
 
 fn devices() -> i32 {
     match talkie_hal::audio::alsa::list_capture_devices() {
-        Ok((usable, unusable)) => {
+        Ok(talkie_hal::audio::alsa::DeviceList { usable, unusable }) => {
             if usable.is_empty() {
                 println!(
                     "no ALSA capture devices found: plug in a microphone, check `arecord -l`, \

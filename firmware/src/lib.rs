@@ -7,13 +7,16 @@
 //! - [`alloc_audit`]: a counting allocator that proves the audio path
 //!   allocates nothing in steady state (tests and benchmarks).
 //! - [`cli`]: the `talkie` command line.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod alloc_audit;
 pub mod audio;
-pub mod config;
-pub mod telemetry;
 pub mod cli;
+pub mod config;
 pub mod logging;
 pub mod record;
 pub mod run;
+pub mod telemetry;

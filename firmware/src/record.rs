@@ -1,11 +1,11 @@
 //! `talkie record`: capture N seconds through the whole audio path into a
 //! 16 kHz mono WAV — the technician's microphone test.
 
+use crate::audio::meter::dbfs;
 use crate::audio::{
     open_source, wav::write_pipeline_wav, AudioPipeline, AudioSink, PipelineError, PipelineOptions,
     PreRoll, SinkControl, PIPELINE_RATE,
 };
-use crate::audio::meter::dbfs;
 use crate::config::Config;
 use crate::telemetry::AudioStats;
 use std::path::Path;
@@ -94,9 +94,15 @@ pub fn record(config: &Config, seconds: f64, out: &Path) -> Result<(), RecordErr
     let s = stats.snapshot();
     let got = samples.len() as f64 / f64::from(PIPELINE_RATE);
     if samples.len() < want {
-        tracing::warn!(seconds = got, "the source ended before the requested length");
+        tracing::warn!(
+            seconds = got,
+            "the source ended before the requested length"
+        );
     }
-    let rms = (samples.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+    let rms = (samples
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
         / samples.len().max(1) as f64)
         .sqrt() as f32;
     let peak = samples.iter().fold(0.0f32, |p, &x| p.max(x.abs()));

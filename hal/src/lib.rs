@@ -12,7 +12,10 @@
 //! Backends report typed errors ([`audio::AudioError`], [`gpio::GpioError`]);
 //! deciding what to do about them (count, retry, reopen, fail) is the
 //! firmware's job, not the HAL's.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod audio;
 pub mod gpio;

@@ -7,7 +7,7 @@
 //! Lost devices are reopened with capped exponential backoff while the state
 //! reads `degraded`; the loop keeps beating its heartbeat meanwhile.
 
-use super::frame::{Frame, FrameProducer, FRAME_SAMPLES};
+use super::frame::{CaptureEnds, FRAME_SAMPLES};
 use crate::telemetry::{now_ms, AudioStats, CaptureState};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::Thread;
@@ -36,7 +36,7 @@ pub enum CaptureEnd {
 
 /// What the capture loop needs besides the source.
 pub struct CaptureContext<'a, 'q> {
-    pub producer: FrameProducer<'q>,
+    pub queues: CaptureEnds<'q>,
     /// Woken after each push.
     pub consumer: Thread,
     pub stats: &'a AudioStats,
@@ -66,35 +66,31 @@ impl CaptureContext<'_, '_> {
     fn push_period(&mut self, period: &[f32], channels: usize, live: bool) -> bool {
         // Whole sample frames per queue frame.
         let per_frame = FRAME_SAMPLES / channels * channels;
-        for chunk in period.chunks(per_frame) {
-            let mut frame = Frame::default();
-            // Cannot fail: chunk.len() <= FRAME_SAMPLES.
-            if frame.samples.extend_from_slice(chunk).is_err() {
-                self.stats
-                    .frames_dropped
-                    .fetch_add((chunk.len() / channels) as u64, Relaxed);
-                continue;
-            }
-            loop {
-                match self.producer.enqueue(frame) {
-                    Ok(()) => break,
-                    Err(back) if live => {
-                        drop(back);
-                        self.stats
-                            .frames_dropped
-                            .fetch_add((chunk.len() / channels) as u64, Relaxed);
-                        break;
+        'chunk: for chunk in period.chunks(per_frame) {
+            let frames = (chunk.len() / channels) as u64;
+            let mut frame = loop {
+                match self.queues.free.dequeue() {
+                    Some(f) => break f,
+                    None if live => {
+                        self.stats.frames_dropped.fetch_add(frames, Relaxed);
+                        continue 'chunk;
                     }
-                    Err(back) => {
-                        frame = back;
+                    None => {
                         self.consumer.unpark();
                         if wait_or_stop(self.stop, PARK) {
                             return false;
                         }
                     }
                 }
+            };
+            frame.samples.clear();
+            // Cannot fail: chunk.len() <= FRAME_SAMPLES.
+            let _ = frame.samples.extend_from_slice(chunk);
+            // Cannot fail: `filled` has room for every frame of the pool.
+            if self.queues.filled.enqueue(frame).is_err() {
+                self.stats.frames_dropped.fetch_add(frames, Relaxed);
             }
-            let depth = self.producer.len() as u64;
+            let depth = self.queues.filled.len() as u64;
             self.stats.queue_high_water.fetch_max(depth, Relaxed);
             self.consumer.unpark();
         }
@@ -132,7 +128,11 @@ impl CaptureContext<'_, '_> {
                 Err(AudioError::Xrun { device }) => {
                     let n = self.stats.xruns.fetch_add(1, Relaxed) + 1;
                     if n.is_power_of_two() {
-                        tracing::warn!(device, xruns = n, "capture overrun recovered; audio was lost");
+                        tracing::warn!(
+                            device,
+                            xruns = n,
+                            "capture overrun recovered; audio was lost"
+                        );
                     }
                 }
                 Err(e) if e.needs_reopen() => {
@@ -189,5 +189,132 @@ pub fn set_realtime_priority(priority: u8) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::frame::{FrameQueues, QUEUE_FRAMES};
+    use talkie_hal::audio::{SampleFormat, StreamFormat};
+
+    /// A live source that delivers `periods` periods of a ramp, then ends.
+    struct Scripted {
+        periods: usize,
+        errors: Vec<AudioError>,
+        reopens: usize,
+        live: bool,
+    }
+
+    impl AudioSource for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn format(&self) -> StreamFormat {
+            StreamFormat {
+                rate: 48_000,
+                channels: 2,
+                sample: SampleFormat::S16,
+                period_frames: 512,
+            }
+        }
+        fn is_live(&self) -> bool {
+            self.live
+        }
+        fn read_period(&mut self, out: &mut [f32]) -> Result<usize, AudioError> {
+            if let Some(e) = self.errors.pop() {
+                return Err(e);
+            }
+            if self.periods == 0 {
+                return Err(AudioError::EndOfStream);
+            }
+            self.periods -= 1;
+            out.fill(0.25);
+            Ok(512)
+        }
+        fn reopen(&mut self) -> Result<(), AudioError> {
+            self.reopens += 1;
+            Ok(())
+        }
+    }
+
+    fn run(source: &mut Scripted, queues: &mut FrameQueues, stats: &AudioStats) -> CaptureEnd {
+        let stop = AtomicBool::new(false);
+        let (ends, _audio) = queues.split();
+        let mut ctx = CaptureContext {
+            queues: ends,
+            consumer: std::thread::current(),
+            stats,
+            stop: &stop,
+            max_input_frames: None,
+        };
+        ctx.run(source, &mut vec![0.0; 1024])
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let mut queue = FrameQueues::new();
+        let stats = AudioStats::default();
+        // Nobody consumes: 1000 periods of 512 stereo frames = 1000 queue frames.
+        let mut source = Scripted {
+            periods: 1000,
+            errors: vec![],
+            reopens: 0,
+            live: true,
+        };
+        let end = run(&mut source, &mut queue, &stats);
+        assert!(matches!(end, CaptureEnd::EndOfStream), "{end:?}");
+        let s = stats.snapshot();
+        let held = QUEUE_FRAMES as u64;
+        assert_eq!(queue.filled_len() as u64, held);
+        assert_eq!(s.frames_captured, 1000 * 512);
+        assert_eq!(s.frames_dropped, (1000 - held) * 512);
+        assert_eq!(s.queue_high_water, held);
+    }
+
+    #[test]
+    fn xruns_are_counted_and_lost_devices_reopened() {
+        let mut queue = FrameQueues::new();
+        let stats = AudioStats::default();
+        let device = || "hw:9".to_owned();
+        let mut source = Scripted {
+            periods: 3,
+            errors: vec![
+                AudioError::Xrun { device: device() },
+                AudioError::Disconnected {
+                    device: device(),
+                    reason: "ENODEV".into(),
+                },
+                AudioError::Xrun { device: device() },
+            ],
+            reopens: 0,
+            live: true,
+        };
+        let end = run(&mut source, &mut queue, &stats);
+        assert!(matches!(end, CaptureEnd::EndOfStream), "{end:?}");
+        let s = stats.snapshot();
+        assert_eq!((s.xruns, s.reopen_attempts, source.reopens), (2, 1, 1));
+        assert_eq!(s.capture_state, CaptureState::Running);
+        assert_eq!(queue.filled_len(), 3);
+    }
+
+    #[test]
+    fn unrecoverable_errors_end_capture() {
+        let mut queue = FrameQueues::new();
+        let stats = AudioStats::default();
+        let mut source = Scripted {
+            periods: 3,
+            errors: vec![AudioError::Unsupported {
+                device: "x".into(),
+                what: "no".into(),
+            }],
+            reopens: 0,
+            live: true,
+        };
+        assert!(matches!(
+            run(&mut source, &mut queue, &stats),
+            CaptureEnd::Failed(AudioError::Unsupported { .. })
+        ));
+        assert_eq!(stats.capture_state(), CaptureState::Failed);
     }
 }

@@ -49,7 +49,11 @@ mod tests {
             .collect();
         LevelMeter::default().push(&sine, &stats);
         let s = stats.snapshot();
-        assert!((s.level_rms_dbfs + 3.01).abs() < 0.05, "{}", s.level_rms_dbfs);
+        assert!(
+            (s.level_rms_dbfs + 3.01).abs() < 0.05,
+            "{}",
+            s.level_rms_dbfs
+        );
         assert!(s.level_peak_dbfs.abs() < 0.01, "{}", s.level_peak_dbfs);
     }
 

@@ -15,7 +15,9 @@ pub mod resample;
 pub mod source;
 pub mod wav;
 
-pub use pipeline::{AudioPipeline, AudioSink, PipelineEnd, PipelineError, PipelineOptions, SinkControl};
+pub use pipeline::{
+    AudioPipeline, AudioSink, PipelineEnd, PipelineError, PipelineOptions, SinkControl,
+};
 pub use preroll::PreRoll;
 pub use source::open_source;
 

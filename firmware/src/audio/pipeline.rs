@@ -8,7 +8,7 @@
 //! `park_timeout` with a bound; the threads wake each other with `unpark`.
 
 use super::capture::{set_realtime_priority, CaptureContext, CaptureEnd};
-use super::frame::{FrameQueue, FRAME_SAMPLES};
+use super::frame::{FrameQueues, FRAME_SAMPLES};
 use super::meter::LevelMeter;
 use super::preroll::PreRoll;
 use super::resample::{ResampleError, To16k};
@@ -116,8 +116,27 @@ struct AudioLoop<S> {
 }
 
 impl<S: AudioSink> AudioLoop<S> {
+    /// Emit what the resampler still holds (end of a finite stream).
+    fn flush(&mut self) -> Result<SinkControl, PipelineError> {
+        let mut control = SinkControl::Continue;
+        let (meter, preroll, sink, stats) = (
+            &mut self.meter,
+            &mut self.preroll,
+            &mut self.sink,
+            &self.stats,
+        );
+        self.resampler.flush(&mut |out| {
+            deliver(out, meter, preroll, sink, stats, &mut control);
+        })?;
+        Ok(control)
+    }
+
     /// Downmix, resample and hand on one frame. Returns the sink's verdict.
-    fn process(&mut self, interleaved: &[f32], channels: usize) -> Result<SinkControl, PipelineError> {
+    fn process(
+        &mut self,
+        interleaved: &[f32],
+        channels: usize,
+    ) -> Result<SinkControl, PipelineError> {
         let n = interleaved.len() / channels;
         let mono = &mut self.mono[..n];
         if channels == 1 {
@@ -129,19 +148,35 @@ impl<S: AudioSink> AudioLoop<S> {
             }
         }
         let mut control = SinkControl::Continue;
-        let (meter, preroll, sink, stats) =
-            (&mut self.meter, &mut self.preroll, &mut self.sink, &self.stats);
+        let (meter, preroll, sink, stats) = (
+            &mut self.meter,
+            &mut self.preroll,
+            &mut self.sink,
+            &self.stats,
+        );
         self.resampler.push(mono, &mut |out| {
-            meter.push(out, stats);
-            preroll.push(out);
-            stats
-                .samples_processed
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if control == SinkControl::Continue {
-                control = sink.on_audio(out, preroll);
-            }
+            deliver(out, meter, preroll, sink, stats, &mut control);
         })?;
         Ok(control)
+    }
+}
+
+/// Hand 16 kHz samples to the meter, the pre-roll and the sink.
+fn deliver<S: AudioSink>(
+    out: &[f32],
+    meter: &mut LevelMeter,
+    preroll: &mut PreRoll,
+    sink: &mut S,
+    stats: &AudioStats,
+    control: &mut SinkControl,
+) {
+    meter.push(out, stats);
+    preroll.push(out);
+    stats
+        .samples_processed
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    if *control == SinkControl::Continue {
+        *control = sink.on_audio(out, preroll);
     }
 }
 
@@ -164,17 +199,16 @@ impl<S: AudioSink> AudioPipeline<S> {
             mono: vec![0.0; FRAME_SAMPLES],
             stats: Arc::clone(&stats),
         };
-        let mut queue = Box::new(FrameQueue::new());
+        let mut queues = FrameQueues::new();
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::sync_channel(1);
         let opts = opts.clone();
         let thread_stop = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("talkie-audio".to_owned())
-            .stack_size(8 << 20)
             .spawn(move || {
                 let stop = &*thread_stop;
-                let (producer, mut consumer) = queue.split();
+                let (capture_ends, mut audio_ends) = queues.split();
                 let capture_done = AtomicBool::new(false);
                 let me = std::thread::current();
                 let result = std::thread::scope(|scope| -> ThreadResult<S> {
@@ -188,7 +222,7 @@ impl<S: AudioSink> AudioPipeline<S> {
                                 }
                             }
                             let mut ctx = CaptureContext {
-                                producer,
+                                queues: capture_ends,
                                 consumer: me.clone(),
                                 stats: &stats,
                                 stop,
@@ -208,10 +242,13 @@ impl<S: AudioSink> AudioPipeline<S> {
                         // before the capture thread finished is left behind.
                         let finished = capture_done.load(Ordering::Acquire);
                         let mut any = false;
-                        while let Some(frame) = consumer.dequeue() {
+                        while let Some(frame) = audio_ends.filled.dequeue() {
                             any = true;
+                            let control = audio.process(&frame.samples, channels);
+                            // Cannot fail: `free` has room for the whole pool.
+                            let _ = audio_ends.free.enqueue(frame);
                             capture_thread.unpark();
-                            match audio.process(&frame.samples, channels) {
+                            match control {
                                 Ok(SinkControl::Continue) => {}
                                 Ok(SinkControl::Stop) => {
                                     outcome = Ok(Some(PipelineEnd::SinkDone));
@@ -233,7 +270,14 @@ impl<S: AudioSink> AudioPipeline<S> {
                     stop.store(true, Ordering::Relaxed);
                     capture_thread.unpark();
                     let capture_end = capture.join().map_err(|_| PipelineError::Panicked)?;
-                    let end = match (outcome?, capture_end) {
+                    let mut outcome = outcome?;
+                    if outcome.is_none()
+                        && matches!(capture_end, CaptureEnd::EndOfStream | CaptureEnd::LimitReached)
+                        && audio.flush()? == SinkControl::Stop
+                    {
+                        outcome = Some(PipelineEnd::SinkDone);
+                    }
+                    let end = match (outcome, capture_end) {
                         (_, CaptureEnd::Failed(e)) => return Err(e.into()),
                         (Some(end), _) => end,
                         (None, CaptureEnd::EndOfStream) => PipelineEnd::SourceEnded,
@@ -274,7 +318,9 @@ impl<S: AudioSink> AudioPipeline<S> {
     pub fn join(mut self, timeout: Duration) -> Result<(PipelineEnd, S), PipelineError> {
         match self.done.recv_timeout(timeout) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => return Err(PipelineError::JoinTimeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(PipelineError::JoinTimeout(timeout))
+            }
         }
         let handle = self.handle.take().ok_or(PipelineError::Panicked)?;
         handle.join().map_err(|_| PipelineError::Panicked)?

@@ -25,6 +25,11 @@ pub struct To16k {
     output: Vec<f32>,
     /// Output samples still to discard (the resampler's delay).
     skip: usize,
+    /// Input samples taken so far.
+    taken: u64,
+    /// Output samples emitted so far.
+    emitted: u64,
+    rate: u32,
 }
 
 impl std::fmt::Debug for To16k {
@@ -46,6 +51,9 @@ impl To16k {
                 filled: 0,
                 output: Vec::new(),
                 skip: 0,
+                taken: 0,
+                emitted: 0,
+                rate,
             });
         }
         let chunk = (rate / 100).max(1) as usize;
@@ -69,6 +77,9 @@ impl To16k {
             filled: 0,
             output: vec![0.0; out_max],
             skip,
+            taken: 0,
+            emitted: 0,
+            rate,
         })
     }
 
@@ -79,7 +90,9 @@ impl To16k {
         mut mono: &[f32],
         emit: &mut impl FnMut(&[f32]),
     ) -> Result<(), ResampleError> {
+        self.taken += mono.len() as u64;
         let Some(fft) = self.fft.as_mut() else {
+            self.emitted += mono.len() as u64;
             emit(mono);
             return Ok(());
         };
@@ -104,9 +117,36 @@ impl To16k {
             let skipped = self.skip.min(produced);
             self.skip -= skipped;
             if produced > skipped {
+                self.emitted += (produced - skipped) as u64;
                 emit(&self.output[skipped..produced]);
             }
         }
+        Ok(())
+    }
+
+    /// At the end of a stream: push silence through until every input
+    /// sample taken so far has come out, and emit exactly that much.
+    pub fn flush(&mut self, emit: &mut impl FnMut(&[f32])) -> Result<(), ResampleError> {
+        if self.fft.is_none() {
+            return Ok(());
+        }
+        let expected = (self.taken * u64::from(PIPELINE_RATE) + u64::from(self.rate) / 2)
+            / u64::from(self.rate);
+        let taken = self.taken;
+        let zeros = [0.0f32; 64];
+        while self.emitted < expected {
+            let mut remaining = expected - self.emitted;
+            self.push(&zeros, &mut |out: &[f32]| {
+                let n = (out.len() as u64).min(remaining) as usize;
+                remaining -= n as u64;
+                if n > 0 {
+                    emit(&out[..n]);
+                }
+            })?;
+            // Count only what was emitted, not the padding.
+            self.emitted = expected - remaining;
+        }
+        self.taken = taken;
         Ok(())
     }
 }
@@ -121,6 +161,7 @@ mod tests {
         for block in input.chunks(333) {
             r.push(block, &mut |s| out.extend_from_slice(s)).unwrap();
         }
+        r.flush(&mut |s| out.extend_from_slice(s)).unwrap();
         out
     }
 
@@ -134,10 +175,12 @@ mod tests {
     fn tone_survives_and_is_time_aligned() {
         for rate in [44_100u32, 48_000, 22_050, 8_000] {
             let tone = |t: f64| (2.0 * std::f64::consts::PI * 440.0 * t).sin() as f32 * 0.5;
-            let input: Vec<f32> = (0..rate).map(|i| tone(f64::from(i) / f64::from(rate))).collect();
+            let input: Vec<f32> = (0..rate)
+                .map(|i| tone(f64::from(i) / f64::from(rate)))
+                .collect();
             let out = run(rate, &input);
-            // 1 s in, 1 s out, minus the last partial chunk and the delay.
-            assert!(out.len() > 15_000 && out.len() <= 16_000, "{rate}: {}", out.len());
+            // 1 s in, exactly 1 s out once flushed.
+            assert_eq!(out.len(), 16_000, "{rate}");
             // Time-aligned: the best fit of the ideal tone is within half an
             // output sample (non-integer ratios leave a fraction: 0.18 at
             // 44.1 kHz), and at that lag the output is the tone.

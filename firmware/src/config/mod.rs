@@ -160,10 +160,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
 pub fn load_str(path: &Path, text: &str, overrides: &Overrides) -> Result<Loaded, ConfigError> {
     let locator = Locator::parse(path, text)?;
     let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Syntax {
             path: path.to_owned(),
             line,
@@ -196,8 +193,8 @@ pub fn load_str(path: &Path, text: &str, overrides: &Overrides) -> Result<Loaded
             .cloned()
             .unwrap_or_else(|| locator.locate(key))
     };
-    let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-        .map_err(|e| {
+    let mut config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().message().to_owned();
             ConfigError::Invalid(vec![Problem {
@@ -207,7 +204,10 @@ pub fn load_str(path: &Path, text: &str, overrides: &Overrides) -> Result<Loaded
             }])
         })?;
     let mut problems = validate::validate(&config);
-    problems.extend(resolve_secrets(&mut config, overrides.credentials_dir.as_deref()));
+    problems.extend(resolve_secrets(
+        &mut config,
+        overrides.credentials_dir.as_deref(),
+    ));
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(
             problems
@@ -350,10 +350,7 @@ struct Locator {
 impl Locator {
     fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let doc = toml_edit::Document::parse(text.to_owned()).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Syntax {
                 path: path.to_owned(),
                 line,

@@ -35,7 +35,11 @@ fn unknown_key_is_located() {
     let p = one_problem(load_text("[audio]\nrate = 16000\nrat = 3\n", &[], &[]));
     assert_eq!(p.key, "audio.rat");
     assert!(p.message.contains("unknown field `rat`"), "{}", p.message);
-    assert!(p.message.contains("rate"), "lists allowed keys: {}", p.message);
+    assert!(
+        p.message.contains("rate"),
+        "lists allowed keys: {}",
+        p.message
+    );
     assert_eq!(
         p.origin,
         Origin::File {
@@ -58,7 +62,9 @@ fn wrong_type_is_located() {
     let p = one_problem(load_text("[audio]\n\nrate = \"fast\"\n", &[], &[]));
     assert_eq!(p.key, "audio.rate");
     assert!(p.message.contains("expected u32"), "{}", p.message);
-    assert!(p.to_string().starts_with("/etc/talkie/talkie.toml:3:8: audio.rate: "));
+    assert!(p
+        .to_string()
+        .starts_with("/etc/talkie/talkie.toml:3:8: audio.rate: "));
 }
 
 #[test]
@@ -66,7 +72,14 @@ fn out_of_range_names_the_allowed_range() {
     let p = one_problem(load_text("[audio]\nchannels = 6\n", &[], &[]));
     assert_eq!(p.key, "audio.channels");
     assert_eq!(p.message, "6 is out of range (allowed: 1 to 2)");
-    assert!(matches!(p.origin, Origin::File { line: 2, column: 12, .. }));
+    assert!(matches!(
+        p.origin,
+        Origin::File {
+            line: 2,
+            column: 12,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -88,11 +101,17 @@ fn set_and_env_override_with_precedence() {
     let l = load_text(
         "[audio]\nrate = 44100\ndevice = \"default\"\n",
         &["audio.rate=16000", "audio.device=hw:1,0"],
-        &[("TALKIE_AUDIO__RATE", "22050"), ("TALKIE_DEVICE__ID", "kiosk-7")],
+        &[
+            ("TALKIE_AUDIO__RATE", "22050"),
+            ("TALKIE_DEVICE__ID", "kiosk-7"),
+        ],
     )
     .unwrap();
     assert_eq!(l.config.audio.rate, 16000, "--set beats env");
-    assert_eq!(l.config.audio.device, "hw:1,0", "non-TOML values are strings");
+    assert_eq!(
+        l.config.audio.device, "hw:1,0",
+        "non-TOML values are strings"
+    );
     assert_eq!(l.config.device.id, "kiosk-7");
 }
 
@@ -123,13 +142,22 @@ fn secrets_come_from_files_and_credentials_and_are_redacted() {
     std::fs::write(dir.join("agent-token"), "s3cret-agent\n").unwrap();
     std::fs::write(dir.join("status.tok"), "s3cret-status").unwrap();
     let overrides = Overrides {
-        sets: vec![format!("status.token_file={}", dir.join("status.tok").display())],
+        sets: vec![format!(
+            "status.token_file={}",
+            dir.join("status.tok").display()
+        )],
         env: vec![],
         credentials_dir: Some(dir.clone()),
     };
     let l = load_str(Path::new("t.toml"), "", &overrides).unwrap();
-    assert_eq!(l.config.agent.token.as_ref().unwrap().expose(), "s3cret-agent");
-    assert_eq!(l.config.status.token.as_ref().unwrap().expose(), "s3cret-status");
+    assert_eq!(
+        l.config.agent.token.as_ref().unwrap().expose(),
+        "s3cret-agent"
+    );
+    assert_eq!(
+        l.config.status.token.as_ref().unwrap().expose(),
+        "s3cret-status"
+    );
     let printed = toml::to_string(&l.config).unwrap();
     assert!(!printed.contains("s3cret"), "{printed}");
     assert!(printed.contains(REDACTED));

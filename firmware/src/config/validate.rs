@@ -85,11 +85,19 @@ pub(super) fn validate(c: &Config) -> Problems {
         &mut p,
         "vad.threshold",
         v.threshold > 0.0 && v.threshold < 1.0,
-        format!("{} is out of range (allowed: between 0 and 1, exclusive)", v.threshold),
+        format!(
+            "{} is out of range (allowed: between 0 and 1, exclusive)",
+            v.threshold
+        ),
     );
     range(&mut p, "vad.min_speech_ms", v.min_speech_ms, 0..=10_000);
     range(&mut p, "vad.min_silence_ms", v.min_silence_ms, 0..=10_000);
-    check(&mut p, "vad.model", !v.model.as_os_str().is_empty(), "must be a path");
+    check(
+        &mut p,
+        "vad.model",
+        !v.model.as_os_str().is_empty(),
+        "must be a path",
+    );
 
     check(
         &mut p,
@@ -136,16 +144,36 @@ pub(super) fn validate(c: &Config) -> Problems {
     if let Some(ca) = &ag.ca_file {
         existing_file(&mut p, "agent.ca_file", Some(ca), "");
     }
-    range(&mut p, "agent.connect_timeout_ms", ag.connect_timeout_ms, 100..=60_000);
-    range(&mut p, "agent.request_timeout_ms", ag.request_timeout_ms, 100..=300_000);
-    range(&mut p, "agent.backoff_min_ms", ag.backoff_min_ms, 10..=600_000);
+    range(
+        &mut p,
+        "agent.connect_timeout_ms",
+        ag.connect_timeout_ms,
+        100..=60_000,
+    );
+    range(
+        &mut p,
+        "agent.request_timeout_ms",
+        ag.request_timeout_ms,
+        100..=300_000,
+    );
+    range(
+        &mut p,
+        "agent.backoff_min_ms",
+        ag.backoff_min_ms,
+        10..=600_000,
+    );
     range(
         &mut p,
         "agent.backoff_max_ms",
         ag.backoff_max_ms,
         ag.backoff_min_ms.min(3_600_000)..=3_600_000,
     );
-    range(&mut p, "agent.breaker_failures", ag.breaker_failures, 1..=1_000);
+    range(
+        &mut p,
+        "agent.breaker_failures",
+        ag.breaker_failures,
+        1..=1_000,
+    );
     range(&mut p, "agent.breaker_open_s", ag.breaker_open_s, 1..=3_600);
 
     check(
@@ -154,9 +182,19 @@ pub(super) fn validate(c: &Config) -> Problems {
         !c.outbox.path.as_os_str().is_empty(),
         "must be a file path",
     );
-    range(&mut p, "outbox.max_items", c.outbox.max_items, 1..=1_000_000);
+    range(
+        &mut p,
+        "outbox.max_items",
+        c.outbox.max_items,
+        1..=1_000_000,
+    );
 
-    range(&mut p, "watchdog.stall_ms", c.watchdog.stall_ms, 100..=600_000);
+    range(
+        &mut p,
+        "watchdog.stall_ms",
+        c.watchdog.stall_ms,
+        100..=600_000,
+    );
 
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
         p.push((

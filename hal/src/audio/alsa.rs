@@ -52,7 +52,9 @@ fn open_hint(errno: i32) -> &'static str {
         }
         libc_errno::ENOENT => " (no such PCM: `talkie devices` lists the capture devices)",
         libc_errno::EBUSY => " (device busy: another program is capturing from it)",
-        libc_errno::ENODEV | libc_errno::ENXIO => " (device not present: is the microphone plugged in?)",
+        libc_errno::ENODEV | libc_errno::ENXIO => {
+            " (device not present: is the microphone plugged in?)"
+        }
         _ => "",
     }
 }
@@ -323,14 +325,24 @@ pub struct DeviceInfo {
     pub formats: Vec<&'static str>,
 }
 
+/// The result of [`list_capture_devices`].
+#[derive(Debug, Clone, Default)]
+pub struct DeviceList {
+    /// PCMs that opened for capture.
+    pub usable: Vec<DeviceInfo>,
+    /// `(name, why not)` for PCMs that did not open for capture.
+    pub unusable: Vec<(String, String)>,
+}
+
 /// Capture PCMs alsa-lib knows, with what each supports. Devices that fail
 /// to open (busy, output-only) are returned separately with the reason.
-pub fn list_capture_devices() -> Result<(Vec<DeviceInfo>, Vec<(String, String)>), AudioError> {
-    let hints = ::alsa::device_name::HintIter::new_str(None, "pcm").map_err(|e| AudioError::Open {
-        device: "(device list)".to_owned(),
-        hint: "",
-        source: e,
-    })?;
+pub fn list_capture_devices() -> Result<DeviceList, AudioError> {
+    let hints =
+        ::alsa::device_name::HintIter::new_str(None, "pcm").map_err(|e| AudioError::Open {
+            device: "(device list)".to_owned(),
+            hint: "",
+            source: e,
+        })?;
     let mut usable = Vec::new();
     let mut unusable = Vec::new();
     for hint in hints {
@@ -352,7 +364,7 @@ pub fn list_capture_devices() -> Result<(Vec<DeviceInfo>, Vec<(String, String)>)
             Err(e) => unusable.push((name, e.to_string())),
         }
     }
-    Ok((usable, unusable))
+    Ok(DeviceList { usable, unusable })
 }
 
 fn probe(name: &str) -> Result<DeviceInfo, ::alsa::Error> {

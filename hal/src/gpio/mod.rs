@@ -43,10 +43,16 @@ pub enum IndicatorState {
 pub enum GpioError {
     /// The GPIO device could not be opened.
     #[error("cannot open GPIO ({backend}): {reason}")]
-    Open { backend: &'static str, reason: String },
+    Open {
+        backend: &'static str,
+        reason: String,
+    },
     /// A pin or bus operation failed.
     #[error("GPIO {backend}: {reason}")]
-    Io { backend: &'static str, reason: String },
+    Io {
+        backend: &'static str,
+        reason: String,
+    },
     /// A button script could not be read or is malformed.
     #[error("button script `{path}`: {reason}")]
     Script { path: String, reason: String },
