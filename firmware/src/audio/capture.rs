@@ -76,8 +76,10 @@ impl CaptureContext<'_, '_> {
                         continue 'chunk;
                     }
                     None => {
+                        // Woken by the audio thread when it frees a frame.
                         self.consumer.unpark();
-                        if wait_or_stop(self.stop, PARK) {
+                        std::thread::park_timeout(PARK);
+                        if self.stop.load(Relaxed) {
                             return false;
                         }
                     }

@@ -1,0 +1,68 @@
+//! Shared by the zero-allocation test and the audio-path benchmark.
+#![allow(dead_code)]
+
+use talkie::alloc_audit::allocations;
+use talkie::audio::{AudioSink, PreRoll, SinkControl};
+
+/// Write `seconds` of 16-bit stereo at `rate`: a 440 Hz tone left, a 1250 Hz
+/// tone right, plus a little noise, so the downmix and the resampler have
+/// real work.
+pub fn write_two_tone_wav(path: &std::path::Path, seconds: usize, rate: u32) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    let mut noise = 0x1234_5678u32;
+    for i in 0..seconds * rate as usize {
+        let t = i as f32 / rate as f32;
+        noise ^= noise << 13;
+        noise ^= noise >> 17;
+        noise ^= noise << 5;
+        let n = (noise as f32 / u32::MAX as f32 - 0.5) * 0.05;
+        let l = 0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin() + n;
+        let r = 0.3 * (2.0 * std::f32::consts::PI * 1_250.0 * t).sin() - n;
+        w.write_sample((l * 32_767.0) as i16).unwrap();
+        w.write_sample((r * 32_767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// A sink that notes the global allocation counter once `warm_at` samples
+/// have passed and again at every later call.
+pub struct AllocProbe {
+    pub seen: usize,
+    pub warm_at: usize,
+    pub at_warm: Option<u64>,
+    pub at_last: u64,
+}
+
+impl AllocProbe {
+    pub fn new(warm_at: usize) -> Self {
+        Self {
+            seen: 0,
+            warm_at,
+            at_warm: None,
+            at_last: 0,
+        }
+    }
+
+    /// Allocations between warm-up and the last sample.
+    pub fn allocations_after_warmup(&self) -> u64 {
+        self.at_warm.map_or(0, |w| self.at_last - w)
+    }
+}
+
+impl AudioSink for AllocProbe {
+    fn on_audio(&mut self, samples: &[f32], _: &PreRoll) -> SinkControl {
+        self.seen += samples.len();
+        let now = allocations();
+        if self.at_warm.is_none() && self.seen >= self.warm_at {
+            self.at_warm = Some(now);
+        }
+        self.at_last = now;
+        SinkControl::Continue
+    }
+}
