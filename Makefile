@@ -45,7 +45,8 @@ lint: deps
 # Every test: formatting, lints, unit tests, the zero-allocation test and the
 # end-to-end tests that run the real binary.
 test: deps lint
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --doc
+	$(CARGO) test --workspace --lib --bins --tests
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps

@@ -142,3 +142,116 @@ impl AudioSource for FileSource {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(dir: &Path, name: &str, spec: hound::WavSpec, samples: &[f32]) -> PathBuf {
+        let p = dir.join(name);
+        let mut w = hound::WavWriter::create(&p, spec).unwrap();
+        for &s in samples {
+            match (spec.sample_format, spec.bits_per_sample) {
+                (hound::SampleFormat::Float, _) => w.write_sample(s).unwrap(),
+                (_, 16) => w.write_sample((s * 32_767.0) as i16).unwrap(),
+                (_, bits) => w
+                    .write_sample((s * ((1u32 << (bits - 1)) - 1) as f32) as i32)
+                    .unwrap(),
+            }
+        }
+        w.finalize().unwrap();
+        p
+    }
+
+    fn spec(channels: u16, rate: u32, bits: u16, float: bool) -> hound::WavSpec {
+        hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: if float {
+                hound::SampleFormat::Float
+            } else {
+                hound::SampleFormat::Int
+            },
+        }
+    }
+
+    fn settings(path: PathBuf) -> FileSettings {
+        FileSettings {
+            path,
+            period_ms: 10,
+            realtime: false,
+        }
+    }
+
+    #[test]
+    fn delivers_whole_periods_then_the_rest_then_end() {
+        let dir = std::env::temp_dir().join(format!("talkie-hal-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 25 ms of 8 kHz stereo float: periods of 80 frames, 80 + 80 + 40.
+        let samples: Vec<f32> = (0..400).map(|i| i as f32 / 1000.0).collect();
+        let p = wav(&dir, "f.wav", spec(2, 8_000, 32, true), &samples);
+        let mut src = FileSource::open(&settings(p)).unwrap();
+        let f = src.format();
+        assert_eq!(
+            (f.rate, f.channels, f.sample, f.period_frames),
+            (8_000, 2, SampleFormat::F32, 80)
+        );
+        assert!(!src.is_live());
+        let mut out = vec![0.0; 160];
+        let mut got = Vec::new();
+        loop {
+            match src.read_period(&mut out) {
+                Ok(n) => got.extend_from_slice(&out[..n * 2]),
+                Err(AudioError::EndOfStream) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, samples);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn integer_widths_are_scaled_to_unit_range() {
+        let dir = std::env::temp_dir().join(format!("talkie-hal-int-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for bits in [16u16, 24, 32] {
+            let p = wav(
+                &dir,
+                "i.wav",
+                spec(1, 16_000, bits, false),
+                &[0.5, -0.5, 0.0],
+            );
+            let (s, _) = read_wav(&p).unwrap();
+            assert!(
+                (s[0] - 0.5).abs() < 1e-3 && (s[1] + 0.5).abs() < 1e-3 && s[2] == 0.0,
+                "{bits}: {s:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_files_are_typed_errors() {
+        let dir = std::env::temp_dir().join(format!("talkie-hal-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_wav = dir.join("x.wav");
+        std::fs::write(&not_wav, b"this is not a wav file").unwrap();
+        assert!(matches!(
+            FileSource::open(&settings(not_wav)),
+            Err(AudioError::File { .. })
+        ));
+        assert!(matches!(
+            FileSource::open(&settings(dir.join("missing.wav"))),
+            Err(AudioError::File { .. })
+        ));
+        let quad = wav(&dir, "q.wav", spec(4, 16_000, 16, false), &[0.0; 8]);
+        match FileSource::open(&settings(quad)) {
+            Err(AudioError::File { reason, .. }) => {
+                assert!(reason.contains("4 channels"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

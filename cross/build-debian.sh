@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Cross-build talkie for a Raspberry Pi target without Docker, with Debian
+# 12's Rust packages and cross compilers (the host build keeps rustup's
+# toolchain; Debian's rustc is used for the cross target only).
+#
+#   cross/build-debian.sh aarch64   # Raspberry Pi OS 64-bit
+#   cross/build-debian.sh armv7     # Raspberry Pi OS 32-bit
+#
+# Installs what it needs with apt (root or sudo). Output:
+# target/<triple>/release/talkie
+set -euo pipefail
+cd "$(dirname "$0")/.."
+arch=${1:-aarch64}
+sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+
+case "$arch" in
+  aarch64)
+    triple=aarch64-unknown-linux-gnu; deb=arm64; gnu=aarch64-linux-gnu
+    pkgs="libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64" ;;
+  armv7)
+    triple=armv7-unknown-linux-gnueabihf; deb=armhf; gnu=arm-linux-gnueabihf
+    pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libasound2-dev:armhf" ;;
+  *) echo "usage: $0 aarch64|armv7" >&2; exit 2 ;;
+esac
+
+if ! dpkg --print-foreign-architectures | grep -qx "$deb"; then
+  $sudo dpkg --add-architecture "$deb"
+fi
+# One architecture's index may fail to download while a mirror syncs; the
+# installs below still work, so do not stop on it.
+$sudo apt-get update -qq || true
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustc-web rust-web-src qemu-user $pkgs
+
+upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+export RUSTC=/usr/bin/rustc PKG_CONFIG_ALLOW_CROSS=1
+export PKG_CONFIG_LIBDIR=/usr/lib/$gnu/pkgconfig
+export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
+export "CARGO_TARGET_${upper}_RUNNER=qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -L /usr/$gnu"
+if [ "$arch" = armv7 ]; then
+  # Debian's armhf standard library can lag the compiler: build std from source.
+  RUSTC_BOOTSTRAP=1 cargo build -Zbuild-std=std,panic_abort --release --target "$triple" --bin talkie
+else
+  cargo build --release --target "$triple" --bin talkie
+fi
+echo "built target/$triple/release/talkie"
