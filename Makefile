@@ -4,11 +4,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 EVAL ?= $(abspath $(CURDIR)/../shared/eval)
-APT_PACKAGES := libasound2-dev alsa-utils pkg-config
+APT_PACKAGES := libasound2-dev alsa-utils pkg-config python3 python3-pip python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build demo test lint bench clean
+.PHONY: all deps toolchain build models demo test lint bench clean
 
 all: build
 
@@ -30,9 +30,14 @@ deps: toolchain
 build: deps
 	$(CARGO) build --workspace
 
+# Fetch, verify and produce the model files into models/build/ (see
+# models/manifest.toml). Idempotent; offline once models/cache/ is filled.
+models: deps
+	python3 models/build.py
+
 # The appliance end to end on simulated hardware. At this stage: the audio
 # path on a 10 s speech clip played at real time, with levels once a second.
-demo: build
+demo: build models
 	@test -f "$(EVAL)/dev/real_beckett.wav" || { echo "error: speech clips not found in $(EVAL) (set EVAL=...)"; exit 1; }
 	@echo "== talkie demo: audio path on $(EVAL)/dev/real_beckett.wav (real time) =="
 	$(CARGO) run --quiet --bin talkie -- --config board/demo/talkie.toml \
@@ -44,14 +49,14 @@ lint: deps
 
 # Every test: formatting, lints, unit tests, the zero-allocation test and the
 # end-to-end tests that run the real binary.
-test: deps lint
+test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
-bench: deps
-	$(CARGO) bench -p talkie --bench audio_path
-	@cat target/bench/audio_path.md
+bench: deps models
+	$(CARGO) bench -p talkie --bench audio_path --bench vad
+	@cat target/bench/audio_path.md target/bench/vad.md
 
 clean:
 	$(CARGO) clean

@@ -371,3 +371,145 @@ fn version_names_the_git_revision() {
         "{v}"
     );
 }
+
+// ---------------------------------------------------------------- VAD
+
+fn models_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/build");
+    assert!(
+        dir.join("silero_vad.onnx").is_file(),
+        "models not built at {} (run `make models`)",
+        dir.display()
+    );
+    dir
+}
+
+/// Share of 10 ms frames inside `truth` also inside `hyp`, and share of
+/// frames outside `truth` inside `hyp`.
+fn frame_agreement(truth: &[(f64, f64)], hyp: &[(f64, f64)], total_s: f64) -> (f64, f64) {
+    let inside = |segs: &[(f64, f64)], t: f64| segs.iter().any(|&(a, b)| a <= t && t < b);
+    let (mut speech, mut hit, mut other, mut false_alarm) = (0u32, 0u32, 0u32, 0u32);
+    for i in 0..(total_s * 100.0) as u32 {
+        let t = f64::from(i) / 100.0;
+        if inside(truth, t) {
+            speech += 1;
+            hit += u32::from(inside(hyp, t));
+        } else {
+            other += 1;
+            false_alarm += u32::from(inside(hyp, t));
+        }
+    }
+    (
+        f64::from(hit) / f64::from(speech),
+        f64::from(false_alarm) / f64::from(other),
+    )
+}
+
+#[test]
+fn vad_finds_the_utterances_of_dev_long() {
+    let eval = eval_dir().join("dev");
+    let truth: Vec<(f64, f64)> = std::fs::read_to_string(eval.join("dev_long_segments.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split('\t');
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "vad",
+            "--json",
+            "--models",
+        ])
+        .arg(models_dir())
+        .arg(eval.join("dev_long.wav")));
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let hyp: Vec<(f64, f64)> = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_f64().unwrap(), s[1].as_f64().unwrap()))
+        .collect();
+    let (detected, false_alarm) = frame_agreement(&truth, &hyp, v["audio_s"].as_f64().unwrap());
+    eprintln!(
+        "VAD on dev_long.wav: {} segments (truth {}), {:.1} % of speech frames detected, {:.1} % of non-speech frames marked",
+        hyp.len(),
+        truth.len(),
+        detected * 100.0,
+        false_alarm * 100.0
+    );
+    assert_eq!(hyp.len(), truth.len());
+    assert!(detected >= 0.95, "{detected}");
+    assert!(false_alarm <= 0.05, "{false_alarm}");
+}
+
+#[test]
+fn vad_on_silence_and_tiny_clips_finds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |rate| hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let write_wav = |name: &str, rate: u32, n: usize| {
+        let p = dir.path().join(name);
+        let mut w = hound::WavWriter::create(&p, spec(rate)).unwrap();
+        for _ in 0..n {
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+        p
+    };
+    let silence = write_wav("silence.wav", 96_000, 96_000 * 3);
+    let tiny = write_wav("tiny.wav", 8_000, 80);
+    let empty = write_wav("empty.wav", 16_000, 0);
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "vad",
+            "--json",
+            "--models",
+        ])
+        .arg(models_dir())
+        .args([&silence, &tiny, &empty]));
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["segments"].as_array().unwrap().len(), 0, "{l}");
+    }
+    assert!((lines[0]["audio_s"].as_f64().unwrap() - 3.0).abs() < 1e-3);
+}
+
+#[test]
+fn corrupt_or_missing_models_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = eval_dir().join("dev/dev_00.wav");
+    let out = run(talkie()
+        .args(["--config", "/nonexistent/talkie.toml", "vad", "--models"])
+        .arg(dir.path())
+        .arg(&wav));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("silero_vad.onnx is missing (run `make models`"));
+    let good = std::fs::read(models_dir().join("silero_vad.onnx")).unwrap();
+    std::fs::write(dir.path().join("silero_vad.onnx"), &good[..good.len() / 2]).unwrap();
+    let out = run(talkie()
+        .args(["--config", "/nonexistent/talkie.toml", "vad", "--models"])
+        .arg(dir.path())
+        .arg(&wav));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is corrupt or the wrong version: sha256"));
+}

@@ -8,7 +8,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{write_two_tone_wav, AllocProbe};
+use common::{machine, write_two_tone_wav, AllocProbe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use talkie::alloc_audit::CountingAlloc;
@@ -30,24 +30,6 @@ fn cpu_time() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{} {}, {cpu}, {cores} cores",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
 }
 
 fn main() {

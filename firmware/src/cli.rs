@@ -48,10 +48,33 @@ pub enum Command {
         /// Output WAV file.
         out: PathBuf,
     },
+    /// Print the speech segments the VAD finds in WAV files.
+    Vad {
+        /// WAV files (any rate, 1–2 channels).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Model directory (default: the configured one, or models/build in a source checkout).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// One JSON object per file.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
     config::load(&cli.config, &Overrides::from_process_env(cli.sets.clone()))
+}
+
+/// The configuration for offline tools: the file when it exists (errors
+/// still count), else the defaults with `--set`/environment overrides.
+fn optional_config(cli: &Cli) -> Result<config::Config, ConfigError> {
+    let overrides = Overrides::from_process_env(cli.sets.clone());
+    if cli.config.exists() {
+        config::load(&cli.config, &overrides).map(|l| l.config)
+    } else {
+        config::load_str(&cli.config, "", &overrides).map(|l| l.config)
+    }
 }
 
 fn config_failed(e: &ConfigError) -> i32 {
@@ -65,6 +88,24 @@ pub fn main(cli: Cli) -> i32 {
         Command::Devices => {
             crate::logging::init("warn", cli.log_format.unwrap_or_default());
             devices()
+        }
+        Command::Vad {
+            files,
+            models,
+            json,
+        } => {
+            let cfg = match optional_config(&cli) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+            match crate::offline::vad(&cfg, files, models.as_deref(), *json) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
         }
         Command::CheckConfig => match load_config(&cli) {
             Ok(loaded) => match toml::to_string(&loaded.config) {

@@ -7,6 +7,7 @@
 //! is reopening a lost device, which allocates the new device's buffers.
 
 pub mod capture;
+pub mod clip;
 pub mod frame;
 pub mod meter;
 pub mod pipeline;

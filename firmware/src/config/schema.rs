@@ -109,6 +109,8 @@ pub struct VadConfig {
     pub min_speech_ms: u32,
     /// Silence shorter than this does not end speech.
     pub min_silence_ms: u32,
+    /// Audio kept before and after each speech segment.
+    pub speech_pad_ms: u32,
 }
 
 impl Default for VadConfig {
@@ -118,6 +120,7 @@ impl Default for VadConfig {
             threshold: 0.5,
             min_speech_ms: 250,
             min_silence_ms: 300,
+            speech_pad_ms: 100,
         }
     }
 }

@@ -92,6 +92,7 @@ pub(super) fn validate(c: &Config) -> Problems {
     );
     range(&mut p, "vad.min_speech_ms", v.min_speech_ms, 0..=10_000);
     range(&mut p, "vad.min_silence_ms", v.min_silence_ms, 0..=10_000);
+    range(&mut p, "vad.speech_pad_ms", v.speech_pad_ms, 0..=1_000);
     check(
         &mut p,
         "vad.model",

@@ -66,3 +66,22 @@ impl AudioSink for AllocProbe {
         SinkControl::Continue
     }
 }
+
+/// One line describing the machine, for benchmark reports.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} {}, {cpu}, {cores} cores",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
