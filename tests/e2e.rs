@@ -513,3 +513,150 @@ fn corrupt_or_missing_models_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is corrupt or the wrong version: sha256"));
 }
+
+// ---------------------------------------------------------------- STT
+
+/// Lower case, punctuation to spaces, words. (Whisper's full English
+/// normalizer also maps spellings and numbers; this simpler one counts
+/// "4th" against "fourth" as an error, so it overstates the WER.)
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace('-', " ")
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn edit_distance(a: &[String], b: &[String]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut prev = row.clone();
+        std::mem::swap(&mut prev, &mut row);
+        row[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            row[j + 1] = (prev[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(prev[j] + usize::from(x != y));
+        }
+    }
+    row[b.len()]
+}
+
+#[test]
+fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
+    let eval = eval_dir().join("dev");
+    let manifest = std::fs::read_to_string(eval.join("manifest.tsv")).unwrap();
+    let refs: Vec<(String, String)> = manifest
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_owned(), f[4].to_owned())
+        })
+        .collect();
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "transcribe",
+            "--json",
+            "--models",
+        ])
+        .arg(models_dir())
+        .args(refs.iter().map(|(f, _)| eval.join(f))));
+    assert_eq!(out.status.code(), Some(0));
+    let results: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), refs.len());
+    let (mut errors, mut total) = (0, 0);
+    for ((file, reference), r) in refs.iter().zip(&results) {
+        let hyp = r["text"].as_str().unwrap();
+        let (rw, hw) = (words(reference), words(hyp));
+        errors += edit_distance(&rw, &hw);
+        total += rw.len();
+        assert!(
+            r["encoder_ms"].as_f64().unwrap() > 0.0 && r["tokens"].as_u64().unwrap() > 0,
+            "{file}: {r}"
+        );
+        eprintln!("{file}: {hyp:?} (ref {reference:?})");
+    }
+    let wer = errors as f64 / total as f64;
+    eprintln!(
+        "WER {:.1} % over {total} words ({} files)",
+        wer * 100.0,
+        refs.len()
+    );
+    assert!(wer <= 0.10, "WER {:.1} %", wer * 100.0);
+    for (i, expected) in [
+        "Where is the nearest restroom?",
+        "What time does the museum close today?",
+        "Can you show me the way to the main entrance?",
+        "How much is a ticket for two adults and one child?",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(results[i]["text"], *expected);
+    }
+}
+
+#[test]
+fn transcribe_silence_invents_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("silence.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&p, spec).unwrap();
+    for i in 0..44_100 * 2 {
+        // Silence with a few NaN and infinite samples mixed in.
+        w.write_sample(match i % 10_000 {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            _ => 0.0,
+        })
+        .unwrap();
+    }
+    w.finalize().unwrap();
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "transcribe",
+            "--json",
+            "--models",
+        ])
+        .arg(models_dir())
+        .arg(&p));
+    assert_eq!(out.status.code(), Some(0));
+    let r: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(r["text"], "");
+    assert_eq!(r["speech_s"], 0.0);
+    let not_wav = dir.path().join("notes.wav");
+    std::fs::write(&not_wav, "not audio").unwrap();
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "transcribe",
+            "--models",
+        ])
+        .arg(models_dir())
+        .arg(&not_wav));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("notes.wav"));
+}

@@ -48,6 +48,17 @@ pub enum Command {
         /// Output WAV file.
         out: PathBuf,
     },
+    /// Transcribe WAV files (any rate, 1–2 channels) on this machine.
+    Transcribe {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Model directory (default: stt.model_dir, or models/build in a source checkout).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// One JSON object per file.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the speech segments the VAD finds in WAV files.
     Vad {
         /// WAV files (any rate, 1–2 channels).
@@ -93,13 +104,23 @@ pub fn main(cli: Cli) -> i32 {
             files,
             models,
             json,
+        }
+        | Command::Transcribe {
+            files,
+            models,
+            json,
         } => {
             let cfg = match optional_config(&cli) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
             crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
-            match crate::offline::vad(&cfg, files, models.as_deref(), *json) {
+            let result = if matches!(cli.command, Command::Vad { .. }) {
+                crate::offline::vad(&cfg, files, models.as_deref(), *json)
+            } else {
+                crate::offline::transcribe(&cfg, files, models.as_deref(), *json)
+            };
+            match result {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");

@@ -21,5 +21,6 @@ pub mod models;
 pub mod offline;
 pub mod record;
 pub mod run;
+pub mod stt;
 pub mod telemetry;
 pub mod vad;

@@ -6,6 +6,7 @@ use crate::audio::clip::{load_pipeline_clip, ClipError};
 use crate::audio::PIPELINE_RATE;
 use crate::config::Config;
 use crate::models::{self, ModelError};
+use crate::stt::{SttError, Whisper};
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,6 +23,8 @@ pub enum OfflineError {
     Vad(#[from] VadError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Stt(#[from] SttError),
 }
 
 /// The VAD model to use: `DIR/silero_vad.onnx` with `--models DIR`, else
@@ -71,6 +74,73 @@ pub fn vad(
             for s in &segments {
                 println!("  {:8.3} {:8.3}", sec(s.start), sec(s.end));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The models directory: `--models DIR`, else `stt.model_dir` when it holds
+/// the encoder, else the default (source checkout or system).
+pub fn stt_model_dir(cfg: &Config, models_dir: Option<&Path>) -> PathBuf {
+    match models_dir {
+        Some(dir) => dir.to_owned(),
+        None if cfg.stt.model_dir.join("whisper_encoder.onnx").exists() => {
+            cfg.stt.model_dir.clone()
+        }
+        None => models::default_dir(),
+    }
+}
+
+/// `talkie transcribe`: VAD-trim each file, then recognize it.
+pub fn transcribe(
+    cfg: &Config,
+    files: &[PathBuf],
+    models_dir: Option<&Path>,
+    json: bool,
+) -> Result<(), OfflineError> {
+    let dir = stt_model_dir(cfg, models_dir);
+    let mut vad_model = SileroVad::load(&dir.join(VAD_FILE))?;
+    let mut whisper = Whisper::load(&dir, cfg.stt.max_tokens as usize)?;
+    let seg_cfg = SegmenterConfig::from_config(&cfg.vad);
+    for (n, file) in files.iter().enumerate() {
+        if !json && files.len() > 1 {
+            eprintln!("[{}/{}] {}", n + 1, files.len(), file.display());
+        }
+        let samples = load_pipeline_clip(file).map_err(|source| OfflineError::Clip {
+            path: file.clone(),
+            source,
+        })?;
+        let t0 = Instant::now();
+        let segments = vad::segments(&mut vad_model, &seg_cfg, &samples)?;
+        let vad_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let speech = match (segments.first(), segments.last()) {
+            (Some(a), Some(b)) => &samples[a.start as usize..(b.end as usize).min(samples.len())],
+            _ => &samples[..0],
+        };
+        let t = if speech.is_empty() {
+            Default::default()
+        } else {
+            whisper.transcribe(speech)?
+        };
+        let total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let sec = |n: usize| n as f64 / f64::from(PIPELINE_RATE);
+        if json {
+            let obj = serde_json::json!({
+                "file": file.display().to_string(),
+                "text": t.text,
+                "audio_s": sec(samples.len()),
+                "speech_s": sec(speech.len()),
+                "vad_ms": vad_ms,
+                "encoder_ms": t.encoder_ms,
+                "decoder_ms": t.decoder_ms,
+                "total_ms": total_ms,
+                "tokens": t.tokens,
+                "avg_logprob": t.avg_logprob,
+                "no_speech_prob": t.no_speech_prob,
+            });
+            println!("{obj}");
+        } else {
+            println!("{}\t{}", file.display(), t.text);
         }
     }
     Ok(())

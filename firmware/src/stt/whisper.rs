@@ -1,0 +1,278 @@
+//! Whisper on tract: encoder once per window, then greedy decoding one
+//! token at a time with the self-attention cache carried between steps.
+
+use super::mel::{MelFrontEnd, HOP, N_MELS};
+use super::tokenizer::Tokenizer;
+use crate::models::{self, ModelError};
+use std::path::Path;
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+/// `<|endoftext|>`
+pub const EOT: u32 = 50_256;
+/// `<|startoftranscript|>`
+pub const SOT: u32 = 50_257;
+/// `<|nospeech|>` (English-only vocabulary)
+pub const NO_SPEECH: u32 = 50_361;
+/// `<|notimestamps|>`
+pub const NO_TIMESTAMPS: u32 = 50_362;
+/// Zero-padded mel frames after the audio: shorter windows lose accuracy
+/// (see shared/notes/whisper-on-tract.md: 1000 frames → 5.3 % WER).
+pub const MARGIN_FRAMES: usize = 1_000;
+/// Whisper's longest window.
+pub const MAX_FRAMES: usize = 3_000;
+/// Longest audio per window, so audio + margin fits in [`MAX_FRAMES`].
+pub const WINDOW_SAMPLES: usize = (MAX_FRAMES - MARGIN_FRAMES) * HOP;
+/// Tokens per second of audio allowed, plus a constant, before stopping.
+const TOKENS_PER_SECOND: f32 = 6.0;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Errors of speech to text.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("speech recognition failed: {0}")]
+    Run(String),
+}
+
+fn run_err(e: impl std::fmt::Debug) -> SttError {
+    SttError::Run(format!("{e:?}"))
+}
+
+/// One recognized utterance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// Tokens decoded (without the prompt).
+    pub tokens: usize,
+    /// Mean log-probability of the decoded tokens.
+    pub avg_logprob: f32,
+    /// Probability of `<|nospeech|>` at the first step.
+    pub no_speech_prob: f32,
+    pub encoder_ms: f64,
+    pub decoder_ms: f64,
+}
+
+/// A loaded, optimized Whisper.
+pub struct Whisper {
+    encoder: Plan,
+    decoder: Plan,
+    tokenizer: Tokenizer,
+    mel: MelFrontEnd,
+    features: Vec<f32>,
+    max_tokens: usize,
+    layers: usize,
+    width: usize,
+}
+
+impl std::fmt::Debug for Whisper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Whisper")
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load_plan(path: &Path) -> Result<Plan, ModelError> {
+    models::verify(path)?;
+    let err = |e: TractError| ModelError::Load {
+        path: path.to_owned(),
+        reason: format!("{e:?}"),
+    };
+    tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(err)
+}
+
+fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    logits.get(ix).map_or(f32::MIN, |&l| l - max - sum.ln())
+}
+
+impl Whisper {
+    /// Load `whisper_encoder.onnx`, `whisper_decoder.onnx` and
+    /// `whisper_tokenizer.json` from `dir`, each verified against the manifest.
+    pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, SttError> {
+        let encoder = load_plan(&dir.join("whisper_encoder.onnx"))?;
+        let decoder = load_plan(&dir.join("whisper_decoder.onnx"))?;
+        let tok_path = dir.join("whisper_tokenizer.json");
+        models::verify(&tok_path)?;
+        let tokenizer = Tokenizer::load(&tok_path).map_err(|reason| ModelError::Load {
+            path: tok_path.clone(),
+            reason,
+        })?;
+        let layers = encoder.model().outputs.len() / 2;
+        Ok(Self {
+            encoder,
+            decoder,
+            tokenizer,
+            mel: MelFrontEnd::new(),
+            features: Vec::new(),
+            max_tokens,
+            layers,
+            width: 384,
+        })
+    }
+
+    /// Transcribe 16 kHz mono audio; audio longer than one window is cut
+    /// into windows whose texts are joined.
+    pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        let mut total = Transcript::default();
+        let mut logprob_sum = 0.0;
+        for (i, window) in audio.chunks(WINDOW_SAMPLES).enumerate() {
+            let t = self.transcribe_window(window)?;
+            if !t.text.is_empty() {
+                if !total.text.is_empty() {
+                    total.text.push(' ');
+                }
+                total.text.push_str(&t.text);
+            }
+            logprob_sum += t.avg_logprob * t.tokens as f32;
+            total.tokens += t.tokens;
+            total.encoder_ms += t.encoder_ms;
+            total.decoder_ms += t.decoder_ms;
+            if i == 0 {
+                total.no_speech_prob = t.no_speech_prob;
+            }
+        }
+        total.avg_logprob = if total.tokens > 0 {
+            logprob_sum / total.tokens as f32
+        } else {
+            0.0
+        };
+        Ok(total)
+    }
+
+    fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        let t0 = Instant::now();
+        let mut frames = (audio.len() / HOP + MARGIN_FRAMES).min(MAX_FRAMES);
+        frames += frames % 2;
+        self.mel.compute(audio, frames, &mut self.features);
+        let mel = tract_ndarray::Array3::from_shape_vec((1, N_MELS, frames), self.features.clone())
+            .map_err(run_err)?
+            .into_tensor();
+        let cross = self.encoder.run(tvec!(mel.into())).map_err(run_err)?;
+        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let t1 = Instant::now();
+        let empty = || tract_ndarray::Array3::<f32>::zeros((1, 0, self.width)).into_tensor();
+        let mut past: Vec<TValue> = (0..2 * self.layers).map(|_| empty().into()).collect();
+        let prompt = [SOT, NO_TIMESTAMPS];
+        let seconds = audio.len() as f32 / 16_000.0;
+        let cap = self
+            .max_tokens
+            .min((seconds * TOKENS_PER_SECOND) as usize + 10);
+        let mut out: Vec<u32> = Vec::new();
+        let mut logprob_sum = 0.0f32;
+        let mut no_speech_prob = 0.0f32;
+        let mut state = self.decoder.spawn().map_err(run_err)?;
+        for step in 0..prompt.len() + cap {
+            let token = match prompt.get(step) {
+                Some(&t) => t,
+                None => match out.last() {
+                    Some(&t) => t,
+                    None => break,
+                },
+            };
+            let mut inputs: TVec<TValue> = tvec!(tract_ndarray::arr2(&[[i64::from(token)]])
+                .into_tensor()
+                .into());
+            for l in 0..self.layers {
+                inputs.push(past[2 * l].clone());
+                inputs.push(past[2 * l + 1].clone());
+                inputs.push(cross[2 * l].clone());
+                inputs.push(cross[2 * l + 1].clone());
+            }
+            let res = state.run(inputs).map_err(run_err)?;
+            let mut res = res.into_iter();
+            let logits_t = res
+                .next()
+                .ok_or_else(|| SttError::Run("decoder returned no logits".into()))?;
+            for slot in past.iter_mut() {
+                *slot = res
+                    .next()
+                    .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
+            }
+            let view = logits_t.try_as_plain_ram().map_err(run_err)?;
+            let logits = view.as_slice::<f32>().map_err(run_err)?;
+            if step == 0 {
+                no_speech_prob = log_softmax_at(logits, NO_SPEECH as usize).exp();
+            }
+            if step + 1 < prompt.len() {
+                continue;
+            }
+            let mut masked = logits.to_vec();
+            // Special and timestamp tokens are never text.
+            for l in masked.iter_mut().skip(SOT as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+            let (next, _) = masked.iter().enumerate().fold(
+                (EOT as usize, f32::NEG_INFINITY),
+                |best, (i, &l)| if l > best.1 { (i, l) } else { best },
+            );
+            if next as u32 == EOT {
+                break;
+            }
+            logprob_sum += log_softmax_at(logits, next);
+            out.push(next as u32);
+            if let Some(l) = repeat_len(&out) {
+                out.truncate(out.len() - l);
+                break;
+            }
+        }
+        let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
+        Ok(Transcript {
+            text,
+            tokens: out.len(),
+            avg_logprob: if out.is_empty() {
+                0.0
+            } else {
+                logprob_sum / out.len() as f32
+            },
+            no_speech_prob,
+            encoder_ms,
+            decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// Length to cut when decoding loops: a block of 4 or more tokens repeated
+/// twice at the end, or a block of 2–3 tokens repeated three times. Shorter
+/// echoes ("try again. Fail again.") are normal speech.
+fn repeat_len(tokens: &[u32]) -> Option<usize> {
+    let n = tokens.len();
+    let block = |l: usize, k: usize| tokens[n - l..] == tokens[n - k * l..n - (k - 1) * l];
+    (4..=n / 2).find(|&l| block(l, 2)).or_else(|| {
+        (2..=3)
+            .filter(|&l| n >= 3 * l)
+            .find(|&l| block(l, 2) && block(l, 3))
+            .map(|l| 2 * l)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeat_len;
+
+    #[test]
+    fn repetition_guard() {
+        assert_eq!(repeat_len(&[1, 2, 3, 4, 1, 2, 3, 4]), Some(4));
+        assert_eq!(
+            repeat_len(&[5, 1, 2, 1, 2, 1, 2]),
+            Some(4),
+            "keeps one copy"
+        );
+        assert_eq!(
+            repeat_len(&[1, 2, 3, 1, 2, 3]),
+            None,
+            "a short echo is speech"
+        );
+        assert_eq!(repeat_len(&[1, 1]), None);
+        assert_eq!(repeat_len(&[1, 2, 3, 4]), None);
+    }
+}

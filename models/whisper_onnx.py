@@ -1,0 +1,193 @@
+"""Convert Whisper (CTranslate2 WhisperSpec weights) into two ONNX graphs
+that tract runs:
+
+- encoder: `mel` [1, 80, frames] (frames even, at most 3000) →
+  `cross_k_L`, `cross_v_L` [1, frames/2, d] for every decoder layer L: the
+  cross-attention keys and values, computed once per utterance. The
+  positional embedding is sliced to the frame count, so a 3 s press does
+  not pay for a 30 s window.
+- decoder step: one `token` [1, 1] (int64), the self-attention cache
+  `past_k_L`, `past_v_L` [1, past, d] (start empty, past = 0) and the
+  encoder's cross K/V → `logits` [1, vocab] and `present_k_L`,
+  `present_v_L` [1, past + 1, d]. The position is the cache length.
+
+Weights are converted from float16 to float32. Attention scores are scaled
+by 1/sqrt(head_dim); GELU is the exact erf form; layer norms use eps 1e-5.
+"""
+import re
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+# IR version 9 (ONNX 1.14): readable by tract and by onnxruntime 1.22.
+IR_VERSION = 9
+
+
+class Graph:
+    def __init__(self, weights):
+        self.w = weights
+        self.nodes = []
+        self.inits = {}
+        self.n = 0
+
+    def name(self, base):
+        self.n += 1
+        return f"{base}_{self.n}"
+
+    def init(self, name, array):
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def const(self, values, dtype=np.int64):
+        return self.init(self.name("const"), np.array(values, dtype=dtype))
+
+    def weight(self, key, transpose=False):
+        arr = self.w[key].astype(np.float32)
+        if transpose:
+            arr = arr.T
+        return self.init(key + (".T" if transpose else ""), arr)
+
+    def op(self, op_type, inputs, outputs=1, **attrs):
+        outs = [self.name(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    # building blocks -------------------------------------------------
+
+    def linear(self, x, prefix, rows=None):
+        """x @ W[rows].T + b[rows] with CTranslate2's [out, in] weights."""
+        w = self.w[prefix + "/weight"].astype(np.float32)
+        b = self.w.get(prefix + "/bias")
+        tag = prefix if rows is None else f"{prefix}[{rows.start}:{rows.stop}]"
+        if rows is not None:
+            w = w[rows]
+            b = None if b is None else b[rows]
+        y = self.op("MatMul", [x, self.init(tag + "/weight.T", w.T)])
+        if b is not None:
+            y = self.op("Add", [y, self.init(tag + "/bias", b.astype(np.float32))])
+        return y
+
+    def layer_norm(self, x, prefix):
+        return self.op(
+            "LayerNormalization",
+            [x, self.weight(prefix + "/gamma"), self.weight(prefix + "/beta")],
+            axis=-1,
+            epsilon=1e-5,
+        )
+
+    def gelu(self, x):
+        half = self.init("half", np.array(0.5, np.float32))
+        one = self.init("one", np.array(1.0, np.float32))
+        inv_sqrt2 = self.init("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32))
+        erf = self.op("Erf", [self.op("Mul", [x, inv_sqrt2])])
+        return self.op("Mul", [self.op("Mul", [x, half]), self.op("Add", [erf, one])])
+
+    def heads(self, x, n_heads, head_dim):
+        """[1, S, d] → [1, H, S, hd]"""
+        shape = self.const([1, -1, n_heads, head_dim])
+        return self.op("Transpose", [self.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+
+    def attention(self, q, k, v, n_heads, head_dim):
+        d = n_heads * head_dim
+        qh, kh, vh = (self.heads(t, n_heads, head_dim) for t in (q, k, v))
+        kt = self.op("Transpose", [kh], perm=[0, 1, 3, 2])
+        scale = self.init("attn_scale", np.array(1 / np.sqrt(head_dim), np.float32))
+        scores = self.op("Mul", [self.op("MatMul", [qh, kt]), scale])
+        probs = self.op("Softmax", [scores], axis=-1)
+        out = self.op("Transpose", [self.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
+        return self.op("Reshape", [out, self.const([1, -1, d])])
+
+
+def dims(weights):
+    d = weights["encoder/conv1/weight"].shape[0]
+    n_heads = int(weights["encoder/num_heads"]) if weights["encoder/num_heads"].size else 6
+    def layers(side):
+        return len({k.split("/")[1] for k in weights if re.match(side + r"/layer_\d+/", k)})
+
+    enc_layers, dec_layers = layers("encoder"), layers("decoder")
+    vocab = weights["decoder/embeddings/weight"].shape[0]
+    return d, n_heads, d // n_heads, enc_layers, dec_layers, vocab
+
+
+def encoder(weights):
+    d, H, hd, n_enc, n_dec, _ = dims(weights)
+    g = Graph(weights)
+    x = "mel"
+    x = g.gelu(g.op("Conv", [x, g.weight("encoder/conv1/weight"), g.weight("encoder/conv1/bias")], pads=[1, 1], kernel_shape=[3]))
+    x = g.gelu(g.op("Conv", [x, g.weight("encoder/conv2/weight"), g.weight("encoder/conv2/bias")], pads=[1, 1], strides=[2], kernel_shape=[3]))
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # [1, S, d]
+    ctx = g.op("Gather", [g.op("Shape", [x]), g.const([1])], axis=0)  # [S]
+    pos = g.op("Slice", [g.weight("encoder/position_encodings/encodings"), g.const([0]), ctx, g.const([0])])
+    x = g.op("Add", [x, pos])
+    for i in range(n_enc):
+        p = f"encoder/layer_{i}"
+        h = g.layer_norm(x, p + "/self_attention/layer_norm")
+        qkv = p + "/self_attention/linear_0"
+        q, k, v = (g.linear(h, qkv, slice(j * d, (j + 1) * d)) for j in range(3))
+        x = g.op("Add", [x, g.linear(g.attention(q, k, v, H, hd), p + "/self_attention/linear_1")])
+        h = g.layer_norm(x, p + "/ffn/layer_norm")
+        h = g.linear(g.gelu(g.linear(h, p + "/ffn/linear_0")), p + "/ffn/linear_1")
+        x = g.op("Add", [x, h])
+    x = g.layer_norm(x, "encoder/layer_norm")
+    outputs = []
+    for i in range(n_dec):
+        kv = f"decoder/layer_{i}/attention/linear_1"
+        g.nodes.append(helper.make_node("Identity", [g.linear(x, kv, slice(0, d))], [f"cross_k_{i}"]))
+        g.nodes.append(helper.make_node("Identity", [g.linear(x, kv, slice(d, 2 * d))], [f"cross_v_{i}"]))
+        outputs += [f"cross_k_{i}", f"cross_v_{i}"]
+    graph = helper.make_graph(
+        g.nodes,
+        "whisper_encoder",
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, 80, "frames"])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, "ctx", d]) for o in outputs],
+        list(g.inits.values()),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)
+
+
+def decoder(weights):
+    d, H, hd, _, n_dec, vocab = dims(weights)
+    g = Graph(weights)
+    # The token lookup gathers rows of the embedding [vocab, d]; the output
+    # projection multiplies by its own transposed copy [d, vocab]. Sharing
+    # one initializer between the two kept tract from pre-packing the
+    # projection, which then re-packed 80 MB at every step.
+    x = g.op("Gather", [g.weight("decoder/embeddings/weight"), "token"], axis=0)  # [1, 1, d]
+    emb_t = g.weight("decoder/embeddings/weight", transpose=True)
+    past = g.op("Gather", [g.op("Shape", ["past_k_0"]), g.const([1])], axis=0)  # [1]
+    pos = g.op("Gather", [g.weight("decoder/position_encodings/encodings"), past], axis=0)  # [1, d]
+    x = g.op("Add", [x, pos])
+    inputs = [helper.make_tensor_value_info("token", TensorProto.INT64, [1, 1])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, vocab])]
+    for i in range(n_dec):
+        p = f"decoder/layer_{i}"
+        h = g.layer_norm(x, p + "/self_attention/layer_norm")
+        qkv = p + "/self_attention/linear_0"
+        q, k, v = (g.linear(h, qkv, slice(j * d, (j + 1) * d)) for j in range(3))
+        k_all = g.op("Concat", [f"past_k_{i}", k], [f"present_k_{i}"], axis=1)
+        v_all = g.op("Concat", [f"past_v_{i}", v], [f"present_v_{i}"], axis=1)
+        x = g.op("Add", [x, g.linear(g.attention(q, k_all, v_all, H, hd), p + "/self_attention/linear_1")])
+        h = g.layer_norm(x, p + "/attention/layer_norm")
+        q = g.linear(h, p + "/attention/linear_0")
+        x = g.op("Add", [x, g.linear(g.attention(q, f"cross_k_{i}", f"cross_v_{i}", H, hd), p + "/attention/linear_2")])
+        h = g.layer_norm(x, p + "/ffn/layer_norm")
+        h = g.linear(g.gelu(g.linear(h, p + "/ffn/linear_0")), p + "/ffn/linear_1")
+        x = g.op("Add", [x, h])
+        for name, dim in ((f"past_k_{i}", "past"), (f"past_v_{i}", "past"), (f"cross_k_{i}", "ctx"), (f"cross_v_{i}", "ctx")):
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, dim, d]))
+        for name in (f"present_k_{i}", f"present_v_{i}"):
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "present", d]))
+    x = g.layer_norm(x, "decoder/layer_norm")
+    x = g.op("Reshape", [x, g.const([1, d])])
+    g.op("MatMul", [x, emb_t], ["logits"])
+    graph = helper.make_graph(g.nodes, "whisper_decoder_step", inputs, outputs, list(g.inits.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)
+
+
+def save(model, path):
+    onnx.checker.check_model(model)
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())

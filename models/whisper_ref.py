@@ -1,0 +1,139 @@
+"""Reference Whisper front end and greedy decoder in numpy + onnxruntime,
+for checking the converted ONNX files (and as the spec the Rust port
+follows).
+
+    python models/whisper_ref.py ENCODER.onnx DECODER.onnx TOKENIZER.json WAV...
+"""
+import json
+import sys
+import wave
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP = 160
+N_MELS = 80
+SOT, EOT, NO_TIMESTAMPS = 50257, 50256, 50362
+MARGIN = 1000  # zero-padded frames after the audio (see shared/notes)
+
+
+def mel_filters(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS):
+    """librosa.filters.mel(sr, n_fft, n_mels) with Slaney scale and norm."""
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    min_mel, max_mel = 0.0, 45.245640471924965
+    mels = np.linspace(min_mel, max_mel, n_mels + 2)
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    log_t = mels >= min_log_mel
+    freqs[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    fdiff = np.diff(freqs)
+    ramps = freqs.reshape(-1, 1) - fftfreqs.reshape(1, -1)
+    lower = -ramps[:-2] / fdiff[:-1].reshape(-1, 1)
+    upper = ramps[2:] / fdiff[1:].reshape(-1, 1)
+    weights = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (freqs[2:n_mels + 2] - freqs[:n_mels])
+    return (weights * enorm[:, np.newaxis]).astype(np.float32)
+
+
+def log_mel(audio, frames):
+    """Log-mel spectrogram [80, frames] of `audio` followed by zeros."""
+    n = frames * HOP
+    x = np.zeros(n, np.float32)
+    x[: min(len(audio), n)] = audio[:n]
+    x = np.pad(x, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(frames + 1)[:, None]
+    spec = np.fft.rfft(x[idx] * window, axis=1)[:-1]  # drop the last frame like Whisper
+    power = (np.abs(spec) ** 2).T  # [201, frames]
+    mel = mel_filters() @ power
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def read_wav_16k(path):
+    with wave.open(path) as w:
+        assert w.getframerate() == SAMPLE_RATE and w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
+
+
+def byte_decoder():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class Tokenizer:
+    def __init__(self, path):
+        with open(path, encoding="utf-8") as f:
+            tj = json.load(f)
+        self.id_to_token = {v: k for k, v in tj["model"]["vocab"].items()}
+        for t in tj.get("added_tokens", []):
+            self.id_to_token[t["id"]] = t["content"]
+        self.bd = byte_decoder()
+
+    def decode(self, ids):
+        text = "".join(self.id_to_token.get(i, "") for i in ids if i < EOT)
+        return bytes(self.bd[c] for c in text if c in self.bd).decode("utf-8", errors="replace")
+
+
+def transcribe(enc, dec, tok, audio, max_tokens=96):
+    import onnxruntime  # noqa: F401  (sessions passed in)
+    audio_frames = len(audio) // HOP
+    frames = min(3000, audio_frames + MARGIN)
+    frames += frames % 2
+    mel = log_mel(audio, frames)[None]
+    cross = enc.run(None, {"mel": mel})
+    n_layers = len(cross) // 2
+    feeds = {}
+    for i in range(n_layers):
+        feeds[f"cross_k_{i}"], feeds[f"cross_v_{i}"] = cross[2 * i], cross[2 * i + 1]
+        feeds[f"past_k_{i}"] = np.zeros((1, 0, cross[0].shape[2]), np.float32)
+        feeds[f"past_v_{i}"] = np.zeros((1, 0, cross[0].shape[2]), np.float32)
+    prompt = [SOT, NO_TIMESTAMPS]
+    out = []
+    cap = min(max_tokens, int(6 * len(audio) / SAMPLE_RATE) + 10)
+    for step in range(len(prompt) + cap):
+        token = prompt[step] if step < len(prompt) else out[-1]
+        feeds["token"] = np.array([[token]], np.int64)
+        res = dec.run(None, feeds)
+        logits = res[0][0]
+        for i in range(n_layers):
+            feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = res[1 + 2 * i], res[2 + 2 * i]
+        if step < len(prompt) - 1:
+            continue
+        logits[NO_TIMESTAMPS + 1:] = -np.inf  # timestamps
+        logits[SOT:NO_TIMESTAMPS + 1] = -np.inf  # other specials
+        nxt = int(np.argmax(logits))
+        if nxt == EOT:
+            break
+        out.append(nxt)
+        # repetition guard: the last L tokens repeat the L before them
+        if any(len(out) >= 2 * L and out[-L:] == out[-2 * L:-L] for L in range(2, len(out) // 2 + 1)):
+            out = out[:-L]
+            break
+    return tok.decode(out).strip()
+
+
+def main():
+    import onnxruntime as ort
+    enc_path, dec_path, tok_path, *wavs = sys.argv[1:]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    enc = ort.InferenceSession(enc_path, opts)
+    dec = ort.InferenceSession(dec_path, opts)
+    tok = Tokenizer(tok_path)
+    for w in wavs:
+        print(f"{w}\t{transcribe(enc, dec, tok, read_wav_16k(w))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
