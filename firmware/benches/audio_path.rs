@@ -8,13 +8,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{machine, write_two_tone_wav, AllocProbe};
-use std::sync::Arc;
+use common::{machine, run_file_through_pipeline, write_two_tone_wav};
 use std::time::{Duration, Instant};
 use talkie::alloc_audit::CountingAlloc;
-use talkie::audio::{AudioPipeline, PipelineOptions};
-use talkie::telemetry::AudioStats;
-use talkie_hal::audio::file::{FileSettings, FileSource};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -38,27 +34,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("input.wav");
     write_two_tone_wav(&wav, SECONDS, RATE);
-    let source = FileSource::open(&FileSettings {
-        path: wav,
-        period_ms: 20,
-        realtime: false,
-    })
-    .unwrap();
-    let stats = Arc::new(AudioStats::default());
     let cpu0 = cpu_time();
     let wall0 = Instant::now();
-    let pipeline = AudioPipeline::start(
-        Box::new(source),
-        AllocProbe::new(16_000),
-        &PipelineOptions {
-            preroll_ms: 500,
-            rt_priority: 0,
-            max_input_frames: None,
-        },
-        Arc::clone(&stats),
-    )
-    .unwrap();
-    let (_, probe) = pipeline.join(Duration::from_secs(600)).unwrap();
+    let (probe, stats) = run_file_through_pipeline(&wav);
     let wall = wall0.elapsed();
     let cpu = cpu_time() - cpu0;
     let audio_s = SECONDS as f64;

@@ -32,6 +32,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Arguments of the offline tools that read WAV files.
+#[derive(Debug, clap::Args)]
+pub struct ClipArgs {
+    /// WAV files (any rate, 1–2 channels).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Model directory (default: the configured one, or models/build in a source checkout).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// One JSON object per file.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the kiosk service.
@@ -49,28 +63,9 @@ pub enum Command {
         out: PathBuf,
     },
     /// Transcribe WAV files (any rate, 1–2 channels) on this machine.
-    Transcribe {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Model directory (default: stt.model_dir, or models/build in a source checkout).
-        #[arg(long)]
-        models: Option<PathBuf>,
-        /// One JSON object per file.
-        #[arg(long)]
-        json: bool,
-    },
+    Transcribe(ClipArgs),
     /// Print the speech segments the VAD finds in WAV files.
-    Vad {
-        /// WAV files (any rate, 1–2 channels).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Model directory (default: the configured one, or models/build in a source checkout).
-        #[arg(long)]
-        models: Option<PathBuf>,
-        /// One JSON object per file.
-        #[arg(long)]
-        json: bool,
-    },
+    Vad(ClipArgs),
 }
 
 fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
@@ -100,25 +95,17 @@ pub fn main(cli: Cli) -> i32 {
             crate::logging::init("warn", cli.log_format.unwrap_or_default());
             devices()
         }
-        Command::Vad {
-            files,
-            models,
-            json,
-        }
-        | Command::Transcribe {
-            files,
-            models,
-            json,
-        } => {
+        Command::Vad(args) | Command::Transcribe(args) => {
             let cfg = match optional_config(&cli) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
             crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
-            let result = if matches!(cli.command, Command::Vad { .. }) {
-                crate::offline::vad(&cfg, files, models.as_deref(), *json)
+            let (files, models, json) = (&args.files, args.models.as_deref(), args.json);
+            let result = if matches!(cli.command, Command::Vad(_)) {
+                crate::offline::vad(&cfg, files, models, json)
             } else {
-                crate::offline::transcribe(&cfg, files, models.as_deref(), *json)
+                crate::offline::transcribe(&cfg, files, models, json)
             };
             match result {
                 Ok(()) => 0,

@@ -7,13 +7,8 @@
 
 mod common;
 
-use common::{write_two_tone_wav, AllocProbe};
-use std::sync::Arc;
-use std::time::Duration;
+use common::{run_file_through_pipeline, write_two_tone_wav};
 use talkie::alloc_audit::CountingAlloc;
-use talkie::audio::{AudioPipeline, PipelineOptions};
-use talkie::telemetry::AudioStats;
-use talkie_hal::audio::file::{FileSettings, FileSource};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -25,25 +20,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("input.wav");
     write_two_tone_wav(&wav, SECONDS, RATE);
-    let source = FileSource::open(&FileSettings {
-        path: wav,
-        period_ms: 20,
-        realtime: false,
-    })
-    .unwrap();
-    let stats = Arc::new(AudioStats::default());
-    let pipeline = AudioPipeline::start(
-        Box::new(source),
-        AllocProbe::new(16_000),
-        &PipelineOptions {
-            preroll_ms: 500,
-            rt_priority: 0,
-            max_input_frames: None,
-        },
-        Arc::clone(&stats),
-    )
-    .unwrap();
-    let (_, probe) = pipeline.join(Duration::from_secs(120)).unwrap();
+    let (probe, stats) = run_file_through_pipeline(&wav);
     let allocs = probe.allocations_after_warmup();
     let s = stats.snapshot();
     println!(

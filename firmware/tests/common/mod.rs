@@ -1,8 +1,12 @@
 //! Shared by the zero-allocation test and the audio-path benchmark.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::time::Duration;
 use talkie::alloc_audit::allocations;
-use talkie::audio::{AudioSink, PreRoll, SinkControl};
+use talkie::audio::{AudioPipeline, AudioSink, PipelineOptions, PreRoll, SinkControl};
+use talkie::telemetry::AudioStats;
+use talkie_hal::audio::file::{FileSettings, FileSource};
 
 /// Write `seconds` of 16-bit stereo at `rate`: a 440 Hz tone left, a 1250 Hz
 /// tone right, plus a little noise, so the downmix and the resampler have
@@ -84,4 +88,29 @@ pub fn machine() -> String {
         std::env::consts::OS,
         std::env::consts::ARCH
     )
+}
+
+/// Run `wav` through the whole audio path as fast as it goes (500 ms
+/// pre-roll), with an [`AllocProbe`] warmed up after one second.
+pub fn run_file_through_pipeline(wav: &std::path::Path) -> (AllocProbe, Arc<AudioStats>) {
+    let source = FileSource::open(&FileSettings {
+        path: wav.to_owned(),
+        period_ms: 20,
+        realtime: false,
+    })
+    .unwrap();
+    let stats = Arc::new(AudioStats::default());
+    let pipeline = AudioPipeline::start(
+        Box::new(source),
+        AllocProbe::new(16_000),
+        &PipelineOptions {
+            preroll_ms: 500,
+            rt_priority: 0,
+            max_input_frames: None,
+        },
+        Arc::clone(&stats),
+    )
+    .unwrap();
+    let (_, probe) = pipeline.join(Duration::from_secs(600)).unwrap();
+    (probe, stats)
 }
