@@ -55,8 +55,8 @@ test: deps lint models
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps models
-	$(CARGO) bench -p talkie --bench audio_path --bench vad
-	@cat target/bench/audio_path.md target/bench/vad.md
+	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt
+	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md
 
 clean:
 	$(CARGO) clean

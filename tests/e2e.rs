@@ -9,6 +9,9 @@
 //! The eval data is looked up in `$TALKIE_EVAL_DIR`, else `../shared/eval`
 //! beside the repository.
 
+#[path = "../firmware/tests/common/wer.rs"]
+mod wer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -516,41 +519,6 @@ fn corrupt_or_missing_models_are_refused() {
 
 // ---------------------------------------------------------------- STT
 
-/// Lower case, punctuation to spaces, words. (Whisper's full English
-/// normalizer also maps spellings and numbers; this simpler one counts
-/// "4th" against "fourth" as an error, so it overstates the WER.)
-fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .replace('-', " ")
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn edit_distance(a: &[String], b: &[String]) -> usize {
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, x) in a.iter().enumerate() {
-        let mut prev = row.clone();
-        std::mem::swap(&mut prev, &mut row);
-        row[0] = i + 1;
-        for (j, y) in b.iter().enumerate() {
-            row[j + 1] = (prev[j + 1] + 1)
-                .min(row[j] + 1)
-                .min(prev[j] + usize::from(x != y));
-        }
-    }
-    row[b.len()]
-}
-
 #[test]
 fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
     let eval = eval_dir().join("dev");
@@ -582,9 +550,9 @@ fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
     let (mut errors, mut total) = (0, 0);
     for ((file, reference), r) in refs.iter().zip(&results) {
         let hyp = r["text"].as_str().unwrap();
-        let (rw, hw) = (words(reference), words(hyp));
-        errors += edit_distance(&rw, &hw);
-        total += rw.len();
+        let (e, n) = wer::errors(reference, hyp);
+        errors += e;
+        total += n;
         assert!(
             r["encoder_ms"].as_f64().unwrap() > 0.0 && r["tokens"].as_u64().unwrap() > 0,
             "{file}: {r}"

@@ -25,6 +25,12 @@ pub const MAX_FRAMES: usize = 3_000;
 pub const WINDOW_SAMPLES: usize = (MAX_FRAMES - MARGIN_FRAMES) * HOP;
 /// Tokens per second of audio allowed, plus a constant, before stopping.
 const TOKENS_PER_SECOND: f32 = 6.0;
+/// Whisper's no-speech gate: a window whose `<|nospeech|>` probability is
+/// above this *and* whose mean token log-probability is below
+/// [`LOGPROB_THRESHOLD`] is silence, and its text is dropped.
+pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
+/// See [`NO_SPEECH_THRESHOLD`].
+pub const LOGPROB_THRESHOLD: f32 = -1.0;
 
 type Plan = Arc<TypedRunnableModel>;
 
