@@ -36,12 +36,17 @@ models: deps
 	python3 models/build.py
 
 # The appliance end to end on simulated hardware. At this stage: the audio
-# path on a 10 s speech clip played at real time, with levels once a second.
+# path on a 10 s speech clip played at real time (levels once a second),
+# then on-device recognition of that clip and of two kiosk questions.
 demo: build models
 	@test -f "$(EVAL)/dev/real_beckett.wav" || { echo "error: speech clips not found in $(EVAL) (set EVAL=...)"; exit 1; }
 	@echo "== talkie demo: audio path on $(EVAL)/dev/real_beckett.wav (real time) =="
 	$(CARGO) run --quiet --bin talkie -- --config board/demo/talkie.toml \
 	  --set audio.file=$(EVAL)/dev/real_beckett.wav run
+	@echo "== talkie demo: speech to text on this machine (VAD + Whisper tiny.en) =="
+	$(CARGO) run --quiet --bin talkie -- --config board/demo/talkie.toml \
+	  --set audio.file=$(EVAL)/dev/real_beckett.wav transcribe \
+	  $(EVAL)/dev/real_beckett.wav $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wav
 
 lint: deps
 	$(CARGO) fmt --all -- --check
