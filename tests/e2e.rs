@@ -522,15 +522,7 @@ fn corrupt_or_missing_models_are_refused() {
 #[test]
 fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
     let eval = eval_dir().join("dev");
-    let manifest = std::fs::read_to_string(eval.join("manifest.tsv")).unwrap();
-    let refs: Vec<(String, String)> = manifest
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[0].to_owned(), f[4].to_owned())
-        })
-        .collect();
+    let refs = wer::eval_references(&eval);
     let out = run(talkie()
         .args([
             "--config",

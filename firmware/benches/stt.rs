@@ -19,15 +19,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/eval"))
         .join("dev");
-    let manifest = std::fs::read_to_string(eval.join("manifest.tsv")).unwrap();
-    let refs: Vec<(String, String)> = manifest
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[0].to_owned(), f[4].to_owned())
-        })
-        .collect();
+    let refs = wer::eval_references(&eval);
     let out = Command::new(env!("CARGO_BIN_EXE_talkie"))
         .args([
             "--config",

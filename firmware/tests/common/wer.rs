@@ -44,3 +44,16 @@ pub fn errors(reference: &str, hypothesis: &str) -> (usize, usize) {
     let r = words(reference);
     (edit_distance(&r, &words(hypothesis)), r.len())
 }
+
+/// `(file, transcript)` of every clip in `dev/manifest.tsv`.
+pub fn eval_references(dev: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dev.join("manifest.tsv"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dev.join("manifest.tsv").display()))
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_owned(), f[4].to_owned())
+        })
+        .collect()
+}
