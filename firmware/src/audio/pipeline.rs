@@ -105,30 +105,43 @@ impl<S: AudioSink> std::fmt::Debug for AudioPipeline<S> {
     }
 }
 
-/// State owned by the audio thread; everything allocated before start.
-struct AudioLoop<S> {
-    sink: S,
-    resampler: To16k,
+/// Everything that consumes the 16 kHz output, in order.
+struct Downstream<S> {
     meter: LevelMeter,
     preroll: PreRoll,
-    mono: Vec<f32>,
+    sink: S,
     stats: Arc<AudioStats>,
+    /// The sink's latest verdict; once `Stop`, the sink sees no more audio.
+    control: SinkControl,
+}
+
+impl<S: AudioSink> Downstream<S> {
+    /// Hand 16 kHz samples to the meter, the pre-roll and the sink.
+    fn deliver(&mut self, out: &[f32]) {
+        self.meter.push(out, &self.stats);
+        self.preroll.push(out);
+        self.stats
+            .samples_processed
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        if self.control == SinkControl::Continue {
+            self.control = self.sink.on_audio(out, &self.preroll);
+        }
+    }
+}
+
+/// State owned by the audio thread; everything allocated before start.
+struct AudioLoop<S> {
+    resampler: To16k,
+    mono: Vec<f32>,
+    down: Downstream<S>,
 }
 
 impl<S: AudioSink> AudioLoop<S> {
     /// Emit what the resampler still holds (end of a finite stream).
     fn flush(&mut self) -> Result<SinkControl, PipelineError> {
-        let mut control = SinkControl::Continue;
-        let (meter, preroll, sink, stats) = (
-            &mut self.meter,
-            &mut self.preroll,
-            &mut self.sink,
-            &self.stats,
-        );
-        self.resampler.flush(&mut |out| {
-            deliver(out, meter, preroll, sink, stats, &mut control);
-        })?;
-        Ok(control)
+        let down = &mut self.down;
+        self.resampler.flush(&mut |out| down.deliver(out))?;
+        Ok(self.down.control)
     }
 
     /// Downmix, resample and hand on one frame. Returns the sink's verdict.
@@ -147,36 +160,9 @@ impl<S: AudioSink> AudioLoop<S> {
                 *m = f.iter().sum::<f32>() * scale;
             }
         }
-        let mut control = SinkControl::Continue;
-        let (meter, preroll, sink, stats) = (
-            &mut self.meter,
-            &mut self.preroll,
-            &mut self.sink,
-            &self.stats,
-        );
-        self.resampler.push(mono, &mut |out| {
-            deliver(out, meter, preroll, sink, stats, &mut control);
-        })?;
-        Ok(control)
-    }
-}
-
-/// Hand 16 kHz samples to the meter, the pre-roll and the sink.
-fn deliver<S: AudioSink>(
-    out: &[f32],
-    meter: &mut LevelMeter,
-    preroll: &mut PreRoll,
-    sink: &mut S,
-    stats: &AudioStats,
-    control: &mut SinkControl,
-) {
-    meter.push(out, stats);
-    preroll.push(out);
-    stats
-        .samples_processed
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    if *control == SinkControl::Continue {
-        *control = sink.on_audio(out, preroll);
+        let down = &mut self.down;
+        self.resampler.push(mono, &mut |out| down.deliver(out))?;
+        Ok(self.down.control)
     }
 }
 
@@ -192,12 +178,15 @@ impl<S: AudioSink> AudioPipeline<S> {
         let channels = usize::from(format.channels.max(1));
         let mut period = vec![0.0f32; format.period_frames * channels];
         let mut audio = AudioLoop {
-            sink,
             resampler: To16k::new(format.rate)?,
-            meter: LevelMeter::default(),
-            preroll: PreRoll::new((opts.preroll_ms * PIPELINE_RATE / 1000) as usize),
             mono: vec![0.0; FRAME_SAMPLES],
-            stats: Arc::clone(&stats),
+            down: Downstream {
+                meter: LevelMeter::default(),
+                preroll: PreRoll::new((opts.preroll_ms * PIPELINE_RATE / 1000) as usize),
+                sink,
+                stats: Arc::clone(&stats),
+                control: SinkControl::Continue,
+            },
         };
         let mut queues = FrameQueues::new();
         let stop = Arc::new(AtomicBool::new(false));
@@ -287,7 +276,7 @@ impl<S: AudioSink> AudioPipeline<S> {
                     if stats.capture_state() != CaptureState::Failed {
                         stats.set_capture_state(CaptureState::Ended);
                     }
-                    Ok((end, audio.sink))
+                    Ok((end, audio.down.sink))
                 });
                 let _ = done_tx.send(());
                 result
