@@ -46,10 +46,19 @@ pub struct ClipArgs {
     pub json: bool,
 }
 
+/// Arguments of `talkie run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// With `gpio.backend = "script"`: exit 0 once the last scripted event
+    /// has been fully handled (recognized, delivered, LEDs settled).
+    #[arg(long)]
+    pub until_script_done: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the kiosk service.
-    Run,
+    Run(RunArgs),
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
     /// List ALSA capture devices and what they support.
@@ -66,6 +75,9 @@ pub enum Command {
     Transcribe(ClipArgs),
     /// Print the speech segments the VAD finds in WAV files.
     Vad(ClipArgs),
+    /// Build a simulated session (WAV + button script) from speech clips,
+    /// for `audio.backend = "file"` with `gpio.backend = "script"`.
+    Scenario(crate::scenario::ScenarioArgs),
 }
 
 fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
@@ -115,6 +127,21 @@ pub fn main(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Scenario(args) => match crate::scenario::build(args) {
+            Ok(tsv) => {
+                eprintln!(
+                    "talkie: wrote session.wav, buttons.toml and {} in {}",
+                    tsv.file_name()
+                        .map_or_else(Default::default, |n| n.to_string_lossy()),
+                    args.out.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("talkie: {e}");
+                EX_FAILURE
+            }
+        },
         Command::CheckConfig => match load_config(&cli) {
             Ok(loaded) => match toml::to_string(&loaded.config) {
                 Ok(text) => {
@@ -132,7 +159,7 @@ pub fn main(cli: Cli) -> i32 {
             },
             Err(e) => config_failed(&e),
         },
-        Command::Run | Command::Record { .. } => {
+        Command::Run(_) | Command::Record { .. } => {
             let loaded = match load_config(&cli) {
                 Ok(l) => l,
                 Err(e) => return config_failed(&e),
@@ -144,7 +171,8 @@ pub fn main(cli: Cli) -> i32 {
                 Command::Record { seconds, out } => {
                     crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
                 }
-                _ => crate::run::run(cfg).map_err(|e| e.to_string()),
+                Command::Run(args) => crate::run::run(cfg, args).map_err(|e| e.to_string()),
+                _ => Ok(()),
             };
             match result {
                 Ok(()) => 0,

@@ -6,13 +6,10 @@ use crate::audio::clip::{load_pipeline_clip, ClipError};
 use crate::audio::PIPELINE_RATE;
 use crate::config::Config;
 use crate::models::{self, ModelError};
-use crate::stt::{SttError, Whisper};
+use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// File name of the VAD model inside a models directory.
-pub const VAD_FILE: &str = "silero_vad.onnx";
 
 /// Errors of the offline tools.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +21,7 @@ pub enum OfflineError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    Stt(#[from] SttError),
+    Recognize(#[from] RecognizeError),
 }
 
 /// The VAD model to use: `DIR/silero_vad.onnx` with `--models DIR`, else
@@ -99,9 +96,7 @@ pub fn transcribe(
     json: bool,
 ) -> Result<(), OfflineError> {
     let dir = stt_model_dir(cfg, models_dir);
-    let mut vad_model = SileroVad::load(&dir.join(VAD_FILE))?;
-    let mut whisper = Whisper::load(&dir, cfg.stt.max_tokens as usize)?;
-    let seg_cfg = SegmenterConfig::from_config(&cfg.vad);
+    let mut recognizer = Recognizer::load(&dir, cfg)?;
     for (n, file) in files.iter().enumerate() {
         if !json && files.len() > 1 {
             eprintln!("[{}/{}] {}", n + 1, files.len(), file.display());
@@ -110,37 +105,26 @@ pub fn transcribe(
             path: file.clone(),
             source,
         })?;
-        let t0 = Instant::now();
-        let segments = vad::segments(&mut vad_model, &seg_cfg, &samples)?;
-        let vad_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let speech = match (segments.first(), segments.last()) {
-            (Some(a), Some(b)) => &samples[a.start as usize..(b.end as usize).min(samples.len())],
-            _ => &samples[..0],
-        };
-        let t = if speech.is_empty() {
-            Default::default()
-        } else {
-            whisper.transcribe(speech)?
-        };
-        let total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let r = recognizer.recognize(&samples)?;
         let sec = |n: usize| n as f64 / f64::from(PIPELINE_RATE);
         if json {
+            let t = &r.transcript;
             let obj = serde_json::json!({
                 "file": file.display().to_string(),
-                "text": t.text,
-                "audio_s": sec(samples.len()),
-                "speech_s": sec(speech.len()),
-                "vad_ms": vad_ms,
+                "text": r.text,
+                "audio_s": sec(r.audio_samples),
+                "speech_s": sec(r.speech_samples),
+                "vad_ms": r.vad_ms,
                 "encoder_ms": t.encoder_ms,
                 "decoder_ms": t.decoder_ms,
-                "total_ms": total_ms,
+                "total_ms": r.total_ms,
                 "tokens": t.tokens,
                 "avg_logprob": t.avg_logprob,
                 "no_speech_prob": t.no_speech_prob,
             });
             println!("{obj}");
         } else {
-            println!("{}\t{}", file.display(), t.text);
+            println!("{}\t{}", file.display(), r.text);
         }
     }
     Ok(())

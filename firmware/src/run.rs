@@ -1,23 +1,43 @@
-//! `talkie run`: the service. At this stage it runs the audio path and
-//! reports levels and counters; the push-to-talk, recognition, agent and
-//! status-page issues plug into it.
+//! `talkie run`: the service.
 //!
-//! Threads: `talkie-capture` and `talkie-audio` (real time, see
-//! [`crate::audio`]); tokio owns signals and the periodic report.
-//! Nothing blocking runs on the runtime: joining the audio threads happens
-//! in `spawn_blocking` with a bound.
+//! Start order: models are loaded, checked and warmed first (slow, and a
+//! visitor must never pay for it), then GPIO is opened, then the audio path
+//! and the push-to-talk threads start. Threads:
+//!
+//! | thread          | job                                                |
+//! |-----------------|----------------------------------------------------|
+//! | `talkie-capture`, `talkie-audio` | the audio path ([`crate::audio`]) |
+//! | `talkie-listen` | pre-roll, utterance capture, auto stop ([`crate::ptt::listener`]) |
+//! | `talkie-stt`    | VAD trim + Whisper ([`crate::ptt::worker`])        |
+//! | `talkie-button` | debounced button edges                             |
+//! | `talkie-leds`   | indicator patterns ([`crate::ptt::indicator`])     |
+//!
+//! tokio runs the controller (state machine), signals and the periodic
+//! report; nothing blocking runs on it: joins happen in `spawn_blocking`
+//! with a bound.
 
 use crate::audio::{open_source, AudioPipeline, PipelineEnd, PipelineError, PipelineOptions};
-use crate::config::Config;
-use crate::telemetry::AudioStats;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::cli::RunArgs;
+use crate::config::{Config, GpioBackend};
+use crate::offline::stt_model_dir;
+use crate::ptt::indicator::{self, LedMsg};
+use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
+use crate::ptt::machine::Machine;
+use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts};
+use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
+use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
+use crate::threads::{self, JoinError, Tracked};
+use crate::vad::{SileroVad, VadError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 use talkie_hal::audio::AudioError;
+use talkie_hal::gpio::GpioError;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often `run` logs the audio level and counters.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// How long the audio threads get to stop after a signal.
+/// How long each thread gets to stop after a signal.
 const STOP_BUDGET: Duration = Duration::from_secs(5);
 
 /// Errors that end `talkie run`.
@@ -27,55 +47,193 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("--until-script-done needs gpio.backend = \"script\"")]
+    NotScripted,
+    #[error(transparent)]
+    Models(#[from] RecognizeError),
+    #[error(transparent)]
+    Vad(#[from] VadError),
+    #[error(transparent)]
+    Gpio(#[from] GpioError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("audio threads could not be joined: {0}")]
-    Join(String),
+    #[error("cannot start thread: {0}")]
+    Spawn(std::io::Error),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("threads could not be joined: {0}")]
+    Blocking(String),
 }
 
-/// Run the service until SIGINT/SIGTERM or until a simulated source ends.
-pub fn run(config: &Config) -> Result<(), RunError> {
+/// Run the service until SIGINT/SIGTERM, until a simulated source ends, or
+/// (with `--until-script-done`) until the button script is fully handled.
+pub fn run(config: &Config, args: &RunArgs) -> Result<(), RunError> {
+    if args.until_script_done && config.gpio.backend != GpioBackend::Script {
+        return Err(RunError::NotScripted);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("talkie-rt")
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, args))
 }
 
-async fn serve(config: &Config) -> Result<(), RunError> {
+/// The threads of a running service.
+struct Threads {
+    button_stop: Arc<AtomicBool>,
+    button: Tracked<()>,
+    listener: Tracked<()>,
+    listener_tx: mpsc::SyncSender<Command>,
+    stt: Tracked<()>,
+    leds: Tracked<()>,
+    leds_tx: mpsc::SyncSender<LedMsg>,
+}
+
+async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let stats = Arc::new(AudioStats::default());
+    let audio_stats = Arc::new(AudioStats::default());
+    let ptt_stats = Arc::new(PttStats::default());
+
+    // Models first: verified, loaded and warmed before anything listens.
+    let dir = stt_model_dir(config, None);
+    let cfg = config.clone();
+    let (recognizer, auto_stop_vad) = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let mut r = Recognizer::load(&dir, &cfg)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let warm_ms = r.warm_up()?;
+        tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
+        let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
+            Some(SileroVad::load(&dir.join(VAD_FILE))?)
+        } else {
+            None
+        };
+        Ok::<_, RunError>((r, vad))
+    })
+    .await
+    .map_err(|e| RunError::Blocking(e.to_string()))??;
+
+    let epoch = Instant::now();
+    let gpio = ptt::gpio::open(&config.gpio, epoch)?;
+    let timeline = gpio.timeline.clone();
     let source = open_source(&config.audio)?;
     tracing::info!(
         device_id = %config.device.id,
         source = source.name(),
         format = %source.format(),
+        gpio = ?config.gpio.backend,
         "audio source open"
     );
+
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(ptt::EVENT_QUEUE);
+    let (tap_sink, tap_rx) = listener::tap(Arc::clone(&ptt_stats));
+    let (listener_tx, listener_rx) = mpsc::sync_channel(16);
+    let (stt_tx, stt_rx) = mpsc::sync_channel(worker::QUEUE);
+    let (leds_tx, leds_rx) = mpsc::sync_channel(indicator::QUEUE);
+    let (listener, pool) = Listener::new(
+        &ListenerOptions {
+            preroll_ms: config.audio.preroll_ms,
+            max_utterance_s: config.audio.max_utterance_s,
+            vad_auto_stop_ms: config.ptt.vad_auto_stop_ms,
+            vad_threshold: config.vad.threshold,
+        },
+        ListenerWiring {
+            tap: tap_rx,
+            commands: listener_rx,
+            events: events_tx.clone(),
+            recognizer: stt_tx,
+        },
+        auto_stop_vad,
+        Arc::clone(&ptt_stats),
+    );
+    let spawn_err = RunError::Spawn;
+    let leds = {
+        let stats = Arc::clone(&ptt_stats);
+        let ind = gpio.indicators;
+        threads::spawn("talkie-leds", move || indicator::run(ind, leds_rx, stats))
+            .map_err(spawn_err)?
+    };
+    let stt = {
+        let (events, stats) = (events_tx.clone(), Arc::clone(&ptt_stats));
+        threads::spawn("talkie-stt", move || {
+            worker::run(recognizer, stt_rx, pool, events, stats)
+        })
+        .map_err(spawn_err)?
+    };
+    let listener = threads::spawn("talkie-listen", move || listener.run()).map_err(spawn_err)?;
     let pipeline = AudioPipeline::start(
         source,
-        crate::audio::pipeline::NullSink,
+        tap_sink,
         &PipelineOptions {
             preroll_ms: config.audio.preroll_ms,
             rt_priority: config.audio.rt_priority,
             max_input_frames: None,
         },
-        Arc::clone(&stats),
+        Arc::clone(&audio_stats),
     )?;
+    let button_stop = Arc::new(AtomicBool::new(false));
+    let button = {
+        let (b, stop, stats) = (
+            gpio.button,
+            Arc::clone(&button_stop),
+            Arc::clone(&ptt_stats),
+        );
+        let ev = events_tx.clone();
+        threads::spawn("talkie-button", move || {
+            ptt::button_loop(b, ev, stop, stats)
+        })
+        .map_err(spawn_err)?
+    };
+    drop(events_tx);
+    let recent = RecentTranscripts::default();
+    let mut controller = Controller::new(
+        Machine::new(&config.ptt),
+        epoch,
+        listener_tx.clone(),
+        leds_tx.clone(),
+        Arc::clone(&ptt_stats),
+        recent,
+    );
+    let threads = Threads {
+        button_stop,
+        button,
+        listener,
+        listener_tx,
+        stt,
+        leds,
+        leds_tx,
+    };
+
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut script_done = false;
     loop {
+        let done = if args.until_script_done {
+            script_done && controller.is_quiescent()
+        } else {
+            pipeline.is_finished() && controller.is_quiescent()
+        };
+        if done {
+            break;
+        }
         tokio::select! {
-            _ = tick.tick() => {
-                report(&stats);
-                if pipeline.is_finished() {
-                    break;
+            ev = events.recv() => match ev {
+                Some(ControlEvent::ButtonExhausted) => {
+                    tracing::info!("button script finished");
+                    script_done = true;
                 }
+                Some(ev) => controller.handle(ev),
+                None => break,
+            },
+            _ = tick.tick() => {
+                report(&audio_stats);
+                let state = audio_stats.capture_state();
+                controller.set_fault(matches!(state, CaptureState::Degraded | CaptureState::Failed));
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
@@ -87,15 +245,43 @@ async fn serve(config: &Config) -> Result<(), RunError> {
             }
         }
     }
+
+    drop(events);
     pipeline.stop();
     let (end, _) = tokio::task::spawn_blocking(move || pipeline.join(STOP_BUDGET))
         .await
-        .map_err(|e| RunError::Join(e.to_string()))??;
-    report(&stats);
+        .map_err(|e| RunError::Blocking(e.to_string()))??;
+    tokio::task::spawn_blocking(move || stop_threads(threads))
+        .await
+        .map_err(|e| RunError::Blocking(e.to_string()))??;
+    report(&audio_stats);
+    summary(&ptt_stats);
+    if let Some(t) = timeline {
+        let line: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|(ms, s)| format!("{}@{ms}", s.as_str()))
+            .collect();
+        tracing::info!(timeline = %line.join(" "), "led timeline");
+    }
     match end {
         PipelineEnd::SourceEnded => tracing::info!("audio source ended"),
         other => tracing::info!(end = ?other, "stopped"),
     }
+    Ok(())
+}
+
+/// Stop and join every push-to-talk thread, each within [`STOP_BUDGET`].
+fn stop_threads(t: Threads) -> Result<(), RunError> {
+    t.button_stop.store(true, Ordering::Relaxed);
+    let _ = t.listener_tx.try_send(Command::Stop);
+    // The listener owns the recognition queue's sender: once it is gone,
+    // the worker finishes the utterance in hand and ends.
+    t.listener.join(STOP_BUDGET)?;
+    t.stt.join(STOP_BUDGET)?;
+    t.button.join(STOP_BUDGET)?;
+    let _ = t.leds_tx.send(LedMsg::Stop);
+    t.leds.join(STOP_BUDGET)?;
     Ok(())
 }
 
@@ -110,5 +296,26 @@ fn report(stats: &AudioStats) {
         xruns = s.xruns,
         reopen_attempts = s.reopen_attempts,
         "audio"
+    );
+}
+
+fn summary(s: &PttStats) {
+    let fmt = |h: &HistogramSnapshot| match (h.mean_ms(), h.quantile_upper_ms(0.95)) {
+        (Some(m), Some(p)) => format!("mean {m:.1} ms, p95 ≤ {p} ms, n {}", h.count),
+        _ => "none".to_owned(),
+    };
+    let r = Ordering::Relaxed;
+    tracing::info!(
+        presses = s.presses.load(r),
+        utterances = s.utterances.load(r),
+        transcripts = s.transcripts.load(r),
+        too_short = s.too_short.load(r),
+        no_speech = s.no_speech.load(r),
+        busy_rejected = s.busy_rejected.load(r),
+        stt_failures = s.stt_failures.load(r),
+        tap_dropped = s.tap_dropped.load(r),
+        press_to_led = %fmt(&s.press_to_led.snapshot()),
+        release_to_text = %fmt(&s.release_to_text.snapshot()),
+        "push-to-talk summary"
     );
 }

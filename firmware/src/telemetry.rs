@@ -148,3 +148,131 @@ impl AudioStats {
         }
     }
 }
+
+/// Upper bounds (milliseconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+];
+
+/// A latency histogram with Prometheus-style buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+    last_us: AtomicU64,
+}
+
+/// A copy of a [`Histogram`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS_MS`], then `+Inf`.
+    pub cumulative: Vec<u64>,
+    pub sum_ms: f64,
+    pub count: u64,
+    pub last_ms: f64,
+}
+
+impl HistogramSnapshot {
+    /// Upper bound of the bucket holding quantile `q` (0–1), in ms.
+    pub fn quantile_upper_ms(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        let i = self.cumulative.iter().position(|&c| c >= rank)?;
+        Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(f64::INFINITY))
+    }
+
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_ms / self.count as f64)
+    }
+}
+
+impl Histogram {
+    pub fn observe_ms(&self, ms: f64) {
+        let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        let us = (ms * 1000.0) as u64;
+        self.sum_us.fetch_add(us, Relaxed);
+        self.last_us.store(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut acc = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Relaxed);
+                acc
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            sum_ms: self.sum_us.load(Relaxed) as f64 / 1000.0,
+            count: self.count.load(Relaxed),
+            last_ms: self.last_us.load(Relaxed) as f64 / 1000.0,
+        }
+    }
+}
+
+/// Counters of the push-to-talk path (button, capture of utterances,
+/// recognition, delivery to the sink).
+#[derive(Debug, Default)]
+pub struct PttStats {
+    /// Debounced presses.
+    pub presses: AtomicU64,
+    /// Utterances submitted for recognition.
+    pub utterances: AtomicU64,
+    pub too_short: AtomicU64,
+    pub busy_rejected: AtomicU64,
+    pub no_speech: AtomicU64,
+    pub transcripts: AtomicU64,
+    pub stt_failures: AtomicU64,
+    /// 16 kHz frames the listener could not take (it fell behind).
+    pub tap_dropped: AtomicU64,
+    /// Utterances cut at `audio.max_utterance_s` or by `ptt.vad_auto_stop_ms`.
+    pub auto_stopped: AtomicU64,
+    /// LED commands dropped because the indicator thread was behind.
+    pub led_dropped: AtomicU64,
+    pub button_errors: AtomicU64,
+    /// Debounced press → indicators show "listening".
+    pub press_to_led: Histogram,
+    /// Release (or auto stop) → transcript ready.
+    pub release_to_text: Histogram,
+    /// VAD + encoder + decoder per utterance.
+    pub stt: Histogram,
+    /// Heartbeats of the listener and recognition threads.
+    pub listen_beat_ms: AtomicU64,
+    pub stt_beat_ms: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_quantiles() {
+        let h = Histogram::default();
+        assert_eq!(h.snapshot().quantile_upper_ms(0.95), None);
+        for ms in [0.5, 3.0, 3.0, 15.0, 400.0, 1e9] {
+            h.observe_ms(ms);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 6);
+        assert_eq!(s.cumulative[0], 1);
+        assert_eq!(s.cumulative[2], 3, "≤ 5 ms");
+        assert_eq!(*s.cumulative.last().unwrap(), 6);
+        assert_eq!(s.quantile_upper_ms(0.5), Some(5.0));
+        assert_eq!(s.quantile_upper_ms(0.8), Some(500.0));
+        assert_eq!(s.quantile_upper_ms(1.0), Some(f64::INFINITY));
+        assert_eq!(s.last_ms, 1e9);
+    }
+}

@@ -212,6 +212,19 @@ pub enum Pull {
     Off,
 }
 
+/// Which status LEDs `gpio.backend = "rppal"` drives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LedKind {
+    /// Three plain LEDs on `gpio.led_pins` (ready, activity, fault).
+    #[default]
+    Pins,
+    /// APA102 RGB LEDs on SPI (ReSpeaker 2-Mic Pi HAT).
+    Apa102,
+    /// No LEDs.
+    None,
+}
+
 /// `[gpio]`: button and LEDs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -226,6 +239,16 @@ pub struct GpioConfig {
     pub button_pull: Pull,
     /// Edges closer together than this are bounces.
     pub debounce_ms: u32,
+    pub leds: LedKind,
+    /// BCM pins of the ready (green), activity (amber) and fault (red) LEDs.
+    pub led_pins: [u8; 3],
+    /// SPI bus and chip select of the APA102 LEDs (`/dev/spidev{bus}.{cs}`).
+    pub apa102_spi_bus: u8,
+    pub apa102_spi_cs: u8,
+    /// Number of APA102 LEDs on the chain.
+    pub apa102_count: u8,
+    /// APA102 global brightness, 0–31.
+    pub apa102_brightness: u8,
 }
 
 impl Default for GpioConfig {
@@ -237,6 +260,12 @@ impl Default for GpioConfig {
             button_active_low: true,
             button_pull: Pull::Up,
             debounce_ms: 20,
+            leds: LedKind::Pins,
+            led_pins: [22, 23, 24],
+            apa102_spi_bus: 0,
+            apa102_spi_cs: 1,
+            apa102_count: 3,
+            apa102_brightness: 8,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Range, path and cross-key checks that serde's types cannot express.
 //! Each problem is `(section.key, message naming what is allowed)`.
 
-use super::schema::{AudioBackend, Config, GpioBackend};
+use super::schema::{AudioBackend, Config, GpioBackend, LedKind};
 use std::fmt::Display;
 use std::ops::RangeInclusive;
 
@@ -130,6 +130,33 @@ pub(super) fn validate(c: &Config) -> Problems {
     }
     range(&mut p, "gpio.button_pin", g.button_pin, 0..=27);
     range(&mut p, "gpio.debounce_ms", g.debounce_ms, 0..=1_000);
+    for (i, pin) in g.led_pins.iter().enumerate() {
+        range(&mut p, &format!("gpio.led_pins[{i}]"), *pin, 0..=27);
+    }
+    if g.leds == LedKind::Pins && g.backend == GpioBackend::Rppal {
+        let mut all = g.led_pins.to_vec();
+        all.push(g.button_pin);
+        all.sort_unstable();
+        all.dedup();
+        check(
+            &mut p,
+            "gpio.led_pins",
+            all.len() == 4,
+            format!(
+                "{:?} must be three different pins, none of them gpio.button_pin ({})",
+                g.led_pins, g.button_pin
+            ),
+        );
+    }
+    range(&mut p, "gpio.apa102_spi_bus", g.apa102_spi_bus, 0..=1);
+    range(&mut p, "gpio.apa102_spi_cs", g.apa102_spi_cs, 0..=1);
+    range(&mut p, "gpio.apa102_count", g.apa102_count, 1..=64);
+    range(
+        &mut p,
+        "gpio.apa102_brightness",
+        g.apa102_brightness,
+        0..=31,
+    );
 
     let ag = &c.agent;
     if let Some(url) = &ag.url {

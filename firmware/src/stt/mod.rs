@@ -1,9 +1,12 @@
 //! Speech to text: Whisper tiny.en as two ONNX graphs on tract (see
 //! `models/whisper_onnx.py`), a log-mel front end in Rust, and greedy
-//! decoding with the self-attention KV cache.
+//! decoding with the self-attention KV cache. [`Recognizer`] puts the VAD
+//! trim in front of it.
 
 pub mod mel;
+pub mod recognizer;
 pub mod tokenizer;
 pub mod whisper;
 
+pub use recognizer::{Recognition, RecognizeError, Recognizer, VAD_FILE};
 pub use whisper::{SttError, Transcript, Whisper};

@@ -1,0 +1,315 @@
+//! Push-to-talk: the interaction state machine and the threads around it.
+//!
+//! ```text
+//! talkie-button ─┐                                   ┌─▶ talkie-leds (indicators)
+//! talkie-listen ─┼─ControlEvent─▶ Controller (tokio) ─┼─▶ talkie-listen (Start/Submit/Discard)
+//! talkie-stt ────┘        Machine::handle → Actions   └─▶ transcript sink
+//! ```
+//! The [`machine::Machine`] decides; the [`Controller`] only carries
+//! events in and actions out, so every rule is unit-tested without threads.
+
+pub mod gpio;
+pub mod indicator;
+pub mod listener;
+pub mod machine;
+pub mod worker;
+
+use crate::telemetry::PttStats;
+use indicator::LedMsg;
+use listener::Command;
+use machine::{Action, Input, Machine};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use talkie_hal::gpio::{Button, ButtonEvent, ButtonPoll, Edge, IndicatorState};
+use worker::Recognized;
+
+/// Events the controller reacts to.
+#[derive(Debug)]
+pub enum ControlEvent {
+    Button(ButtonEvent),
+    /// A scripted button has played its last event.
+    ButtonExhausted,
+    /// The listener ended a capture by itself.
+    CaptureEnded,
+    Recognized(Box<Recognized>),
+    RecognitionFailed,
+}
+
+/// Events queued for the controller.
+pub const EVENT_QUEUE: usize = 64;
+
+/// Transcripts kept in memory for the status page.
+pub const RECENT_TRANSCRIPTS: usize = 32;
+
+/// One transcript as delivered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TranscriptRecord {
+    pub id: u64,
+    pub text: String,
+    /// Unix time of the press, milliseconds.
+    pub started_at_ms: u64,
+    pub audio_ms: u64,
+    pub speech_ms: u64,
+    pub stt_ms: f64,
+    pub release_to_text_ms: f64,
+    pub avg_logprob: f32,
+}
+
+/// The last transcripts, newest last, bounded.
+#[derive(Debug, Clone, Default)]
+pub struct RecentTranscripts(Arc<Mutex<VecDeque<TranscriptRecord>>>);
+
+impl RecentTranscripts {
+    pub fn push(&self, t: TranscriptRecord) {
+        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.len() == RECENT_TRANSCRIPTS {
+            q.pop_front();
+        }
+        q.push_back(t);
+    }
+
+    pub fn list(&self) -> Vec<TranscriptRecord> {
+        let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        q.iter().cloned().collect()
+    }
+}
+
+/// Carries events into the [`Machine`] and its actions out.
+#[derive(Debug)]
+pub struct Controller {
+    machine: Machine,
+    epoch: Instant,
+    listener: SyncSender<Command>,
+    leds: SyncSender<LedMsg>,
+    stats: Arc<PttStats>,
+    /// Recognized and waiting for delivery (at most the machine's queue).
+    ready: VecDeque<Recognized>,
+    recent: RecentTranscripts,
+    last_press: Option<Instant>,
+    fault: bool,
+}
+
+impl Controller {
+    pub fn new(
+        machine: Machine,
+        epoch: Instant,
+        listener: SyncSender<Command>,
+        leds: SyncSender<LedMsg>,
+        stats: Arc<PttStats>,
+        recent: RecentTranscripts,
+    ) -> Self {
+        let mut c = Self {
+            machine,
+            epoch,
+            listener,
+            leds,
+            stats,
+            ready: VecDeque::with_capacity(2),
+            recent,
+            last_press: None,
+            fault: false,
+        };
+        let first = c.machine.start();
+        let _ = c.act(first, Instant::now());
+        c
+    }
+
+    pub fn is_quiescent(&self) -> bool {
+        self.machine.is_quiescent()
+    }
+
+    pub fn shown(&self) -> IndicatorState {
+        self.machine.shown()
+    }
+
+    /// Tell the machine whether a component needed for utterances failed.
+    pub fn set_fault(&mut self, fault: bool) {
+        if fault != self.fault {
+            self.fault = fault;
+            self.input(
+                Input::Health {
+                    fault,
+                    offline: false,
+                },
+                Instant::now(),
+            );
+        }
+    }
+
+    pub fn handle(&mut self, ev: ControlEvent) {
+        match ev {
+            ControlEvent::Button(e) => {
+                let at_ms = u64::try_from(e.at.saturating_duration_since(self.epoch).as_millis())
+                    .unwrap_or(u64::MAX);
+                tracing::debug!(edge = e.edge.as_str(), at_ms, "button");
+                let input = match e.edge {
+                    Edge::Pressed => {
+                        self.stats.presses.fetch_add(1, Relaxed);
+                        self.last_press = Some(e.at);
+                        Input::Pressed { at_ms }
+                    }
+                    Edge::Released => Input::Released { at_ms },
+                };
+                self.input(input, e.at);
+            }
+            ControlEvent::ButtonExhausted => {}
+            ControlEvent::CaptureEnded => self.input(Input::CaptureEnded, Instant::now()),
+            ControlEvent::Recognized(r) => {
+                let speech = r.result.has_text();
+                if speech {
+                    if self.ready.len() >= 2 {
+                        // The machine allows two in flight; a third is a bug.
+                        tracing::error!(
+                            id = r.id,
+                            "more recognitions than expected; oldest dropped"
+                        );
+                        self.ready.pop_front();
+                    }
+                    self.ready.push_back(*r);
+                } else {
+                    self.stats.no_speech.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        id = r.id,
+                        audio_ms = r.result.audio_ms(),
+                        "no speech found; nothing sent"
+                    );
+                }
+                self.input(Input::Recognized { speech }, Instant::now());
+            }
+            ControlEvent::RecognitionFailed => {
+                self.input(Input::RecognitionFailed, Instant::now());
+            }
+        }
+    }
+
+    /// Feed `input` and carry out the actions, in order. An action that
+    /// produces a new input (delivery) is handled after the current batch,
+    /// so the LEDs see every state in the order the machine passed it.
+    fn input(&mut self, input: Input, at: Instant) {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            for a in self.machine.handle(input) {
+                if let Some(i) = self.act(a, at) {
+                    next = Some(i);
+                }
+            }
+        }
+    }
+
+    /// Carry out one action; returns the input it produced, if any.
+    fn act(&mut self, action: Action, at: Instant) -> Option<Input> {
+        match action {
+            Action::StartCapture => self.command(Command::Start { pressed_at: at }),
+            Action::SubmitCapture => self.command(Command::Submit { released_at: at }),
+            Action::DiscardCapture => {
+                self.stats.too_short.fetch_add(1, Relaxed);
+                self.command(Command::Discard);
+            }
+            Action::Deliver => {
+                return Some(match self.ready.pop_front() {
+                    Some(r) => {
+                        self.deliver(r);
+                        Input::Delivered
+                    }
+                    None => Input::DeliveryFailed,
+                });
+            }
+            Action::Led { show, flash } => {
+                if flash == Some(IndicatorState::Busy) {
+                    self.stats.busy_rejected.fetch_add(1, Relaxed);
+                }
+                let pressed_at = (show == IndicatorState::Listening)
+                    .then_some(self.last_press)
+                    .flatten();
+                let msg = LedMsg::Led {
+                    show,
+                    flash,
+                    pressed_at,
+                };
+                if self.leds.try_send(msg).is_err() {
+                    indicator::dropped(&self.stats);
+                }
+            }
+        }
+        None
+    }
+
+    fn command(&self, cmd: Command) {
+        if self.listener.try_send(cmd).is_err() {
+            tracing::error!(?cmd, "listener not taking commands");
+        }
+    }
+
+    /// The transcript sink until the agent link lands: log and keep.
+    fn deliver(&mut self, r: Recognized) {
+        let release_to_text_ms = r
+            .done_at
+            .saturating_duration_since(r.ended_at)
+            .as_secs_f64()
+            * 1000.0;
+        self.stats.release_to_text.observe_ms(release_to_text_ms);
+        self.stats.transcripts.fetch_add(1, Relaxed);
+        let started_at = SystemTime::now()
+            .checked_sub(r.pressed_at.elapsed())
+            .unwrap_or(UNIX_EPOCH);
+        let rec = TranscriptRecord {
+            id: r.id,
+            text: r.result.text.trim().to_owned(),
+            started_at_ms: started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            audio_ms: r.result.audio_ms(),
+            speech_ms: r.result.speech_ms(),
+            stt_ms: r.result.total_ms,
+            release_to_text_ms,
+            avg_logprob: r.result.transcript.avg_logprob,
+        };
+        tracing::info!(
+            target: "talkie::transcript",
+            id = rec.id,
+            text = %rec.text,
+            audio_ms = rec.audio_ms,
+            speech_ms = rec.speech_ms,
+            stt_ms = format_args!("{:.0}", rec.stt_ms),
+            release_to_text_ms = format_args!("{:.0}", rec.release_to_text_ms),
+            auto_stopped = r.auto_stopped,
+            "transcript"
+        );
+        self.recent.push(rec);
+    }
+}
+
+/// The button thread body: forwards debounced edges until `stop` is set or
+/// a script runs out.
+pub fn button_loop(
+    mut button: Box<dyn Button>,
+    events: tokio::sync::mpsc::Sender<ControlEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<PttStats>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Relaxed) {
+        match button.next_event(Duration::from_millis(200)) {
+            Ok(ButtonPoll::Event(e)) => {
+                backoff = Duration::from_millis(100);
+                if events.blocking_send(ControlEvent::Button(e)).is_err() {
+                    return;
+                }
+            }
+            Ok(ButtonPoll::Timeout) => {}
+            Ok(ButtonPoll::Exhausted) => {
+                let _ = events.blocking_send(ControlEvent::ButtonExhausted);
+                return;
+            }
+            Err(e) => {
+                stats.button_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "button read failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

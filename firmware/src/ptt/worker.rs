@@ -1,0 +1,79 @@
+//! The recognition worker (`talkie-stt`): takes utterances from a bounded
+//! queue, runs VAD trim + Whisper, reports to the controller and returns
+//! the utterance buffer to the listener's pool.
+
+use super::listener::Utterance;
+use super::ControlEvent;
+use crate::stt::{Recognition, Recognizer};
+use crate::telemetry::{now_ms, PttStats};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Utterances waiting for recognition (the state machine never submits
+/// more than one beyond the one being recognized).
+pub const QUEUE: usize = 2;
+
+/// A finished recognition, for the controller.
+#[derive(Debug)]
+pub struct Recognized {
+    pub id: u64,
+    pub result: Recognition,
+    pub pressed_at: Instant,
+    pub ended_at: Instant,
+    pub done_at: Instant,
+    pub auto_stopped: bool,
+}
+
+/// The worker thread body. Ends when the listener (the queue's sender) is
+/// gone.
+pub fn run(
+    mut recognizer: Recognizer,
+    queue: Receiver<Utterance>,
+    pool: SyncSender<Vec<f32>>,
+    events: tokio::sync::mpsc::Sender<ControlEvent>,
+    stats: Arc<PttStats>,
+) {
+    loop {
+        stats.stt_beat_ms.store(now_ms(), Relaxed);
+        let utt = match queue.recv_timeout(Duration::from_millis(500)) {
+            Ok(u) => u,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let outcome = recognizer.recognize(&utt.samples);
+        let done_at = Instant::now();
+        stats.stt_beat_ms.store(now_ms(), Relaxed);
+        let Utterance {
+            id,
+            samples,
+            pressed_at,
+            ended_at,
+            auto_stopped,
+        } = utt;
+        // Cannot fail: the pool has room for every buffer.
+        let _ = pool.try_send(samples);
+        let ev = match outcome {
+            Ok(result) => {
+                stats.stt.observe_ms(result.total_ms);
+                ControlEvent::Recognized(Box::new(Recognized {
+                    id,
+                    result,
+                    pressed_at,
+                    ended_at,
+                    done_at,
+                    auto_stopped,
+                }))
+            }
+            Err(e) => {
+                stats.stt_failures.fetch_add(1, Relaxed);
+                tracing::error!(id, error = %e, "recognition failed");
+                ControlEvent::RecognitionFailed
+            }
+        };
+        if events.blocking_send(ev).is_err() {
+            return;
+        }
+    }
+}
