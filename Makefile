@@ -35,18 +35,25 @@ build: deps
 models: deps
 	python3 models/build.py
 
-# The appliance end to end on simulated hardware. At this stage: the audio
-# path on a 10 s speech clip played at real time (levels once a second),
-# then on-device recognition of that clip and of two kiosk questions.
-demo: build models
+# The appliance end to end on simulated hardware: four kiosk questions and
+# a 10 s clip of human speech in one session WAV played at real time, a
+# button script pressing around each one, transcripts with their latency
+# and the LED timeline printed as they happen. Release build: the latency
+# printed is what a board-class CPU should be compared with.
+DEMO_DIR := target/demo
+DEMO_CLIPS := $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wav \
+  $(EVAL)/dev/dev_05.wav $(EVAL)/dev/dev_06.wav $(EVAL)/dev/real_beckett.wav
+demo: deps models
 	@test -f "$(EVAL)/dev/real_beckett.wav" || { echo "error: speech clips not found in $(EVAL) (set EVAL=...)"; exit 1; }
-	@echo "== talkie demo: audio path on $(EVAL)/dev/real_beckett.wav (real time) =="
-	$(CARGO) run --quiet --bin talkie -- --config board/demo/talkie.toml \
-	  --set audio.file=$(EVAL)/dev/real_beckett.wav run
-	@echo "== talkie demo: speech to text on this machine (VAD + Whisper tiny.en) =="
-	$(CARGO) run --quiet --bin talkie -- --config board/demo/talkie.toml \
-	  --set audio.file=$(EVAL)/dev/real_beckett.wav transcribe \
-	  $(EVAL)/dev/real_beckett.wav $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wav
+	$(CARGO) build --release --bin talkie
+	@echo "== talkie demo: building a session from $(words $(DEMO_CLIPS)) clips of $(EVAL)/dev =="
+	./target/release/talkie scenario --out $(DEMO_DIR) --gap-ms 3000 $(DEMO_CLIPS)
+	@column -t -s $$'\t' $(DEMO_DIR)/clips.tsv
+	@echo "== talkie demo: talkie run (file microphone, scripted button, recorded LEDs) =="
+	RUST_LOG=warn,talkie::transcript=info,talkie::led=info,talkie::run=info \
+	  ./target/release/talkie --config board/demo/talkie.toml \
+	  --set audio.file=$(DEMO_DIR)/session.wav --set gpio.script=$(DEMO_DIR)/buttons.toml \
+	  run --until-script-done
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -60,8 +67,8 @@ test: deps lint models
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps models
-	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt
-	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md
+	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt
+	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md
 
 clean:
 	$(CARGO) clean

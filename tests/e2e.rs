@@ -620,3 +620,195 @@ fn transcribe_silence_invents_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("notes.wav"));
 }
+
+// ---------------------------------------------------------------- push-to-talk
+
+/// The JSON log lines of a run.
+fn json_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
+    text(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn with_target<'a>(
+    lines: &'a [serde_json::Value],
+    target: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    lines.iter().filter(move |l| l["target"] == target)
+}
+
+/// A configuration for the file audio backend and the script button.
+fn scripted_config(dir: &Path, wav: &Path, script: &Path) -> PathBuf {
+    let models = models_dir();
+    write(
+        dir,
+        "talkie.toml",
+        &format!(
+            "[device]\nid = \"e2e\"\n[audio]\nbackend = \"file\"\nfile = {wav:?}\nrealtime = true\n\
+             preroll_ms = 500\n[gpio]\nbackend = \"script\"\nscript = {script:?}\ndebounce_ms = 20\n\
+             [stt]\nmodel_dir = {models:?}\n[vad]\nmodel = {:?}\n",
+            models.join("silero_vad.onnx")
+        ),
+    )
+}
+
+/// Five dev clips 8 s apart, played at real time (about 55 s): each event
+/// leaves seconds of slack after the previous utterance's recognition and
+/// LED flash, so the LED sequence does not depend on machine speed.
+#[test]
+fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = eval_dir().join("dev");
+    let refs = wer::eval_references(&dev);
+    let clips: Vec<&(String, String)> = refs.iter().take(5).collect();
+    let out = run(talkie()
+        .args(["scenario", "--gap-ms", "8000", "--out"])
+        .arg(dir.path())
+        .args(clips.iter().map(|(f, _)| dev.join(f))));
+    assert_eq!(out.status.code(), Some(0));
+    // clip  start_ms  end_ms  press_ms  release_ms
+    let spans: Vec<(u64, u64)> = std::fs::read_to_string(dir.path().join("clips.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<u64> = l.split('\t').skip(1).map(|v| v.parse().unwrap()).collect();
+            (f[0], f[1])
+        })
+        .collect();
+    assert_eq!(spans.len(), 5);
+
+    // Where speech starts inside clip 1, by the VAD (its start includes
+    // vad.speech_pad_ms = 100 of padding).
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "vad",
+            "--json",
+            "--models",
+        ])
+        .arg(models_dir())
+        .arg(dev.join(&clips[1].0)));
+    let vad: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let onset_ms = (vad["segments"][0][0].as_f64().unwrap() * 1000.0) as u64 + 100;
+
+    let mut script = String::new();
+    let mut ev = |at: u64, action: &str| {
+        script.push_str(&format!("[[event]]\nat_ms = {at}\naction = \"{action}\"\n"));
+    };
+    // Clip 0: the press bounces (five edges within the 20 ms debounce window).
+    let p = spans[0].0 - 300;
+    for (i, a) in ["press", "release", "press", "release", "press"]
+        .iter()
+        .enumerate()
+    {
+        ev(p + 3 * i as u64, a);
+    }
+    ev(spans[0].1 + 400, "release");
+    // Clip 1: pressed 200 ms after the speech started; the pre-roll keeps it.
+    ev(spans[1].0 + onset_ms + 200, "press");
+    ev(spans[1].1 + 400, "release");
+    // Clip 2, then a 100 ms tap in the quiet gap.
+    ev(spans[2].0 - 300, "press");
+    ev(spans[2].1 + 400, "release");
+    ev(spans[2].1 + 5000, "press");
+    ev(spans[2].1 + 5100, "release");
+    // Clip 3, then 1.2 s of a press over silence.
+    ev(spans[3].0 - 300, "press");
+    ev(spans[3].1 + 400, "release");
+    ev(spans[3].1 + 4500, "press");
+    ev(spans[3].1 + 5700, "release");
+    // Clip 4.
+    ev(spans[4].0 - 300, "press");
+    ev(spans[4].1 + 400, "release");
+    let script_path = write(dir.path(), "script.toml", &script);
+    let cfg = scripted_config(dir.path(), &dir.path().join("session.wav"), &script_path);
+
+    let out = run(talkie().args(["--config"]).arg(&cfg).args([
+        "--log-format",
+        "json",
+        "run",
+        "--until-script-done",
+    ]));
+    assert_eq!(out.status.code(), Some(0));
+    let lines = json_lines(&out.stderr);
+
+    let texts: Vec<String> = with_target(&lines, "talkie::transcript")
+        .map(|l| l["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        5,
+        "one transcript per clip, none for the tap or the silence: {texts:?}"
+    );
+    let (mut errors, mut total) = (0, 0);
+    for ((_, reference), hyp) in clips.iter().zip(&texts) {
+        let (e, n) = wer::errors(reference, hyp);
+        eprintln!("{hyp:?} (ref {reference:?}, {e} errors)");
+        errors += e;
+        total += n;
+    }
+    assert!(
+        errors as f64 <= 0.10 * total as f64,
+        "WER {errors}/{total} over the session"
+    );
+    assert_eq!(
+        wer::words(&texts[1]).first(),
+        wer::words(&clips[1].1).first(),
+        "the pre-roll keeps the first word of a late press"
+    );
+
+    let leds: Vec<&str> = with_target(&lines, "talkie::led")
+        .map(|l| l["state"].as_str().unwrap())
+        .collect();
+    let utterance = ["listening", "processing", "sending", "sent", "idle"];
+    let mut expected = vec!["idle"];
+    for _ in 0..3 {
+        expected.extend(utterance);
+    }
+    expected.extend(["listening", "too_short", "idle"]);
+    expected.extend(utterance);
+    expected.extend(["listening", "processing", "no_speech", "idle"]);
+    expected.extend(utterance);
+    expected.push("off");
+    assert_eq!(leds, expected);
+
+    let summary = lines
+        .iter()
+        .find(|l| l["message"] == "push-to-talk summary")
+        .expect("summary line");
+    assert_eq!(summary["presses"], 7, "the bounce burst is one press");
+    assert_eq!(summary["transcripts"], 5);
+    assert_eq!(summary["too_short"], 1);
+    assert_eq!(summary["no_speech"], 1);
+    assert_eq!(summary["tap_dropped"], 0);
+}
+
+#[test]
+fn until_script_done_needs_the_script_backend_and_a_valid_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[[event]]\nat_ms = 10\naction = \"push\"\n",
+    );
+    let wav = eval_dir().join("dev/dev_00.wav");
+    let cfg = scripted_config(dir.path(), &wav, &bad);
+    let out = run(talkie()
+        .args(["--config"])
+        .arg(&cfg)
+        .args(["run", "--until-script-done"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("push"), "{err}");
+    let out = run(talkie().args(["--config"]).arg(&cfg).args([
+        "--set",
+        "gpio.backend=none",
+        "run",
+        "--until-script-done",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--until-script-done needs gpio.backend = \"script\""));
+}

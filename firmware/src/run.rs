@@ -231,7 +231,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
                 None => break,
             },
             _ = tick.tick() => {
-                report(&audio_stats);
+                report(&audio_stats, false);
                 let state = audio_stats.capture_state();
                 controller.set_fault(matches!(state, CaptureState::Degraded | CaptureState::Failed));
             }
@@ -254,7 +254,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     tokio::task::spawn_blocking(move || stop_threads(threads))
         .await
         .map_err(|e| RunError::Blocking(e.to_string()))??;
-    report(&audio_stats);
+    report(&audio_stats, true);
     summary(&ptt_stats);
     if let Some(t) = timeline {
         let line: Vec<String> = t
@@ -285,18 +285,30 @@ fn stop_threads(t: Threads) -> Result<(), RunError> {
     Ok(())
 }
 
-fn report(stats: &AudioStats) {
+/// Log the audio counters: every second at debug level (the status page
+/// shows them live), once at info when the service stops.
+fn report(stats: &AudioStats, last: bool) {
     let s = stats.snapshot();
-    tracing::info!(
-        state = s.capture_state.as_str(),
-        level_rms_dbfs = format_args!("{:.1}", s.level_rms_dbfs),
-        level_peak_dbfs = format_args!("{:.1}", s.level_peak_dbfs),
-        frames_captured = s.frames_captured,
-        frames_dropped = s.frames_dropped,
-        xruns = s.xruns,
-        reopen_attempts = s.reopen_attempts,
-        "audio"
-    );
+    macro_rules! emit {
+        ($lvl:expr) => {
+            tracing::event!(
+                $lvl,
+                state = s.capture_state.as_str(),
+                level_rms_dbfs = format_args!("{:.1}", s.level_rms_dbfs),
+                level_peak_dbfs = format_args!("{:.1}", s.level_peak_dbfs),
+                frames_captured = s.frames_captured,
+                frames_dropped = s.frames_dropped,
+                xruns = s.xruns,
+                reopen_attempts = s.reopen_attempts,
+                "audio"
+            )
+        };
+    }
+    if last {
+        emit!(tracing::Level::INFO);
+    } else {
+        emit!(tracing::Level::DEBUG);
+    }
 }
 
 fn summary(s: &PttStats) {

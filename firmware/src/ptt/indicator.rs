@@ -85,9 +85,9 @@ pub fn run(leds: Box<dyn Indicators>, rx: Receiver<LedMsg>, stats: Arc<PttStats>
                     }
                 }
                 if let Some(p) = pressed_at {
-                    stats
-                        .press_to_led
-                        .observe_ms(p.elapsed().as_secs_f64() * 1000.0);
+                    let ms = p.elapsed().as_secs_f64() * 1000.0;
+                    stats.press_to_led.observe_ms(ms);
+                    tracing::debug!(press_to_led_ms = ms, "press shown");
                 }
             }
             Ok(LedMsg::Stop) | Err(RecvTimeoutError::Disconnected) => {

@@ -114,3 +114,31 @@ pub fn run_file_through_pipeline(wav: &std::path::Path) -> (AllocProbe, Arc<Audi
     let (_, probe) = pipeline.join(Duration::from_secs(600)).unwrap();
     (probe, stats)
 }
+
+/// The `p`-th percentile (0–100) of `values`, nearest rank; 0 when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Write `target/bench/{name}.json` and `.md` and print the Markdown.
+pub fn write_report(name: &str, json: &serde_json::Value, md: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json).unwrap() + "\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{name}.md")), md).unwrap();
+    println!("{md}");
+}
