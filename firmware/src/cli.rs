@@ -78,6 +78,9 @@ pub enum Command {
     /// Build a simulated session (WAV + button script) from speech clips,
     /// for `audio.backend = "file"` with `gpio.backend = "script"`.
     Scenario(crate::scenario::ScenarioArgs),
+    /// A fault-injecting agent for tests and demos: deduplicates by
+    /// Idempotency-Key and records every request as a JSON line.
+    MockAgent(crate::agent::mock::MockArgs),
 }
 
 fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
@@ -120,6 +123,16 @@ pub fn main(cli: Cli) -> i32 {
                 crate::offline::transcribe(&cfg, files, models, json)
             };
             match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
+        }
+        Command::MockAgent(args) => {
+            crate::logging::init("info", cli.log_format.unwrap_or_default());
+            match crate::agent::mock::run(args.clone()) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");

@@ -16,6 +16,10 @@
 //! report; nothing blocking runs on it: joins happen in `spawn_blocking`
 //! with a bound.
 
+use crate::agent::breaker::{Backoff, Breaker};
+use crate::agent::link::{self, Link, LinkError};
+use crate::agent::outbox::{Outbox, OutboxError};
+use crate::agent::AgentStats;
 use crate::audio::{open_source, AudioPipeline, PipelineEnd, PipelineError, PipelineOptions};
 use crate::cli::RunArgs;
 use crate::config::{Config, GpioBackend};
@@ -23,7 +27,9 @@ use crate::offline::stt_model_dir;
 use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
 use crate::ptt::machine::Machine;
-use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts};
+use crate::ptt::{
+    self, worker, ControlEvent, Controller, OutboxSink, RecentTranscripts, SinkWiring,
+};
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
 use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
 use crate::threads::{self, JoinError, Tracked};
@@ -34,6 +40,8 @@ use std::time::{Duration, Instant};
 use talkie_hal::audio::AudioError;
 use talkie_hal::gpio::GpioError;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often `run` logs the audio level and counters.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -55,6 +63,10 @@ pub enum RunError {
     Vad(#[from] VadError),
     #[error(transparent)]
     Gpio(#[from] GpioError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
@@ -117,6 +129,15 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     })
     .await
     .map_err(|e| RunError::Blocking(e.to_string()))??;
+
+    let agent_stats = Arc::new(AgentStats::default());
+    let link = match &config.agent.url {
+        Some(url) => Some(open_link(config, url, Arc::clone(&agent_stats)).await?),
+        None => {
+            tracing::info!("agent.url not set: transcripts are logged and kept in memory only");
+            None
+        }
+    };
 
     let epoch = Instant::now();
     let gpio = ptt::gpio::open(&config.gpio, epoch)?;
@@ -189,7 +210,13 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         })
         .map_err(spawn_err)?
     };
-    drop(events_tx);
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let outbox_sink = link.map(|(link, sink)| {
+        tasks.spawn(link.run(cancel.clone()));
+        sink
+    });
+    tasks.close();
     let recent = RecentTranscripts::default();
     let mut controller = Controller::new(
         Machine::new(&config.ptt),
@@ -198,6 +225,11 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         leds_tx.clone(),
         Arc::clone(&ptt_stats),
         recent,
+        SinkWiring {
+            device_id: config.device.id.clone(),
+            outbox: outbox_sink,
+            events: events_tx,
+        },
     );
     let threads = Threads {
         button_stop,
@@ -212,9 +244,10 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut script_done = false;
+    let has_agent = config.agent.url.is_some();
     loop {
         let done = if args.until_script_done {
-            script_done && controller.is_quiescent()
+            script_done && controller.is_quiescent() && outbox_drained(&agent_stats, has_agent)
         } else {
             pipeline.is_finished() && controller.is_quiescent()
         };
@@ -247,6 +280,14 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     }
 
     drop(events);
+    drop(controller);
+    cancel.cancel();
+    if tokio::time::timeout(STOP_BUDGET, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!("agent link did not stop within {STOP_BUDGET:?}");
+    }
     pipeline.stop();
     let (end, _) = tokio::task::spawn_blocking(move || pipeline.join(STOP_BUDGET))
         .await
@@ -256,6 +297,9 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         .map_err(|e| RunError::Blocking(e.to_string()))??;
     report(&audio_stats, true);
     summary(&ptt_stats);
+    if has_agent {
+        agent_summary(&agent_stats);
+    }
     if let Some(t) = timeline {
         let line: Vec<String> = t
             .entries()
@@ -269,6 +313,56 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         other => tracing::info!(end = ?other, "stopped"),
     }
     Ok(())
+}
+
+/// Open the outbox and build the delivery task for `agent.url`.
+async fn open_link(
+    config: &Config,
+    url: &str,
+    stats: Arc<AgentStats>,
+) -> Result<(Link, OutboxSink), RunError> {
+    let endpoint = link::endpoint(url)?;
+    let client = link::client(&config.agent)?;
+    let (path, max) = (config.outbox.path.clone(), config.outbox.max_items);
+    let opened = tokio::task::spawn_blocking(move || Outbox::open(&path, max))
+        .await
+        .map_err(|e| RunError::Blocking(e.to_string()))??;
+    if opened.recovered_from.is_some() {
+        stats.corrupt_recovered.fetch_add(1, Ordering::Relaxed);
+    }
+    let outbox = Arc::new(std::sync::Mutex::new(opened.outbox));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let a = &config.agent;
+    tracing::info!(
+        url = %endpoint,
+        outbox = %config.outbox.path.display(),
+        max_items = config.outbox.max_items,
+        "agent link ready"
+    );
+    let link = Link {
+        outbox: Arc::clone(&outbox),
+        client,
+        url: endpoint,
+        token: a.token.as_ref().map(|t| t.expose().to_owned()),
+        backoff: Backoff::new(
+            Duration::from_millis(a.backoff_min_ms.into()),
+            Duration::from_millis(a.backoff_max_ms.into()),
+        ),
+        breaker: Breaker::new(
+            a.breaker_failures,
+            Duration::from_secs(a.breaker_open_s.into()),
+        ),
+        stats: Arc::clone(&stats),
+        wake: Arc::clone(&wake),
+    };
+    Ok((
+        link,
+        OutboxSink {
+            outbox,
+            wake,
+            stats,
+        },
+    ))
 }
 
 /// Stop and join every push-to-talk thread, each within [`STOP_BUDGET`].
@@ -287,6 +381,16 @@ fn stop_threads(t: Threads) -> Result<(), RunError> {
 
 /// Log the audio counters: every second at debug level (the status page
 /// shows them live), once at info when the service stops.
+/// With `--until-script-done` and an agent, the run also waits for the
+/// outbox to drain (bounded by the outbox's own retry policy).
+fn outbox_drained(stats: &AgentStats, has_agent: bool) -> bool {
+    !has_agent
+        || (stats.outbox_depth.load(Ordering::Relaxed) == 0
+            && stats.enqueued.load(Ordering::Relaxed)
+                <= stats.delivered.load(Ordering::Relaxed)
+                    + stats.dead_lettered.load(Ordering::Relaxed))
+}
+
 fn report(stats: &AudioStats, last: bool) {
     let s = stats.snapshot();
     macro_rules! emit {
@@ -309,6 +413,21 @@ fn report(stats: &AudioStats, last: bool) {
     } else {
         emit!(tracing::Level::DEBUG);
     }
+}
+
+fn agent_summary(s: &AgentStats) {
+    let r = Ordering::Relaxed;
+    tracing::info!(
+        enqueued = s.enqueued.load(r),
+        enqueue_failed = s.enqueue_failed.load(r),
+        delivered = s.delivered.load(r),
+        already_delivered = s.already_delivered.load(r),
+        dead_lettered = s.dead_lettered.load(r),
+        retries = s.retries_total(),
+        breaker_opened = s.breaker_opened.load(r),
+        outbox_depth = s.outbox_depth.load(r),
+        "agent link summary"
+    );
 }
 
 fn summary(s: &PttStats) {

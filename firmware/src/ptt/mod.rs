@@ -14,6 +14,8 @@ pub mod listener;
 pub mod machine;
 pub mod worker;
 
+use crate::agent::outbox::Outbox;
+use crate::agent::{new_id, AgentStats, UtterancePayload};
 use crate::telemetry::PttStats;
 use indicator::LedMsg;
 use listener::Command;
@@ -36,6 +38,10 @@ pub enum ControlEvent {
     CaptureEnded,
     Recognized(Box<Recognized>),
     RecognitionFailed,
+    /// The outbox committed (or refused) the transcript being delivered.
+    Stored {
+        ok: bool,
+    },
 }
 
 /// Events queued for the controller.
@@ -90,6 +96,18 @@ pub struct Controller {
     recent: RecentTranscripts,
     last_press: Option<Instant>,
     fault: bool,
+    device_id: String,
+    outbox: Option<OutboxSink>,
+    events: tokio::sync::mpsc::Sender<ControlEvent>,
+}
+
+/// Where the controller's transcripts go and how it hears back.
+#[derive(Debug)]
+pub struct SinkWiring {
+    pub device_id: String,
+    /// `None`: log and keep in memory only (no `agent.url`).
+    pub outbox: Option<OutboxSink>,
+    pub events: tokio::sync::mpsc::Sender<ControlEvent>,
 }
 
 impl Controller {
@@ -100,6 +118,7 @@ impl Controller {
         leds: SyncSender<LedMsg>,
         stats: Arc<PttStats>,
         recent: RecentTranscripts,
+        sink: SinkWiring,
     ) -> Self {
         let mut c = Self {
             machine,
@@ -111,6 +130,9 @@ impl Controller {
             recent,
             last_press: None,
             fault: false,
+            device_id: sink.device_id,
+            outbox: sink.outbox,
+            events: sink.events,
         };
         let first = c.machine.start();
         let _ = c.act(first, Instant::now());
@@ -182,6 +204,14 @@ impl Controller {
             ControlEvent::RecognitionFailed => {
                 self.input(Input::RecognitionFailed, Instant::now());
             }
+            ControlEvent::Stored { ok } => {
+                let input = if ok {
+                    Input::Delivered
+                } else {
+                    Input::DeliveryFailed
+                };
+                self.input(input, Instant::now());
+            }
         }
     }
 
@@ -209,13 +239,10 @@ impl Controller {
                 self.command(Command::Discard);
             }
             Action::Deliver => {
-                return Some(match self.ready.pop_front() {
-                    Some(r) => {
-                        self.deliver(r);
-                        Input::Delivered
-                    }
-                    None => Input::DeliveryFailed,
-                });
+                return match self.ready.pop_front() {
+                    Some(r) => self.deliver(r),
+                    None => Some(Input::DeliveryFailed),
+                };
             }
             Action::Led { show, flash } => {
                 if flash == Some(IndicatorState::Busy) {
@@ -244,7 +271,10 @@ impl Controller {
     }
 
     /// The transcript sink until the agent link lands: log and keep.
-    fn deliver(&mut self, r: Recognized) {
+    /// Log and keep the transcript, then hand it to the sink. Returns the
+    /// outcome when it is known at once (log sink); the outbox reports
+    /// back with [`ControlEvent::Stored`].
+    fn deliver(&mut self, r: Recognized) -> Option<Input> {
         let release_to_text_ms = r
             .done_at
             .saturating_duration_since(r.ended_at)
@@ -278,8 +308,65 @@ impl Controller {
             auto_stopped = r.auto_stopped,
             "transcript"
         );
+        let payload = UtterancePayload {
+            id: new_id(),
+            device_id: self.device_id.clone(),
+            text: rec.text.clone(),
+            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            audio_ms: rec.audio_ms,
+            speech_ms: rec.speech_ms,
+            stt_ms: rec.stt_ms.round() as u64,
+            avg_logprob: rec.avg_logprob,
+            firmware_version: crate::cli::VERSION.to_owned(),
+        };
         self.recent.push(rec);
+        let Some(sink) = &self.outbox else {
+            return Some(Input::Delivered);
+        };
+        let body = match serde_json::to_string(&payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the transcript");
+                return Some(Input::DeliveryFailed);
+            }
+        };
+        let sink = sink.clone();
+        let events = self.events.clone();
+        let local_id = r.id;
+        // SQLite with synchronous=FULL waits for the disk: not on the
+        // controller's task.
+        tokio::task::spawn_blocking(move || {
+            let res = sink
+                .outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .enqueue(&payload.id, &body);
+            let ok = match res {
+                Ok(()) => {
+                    sink.stats.enqueued.fetch_add(1, Relaxed);
+                    sink.wake.notify_one();
+                    tracing::debug!(id = %payload.id, local_id, "transcript committed to the outbox");
+                    true
+                }
+                Err(e) => {
+                    sink.stats.enqueue_failed.fetch_add(1, Relaxed);
+                    sink.stats.set_last_error(&e.to_string());
+                    tracing::error!(error = %e, local_id, "transcript not stored; the visitor sees the error blink");
+                    false
+                }
+            };
+            let _ = events.blocking_send(ControlEvent::Stored { ok });
+        });
+        None
     }
+}
+
+/// Where delivered transcripts go when `agent.url` is set.
+#[derive(Debug, Clone)]
+pub struct OutboxSink {
+    pub outbox: Arc<Mutex<Outbox>>,
+    pub wake: Arc<tokio::sync::Notify>,
+    pub stats: Arc<AgentStats>,
 }
 
 /// The button thread body: forwards debounced edges until `stop` is set or

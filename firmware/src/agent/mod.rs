@@ -1,0 +1,106 @@
+//! The agent link: transcripts are committed to a durable outbox
+//! ([`outbox`]), then delivered in order by one tokio task ([`link`]) with
+//! retry, backoff and a circuit breaker ([`breaker`]). [`mock`] is the
+//! fault-injecting agent used by the demo, the tests and the benchmark.
+//! Contract: `docs/agent-api.md`.
+
+pub mod breaker;
+pub mod link;
+pub mod mock;
+pub mod outbox;
+
+use crate::telemetry::Histogram;
+use link::FailureClass;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+/// The JSON body of `POST /v1/utterances`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct UtterancePayload {
+    /// UUIDv7: time-ordered, also the `Idempotency-Key`.
+    pub id: String,
+    pub device_id: String,
+    pub text: String,
+    /// RFC 3339 UTC time of the press.
+    pub started_at: String,
+    pub audio_ms: u64,
+    pub speech_ms: u64,
+    pub stt_ms: u64,
+    pub avg_logprob: f32,
+    pub firmware_version: String,
+}
+
+/// A new UUIDv7 as text.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// What the link counts; read by logs, the status page and `/metrics`.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Transcripts committed to the outbox.
+    pub enqueued: AtomicU64,
+    /// Transcripts the outbox refused (full, disk error).
+    pub enqueue_failed: AtomicU64,
+    /// Items the agent acknowledged (2xx or 409).
+    pub delivered: AtomicU64,
+    /// Of those, 409: the agent already had it (a duplicate on the wire).
+    pub already_delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Retried attempts by [`FailureClass`] (index = position in `ALL`).
+    pub retries: [AtomicU64; 5],
+    pub breaker_opened: AtomicU64,
+    /// [`breaker::BreakerState`] as u8.
+    pub breaker_state: AtomicU8,
+    pub outbox_depth: AtomicU64,
+    /// Unix ms of the oldest waiting item; 0 = none.
+    pub oldest_created_ms: AtomicU64,
+    /// Corrupt databases moved aside at start.
+    pub corrupt_recovered: AtomicU64,
+    /// Agent request latency.
+    pub latency: Histogram,
+    /// Heartbeat of the delivery task.
+    pub beat_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    last_reply: Mutex<Option<String>>,
+}
+
+impl AgentStats {
+    pub fn retry(&self, class: FailureClass) {
+        if let Some(i) = FailureClass::ALL.iter().position(|c| *c == class) {
+            self.retries[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn retries_total(&self) -> u64 {
+        self.retries.iter().map(|r| r.load(Relaxed)).sum()
+    }
+
+    pub fn set_last_error(&self, e: &str) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e.to_owned());
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_last_reply(&self, r: &str) {
+        *self
+            .last_reply
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(r.to_owned());
+    }
+
+    pub fn last_reply(&self) -> Option<String> {
+        self.last_reply
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}

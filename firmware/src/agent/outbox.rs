@@ -1,0 +1,458 @@
+//! The durable outbox: SQLite (bundled) in WAL mode with
+//! `synchronous=FULL`, so a transcript acknowledged by [`Outbox::enqueue`]
+//! survives a power cut.
+//!
+//! - `outbox`: items awaiting delivery, FIFO by `seq`. An item leaves it
+//!   only after the agent answered 2xx/409 (→ `delivered`) or a permanent
+//!   4xx (→ `dead_letter`).
+//! - `delivered`: the most recent [`RECENT_DELIVERED`] deliveries, with the
+//!   agent's reply, for the status page.
+//! - `dead_letter`: refused items, the most recent [`DEAD_LETTER_KEPT`].
+//!
+//! **When full** (`outbox.max_items` waiting), new transcripts are refused
+//! with [`OutboxError::Full`]: the visitor sees the error blink and the
+//! event is logged and counted. Nothing already accepted is ever evicted:
+//! the promise is that an accepted transcript reaches the agent.
+//!
+//! **A corrupt file** (not a database, or failing `PRAGMA quick_check`) is
+//! renamed to `<path>.corrupt-<unix seconds>` (with its `-wal`/`-shm`), a
+//! fresh database is created, and [`Opened::recovered_from`] says so.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Deliveries kept for the status page.
+pub const RECENT_DELIVERED: u32 = 100;
+/// Dead letters kept.
+pub const DEAD_LETTER_KEPT: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("outbox {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("outbox is full ({max} transcripts waiting for the agent); new transcripts are refused until it drains")]
+    Full { max: u32 },
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An item waiting for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub seq: i64,
+    pub id: String,
+    /// The JSON body to POST.
+    pub body: String,
+    pub created_ms: u64,
+    pub attempts: u32,
+}
+
+/// A recent delivery.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Delivered {
+    pub id: String,
+    pub body: String,
+    pub delivered_ms: u64,
+    pub attempts: u32,
+    pub reply_text: Option<String>,
+}
+
+/// A refused item.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub body: String,
+    pub failed_ms: u64,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// Result of [`Outbox::open`].
+#[derive(Debug)]
+pub struct Opened {
+    pub outbox: Outbox,
+    /// Where a corrupt database was moved to, if one was.
+    pub recovered_from: Option<PathBuf>,
+}
+
+/// The outbox database.
+#[derive(Debug)]
+pub struct Outbox {
+    conn: Connection,
+    path: PathBuf,
+    max_items: u32,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    delivered_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reply_text TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+";
+
+impl Outbox {
+    /// Open (or create) the database at `path`, recovering from corruption.
+    pub fn open(path: &Path, max_items: u32) -> Result<Opened, OutboxError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        match Self::open_checked(path, max_items) {
+            Ok(outbox) => Ok(Opened {
+                outbox,
+                recovered_from: None,
+            }),
+            Err(OutboxError::Sqlite { source, .. }) if is_corruption(&source) => {
+                let aside =
+                    PathBuf::from(format!("{}.corrupt-{}", path.display(), unix_ms() / 1000));
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %source, "outbox database is corrupt; moved aside, starting a fresh one");
+                std::fs::rename(path, &aside).map_err(|source| OutboxError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                for ext in ["-wal", "-shm"] {
+                    let side = PathBuf::from(format!("{}{ext}", path.display()));
+                    if side.exists() {
+                        let _ = std::fs::rename(&side, format!("{}{ext}", aside.display()));
+                    }
+                }
+                Ok(Opened {
+                    outbox: Self::open_checked(path, max_items)?,
+                    recovered_from: Some(aside),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_checked(path: &Path, max_items: u32) -> Result<Self, OutboxError> {
+        let err = |source| OutboxError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if check != "ok" {
+            return Err(err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            )));
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if mode != "wal" {
+            tracing::warn!(mode, "outbox: WAL mode not available; using {mode}");
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+            max_items,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> OutboxError {
+        OutboxError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Commit a new item. Returns only once it is on disk.
+    pub fn enqueue(&mut self, id: &str, body: &str) -> Result<(), OutboxError> {
+        let depth = self.depth()?;
+        if depth >= u64::from(self.max_items) {
+            return Err(OutboxError::Full {
+                max: self.max_items,
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO outbox (id, body, created_ms) VALUES (?1, ?2, ?3)",
+                params![id, body, unix_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The oldest item waiting.
+    pub fn head(&self) -> Result<Option<Pending>, OutboxError> {
+        self.conn
+            .query_row(
+                "SELECT seq, id, body, created_ms, attempts FROM outbox ORDER BY seq LIMIT 1",
+                [],
+                |r| {
+                    Ok(Pending {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        body: r.get(2)?,
+                        created_ms: r.get::<_, i64>(3)? as u64,
+                        attempts: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Items waiting.
+    pub fn depth(&self) -> Result<u64, OutboxError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Creation time of the oldest waiting item.
+    pub fn oldest_ms(&self) -> Result<Option<u64>, OutboxError> {
+        self.conn
+            .query_row("SELECT MIN(created_ms) FROM outbox", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|v| v.map(|v| v as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Count a failed attempt on `seq`.
+    pub fn record_attempt(&mut self, seq: i64, error: &str) -> Result<(), OutboxError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                params![seq, error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Run `f` in one transaction.
+    fn in_tx(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), OutboxError> {
+        let path = self.path.clone();
+        let err = |source| OutboxError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&err)?;
+        f(&tx).map_err(&err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The agent has `seq`: move it to `delivered` (one transaction).
+    pub fn mark_delivered(
+        &mut self,
+        seq: i64,
+        reply_text: Option<&str>,
+    ) -> Result<(), OutboxError> {
+        self.in_tx(|tx| {
+            tx.execute(
+                "INSERT INTO delivered (id, body, delivered_ms, attempts, reply_text)
+                 SELECT id, body, ?2, attempts + 1, ?3 FROM outbox WHERE seq = ?1",
+                params![seq, unix_ms() as i64, reply_text],
+            )?;
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+            tx.execute(
+                "DELETE FROM delivered WHERE seq <= (SELECT MAX(seq) FROM delivered) - ?1",
+                params![RECENT_DELIVERED],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The agent refused `seq` for good: move it to `dead_letter`.
+    pub fn mark_dead(&mut self, seq: i64, status: u16, reason: &str) -> Result<(), OutboxError> {
+        self.in_tx(|tx| {
+            tx.execute(
+                "INSERT INTO dead_letter (id, body, failed_ms, status, reason)
+                 SELECT id, body, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
+                params![seq, unix_ms() as i64, status, reason],
+            )?;
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+            tx.execute(
+                "DELETE FROM dead_letter WHERE seq <= (SELECT MAX(seq) FROM dead_letter) - ?1",
+                params![DEAD_LETTER_KEPT],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The most recent deliveries, newest first.
+    pub fn recent_delivered(&self, n: u32) -> Result<Vec<Delivered>, OutboxError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, body, delivered_ms, attempts, reply_text FROM delivered ORDER BY seq DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![n], |r| {
+                Ok(Delivered {
+                    id: r.get(0)?,
+                    body: r.get(1)?,
+                    delivered_ms: r.get::<_, i64>(2)? as u64,
+                    attempts: r.get(3)?,
+                    reply_text: r.get(4)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    /// Dead letters, newest first.
+    pub fn dead_letters(&self, n: u32) -> Result<Vec<DeadLetter>, OutboxError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, body, failed_ms, status, reason FROM dead_letter ORDER BY seq DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![n], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    body: r.get(1)?,
+                    failed_ms: r.get::<_, i64>(2)? as u64,
+                    status: r.get(3)?,
+                    reason: r.get(4)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e));
+        rows
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, max: u32) -> Outbox {
+        Outbox::open(&dir.join("outbox.db"), max).unwrap().outbox
+    }
+
+    #[test]
+    fn fifo_survives_reopen_and_moves_items_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = open(dir.path(), 10);
+            o.enqueue("a", "{\"n\":1}").unwrap();
+            o.enqueue("b", "{\"n\":2}").unwrap();
+            o.enqueue("c", "{\"n\":3}").unwrap();
+        }
+        let mut o = open(dir.path(), 10);
+        assert_eq!(o.depth().unwrap(), 3);
+        let h = o.head().unwrap().unwrap();
+        assert_eq!((h.id.as_str(), h.attempts), ("a", 0));
+        o.record_attempt(h.seq, "timeout").unwrap();
+        assert_eq!(o.head().unwrap().unwrap().attempts, 1);
+        o.mark_delivered(h.seq, Some("hello")).unwrap();
+        let h = o.head().unwrap().unwrap();
+        assert_eq!(h.id, "b");
+        o.mark_dead(h.seq, 400, "bad request").unwrap();
+        assert_eq!(o.head().unwrap().unwrap().id, "c");
+        assert_eq!(o.depth().unwrap(), 1);
+        let d = o.recent_delivered(10).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].id.as_str(), d[0].attempts), ("a", 2));
+        assert_eq!(d[0].reply_text.as_deref(), Some("hello"));
+        let dl = o.dead_letters(10).unwrap();
+        assert_eq!((dl[0].id.as_str(), dl[0].status), ("b", 400));
+        assert!(o.enqueue("c", "dup").is_err(), "ids are unique");
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_new_items_and_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), 2);
+        o.enqueue("a", "1").unwrap();
+        o.enqueue("b", "2").unwrap();
+        let e = o.enqueue("c", "3").unwrap_err();
+        assert!(matches!(e, OutboxError::Full { max: 2 }), "{e}");
+        assert_eq!(o.depth().unwrap(), 2);
+        assert_eq!(o.head().unwrap().unwrap().id, "a");
+    }
+
+    #[test]
+    fn recent_deliveries_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), 1000);
+        for i in 0..(RECENT_DELIVERED + 20) {
+            o.enqueue(&format!("id{i}"), "{}").unwrap();
+            let h = o.head().unwrap().unwrap();
+            o.mark_delivered(h.seq, None).unwrap();
+        }
+        let d = o.recent_delivered(1000).unwrap();
+        assert_eq!(d.len(), RECENT_DELIVERED as usize);
+        assert_eq!(d[0].id, format!("id{}", RECENT_DELIVERED + 19));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        std::fs::write(
+            &path,
+            b"this is not a database, just some bytes".repeat(200),
+        )
+        .unwrap();
+        let opened = Outbox::open(&path, 10).unwrap();
+        let aside = opened.recovered_from.expect("recovered");
+        assert!(aside.to_string_lossy().contains("outbox.db.corrupt-"));
+        assert!(std::fs::read(&aside).unwrap().starts_with(b"this is not"));
+        let mut o = opened.outbox;
+        o.enqueue("a", "1").unwrap();
+        assert_eq!(o.depth().unwrap(), 1);
+    }
+}
