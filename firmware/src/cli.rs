@@ -81,6 +81,9 @@ pub enum Command {
     /// A fault-injecting agent for tests and demos: deduplicates by
     /// Idempotency-Key and records every request as a JSON line.
     MockAgent(crate::agent::mock::MockArgs),
+    /// Inspect the outbox, add transcripts by hand, or deliver them.
+    #[command(subcommand)]
+    Outbox(crate::agent::tool::OutboxCommand),
 }
 
 fn load_config(cli: &Cli) -> Result<config::Loaded, ConfigError> {
@@ -123,6 +126,20 @@ pub fn main(cli: Cli) -> i32 {
                 crate::offline::transcribe(&cfg, files, models, json)
             };
             match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
+        }
+        Command::Outbox(cmd) => {
+            let cfg = match optional_config(&cli) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+            match crate::agent::tool::run(&cfg, cmd) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");

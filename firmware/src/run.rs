@@ -16,10 +16,7 @@
 //! report; nothing blocking runs on it: joins happen in `spawn_blocking`
 //! with a bound.
 
-use crate::agent::breaker::{Backoff, Breaker};
-use crate::agent::link::{self, Link, LinkError};
-use crate::agent::outbox::{Outbox, OutboxError};
-use crate::agent::AgentStats;
+use crate::agent::{AgentError, AgentStats};
 use crate::audio::{open_source, AudioPipeline, PipelineEnd, PipelineError, PipelineOptions};
 use crate::cli::RunArgs;
 use crate::config::{Config, GpioBackend};
@@ -27,9 +24,7 @@ use crate::offline::stt_model_dir;
 use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
 use crate::ptt::machine::Machine;
-use crate::ptt::{
-    self, worker, ControlEvent, Controller, OutboxSink, RecentTranscripts, SinkWiring,
-};
+use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts, SinkWiring};
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
 use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
 use crate::threads::{self, JoinError, Tracked};
@@ -64,9 +59,7 @@ pub enum RunError {
     #[error(transparent)]
     Gpio(#[from] GpioError),
     #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error(transparent)]
-    Outbox(#[from] OutboxError),
+    Agent(#[from] AgentError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
@@ -132,7 +125,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
 
     let agent_stats = Arc::new(AgentStats::default());
     let link = match &config.agent.url {
-        Some(url) => Some(open_link(config, url, Arc::clone(&agent_stats)).await?),
+        Some(url) => Some(crate::agent::open(config, url, Arc::clone(&agent_stats)).await?),
         None => {
             tracing::info!("agent.url not set: transcripts are logged and kept in memory only");
             None
@@ -313,56 +306,6 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         other => tracing::info!(end = ?other, "stopped"),
     }
     Ok(())
-}
-
-/// Open the outbox and build the delivery task for `agent.url`.
-async fn open_link(
-    config: &Config,
-    url: &str,
-    stats: Arc<AgentStats>,
-) -> Result<(Link, OutboxSink), RunError> {
-    let endpoint = link::endpoint(url)?;
-    let client = link::client(&config.agent)?;
-    let (path, max) = (config.outbox.path.clone(), config.outbox.max_items);
-    let opened = tokio::task::spawn_blocking(move || Outbox::open(&path, max))
-        .await
-        .map_err(|e| RunError::Blocking(e.to_string()))??;
-    if opened.recovered_from.is_some() {
-        stats.corrupt_recovered.fetch_add(1, Ordering::Relaxed);
-    }
-    let outbox = Arc::new(std::sync::Mutex::new(opened.outbox));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let a = &config.agent;
-    tracing::info!(
-        url = %endpoint,
-        outbox = %config.outbox.path.display(),
-        max_items = config.outbox.max_items,
-        "agent link ready"
-    );
-    let link = Link {
-        outbox: Arc::clone(&outbox),
-        client,
-        url: endpoint,
-        token: a.token.as_ref().map(|t| t.expose().to_owned()),
-        backoff: Backoff::new(
-            Duration::from_millis(a.backoff_min_ms.into()),
-            Duration::from_millis(a.backoff_max_ms.into()),
-        ),
-        breaker: Breaker::new(
-            a.breaker_failures,
-            Duration::from_secs(a.breaker_open_s.into()),
-        ),
-        stats: Arc::clone(&stats),
-        wake: Arc::clone(&wake),
-    };
-    Ok((
-        link,
-        OutboxSink {
-            outbox,
-            wake,
-            stats,
-        },
-    ))
 }
 
 /// Stop and join every push-to-talk thread, each within [`STOP_BUDGET`].

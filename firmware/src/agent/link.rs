@@ -264,6 +264,8 @@ pub struct Link {
     pub stats: Arc<AgentStats>,
     /// Woken when an item is added.
     pub wake: Arc<Notify>,
+    /// End once the outbox is empty (`talkie outbox deliver --until-empty`).
+    pub exit_when_empty: bool,
 }
 
 impl std::fmt::Debug for Link {
@@ -333,6 +335,9 @@ impl Link {
                 }
             };
             let Some(item) = head else {
+                if self.exit_when_empty {
+                    return;
+                }
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

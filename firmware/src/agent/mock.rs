@@ -45,6 +45,9 @@ pub struct MockArgs {
     /// Wait this long before answering.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Only the first N requests are delayed (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub slow_first: u64,
     /// Share of requests whose connection is closed without an answer
     /// (after the request was taken: the agent has it, the device does not know).
     #[arg(long, default_value_t = 0.0)]
@@ -80,6 +83,7 @@ struct State {
     args: MockArgs,
     rng: fastrand::Rng,
     requests: u64,
+    arrivals: u64,
     delivered: HashSet<String>,
     record: Option<std::fs::File>,
     started: Instant,
@@ -180,8 +184,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let delay = {
-        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-        Duration::from_millis(s.args.delay_ms)
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.arrivals += 1;
+        if s.args.slow_first == 0 || s.arrivals <= s.args.slow_first {
+            Duration::from_millis(s.args.delay_ms)
+        } else {
+            Duration::ZERO
+        }
     };
     let (parts, body) = req.into_parts();
     let header = |name: &str| {
@@ -273,6 +282,7 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
         rng: fastrand::Rng::with_seed(args.seed),
         args,
         requests: 0,
+        arrivals: 0,
         delivered: HashSet::new(),
         record,
         started: Instant::now(),

@@ -8,11 +8,91 @@ pub mod breaker;
 pub mod link;
 pub mod mock;
 pub mod outbox;
+pub mod tool;
 
+use crate::config::Config;
 use crate::telemetry::Histogram;
-use link::FailureClass;
+use breaker::{Backoff, Breaker};
+use link::{FailureClass, Link, LinkError};
+use outbox::{Outbox, OutboxError};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Errors setting up the agent link.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("outbox task failed: {0}")]
+    Blocking(String),
+    #[error("agent.url is not set: there is no agent to deliver to")]
+    NoUrl,
+}
+
+/// The outbox as shared by the controller (which adds) and the link
+/// (which delivers).
+#[derive(Debug, Clone)]
+pub struct OutboxHandle {
+    pub outbox: Arc<Mutex<Outbox>>,
+    /// Wakes the link when an item is added.
+    pub wake: Arc<tokio::sync::Notify>,
+    pub stats: Arc<AgentStats>,
+}
+
+/// Open the outbox (recovering a corrupt one) and build the delivery task
+/// for `url`.
+pub async fn open(
+    config: &Config,
+    url: &str,
+    stats: Arc<AgentStats>,
+) -> Result<(Link, OutboxHandle), AgentError> {
+    let endpoint = link::endpoint(url)?;
+    let client = link::client(&config.agent)?;
+    let (path, max) = (config.outbox.path.clone(), config.outbox.max_items);
+    let opened = tokio::task::spawn_blocking(move || Outbox::open(&path, max))
+        .await
+        .map_err(|e| AgentError::Blocking(e.to_string()))??;
+    if opened.recovered_from.is_some() {
+        stats.corrupt_recovered.fetch_add(1, Relaxed);
+    }
+    let outbox = Arc::new(Mutex::new(opened.outbox));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let a = &config.agent;
+    tracing::info!(
+        url = %endpoint,
+        outbox = %config.outbox.path.display(),
+        max_items = config.outbox.max_items,
+        "agent link ready"
+    );
+    let link = Link {
+        outbox: Arc::clone(&outbox),
+        client,
+        url: endpoint,
+        token: a.token.as_ref().map(|t| t.expose().to_owned()),
+        backoff: Backoff::new(
+            Duration::from_millis(a.backoff_min_ms.into()),
+            Duration::from_millis(a.backoff_max_ms.into()),
+        ),
+        breaker: Breaker::new(
+            a.breaker_failures,
+            Duration::from_secs(a.breaker_open_s.into()),
+        ),
+        stats: Arc::clone(&stats),
+        wake: Arc::clone(&wake),
+        exit_when_empty: false,
+    };
+    Ok((
+        link,
+        OutboxHandle {
+            outbox,
+            wake,
+            stats,
+        },
+    ))
+}
 
 /// The JSON body of `POST /v1/utterances`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]

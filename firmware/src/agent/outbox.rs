@@ -218,6 +218,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// Commit several items in one transaction (one disk sync), as many as
+    /// fit; returns how many were added.
+    pub fn enqueue_many(&mut self, items: &[(String, String)]) -> Result<usize, OutboxError> {
+        let room = u64::from(self.max_items).saturating_sub(self.depth()?);
+        let n = items.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let now = unix_ms() as i64;
+        self.in_tx(|tx| {
+            let mut st =
+                tx.prepare("INSERT INTO outbox (id, body, created_ms) VALUES (?1, ?2, ?3)")?;
+            for (id, body) in &items[..n] {
+                st.execute(params![id, body, now])?;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
     /// The oldest item waiting.
     pub fn head(&self) -> Result<Option<Pending>, OutboxError> {
         self.conn

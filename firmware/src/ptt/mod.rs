@@ -14,8 +14,7 @@ pub mod listener;
 pub mod machine;
 pub mod worker;
 
-use crate::agent::outbox::Outbox;
-use crate::agent::{new_id, AgentStats, UtterancePayload};
+use crate::agent::{new_id, OutboxHandle, UtterancePayload};
 use crate::telemetry::PttStats;
 use indicator::LedMsg;
 use listener::Command;
@@ -97,7 +96,7 @@ pub struct Controller {
     last_press: Option<Instant>,
     fault: bool,
     device_id: String,
-    outbox: Option<OutboxSink>,
+    outbox: Option<OutboxHandle>,
     events: tokio::sync::mpsc::Sender<ControlEvent>,
 }
 
@@ -106,7 +105,7 @@ pub struct Controller {
 pub struct SinkWiring {
     pub device_id: String,
     /// `None`: log and keep in memory only (no `agent.url`).
-    pub outbox: Option<OutboxSink>,
+    pub outbox: Option<OutboxHandle>,
     pub events: tokio::sync::mpsc::Sender<ControlEvent>,
 }
 
@@ -359,14 +358,6 @@ impl Controller {
         });
         None
     }
-}
-
-/// Where delivered transcripts go when `agent.url` is set.
-#[derive(Debug, Clone)]
-pub struct OutboxSink {
-    pub outbox: Arc<Mutex<Outbox>>,
-    pub wake: Arc<tokio::sync::Notify>,
-    pub stats: Arc<AgentStats>,
 }
 
 /// The button thread body: forwards debounced edges until `stop` is set or
