@@ -67,8 +67,8 @@ test: deps lint models
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps models
-	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt
-	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md
+	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent
+	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md
 
 clean:
 	$(CARGO) clean

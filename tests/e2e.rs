@@ -1174,3 +1174,119 @@ fn outbox_full_corrupt_and_unwritable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not-a-dir"), "names the path");
 }
+
+// ---------------------------------------------------------------- systemd
+
+#[test]
+fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    // Read while talkie runs, as systemd does (an unread socket fills up).
+    let reader = std::thread::spawn(move || {
+        let mut msgs = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let last = m.contains("STOPPING=1");
+            msgs.push(m);
+            if last {
+                break;
+            }
+        }
+        msgs
+    });
+    let input = eval_dir().join("dev/dev_00.wav");
+    let cfg = write(
+        dir.path(),
+        "talkie.toml",
+        &format!(
+            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n",
+            models_dir()
+        ),
+    );
+    let out = run(talkie()
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run"));
+    assert_eq!(out.status.code(), Some(0));
+    let msgs = reader.join().unwrap();
+    eprintln!("{msgs:#?}");
+    assert!(msgs[0].contains("STATUS=loading models") && msgs[0].contains("EXTEND_TIMEOUT_USEC="));
+    let ready = msgs
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .expect("READY=1");
+    assert!(
+        msgs[ready].contains("STATUS=listening on"),
+        "{}",
+        msgs[ready]
+    );
+    let pings = msgs.iter().filter(|m| m.trim() == "WATCHDOG=1").count();
+    assert!(
+        pings >= 2,
+        "pinged at half of WATCHDOG_USEC while healthy: {pings}"
+    );
+    let first_ping = msgs.iter().position(|m| m.trim() == "WATCHDOG=1").unwrap();
+    assert!(first_ping > ready, "no ping before READY");
+    assert!(msgs.last().unwrap().contains("STOPPING=1"));
+}
+
+#[test]
+fn systemd_unit_verifies_and_the_default_config_is_the_defaults() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = |cfg: &Path| {
+        let out = run(talkie().arg("--config").arg(cfg).arg("check-config"));
+        assert_eq!(out.status.code(), Some(0));
+        text(&out.stdout)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.toml", "");
+    assert_eq!(
+        check(&root.join("board/talkie.toml")),
+        check(&empty),
+        "board/talkie.toml lists the defaults, all commented"
+    );
+    let shipped = std::fs::read_to_string(root.join("board/talkie.toml")).unwrap();
+    for key in [
+        "vad_auto_stop_ms",
+        "led_pins",
+        "breaker_open_s",
+        "stall_ms",
+        "max_items",
+    ] {
+        assert!(
+            shipped.contains(&format!("# {key} = ")),
+            "{key} is documented"
+        );
+    }
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze not installed: unit not verified");
+        return;
+    };
+    let unit = std::fs::read_to_string(root.join("board/systemd/talkie.service"))
+        .unwrap()
+        .replace("/usr/bin/talkie", env!("CARGO_BIN_EXE_talkie"));
+    let path = write(dir.path(), "talkie.service", &unit);
+    let out = run(Command::new(analyze).arg("verify").arg(&path));
+    assert_eq!(out.status.code(), Some(0));
+    let complaints = text(&out.stderr);
+    assert!(
+        !complaints.contains("talkie.service:"),
+        "systemd-analyze verify: {complaints}"
+    );
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

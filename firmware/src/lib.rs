@@ -25,6 +25,7 @@ pub mod record;
 pub mod run;
 pub mod scenario;
 pub mod stt;
+pub mod supervisor;
 pub mod telemetry;
 pub mod threads;
 pub mod vad;

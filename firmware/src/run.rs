@@ -26,6 +26,8 @@ use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWir
 use crate::ptt::machine::Machine;
 use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts, SinkWiring};
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
+use crate::supervisor::{self, Beat, Notice, Notifier};
+use crate::telemetry::now_ms;
 use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
 use crate::threads::{self, JoinError, Tracked};
 use crate::vad::{SileroVad, VadError};
@@ -40,6 +42,10 @@ use tokio_util::task::TaskTracker;
 
 /// How often `run` logs the audio level and counters.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Start-up time granted to systemd while models load (EXTEND_TIMEOUT_USEC).
+const MODEL_LOAD_BUDGET_USEC: u32 = 120_000_000;
+/// Exit code when a second signal cuts shutdown short.
+const EXIT_SECOND_SIGNAL: i32 = 130;
 /// How long each thread gets to stop after a signal.
 const STOP_BUDGET: Duration = Duration::from_secs(5);
 
@@ -105,6 +111,12 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let ptt_stats = Arc::new(PttStats::default());
 
     // Models first: verified, loaded and warmed before anything listens.
+    let notifier = Notifier::start();
+    notifier.send(Notice {
+        status: Some("loading models".into()),
+        extend_timeout_usec: Some(MODEL_LOAD_BUDGET_USEC),
+        ..Notice::default()
+    });
     let dir = stt_model_dir(config, None);
     let cfg = config.clone();
     let (recognizer, auto_stop_vad) = tokio::task::spawn_blocking(move || {
@@ -238,6 +250,26 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut script_done = false;
     let has_agent = config.agent.url.is_some();
+    let wd_every = supervisor::watchdog_interval(config.watchdog.enabled);
+    let mut wd_tick = tokio::time::interval(wd_every.unwrap_or(Duration::from_secs(3600)));
+    wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wedged: Vec<&'static str> = Vec::new();
+    let source_name = config
+        .audio
+        .file
+        .as_ref()
+        .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string());
+    let mut status_line = status(
+        &source_name,
+        &audio_stats,
+        has_agent.then_some(&*agent_stats),
+    );
+    notifier.send(Notice {
+        ready: true,
+        status: Some(status_line.clone()),
+        ..Notice::default()
+    });
+    tracing::info!(watchdog = ?wd_every, status = %status_line, "ready");
     loop {
         let done = if args.until_script_done {
             script_done && controller.is_quiescent() && outbox_drained(&agent_stats, has_agent)
@@ -260,6 +292,24 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
                 report(&audio_stats, false);
                 let state = audio_stats.capture_state();
                 controller.set_fault(matches!(state, CaptureState::Degraded | CaptureState::Failed));
+                let line = status(&source_name, &audio_stats, has_agent.then_some(&*agent_stats));
+                if line != status_line {
+                    status_line = line;
+                    notifier.send(Notice { status: Some(status_line.clone()), ..Notice::default() });
+                }
+            }
+            _ = wd_tick.tick(), if wd_every.is_some() => {
+                let stale = supervisor::stale(
+                    &beats(&audio_stats, &ptt_stats, has_agent.then_some(&*agent_stats)),
+                    now_ms(),
+                    config.watchdog.stall_ms.into(),
+                );
+                if stale.is_empty() {
+                    notifier.send(Notice { watchdog: true, ..Notice::default() });
+                } else if stale != wedged {
+                    tracing::error!(loops = ?stale, "loops are wedged: watchdog pings withheld, systemd will restart the service");
+                }
+                wedged = stale;
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
@@ -272,6 +322,20 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         }
     }
 
+    notifier.send(Notice {
+        stopping: true,
+        status: Some("stopping".into()),
+        ..Notice::default()
+    });
+    // A second signal ends the process at once.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(EXIT_SECOND_SIGNAL);
+    });
     drop(events);
     drop(controller);
     cancel.cancel();
@@ -301,6 +365,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
             .collect();
         tracing::info!(timeline = %line.join(" "), "led timeline");
     }
+    let _ = tokio::task::spawn_blocking(move || notifier.finish(Duration::from_secs(1))).await;
     match end {
         PipelineEnd::SourceEnded => tracing::info!("audio source ended"),
         other => tracing::info!(end = ?other, "stopped"),
@@ -324,6 +389,56 @@ fn stop_threads(t: Threads) -> Result<(), RunError> {
 
 /// Log the audio counters: every second at debug level (the status page
 /// shows them live), once at info when the service stops.
+/// The heartbeats the watchdog checks (see [`crate::supervisor`]).
+fn beats(audio: &AudioStats, ptt: &PttStats, agent: Option<&AgentStats>) -> Vec<Beat> {
+    let r = Ordering::Relaxed;
+    let running = audio.capture_state() != CaptureState::Ended;
+    vec![
+        Beat {
+            name: "capture",
+            last_ms: audio.capture_beat_ms.load(r),
+            expected: running,
+        },
+        Beat {
+            name: "audio",
+            last_ms: audio.audio_beat_ms.load(r),
+            expected: running,
+        },
+        Beat {
+            name: "listen",
+            last_ms: ptt.listen_beat_ms.load(r),
+            expected: true,
+        },
+        Beat {
+            name: "stt",
+            last_ms: ptt.stt_beat_ms.load(r),
+            expected: true,
+        },
+        Beat {
+            name: "agent",
+            last_ms: agent.map_or(0, |a| a.beat_ms.load(r)),
+            expected: agent.is_some(),
+        },
+    ]
+}
+
+/// The one-line `STATUS=` for systemctl status.
+fn status(source: &str, audio: &AudioStats, agent: Option<&AgentStats>) -> String {
+    let r = Ordering::Relaxed;
+    let mic = match audio.capture_state() {
+        CaptureState::Running | CaptureState::Starting => format!("listening on {source}"),
+        other => format!("microphone {} ({source})", other.as_str()),
+    };
+    match agent {
+        Some(a) => format!(
+            "{mic}; agent {}; outbox {}",
+            crate::agent::breaker::BreakerState::from_u8(a.breaker_state.load(r)).as_str(),
+            a.outbox_depth.load(r)
+        ),
+        None => format!("{mic}; no agent configured"),
+    }
+}
+
 /// With `--until-script-done` and an agent, the run also waits for the
 /// outbox to drain (bounded by the outbox's own retry policy).
 fn outbox_drained(stats: &AgentStats, has_agent: bool) -> bool {

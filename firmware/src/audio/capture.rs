@@ -9,7 +9,7 @@
 
 use super::frame::{CaptureEnds, FRAME_SAMPLES};
 use crate::telemetry::{now_ms, AudioStats, CaptureState};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 use talkie_hal::audio::{AudioError, AudioSource};
@@ -46,9 +46,11 @@ pub struct CaptureContext<'a, 'q> {
 }
 
 /// Sleep up to `d`, returning early (true) if `stop` is raised.
-fn wait_or_stop(stop: &AtomicBool, d: Duration) -> bool {
+fn wait_or_stop(stop: &AtomicBool, d: Duration, beat: &AtomicU64) -> bool {
     let deadline = Instant::now() + d;
     loop {
+        // A loop waiting to retry is alive: the watchdog must not fire.
+        beat.store(now_ms(), Relaxed);
         if stop.load(Relaxed) {
             return true;
         }
@@ -160,7 +162,7 @@ impl CaptureContext<'_, '_> {
         let mut backoff = REOPEN_BACKOFF_MIN;
         loop {
             self.stats.capture_beat_ms.store(now_ms(), Relaxed);
-            if wait_or_stop(self.stop, backoff) {
+            if wait_or_stop(self.stop, backoff, &self.stats.capture_beat_ms) {
                 return false;
             }
             let attempt = self.stats.reopen_attempts.fetch_add(1, Relaxed) + 1;

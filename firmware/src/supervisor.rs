@@ -1,0 +1,169 @@
+//! systemd integration: readiness, status, and the health-gated watchdog.
+//!
+//! `WATCHDOG=1` is sent at half of `WATCHDOG_USEC`, and only while every
+//! critical loop has beaten within `watchdog.stall_ms`. A wedged loop stops
+//! the pings, systemd kills and restarts the service, and a fleet update
+//! that keeps doing so is rolled back. What counts:
+//!
+//! | loop | beats | expected when |
+//! |---|---|---|
+//! | capture | every period, and on every reopen attempt | capture state is not `ended` |
+//! | audio | every frame or 100 ms | capture state is not `ended` |
+//! | listen | every 20 ms | always |
+//! | stt | every 500 ms idle, after each utterance | always (one inference is far below `stall_ms`) |
+//! | agent | every loop turn, ≤ 1 s idle | `agent.url` is set |
+//! | controller | is the loop that pings | — |
+//!
+//! A microphone that is unplugged is **degraded, not wedged**: the capture
+//! thread keeps beating while it retries with backoff, so the watchdog stays
+//! fed and the status says `degraded`; the LEDs show the error state.
+
+use std::time::Duration;
+
+/// One critical loop's heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat {
+    pub name: &'static str,
+    /// `telemetry::now_ms()` of the last beat; 0 = never.
+    pub last_ms: u64,
+    /// Whether the loop is expected to be running.
+    pub expected: bool,
+}
+
+/// The loops whose heartbeat is older than `stall_ms`.
+pub fn stale(beats: &[Beat], now_ms: u64, stall_ms: u64) -> Vec<&'static str> {
+    beats
+        .iter()
+        .filter(|b| b.expected && now_ms.saturating_sub(b.last_ms) > stall_ms)
+        .map(|b| b.name)
+        .collect()
+}
+
+/// One message to systemd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notice {
+    pub ready: bool,
+    pub stopping: bool,
+    pub watchdog: bool,
+    pub status: Option<String>,
+    pub extend_timeout_usec: Option<u32>,
+}
+
+/// Notices queued for the notify thread.
+const QUEUE: usize = 16;
+
+/// Sends [`Notice`]s to systemd from its own thread (`talkie-notify`):
+/// `sd_notify::notify` writes a datagram with a blocking send, which stalls
+/// when the receiver's queue is full, and the controller must never wait
+/// on it. A full queue drops the notice (a missed ping is harmless; a
+/// missed `STATUS=` is replaced by the next one).
+#[derive(Debug)]
+pub struct Notifier {
+    tx: Option<std::sync::mpsc::SyncSender<Notice>>,
+    thread: Option<crate::threads::Tracked<()>>,
+}
+
+impl Notifier {
+    /// A notifier; without `NOTIFY_SOCKET` it does nothing at all.
+    pub fn start() -> Self {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Self {
+                tx: None,
+                thread: None,
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(QUEUE);
+        let thread = crate::threads::spawn("talkie-notify", move || {
+            let mut failed = false;
+            while let Ok(n) = rx.recv() {
+                use sd_notify::NotifyState as S;
+                let mut states = Vec::with_capacity(4);
+                if n.ready {
+                    states.push(S::Ready);
+                }
+                if n.stopping {
+                    states.push(S::Stopping);
+                }
+                if n.watchdog {
+                    states.push(S::Watchdog);
+                }
+                if let Some(s) = &n.status {
+                    states.push(S::Status(s));
+                }
+                if let Some(u) = n.extend_timeout_usec {
+                    states.push(S::ExtendTimeoutUsec(u));
+                }
+                match sd_notify::notify(&states) {
+                    Ok(()) => failed = false,
+                    Err(e) if !failed => {
+                        tracing::warn!(error = %e, "cannot notify systemd");
+                        failed = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        match thread {
+            Ok(t) => Self {
+                tx: Some(tx),
+                thread: Some(t),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the notify thread; systemd will not hear from talkie");
+                Self {
+                    tx: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    pub fn send(&self, n: Notice) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(n).is_err() {
+                tracing::debug!("notify queue full; notice dropped");
+            }
+        }
+    }
+
+    /// Flush what is queued and end the thread, waiting at most `budget`.
+    pub fn finish(mut self, budget: Duration) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            if let Err(e) = t.join(budget) {
+                tracing::warn!(error = %e, "systemd notifications not flushed");
+            }
+        }
+    }
+}
+
+/// The ping interval: half of `WATCHDOG_USEC`, if systemd asked for pings.
+pub fn watchdog_interval(enabled: bool) -> Option<Duration> {
+    if !enabled {
+        return None;
+    }
+    sd_notify::watchdog_enabled().map(|d| (d / 2).max(Duration::from_millis(100)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_expected_loops_past_the_deadline_are_stale() {
+        let b = |name, last_ms, expected| Beat {
+            name,
+            last_ms,
+            expected,
+        };
+        let beats = [
+            b("capture", 9_000, true),
+            b("audio", 2_000, true),
+            b("agent", 0, false),
+            b("stt", 4_000, true),
+        ];
+        assert_eq!(stale(&beats, 10_000, 5_000), ["audio"]);
+        assert_eq!(stale(&beats, 9_000, 5_000), Vec::<&str>::new());
+        assert_eq!(stale(&beats, 20_000, 5_000), ["capture", "audio", "stt"]);
+    }
+}
