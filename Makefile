@@ -38,7 +38,8 @@ models: deps
 # The appliance end to end on simulated hardware: four kiosk questions and
 # a 10 s clip of human speech in one session WAV played at real time, a
 # button script pressing around each one, transcripts with their latency
-# and the LED timeline printed as they happen. Release build: the latency
+# and the LED timeline printed as they happen, each transcript committed to
+# the outbox and delivered to a local mock agent that fails 30 % of requests. Release build: the latency
 # printed is what a board-class CPU should be compared with.
 DEMO_DIR := target/demo
 DEMO_CLIPS := $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wav \
@@ -49,11 +50,8 @@ demo: deps models
 	@echo "== talkie demo: building a session from $(words $(DEMO_CLIPS)) clips of $(EVAL)/dev =="
 	./target/release/talkie scenario --out $(DEMO_DIR) --gap-ms 3000 $(DEMO_CLIPS)
 	@column -t -s $$'\t' $(DEMO_DIR)/clips.tsv
-	@echo "== talkie demo: talkie run (file microphone, scripted button, recorded LEDs) =="
-	RUST_LOG=warn,talkie::transcript=info,talkie::led=info,talkie::run=info \
-	  ./target/release/talkie --config board/demo/talkie.toml \
-	  --set audio.file=$(DEMO_DIR)/session.wav --set gpio.script=$(DEMO_DIR)/buttons.toml \
-	  run --until-script-done
+	@echo "== talkie demo: talkie run (file microphone, scripted button, recorded LEDs, agent over HTTP) =="
+	board/demo/run-demo.sh ./target/release/talkie $(DEMO_DIR)
 
 lint: deps
 	$(CARGO) fmt --all -- --check
