@@ -234,7 +234,7 @@ fn file_backend_48k_stereo_matches_16k_reference() {
             dir.path(),
             "talkie.toml",
             &format!(
-                "[audio]\nbackend = \"file\"\nfile = \"{}\"\nrealtime = false\n",
+                "[audio]\nbackend = \"file\"\nfile = \"{}\"\nrealtime = false\n[status]\nlisten = \"127.0.0.1:0\"\n",
                 input.display()
             ),
         );
@@ -270,7 +270,7 @@ fn run_on_file_backend_reports_and_exits_when_the_file_ends() {
         dir.path(),
         "talkie.toml",
         &format!(
-            "[audio]\nbackend = \"file\"\nfile = \"{}\"\nrealtime = false\n",
+            "[audio]\nbackend = \"file\"\nfile = \"{}\"\nrealtime = false\n[status]\nlisten = \"127.0.0.1:0\"\n",
             input.display()
         ),
     );
@@ -647,7 +647,7 @@ fn scripted_config(dir: &Path, wav: &Path, script: &Path) -> PathBuf {
         &format!(
             "[device]\nid = \"e2e\"\n[audio]\nbackend = \"file\"\nfile = {wav:?}\nrealtime = true\n\
              preroll_ms = 500\n[gpio]\nbackend = \"script\"\nscript = {script:?}\ndebounce_ms = 20\n\
-             [stt]\nmodel_dir = {models:?}\n[vad]\nmodel = {:?}\n",
+             [stt]\nmodel_dir = {models:?}\n[vad]\nmodel = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n",
             models.join("silero_vad.onnx")
         ),
     )
@@ -1204,7 +1204,8 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         dir.path(),
         "talkie.toml",
         &format!(
-            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n",
+            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n",
             models_dir()
         ),
     );
@@ -1289,4 +1290,134 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or(())
+}
+
+// ---------------------------------------------------------------- status API
+
+/// GET over a plain TCP connection: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: kiosk\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+#[test]
+fn status_api_health_readiness_metrics_and_the_health_command() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mock = MockAgent::start(dir.path(), "127.0.0.1:0", &[]);
+    let input = eval_dir().join("dev/real_beckett.wav");
+    let cfg = write(
+        dir.path(),
+        "talkie.toml",
+        &format!(
+            "[device]\nid = \"tech-test\"\n[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n\
+             [stt]\nmodel_dir = {:?}\n[status]\nlisten = \"127.0.0.1:{port}\"\n\
+             [agent]\nurl = \"http://127.0.0.1:{}\"\n[outbox]\npath = {:?}\n",
+            models_dir(),
+            mock.port,
+            dir.path().join("outbox.db")
+        ),
+    );
+    let mut child = talkie()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-format", "json", "run"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // Listening comes before the models load: not ready yet.
+    loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.contains("status server listening") {
+            break;
+        }
+    }
+    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".to_owned()));
+    let (code, body) = http_get(port, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("starting"), "{body}");
+    loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.contains("\"message\":\"ready\"") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    let out = run(talkie()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["health", "--wait", "5"]));
+    assert_eq!(out.status.code(), Some(0));
+
+    let (code, status) = http_get(port, "/api/v1/status");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(st["device_id"], "tech-test");
+    assert_eq!(st["ready"], true);
+    assert_eq!(st["state"], "idle");
+    assert_eq!(st["agent"]["breaker"], "closed");
+    assert!(st["microphone"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("real_beckett.wav"));
+
+    let (code, text_metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let scrape = prometheus_parse::Scrape::parse(text_metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus exposition");
+    let names: std::collections::HashSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for want in [
+        "talkie_audio_frames_captured_total",
+        "talkie_audio_level_rms_dbfs",
+        "talkie_ptt_presses_total",
+        "talkie_release_to_text_seconds",
+        "talkie_stt_seconds",
+        "talkie_agent_deliveries_total",
+        "talkie_agent_retries_total",
+        "talkie_agent_breaker_state",
+        "talkie_outbox_depth",
+        "talkie_agent_request_seconds",
+    ] {
+        assert!(names.contains(want), "{want} missing from /metrics");
+    }
+    assert!(
+        scrape.docs.contains_key("talkie_outbox_depth"),
+        "HELP lines"
+    );
+    let ready = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "talkie_ready")
+        .unwrap();
+    assert!(matches!(ready.value, prometheus_parse::Value::Gauge(v) if v == 1.0));
+
+    // The file ends after 10 s; the service exits and is no longer healthy.
+    assert!(child.wait().unwrap().success());
+    let out = run(talkie()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["health", "--wait", "0"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not healthy"));
 }

@@ -81,6 +81,13 @@ pub enum Command {
     /// A fault-injecting agent for tests and demos: deduplicates by
     /// Idempotency-Key and records every request as a JSON line.
     MockAgent(crate::agent::mock::MockArgs),
+    /// Exit 0 once the running service reports ready on its local API
+    /// (`status.listen`), non-zero otherwise. For update systems.
+    Health {
+        /// Keep asking for this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+    },
     /// Inspect the outbox, add transcripts by hand, or deliver them.
     #[command(subcommand)]
     Outbox(crate::agent::tool::OutboxCommand),
@@ -129,6 +136,23 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
+        }
+        Command::Health { wait } => {
+            let cfg = match optional_config(&cli) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            let wait = std::time::Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
+            match crate::status::health(cfg.status.listen, wait) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    0
+                }
+                Err(why) => {
+                    eprintln!("talkie: not healthy: {why}");
                     EX_FAILURE
                 }
             }

@@ -24,6 +24,7 @@ pub mod ptt;
 pub mod record;
 pub mod run;
 pub mod scenario;
+pub mod status;
 pub mod stt;
 pub mod supervisor;
 pub mod telemetry;

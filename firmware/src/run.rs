@@ -25,6 +25,7 @@ use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
 use crate::ptt::machine::Machine;
 use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts, SinkWiring};
+use crate::status;
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
 use crate::supervisor::{self, Beat, Notice, Notifier};
 use crate::telemetry::now_ms;
@@ -66,6 +67,8 @@ pub enum RunError {
     Gpio(#[from] GpioError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    Status(#[from] status::BindError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
@@ -109,6 +112,28 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let audio_stats = Arc::new(AudioStats::default());
     let ptt_stats = Arc::new(PttStats::default());
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let agent_stats = Arc::new(AgentStats::default());
+    // The local API answers from the start: /healthz at once, /readyz once
+    // models are loaded and everything runs.
+    let shared = Arc::new(status::Shared {
+        device_id: config.device.id.clone(),
+        source: config
+            .audio
+            .file
+            .as_ref()
+            .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string()),
+        started: Instant::now(),
+        audio: Arc::clone(&audio_stats),
+        ptt: Arc::clone(&ptt_stats),
+        agent: config.agent.url.is_some().then(|| Arc::clone(&agent_stats)),
+        ready: AtomicBool::new(false),
+        led: Default::default(),
+    });
+    let (listener, bound) = status::bind(config.status.listen).await?;
+    tracing::info!(listen = %bound, "status server listening");
+    tasks.spawn(status::serve(listener, Arc::clone(&shared), cancel.clone()));
 
     // Models first: verified, loaded and warmed before anything listens.
     let notifier = Notifier::start();
@@ -135,7 +160,6 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     .await
     .map_err(|e| RunError::Blocking(e.to_string()))??;
 
-    let agent_stats = Arc::new(AgentStats::default());
     let link = match &config.agent.url {
         Some(url) => Some(crate::agent::open(config, url, Arc::clone(&agent_stats)).await?),
         None => {
@@ -215,8 +239,6 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         })
         .map_err(spawn_err)?
     };
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
     let outbox_sink = link.map(|(link, sink)| {
         tasks.spawn(link.run(cancel.clone()));
         sink
@@ -259,7 +281,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         .file
         .as_ref()
         .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string());
-    let mut status_line = status(
+    let mut status_line = status_line_for(
         &source_name,
         &audio_stats,
         has_agent.then_some(&*agent_stats),
@@ -269,6 +291,8 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         status: Some(status_line.clone()),
         ..Notice::default()
     });
+    shared.ready.store(true, Ordering::Relaxed);
+    shared.set_led(controller.shown());
     tracing::info!(watchdog = ?wd_every, status = %status_line, "ready");
     loop {
         let done = if args.until_script_done {
@@ -285,14 +309,17 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
                     tracing::info!("button script finished");
                     script_done = true;
                 }
-                Some(ev) => controller.handle(ev),
+                Some(ev) => {
+                    controller.handle(ev);
+                    shared.set_led(controller.shown());
+                }
                 None => break,
             },
             _ = tick.tick() => {
                 report(&audio_stats, false);
                 let state = audio_stats.capture_state();
                 controller.set_fault(matches!(state, CaptureState::Degraded | CaptureState::Failed));
-                let line = status(&source_name, &audio_stats, has_agent.then_some(&*agent_stats));
+                let line = status_line_for(&source_name, &audio_stats, has_agent.then_some(&*agent_stats));
                 if line != status_line {
                     status_line = line;
                     notifier.send(Notice { status: Some(status_line.clone()), ..Notice::default() });
@@ -423,7 +450,7 @@ fn beats(audio: &AudioStats, ptt: &PttStats, agent: Option<&AgentStats>) -> Vec<
 }
 
 /// The one-line `STATUS=` for systemctl status.
-fn status(source: &str, audio: &AudioStats, agent: Option<&AgentStats>) -> String {
+fn status_line_for(source: &str, audio: &AudioStats, agent: Option<&AgentStats>) -> String {
     let r = Ordering::Relaxed;
     let mic = match audio.capture_state() {
         CaptureState::Running | CaptureState::Starting => format!("listening on {source}"),

@@ -1,0 +1,278 @@
+//! `/metrics`: Prometheus text exposition (version 0.0.4), written from the
+//! snapshots every loop already keeps. The counters live in lock-free
+//! atomics owned by the loops; a metrics crate would keep a second copy, so
+//! the few lines of the text format are written here and checked by a
+//! parser in the tests.
+
+use super::Shared;
+use crate::agent::link::FailureClass;
+use crate::telemetry::{HistogramSnapshot, LATENCY_BUCKETS_MS};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, v: f64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+        }
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, "", v as f64);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        self.family(name, "gauge", help);
+        self.sample(name, "", v);
+    }
+
+    /// A histogram in seconds from a snapshot in milliseconds.
+    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            let le = b / 1000.0;
+            let c = h.cumulative.get(i).copied().unwrap_or(0);
+            self.sample(&format!("{name}_bucket"), &format!("le=\"{le}\""), c as f64);
+        }
+        self.sample(&format!("{name}_bucket"), "le=\"+Inf\"", h.count as f64);
+        self.sample(&format!("{name}_sum"), "", h.sum_ms / 1000.0);
+        self.sample(&format!("{name}_count"), "", h.count as f64);
+    }
+}
+
+/// The whole exposition.
+pub fn render(s: &Shared) -> String {
+    let mut o = Out(String::with_capacity(8192));
+    o.family(
+        "talkie_build_info",
+        "gauge",
+        "Firmware version and git revision.",
+    );
+    o.sample(
+        "talkie_build_info",
+        &format!("version=\"{}\"", crate::cli::VERSION.replace('"', "")),
+        1.0,
+    );
+    o.gauge(
+        "talkie_uptime_seconds",
+        "Seconds since the service started.",
+        s.started.elapsed().as_secs_f64(),
+    );
+    o.gauge(
+        "talkie_ready",
+        "1 when models are loaded, audio is open and the outbox is open.",
+        f64::from(u8::from(super::readiness(s).is_empty())),
+    );
+
+    let a = s.audio.snapshot();
+    o.counter(
+        "talkie_audio_frames_captured_total",
+        "Device frames read by the capture thread.",
+        a.frames_captured,
+    );
+    o.counter(
+        "talkie_audio_frames_dropped_total",
+        "Device frames dropped because the audio thread was behind.",
+        a.frames_dropped,
+    );
+    o.counter(
+        "talkie_audio_xruns_total",
+        "Capture overruns recovered.",
+        a.xruns,
+    );
+    o.counter(
+        "talkie_audio_stalls_total",
+        "Capture waits that timed out.",
+        a.stalls,
+    );
+    o.counter(
+        "talkie_audio_reopen_attempts_total",
+        "Attempts to reopen a lost microphone.",
+        a.reopen_attempts,
+    );
+    o.counter(
+        "talkie_audio_samples_processed_total",
+        "16 kHz samples out of the resampler.",
+        a.samples_processed,
+    );
+    o.gauge(
+        "talkie_audio_level_rms_dbfs",
+        "Recent RMS level of the microphone.",
+        f64::from(a.level_rms_dbfs),
+    );
+    o.gauge(
+        "talkie_audio_level_peak_dbfs",
+        "Recent peak level of the microphone.",
+        f64::from(a.level_peak_dbfs),
+    );
+    o.family(
+        "talkie_audio_capture_state",
+        "gauge",
+        "1 for the current capture state.",
+    );
+    for st in ["starting", "running", "degraded", "ended", "failed"] {
+        o.sample(
+            "talkie_audio_capture_state",
+            &format!("state=\"{st}\""),
+            f64::from(u8::from(a.capture_state.as_str() == st)),
+        );
+    }
+
+    let p = &s.ptt;
+    o.counter(
+        "talkie_ptt_presses_total",
+        "Debounced button presses.",
+        p.presses.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_utterances_total",
+        "Utterances submitted for recognition.",
+        p.utterances.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_transcripts_total",
+        "Transcripts handed to the sink.",
+        p.transcripts.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_too_short_total",
+        "Presses shorter than ptt.min_press_ms.",
+        p.too_short.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_busy_rejected_total",
+        "Presses refused while busy.",
+        p.busy_rejected.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_no_speech_total",
+        "Utterances in which the VAD found no speech.",
+        p.no_speech.load(Relaxed),
+    );
+    o.counter(
+        "talkie_stt_failures_total",
+        "Recognitions that failed.",
+        p.stt_failures.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_tap_dropped_total",
+        "16 kHz pieces the listener could not take.",
+        p.tap_dropped.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_auto_stopped_total",
+        "Utterances ended by length or trailing silence.",
+        p.auto_stopped.load(Relaxed),
+    );
+    o.counter(
+        "talkie_led_commands_dropped_total",
+        "LED commands dropped (indicator thread behind).",
+        p.led_dropped.load(Relaxed),
+    );
+    o.counter(
+        "talkie_button_errors_total",
+        "Button read errors.",
+        p.button_errors.load(Relaxed),
+    );
+    o.histogram(
+        "talkie_press_to_led_seconds",
+        "Debounced press to the LEDs showing listening.",
+        &p.press_to_led.snapshot(),
+    );
+    o.histogram(
+        "talkie_release_to_text_seconds",
+        "Release (or auto stop) to transcript ready.",
+        &p.release_to_text.snapshot(),
+    );
+    o.histogram(
+        "talkie_stt_seconds",
+        "VAD + Whisper time per utterance.",
+        &p.stt.snapshot(),
+    );
+
+    if let Some(g) = &s.agent {
+        o.counter(
+            "talkie_outbox_enqueued_total",
+            "Transcripts committed to the outbox.",
+            g.enqueued.load(Relaxed),
+        );
+        o.counter(
+            "talkie_outbox_refused_total",
+            "Transcripts the outbox refused (full or disk error).",
+            g.enqueue_failed.load(Relaxed),
+        );
+        o.counter(
+            "talkie_outbox_corrupt_recovered_total",
+            "Corrupt outbox files moved aside.",
+            g.corrupt_recovered.load(Relaxed),
+        );
+        o.gauge(
+            "talkie_outbox_depth",
+            "Transcripts waiting for the agent.",
+            g.outbox_depth.load(Relaxed) as f64,
+        );
+        let oldest = g.oldest_created_ms.load(Relaxed);
+        let age = if oldest == 0 {
+            0.0
+        } else {
+            crate::agent::outbox::unix_ms().saturating_sub(oldest) as f64 / 1000.0
+        };
+        o.gauge(
+            "talkie_outbox_oldest_age_seconds",
+            "Age of the oldest waiting transcript.",
+            age,
+        );
+        o.counter(
+            "talkie_agent_deliveries_total",
+            "Transcripts the agent acknowledged (2xx or 409).",
+            g.delivered.load(Relaxed),
+        );
+        o.counter(
+            "talkie_agent_duplicates_total",
+            "Acknowledgements that were 409 (already delivered).",
+            g.already_delivered.load(Relaxed),
+        );
+        o.counter(
+            "talkie_agent_dead_letters_total",
+            "Transcripts the agent refused for good (4xx).",
+            g.dead_lettered.load(Relaxed),
+        );
+        o.family(
+            "talkie_agent_retries_total",
+            "counter",
+            "Failed attempts that will be retried, by class.",
+        );
+        for (i, c) in FailureClass::ALL.iter().enumerate() {
+            o.sample(
+                "talkie_agent_retries_total",
+                &format!("class=\"{}\"", c.as_str()),
+                g.retries[i].load(Relaxed) as f64,
+            );
+        }
+        o.counter(
+            "talkie_agent_breaker_opened_total",
+            "Times the circuit breaker opened.",
+            g.breaker_opened.load(Relaxed),
+        );
+        o.gauge(
+            "talkie_agent_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+            f64::from(g.breaker_state.load(Relaxed)),
+        );
+        o.histogram(
+            "talkie_agent_request_seconds",
+            "Agent request latency.",
+            &g.latency.snapshot(),
+        );
+    }
+    o.0
+}
