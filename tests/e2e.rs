@@ -1421,3 +1421,56 @@ fn status_api_health_readiness_metrics_and_the_health_command() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not healthy"));
 }
+
+#[test]
+fn tls_agent_with_a_private_ca_works_only_when_the_ca_is_configured() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_pem = write(dir.path(), "ca.pem", &ca_cert.pem());
+    let cert_pem = write(dir.path(), "agent.pem", &leaf.pem());
+    let key_pem = write(dir.path(), "agent.key", &leaf_key.serialize_pem());
+    let mock = MockAgent::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
+    let cfg = agent_config(dir.path(), mock.port);
+    let plain = std::fs::read_to_string(&cfg).unwrap();
+    let https = plain.replace("http://127.0.0.1:", "https://localhost:");
+
+    // Without the CA: the error says the certificate is not trusted.
+    let untrusted = write(dir.path(), "untrusted.toml", &https);
+    let ids = outbox_add(&untrusted, 1);
+    let mut child = deliver_until(
+        &untrusted,
+        "is not trusted (add its CA to agent.ca_file)",
+        1,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(mock.records().is_empty(), "nothing got through");
+
+    // With agent.ca_file: delivered over TLS.
+    let trusted = write(
+        dir.path(),
+        "trusted.toml",
+        &https.replace("[agent]\n", &format!("[agent]\nca_file = {ca_pem:?}\n")),
+    );
+    assert_eq!(deliver(&trusted).status.code(), Some(0));
+    assert_eq!(accepted(&mock.records()), ids);
+}

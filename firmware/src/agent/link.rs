@@ -148,6 +148,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
+    if s.contains("UnknownIssuer") || s.contains("invalid peer certificate") {
+        s = format!(
+            "the agent's TLS certificate is not trusted (add its CA to agent.ca_file): {s}"
+        );
+    }
     truncate(&s)
 }
 

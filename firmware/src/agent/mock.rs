@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -58,6 +58,12 @@ pub struct MockArgs {
     /// Require `Authorization: Bearer TOKEN` (else 401).
     #[arg(long)]
     pub token: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM) …
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// … and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seed of the fault dice (reproducible runs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -77,6 +83,30 @@ pub enum MockError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A rustls acceptor for `--tls-cert`/`--tls-key`.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, MockError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let e = |what: &Path, err: &dyn std::fmt::Display| {
+        MockError::Tls(format!("{}: {err}", what.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|x| e(cert, &x))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| e(cert, &x))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|x| e(key, &x))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|x| MockError::Tls(x.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|x| MockError::Tls(x.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 struct State {
@@ -276,6 +306,10 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
         addr: args.listen,
         source,
     })?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        _ => None,
+    };
     println!("mock-agent listening on {addr}");
     let _ = std::io::stdout().flush();
     let state = Arc::new(Mutex::new(State {
@@ -295,11 +329,23 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let state = Arc::clone(&state);
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            // A client that does not trust us ends here.
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
