@@ -1474,3 +1474,74 @@ fn tls_agent_with_a_private_ca_works_only_when_the_ca_is_configured() {
     assert_eq!(deliver(&trusted).status.code(), Some(0));
     assert_eq!(accepted(&mock.records()), ids);
 }
+
+/// Hands-free end (`ptt.vad_auto_stop_ms`) and the length limit
+/// (`audio.max_utterance_s`): the button is held 5 s past the speech, and
+/// the utterance ends by itself.
+#[test]
+fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = eval_dir().join("dev");
+    let refs = wer::eval_references(&dev);
+    let (clip, reference) = &refs[1];
+    let out = run(talkie()
+        .args(["scenario", "--release-lag-ms", "5000", "--out"])
+        .arg(dir.path())
+        .arg(dev.join(clip)));
+    assert_eq!(out.status.code(), Some(0));
+    let cfg = scripted_config(
+        dir.path(),
+        &dir.path().join("session.wav"),
+        &dir.path().join("buttons.toml"),
+    );
+    let session = |sets: &[&str]| {
+        let mut cmd = talkie();
+        cmd.arg("--config").arg(&cfg).args(["--log-format", "json"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = run(cmd.args(["run", "--until-script-done"]));
+        assert_eq!(out.status.code(), Some(0));
+        let lines = json_lines(&out.stderr);
+        let t = with_target(&lines, "talkie::transcript")
+            .next()
+            .expect("a transcript")
+            .clone();
+        let leds: Vec<String> = with_target(&lines, "talkie::led")
+            .map(|l| l["state"].as_str().unwrap().to_owned())
+            .collect();
+        (t, leds)
+    };
+
+    let (t, leds) = session(&["ptt.vad_auto_stop_ms=600"]);
+    assert_eq!(t["auto_stopped"], true);
+    let (e, n) = wer::errors(reference, t["text"].as_str().unwrap());
+    assert!(e * 10 <= n, "{t} vs {reference:?}");
+    let audio_ms: u64 = t["audio_ms"]
+        .as_str()
+        .map_or_else(|| t["audio_ms"].as_u64().unwrap(), |s| s.parse().unwrap());
+    assert!(
+        audio_ms < 5000,
+        "ended ~0.6 s after the speech, not at the release: {audio_ms} ms"
+    );
+    assert_eq!(
+        leds,
+        [
+            "idle",
+            "listening",
+            "processing",
+            "sending",
+            "sent",
+            "idle",
+            "off"
+        ],
+        "the late release changes nothing"
+    );
+
+    let (t, _) = session(&["audio.max_utterance_s=1"]);
+    assert_eq!(t["auto_stopped"], true);
+    let audio_ms: u64 = t["audio_ms"]
+        .as_str()
+        .map_or_else(|| t["audio_ms"].as_u64().unwrap(), |s| s.parse().unwrap());
+    assert_eq!(audio_ms, 1500, "1 s limit + 500 ms pre-roll");
+}
