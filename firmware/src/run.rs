@@ -382,7 +382,7 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     report(&audio_stats, true);
     summary(&ptt_stats);
     if has_agent {
-        agent_summary(&agent_stats);
+        agent_stats.log_summary();
     }
     if let Some(t) = timeline {
         let line: Vec<String> = t
@@ -498,21 +498,6 @@ fn report(stats: &AudioStats, last: bool) {
     } else {
         emit!(tracing::Level::DEBUG);
     }
-}
-
-fn agent_summary(s: &AgentStats) {
-    let r = Ordering::Relaxed;
-    tracing::info!(
-        enqueued = s.enqueued.load(r),
-        enqueue_failed = s.enqueue_failed.load(r),
-        delivered = s.delivered.load(r),
-        already_delivered = s.already_delivered.load(r),
-        dead_lettered = s.dead_lettered.load(r),
-        retries = s.retries_total(),
-        breaker_opened = s.breaker_opened.load(r),
-        outbox_depth = s.outbox_depth.load(r),
-        "agent link summary"
-    );
 }
 
 fn summary(s: &PttStats) {

@@ -152,6 +152,21 @@ impl AgentStats {
         }
     }
 
+    /// One log line with every counter (at the end of a run).
+    pub fn log_summary(&self) {
+        tracing::info!(
+            enqueued = self.enqueued.load(Relaxed),
+            enqueue_failed = self.enqueue_failed.load(Relaxed),
+            delivered = self.delivered.load(Relaxed),
+            already_delivered = self.already_delivered.load(Relaxed),
+            dead_lettered = self.dead_lettered.load(Relaxed),
+            retries = self.retries_total(),
+            breaker_opened = self.breaker_opened.load(Relaxed),
+            outbox_depth = self.outbox_depth.load(Relaxed),
+            "agent link summary"
+        );
+    }
+
     pub fn retries_total(&self) -> u64 {
         self.retries.iter().map(|r| r.load(Relaxed)).sum()
     }

@@ -5,7 +5,6 @@
 use super::{new_id, open, AgentError, AgentStats, UtterancePayload};
 use crate::agent::outbox::Outbox;
 use crate::config::Config;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -117,13 +116,6 @@ async fn deliver(cfg: &Config, until_empty: bool) -> Result<(), AgentError> {
         _ = tokio::signal::ctrl_c() => { cancel.cancel(); let _ = task.await; }
         _ = term.recv() => { cancel.cancel(); let _ = task.await; }
     }
-    tracing::info!(
-        delivered = stats.delivered.load(Relaxed),
-        already_delivered = stats.already_delivered.load(Relaxed),
-        dead_lettered = stats.dead_lettered.load(Relaxed),
-        retries = stats.retries_total(),
-        breaker_opened = stats.breaker_opened.load(Relaxed),
-        "agent link summary"
-    );
+    stats.log_summary();
     Ok(())
 }
