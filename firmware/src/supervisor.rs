@@ -160,10 +160,10 @@ mod tests {
             b("capture", 9_000, true),
             b("audio", 2_000, true),
             b("agent", 0, false),
-            b("stt", 4_000, true),
+            b("stt", 6_000, true),
         ];
         assert_eq!(stale(&beats, 10_000, 5_000), ["audio"]);
-        assert_eq!(stale(&beats, 9_000, 5_000), Vec::<&str>::new());
+        assert_eq!(stale(&beats, 6_500, 5_000), Vec::<&str>::new());
         assert_eq!(stale(&beats, 20_000, 5_000), ["capture", "audio", "stt"]);
     }
 }
