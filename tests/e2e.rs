@@ -896,6 +896,22 @@ fn agent_config(dir: &Path, port: u16) -> PathBuf {
     )
 }
 
+/// A temporary directory, a mock agent on a free port started with `args`,
+/// and a configuration pointing at it.
+fn agent_setup(args: &[&str]) -> (tempfile::TempDir, MockAgent, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockAgent::start(dir.path(), "127.0.0.1:0", args);
+    let cfg = agent_config(dir.path(), mock.port);
+    (dir, mock, cfg)
+}
+
+/// Replace `from` by `to` in the file at `cfg`.
+fn edit(cfg: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", cfg.display());
+    std::fs::write(cfg, text.replace(from, to)).unwrap();
+}
+
 /// `talkie outbox add` of `n` numbered texts; returns their ids in order.
 fn outbox_add(cfg: &Path, n: u32) -> Vec<String> {
     let out = run(talkie().arg("--config").arg(cfg).args([
@@ -986,13 +1002,7 @@ fn agent_down_then_up_delivers_everything_once_in_order() {
 
 #[test]
 fn kill_9_during_delivery_then_restart_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--delay-ms", "30", "--drop-connection-rate", "0.2"],
-    );
-    let cfg = agent_config(dir.path(), mock.port);
+    let (_dir, mock, cfg) = agent_setup(&["--delay-ms", "30", "--drop-connection-rate", "0.2"]);
     let ids = outbox_add(&cfg, 40);
     let mut child = deliver_until(&cfg, "\"delivered\"", 10);
     child.kill().unwrap(); // SIGKILL
@@ -1019,13 +1029,7 @@ fn kill_9_during_delivery_then_restart_loses_nothing() {
 
 #[test]
 fn permanent_4xx_is_dead_lettered_and_429_retry_after_is_honoured() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--status", "400", "--fail-first", "1"],
-    );
-    let cfg = agent_config(dir.path(), mock.port);
+    let (_dir, mock, cfg) = agent_setup(&["--status", "400", "--fail-first", "1"]);
     let ids = outbox_add(&cfg, 2);
     assert_eq!(deliver(&cfg).status.code(), Some(0));
     let st = outbox_status(&cfg);
@@ -1034,13 +1038,8 @@ fn permanent_4xx_is_dead_lettered_and_429_retry_after_is_honoured() {
     assert_eq!(st["dead_letters"][0]["status"], 400);
     assert_eq!(accepted(&mock.records()), [ids[1].clone()], "never retried");
 
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--status", "429", "--fail-first", "1", "--retry-after", "2"],
-    );
-    let cfg = agent_config(dir.path(), mock.port);
+    let (_dir, mock, cfg) =
+        agent_setup(&["--status", "429", "--fail-first", "1", "--retry-after", "2"]);
     outbox_add(&cfg, 1);
     assert_eq!(deliver(&cfg).status.code(), Some(0));
     let r = mock.records();
@@ -1054,17 +1053,12 @@ fn permanent_4xx_is_dead_lettered_and_429_retry_after_is_honoured() {
 
 #[test]
 fn slow_agent_times_out_and_the_retry_is_deduplicated() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--delay-ms", "1500", "--slow-first", "1"],
+    let (_dir, mock, cfg) = agent_setup(&["--delay-ms", "1500", "--slow-first", "1"]);
+    edit(
+        &cfg,
+        "request_timeout_ms = 2000",
+        "request_timeout_ms = 300",
     );
-    let cfg = agent_config(dir.path(), mock.port);
-    let t = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("request_timeout_ms = 2000", "request_timeout_ms = 300");
-    std::fs::write(&cfg, t).unwrap();
     let ids = outbox_add(&cfg, 1);
     let out = deliver(&cfg);
     assert_eq!(out.status.code(), Some(0));
@@ -1087,18 +1081,12 @@ fn slow_agent_times_out_and_the_retry_is_deduplicated() {
 
 #[test]
 fn breaker_opens_after_n_failures_and_half_opens_after_the_cool_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--fail-first", "4", "--status", "503"],
-    );
-    let cfg = agent_config(dir.path(), mock.port);
-    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace(
+    let (_dir, mock, cfg) = agent_setup(&["--fail-first", "4", "--status", "503"]);
+    edit(
+        &cfg,
         "breaker_failures = 1000",
         "breaker_failures = 3\nbreaker_open_s = 1",
     );
-    std::fs::write(&cfg, text_cfg).unwrap();
     outbox_add(&cfg, 1);
     let out = deliver(&cfg);
     assert_eq!(out.status.code(), Some(0));
@@ -1130,10 +1118,7 @@ fn breaker_opens_after_n_failures_and_half_opens_after_the_cool_down() {
 fn outbox_full_corrupt_and_unwritable() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_config(dir.path(), 9);
-    let small = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_items = 10000", "max_items = 3");
-    std::fs::write(&cfg, small).unwrap();
+    edit(&cfg, "max_items = 10000", "max_items = 3");
     let out = run(talkie()
         .arg("--config")
         .arg(&cfg)
