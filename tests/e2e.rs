@@ -377,6 +377,20 @@ fn version_names_the_git_revision() {
 
 // ---------------------------------------------------------------- VAD
 
+/// `talkie vad --json --models models/build` without a config file.
+fn vad_json() -> Command {
+    let mut c = talkie();
+    c.args([
+        "--config",
+        "/nonexistent/talkie.toml",
+        "vad",
+        "--json",
+        "--models",
+    ])
+    .arg(models_dir());
+    c
+}
+
 fn models_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/build");
     assert!(
@@ -423,16 +437,7 @@ fn vad_finds_the_utterances_of_dev_long() {
             )
         })
         .collect();
-    let out = run(talkie()
-        .args([
-            "--config",
-            "/nonexistent/talkie.toml",
-            "vad",
-            "--json",
-            "--models",
-        ])
-        .arg(models_dir())
-        .arg(eval.join("dev_long.wav")));
+    let out = run(vad_json().arg(eval.join("dev_long.wav")));
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let hyp: Vec<(f64, f64)> = v["segments"]
@@ -475,16 +480,7 @@ fn vad_on_silence_and_tiny_clips_finds_nothing() {
     let silence = write_wav("silence.wav", 96_000, 96_000 * 3);
     let tiny = write_wav("tiny.wav", 8_000, 80);
     let empty = write_wav("empty.wav", 16_000, 0);
-    let out = run(talkie()
-        .args([
-            "--config",
-            "/nonexistent/talkie.toml",
-            "vad",
-            "--json",
-            "--models",
-        ])
-        .arg(models_dir())
-        .args([&silence, &tiny, &empty]));
+    let out = run(vad_json().args([&silence, &tiny, &empty]));
     assert_eq!(out.status.code(), Some(0));
     let lines: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
@@ -681,16 +677,7 @@ fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
 
     // Where speech starts inside clip 1, by the VAD (its start includes
     // vad.speech_pad_ms = 100 of padding).
-    let out = run(talkie()
-        .args([
-            "--config",
-            "/nonexistent/talkie.toml",
-            "vad",
-            "--json",
-            "--models",
-        ])
-        .arg(models_dir())
-        .arg(dev.join(&clips[1].0)));
+    let out = run(vad_json().arg(dev.join(&clips[1].0)));
     let vad: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let onset_ms = (vad["segments"][0][0].as_f64().unwrap() * 1000.0) as u64 + 100;
 
