@@ -1266,22 +1266,330 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 
 // ---------------------------------------------------------------- status API
 
-/// GET over a plain TCP connection: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
+/// One HTTP/1.1 exchange over a plain TCP connection: (status code,
+/// lower-cased response headers, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: kiosk\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: kiosk\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
+    let mut head_lines = head.lines();
+    let code = head_lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hdrs = head_lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, hdrs, body.to_owned())
+}
+
+/// GET: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (code, _, body) = http(port, "GET", path, &[], b"");
+    (code, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `talkie run` with `cfg`, JSON logs; returns once it logged "ready",
+/// with the rest of its log lines forwarded to the returned channel.
+fn start_service(cfg: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = talkie()
+        .arg("--config")
+        .arg(cfg)
+        .args(["--log-format", "json", "run"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let l = lines
+            .next()
+            .expect("talkie ended before it was ready")
+            .unwrap();
+        if l.contains("\"message\":\"ready\"") {
+            break;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (child, rx)
+}
+
+/// Wait (bounded) for a log line containing `needle`.
+fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+#[test]
+fn technician_endpoints_need_the_token_and_reload_swaps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let token_file = write(dir.path(), "status-token", "first-secret\n");
+    let input = eval_dir().join("dev/dev_long.wav");
+    let cfg_text = |level: &str, device: &str| {
+        format!(
+            "[device]\nid = \"tech-auth\"\n[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\ndevice = \"{device}\"\n\
+             [stt]\nmodel_dir = {:?}\n[status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {token_file:?}\n[log]\nlevel = \"{level}\"\n",
+            models_dir(),
+        )
+    };
+    let cfg = write(dir.path(), "talkie.toml", &cfg_text("info", "default"));
+    let (mut child, logs) = start_service(&cfg);
+
+    // The page and its assets: self-contained, strict headers.
+    let (code, h, page) = http(port, "GET", "/", &[], b"");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>talkie status</title>"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    let csp = header(&h, "content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    assert!(
+        header(&h, "access-control-allow-origin").is_none(),
+        "no CORS"
+    );
+    let (code, h, js) = http(port, "GET", "/app.js", &[], b"");
+    assert_eq!(code, 200);
+    assert!(header(&h, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.contains("EventSource"));
+
+    // Anonymous: health and state only.
+    let (code, status) = http_get(port, "/api/v1/status");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(st["access"], "anonymous");
+    assert_eq!(st["login_available"], true);
+    assert!(st.get("config").is_none() && st.get("problems").is_none());
+    assert!(
+        st["health"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{st}"
+    );
+    assert!(st["models"].as_array().unwrap().len() >= 3, "{st}");
+    assert_eq!(
+        st["microphone"]["format"].as_str().map(|f| !f.is_empty()),
+        Some(true)
+    );
+    let protected = [
+        ("GET", "/api/v1/transcripts"),
+        ("GET", "/api/v1/logs"),
+        ("POST", "/api/v1/test/leds"),
+        ("POST", "/api/v1/reload"),
+    ];
+    for (method, path) in protected {
+        let (code, h, body) = http(port, method, path, &[], b"");
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"], "technician token required");
+    }
+    let wrong = [("Authorization", "Bearer nope")];
+    let (code, _, body) = http(port, "GET", "/api/v1/logs", &wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
+
+    // Bearer token.
+    let bearer = [("Authorization", "Bearer first-secret")];
+    let (code, h, body) = http(port, "GET", "/api/v1/transcripts", &bearer, b"");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(t["transcripts"].is_array());
+    let (code, _, body) = http(port, "GET", "/api/v1/logs", &bearer, b"");
+    assert_eq!(code, 200);
+    let l: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        l["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["message"].as_str().unwrap().contains("models loaded")),
+        "{body}"
+    );
+    let (code, _, body) = http(port, "POST", "/api/v1/test/leds", &bearer, b"");
+    assert_eq!(code, 202, "{body}");
+    wait_log(&logs, "LED test cycle requested");
+
+    // Login form → cookie; the cookie never carries the token.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (code, _, _) = http(port, "POST", "/login", &form, b"token=wrong");
+    assert_eq!(code, 401);
+    let (code, h, _) = http(port, "POST", "/login", &form, b"token=first-secret");
+    assert_eq!(code, 204);
+    let set_cookie = header(&h, "set-cookie").unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(!set_cookie.contains("first-secret"));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = [("Cookie", cookie.as_str())];
+    let (code, _, body) = http(port, "GET", "/api/v1/status", &with_cookie, b"");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["access"], "technician");
+    assert_eq!(st["config"]["status"]["token"], "<redacted>");
+    assert!(!body.contains("first-secret"));
+    assert_eq!(
+        http(port, "GET", "/api/v1/transcripts", &with_cookie, b"").0,
+        200
+    );
+
+    // Bad input: oversized body, bad form, unknown path → 4xx JSON.
+    let big = vec![b'a'; 64 * 1024];
+    let (code, _, _) = http(port, "POST", "/login", &form, &big);
+    assert_eq!(code, 413);
+    let (code, _, body) = http(port, "POST", "/login", &form, b"nothing=here");
+    assert!(matches!(code, 400 | 422), "{code} {body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    let (code, _, body) = http(port, "GET", "/api/v1/nope", &[], b"");
+    assert_eq!(code, 404);
+    assert!(body.contains("no such endpoint"));
+
+    // Live events: level at ~10 Hz and the state.
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: kiosk\r\n\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (mut levels, mut states) = (0, 0);
+        let mut line = String::new();
+        while levels < 5 {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+            if line.starts_with("event: level") {
+                levels += 1;
+            }
+            if line.starts_with("event: state") {
+                states += 1;
+            }
+            if let Some(d) = line.strip_prefix("data: ") {
+                let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
+                assert!(v["state"].is_string());
+            }
+        }
+        assert_eq!(states, 1, "the state is sent once, then on change");
+    }
+
+    // Reload over HTTP: the log level and the token apply, the device waits.
+    std::fs::write(&token_file, "second-secret\n").unwrap();
+    std::fs::write(&cfg, cfg_text("debug", "hw:9,0")).unwrap();
+    let (code, _, body) = http(port, "POST", "/api/v1/reload", &bearer, b"");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        r["applied"],
+        serde_json::json!(["log.level", "status.token"])
+    );
+    assert_eq!(r["needs_restart"], serde_json::json!(["audio.device"]));
+    assert_eq!(
+        http(port, "GET", "/api/v1/logs", &bearer, b"").0,
+        401,
+        "old token gone"
+    );
+    assert_eq!(
+        http(port, "GET", "/api/v1/logs", &with_cookie, b"").0,
+        401,
+        "old session gone"
+    );
+    let bearer2 = [("Authorization", "Bearer second-secret")];
+    let (code, _, body) = http(port, "GET", "/api/v1/status", &bearer2, b"");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["pending_restart"], serde_json::json!(["audio.device"]));
+    assert_eq!(st["config"]["log"]["level"], "debug");
+    assert_eq!(
+        st["config"]["audio"]["device"], "default",
+        "the running device is shown"
+    );
+
+    // SIGHUP does the same; a broken file is refused and nothing changes.
+    std::fs::write(&cfg, "[audio]\nbackend = \"carrier-pigeon\"\n").unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_log(&logs, "reload refused");
+    assert_eq!(http(port, "GET", "/api/v1/logs", &bearer2, b"").0, 200);
+
+    // Failed attempts are rate-limited per address: after the burst even
+    // the right token waits.
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(http(port, "GET", "/api/v1/logs", &wrong, b"").0);
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    let (code, h, _) = http(port, "GET", "/api/v1/logs", &bearer2, b"");
+    assert_eq!(code, 429);
+    assert!(header(&h, "retry-after").is_some());
+    assert_eq!(
+        http_get(port, "/healthz").0,
+        200,
+        "anonymous health still answers"
+    );
+
+    assert!(sigterm_and_wait(&mut child).success());
 }
 
 #[test]

@@ -225,7 +225,15 @@ pub fn main(cli: Cli) -> i32 {
                 Command::Record { seconds, out } => {
                     crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
                 }
-                Command::Run(args) => crate::run::run(cfg, args).map_err(|e| e.to_string()),
+                Command::Run(args) => {
+                    let (path, sets) = (cli.config.clone(), cli.sets.clone());
+                    let loader: crate::reload::Loader = std::sync::Arc::new(move || {
+                        config::load(&path, &Overrides::from_process_env(sets.clone()))
+                            .map(|l| l.config)
+                            .map_err(|e| e.to_string())
+                    });
+                    crate::run::run(cfg, args, loader).map_err(|e| e.to_string())
+                }
                 _ => Ok(()),
             };
             match result {

@@ -1,22 +1,72 @@
-//! Structured logging with `tracing`: human lines or JSON on stderr.
-//! The level comes from `RUST_LOG` when set, else from `log.level`.
+//! Structured logging with `tracing`: human lines or JSON on stderr, or
+//! native journald records (`--log-format journald`, for systemd). The
+//! level comes from `RUST_LOG` when set, else from `log.level`, and can be
+//! changed while running ([`set_level`], used by config reload). Every
+//! event also goes to the in-memory [`crate::logring`] the status page reads.
 
 use crate::config::LogFormat;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+fn filter_for(level: &str) -> EnvFilter {
+    EnvFilter::builder()
+        .parse(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
 
 /// Install the global subscriber. Safe to call once; later calls are no-ops.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::builder().parse(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_thread_names(true);
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| filter_for(level)));
+    let ring = crate::logring::layer(crate::logring::global().clone());
+    let stderr = || {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_thread_names(true)
     };
+    let mut journald_error = None;
+    let output: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Pretty => stderr().boxed(),
+        LogFormat::Json => stderr().json().flatten_event(true).boxed(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(j) => j.with_syslog_identifier("talkie".into()).boxed(),
+            Err(e) => {
+                journald_error = Some(e);
+                stderr().boxed()
+            }
+        },
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(ring)
+        .try_init()
+        .is_ok();
+    if installed && !env_set {
+        let _ = FILTER.set(handle);
+    }
+    if let Some(e) = journald_error {
+        tracing::warn!(error = %e, "journald is not reachable (/run/systemd/journal/socket); logging to stderr");
+    }
+}
+
+/// Change the level filter (`log.level` syntax). Err when the filter does
+/// not parse, or when `RUST_LOG` fixed the level at start.
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| format!("log.level {level:?}: {e}"))?;
+    let handle = FILTER
+        .get()
+        .ok_or_else(|| "RUST_LOG is set: the log level is fixed by the environment".to_owned())?;
+    handle.reload(filter).map_err(|e| e.to_string())
 }

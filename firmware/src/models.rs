@@ -51,6 +51,8 @@ pub struct ModelEntry {
     pub kind: String,
     pub sha256: String,
     pub license: String,
+    #[serde(default)]
+    pub precision: Option<String>,
 }
 
 /// The `[[model]]` entries of the embedded manifest.
@@ -58,6 +60,26 @@ pub fn entries() -> Result<Vec<ModelEntry>, ModelError> {
     toml::from_str::<Manifest>(MANIFEST)
         .map(|m| m.model)
         .map_err(|e| ModelError::Manifest(e.to_string()))
+}
+
+/// The manifest entries whose files are present in `dir`, as JSON for the
+/// status page (file, kind, precision, sha256). Names only; the files were
+/// verified when they were loaded.
+pub fn in_use(dir: &Path) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| dir.join(&e.file).exists())
+        .map(|e| {
+            serde_json::json!({
+                "file": e.file,
+                "kind": e.kind,
+                "precision": e.precision,
+                "sha256": e.sha256,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }
 
 /// Hex sha256 of a file.

@@ -25,6 +25,7 @@ use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
 use crate::ptt::machine::Machine;
 use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts, SinkWiring};
+use crate::reload::Loader;
 use crate::status;
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
 use crate::supervisor::{self, Beat, Notice, Notifier};
@@ -83,7 +84,7 @@ pub enum RunError {
 
 /// Run the service until SIGINT/SIGTERM, until a simulated source ends, or
 /// (with `--until-script-done`) until the button script is fully handled.
-pub fn run(config: &Config, args: &RunArgs) -> Result<(), RunError> {
+pub fn run(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), RunError> {
     if args.until_script_done && config.gpio.backend != GpioBackend::Script {
         return Err(RunError::NotScripted);
     }
@@ -93,7 +94,7 @@ pub fn run(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(config, args))
+    rt.block_on(serve(config, args, loader))
 }
 
 /// The threads of a running service.
@@ -107,9 +108,11 @@ struct Threads {
     leds_tx: mpsc::SyncSender<LedMsg>,
 }
 
-async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
+async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut running = config.clone();
     let audio_stats = Arc::new(AudioStats::default());
     let ptt_stats = Arc::new(PttStats::default());
     let cancel = CancellationToken::new();
@@ -117,20 +120,22 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let agent_stats = Arc::new(AgentStats::default());
     // The local API answers from the start: /healthz at once, /readyz once
     // models are loaded and everything runs.
-    let shared = Arc::new(status::Shared {
-        device_id: config.device.id.clone(),
-        source: config
-            .audio
-            .file
-            .as_ref()
-            .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string()),
-        started: Instant::now(),
-        audio: Arc::clone(&audio_stats),
-        ptt: Arc::clone(&ptt_stats),
-        agent: config.agent.url.is_some().then(|| Arc::clone(&agent_stats)),
-        ready: AtomicBool::new(false),
-        led: Default::default(),
-    });
+    let source_name = config
+        .audio
+        .file
+        .as_ref()
+        .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string());
+    let recent = RecentTranscripts::default();
+    let shared = Arc::new(status::Shared::new(
+        config,
+        source_name.clone(),
+        Arc::clone(&audio_stats),
+        Arc::clone(&ptt_stats),
+        config.agent.url.is_some().then(|| Arc::clone(&agent_stats)),
+        crate::logring::global().clone(),
+        recent.clone(),
+        cancel.clone(),
+    ));
     let (listener, bound) = status::bind(config.status.listen).await?;
     tracing::info!(listen = %bound, "status server listening");
     tasks.spawn(status::serve(listener, Arc::clone(&shared), cancel.clone()));
@@ -144,12 +149,14 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     });
     let dir = stt_model_dir(config, None);
     let cfg = config.clone();
+    let models_shown = Arc::clone(&shared);
     let (recognizer, auto_stop_vad) = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let mut r = Recognizer::load(&dir, &cfg)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
+        let _ = models_shown.models.set(crate::models::in_use(&dir));
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
             Some(SileroVad::load(&dir.join(VAD_FILE))?)
         } else {
@@ -179,8 +186,12 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         gpio = ?config.gpio.backend,
         "audio source open"
     );
+    let _ = shared.format.set(source.format().to_string());
 
     let (events_tx, mut events) = tokio::sync::mpsc::channel(ptt::EVENT_QUEUE);
+    let _ = shared.control.set(events_tx.clone());
+    let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<status::ReloadRequest>(1);
+    let _ = shared.reload.set(reload_tx);
     let (tap_sink, tap_rx) = listener::tap(Arc::clone(&ptt_stats));
     let (listener_tx, listener_rx) = mpsc::sync_channel(16);
     let (stt_tx, stt_rx) = mpsc::sync_channel(worker::QUEUE);
@@ -244,7 +255,6 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         sink
     });
     tasks.close();
-    let recent = RecentTranscripts::default();
     let mut controller = Controller::new(
         Machine::new(&config.ptt),
         epoch,
@@ -276,11 +286,6 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
     let mut wd_tick = tokio::time::interval(wd_every.unwrap_or(Duration::from_secs(3600)));
     wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wedged: Vec<&'static str> = Vec::new();
-    let source_name = config
-        .audio
-        .file
-        .as_ref()
-        .map_or_else(|| config.audio.device.clone(), |f| f.display().to_string());
     let mut status_line = status_line_for(
         &source_name,
         &audio_stats,
@@ -337,6 +342,14 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
                     tracing::error!(loops = ?stale, "loops are wedged: watchdog pings withheld, systemd will restart the service");
                 }
                 wedged = stale;
+            }
+            Some(reply) = reloads.recv() => {
+                let report = reload(&mut running, &loader, &shared, &notifier, &status_line).await;
+                let _ = reply.send(report);
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reload(&mut running, &loader, &shared, &notifier, &status_line).await;
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
@@ -398,6 +411,61 @@ async fn serve(config: &Config, args: &RunArgs) -> Result<(), RunError> {
         other => tracing::info!(end = ?other, "stopped"),
     }
     Ok(())
+}
+
+/// Re-read the configuration, apply the live keys, report the rest
+/// (`RELOADING=1` … `READY=1` around it for systemd).
+async fn reload(
+    running: &mut Config,
+    loader: &Loader,
+    shared: &status::Shared,
+    notifier: &Notifier,
+    status_line: &str,
+) -> status::ReloadReport {
+    notifier.send(Notice {
+        reloading: true,
+        status: Some("reloading configuration".into()),
+        ..Notice::default()
+    });
+    let load = Arc::clone(loader);
+    let loaded = tokio::task::spawn_blocking(move || load())
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let report = match loaded {
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the running configuration stays");
+            status::ReloadReport {
+                ok: false,
+                error: Some(e),
+                ..Default::default()
+            }
+        }
+        Ok(new) => {
+            let (mut report, effective) = crate::reload::plan(running, &new);
+            if report.applied.iter().any(|k| k == "log.level") {
+                if let Err(e) = crate::logging::set_level(&effective.log.level) {
+                    tracing::warn!(error = %e, "log.level not applied");
+                    report.applied.retain(|k| k != "log.level");
+                    report.needs_restart.push("log.level".into());
+                }
+            }
+            *running = effective;
+            shared.reconfigured(running, report.needs_restart.clone());
+            tracing::info!(
+                changed = ?report.changed,
+                applied = ?report.applied,
+                needs_restart = ?report.needs_restart,
+                "configuration reloaded"
+            );
+            report
+        }
+    };
+    notifier.send(Notice {
+        ready: true,
+        status: Some(status_line.to_owned()),
+        ..Notice::default()
+    });
+    report
 }
 
 /// Stop and join every push-to-talk thread, each within [`STOP_BUDGET`].

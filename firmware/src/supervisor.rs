@@ -44,6 +44,9 @@ pub fn stale(beats: &[Beat], now_ms: u64, stall_ms: u64) -> Vec<&'static str> {
 pub struct Notice {
     pub ready: bool,
     pub stopping: bool,
+    /// `RELOADING=1` with `MONOTONIC_USEC` (a config reload begins; the
+    /// next `READY=1` ends it).
+    pub reloading: bool,
     pub watchdog: bool,
     pub status: Option<String>,
     pub extend_timeout_usec: Option<u32>,
@@ -83,6 +86,12 @@ impl Notifier {
                 }
                 if n.stopping {
                     states.push(S::Stopping);
+                }
+                if n.reloading {
+                    states.push(S::Reloading);
+                    if let Ok(now) = S::monotonic_usec_now() {
+                        states.push(now);
+                    }
                 }
                 if n.watchdog {
                     states.push(S::Watchdog);

@@ -229,6 +229,11 @@ impl Histogram {
 pub struct PttStats {
     /// Debounced presses.
     pub presses: AtomicU64,
+    /// Unix time of the last press, milliseconds (0 = none yet).
+    pub last_press_unix_ms: AtomicU64,
+    /// Presses since local midnight (UTC day), and which day that is.
+    pub presses_today: AtomicU64,
+    pub presses_day: AtomicU64,
     /// Utterances submitted for recognition.
     pub utterances: AtomicU64,
     pub too_short: AtomicU64,
@@ -254,9 +259,58 @@ pub struct PttStats {
     pub stt_beat_ms: AtomicU64,
 }
 
+impl PttStats {
+    /// Count a debounced press at `unix_ms`.
+    pub fn note_press(&self, unix_ms: u64) {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        self.presses.fetch_add(1, r);
+        self.last_press_unix_ms.store(unix_ms, r);
+        let day = unix_ms / 86_400_000;
+        if self.presses_day.swap(day, r) != day {
+            self.presses_today.store(0, r);
+        }
+        self.presses_today.fetch_add(1, r);
+    }
+
+    /// Presses on the UTC day of `unix_ms` (0 once that day has passed).
+    pub fn presses_on(&self, unix_ms: u64) -> u64 {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        if self.presses_day.load(r) == unix_ms / 86_400_000 {
+            self.presses_today.load(r)
+        } else {
+            0
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presses_today_reset_at_the_day_boundary() {
+        let s = PttStats::default();
+        let day = 20_000 * 86_400_000;
+        s.note_press(day + 1_000);
+        s.note_press(day + 2_000);
+        assert_eq!(s.presses_on(day + 3_000), 2);
+        assert_eq!(s.presses_on(day + 86_400_000), 0, "next day, no press yet");
+        s.note_press(day + 86_400_000 + 5);
+        assert_eq!(s.presses_on(day + 86_400_000 + 6), 1);
+        assert_eq!(s.presses.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(
+            s.last_press_unix_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+            day + 86_400_000 + 5
+        );
+    }
 
     #[test]
     fn histogram_buckets_and_quantiles() {

@@ -20,7 +20,6 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Deliveries kept for the status page.
 pub const RECENT_DELIVERED: u32 = 100;
@@ -43,12 +42,7 @@ pub enum OutboxError {
     Full { max: u32 },
 }
 
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::telemetry::unix_ms;
 
 /// An item waiting for delivery.
 #[derive(Debug, Clone, PartialEq)]

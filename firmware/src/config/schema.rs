@@ -133,6 +133,13 @@ pub struct SttConfig {
     pub model_dir: PathBuf,
     /// Most tokens decoded for one utterance.
     pub max_tokens: u32,
+    /// Threads for the encoder/decoder matrix products (1 = the worker
+    /// thread alone). A Pi 4/5 has 4 cores; the audio path needs little.
+    pub threads: u32,
+    /// Zero-padded mel frames (10 ms each) after the speech. Fewer is
+    /// faster; below ~500 Whisper starts to repeat and mishear
+    /// (shared/notes/whisper-on-tract.md).
+    pub encoder_margin_frames: u32,
 }
 
 impl Default for SttConfig {
@@ -140,6 +147,8 @@ impl Default for SttConfig {
         Self {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
             max_tokens: 96,
+            threads: 2,
+            encoder_margin_frames: 512,
         }
     }
 }
@@ -374,6 +383,8 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+    /// Native journald records with structured fields (under systemd).
+    Journald,
 }
 
 /// `[log]`

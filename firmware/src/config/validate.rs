@@ -107,6 +107,13 @@ pub(super) fn validate(c: &Config) -> Problems {
         "must be a directory path",
     );
     range(&mut p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
+    range(&mut p, "stt.threads", c.stt.threads, 1..=16);
+    range(
+        &mut p,
+        "stt.encoder_margin_frames",
+        c.stt.encoder_margin_frames,
+        128..=2000,
+    );
 
     range(&mut p, "ptt.min_press_ms", c.ptt.min_press_ms, 0..=5_000);
     check(

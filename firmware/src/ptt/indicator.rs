@@ -25,19 +25,44 @@ pub enum LedMsg {
         /// The press that caused this, for the press → LED latency.
         pressed_at: Option<Instant>,
     },
+    /// Show every pattern of the LED vocabulary in turn for `step` each
+    /// ([`TEST_STEP`] from the status API), then return to the lasting
+    /// state (technician test; a real state change cuts it short).
+    Test { step: Duration },
     /// Finish any flash, turn everything off, end the thread.
     Stop,
 }
+
+/// How long each pattern shows during [`LedMsg::Test`].
+pub const TEST_STEP: Duration = Duration::from_millis(600);
 
 struct Renderer {
     leds: Box<dyn Indicators>,
     base: IndicatorState,
     shown: Option<IndicatorState>,
     flash_until: Option<Instant>,
+    /// Patterns still to show in a test cycle, and for how long each.
+    test: std::collections::VecDeque<IndicatorState>,
+    test_step: Duration,
     failed: bool,
 }
 
 impl Renderer {
+    /// After a flash: the next test pattern, else the lasting state.
+    fn after_flash(&mut self) {
+        match self.test.pop_front() {
+            Some(next) => {
+                self.display(next);
+                self.flash_until = Some(Instant::now() + self.test_step);
+            }
+            None => {
+                self.flash_until = None;
+                let base = self.base;
+                self.display(base);
+            }
+        }
+    }
+
     fn display(&mut self, s: IndicatorState) {
         match self.leds.show(s) {
             Ok(()) => self.failed = false,
@@ -58,6 +83,8 @@ pub fn run(leds: Box<dyn Indicators>, rx: Receiver<LedMsg>, stats: Arc<PttStats>
         base: IndicatorState::Off,
         shown: None,
         flash_until: None,
+        test: std::collections::VecDeque::new(),
+        test_step: TEST_STEP,
         failed: false,
     };
     loop {
@@ -71,6 +98,7 @@ pub fn run(leds: Box<dyn Indicators>, rx: Receiver<LedMsg>, stats: Arc<PttStats>
                 pressed_at,
             }) => {
                 r.base = show;
+                r.test.clear();
                 match flash {
                     Some(f) => {
                         r.display(f);
@@ -90,6 +118,11 @@ pub fn run(leds: Box<dyn Indicators>, rx: Receiver<LedMsg>, stats: Arc<PttStats>
                     tracing::debug!(press_to_led_ms = ms, "press shown");
                 }
             }
+            Ok(LedMsg::Test { step }) => {
+                r.test_step = step;
+                r.test = IndicatorState::ALL.iter().copied().collect();
+                r.after_flash();
+            }
             Ok(LedMsg::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 if r.flash_until.take().is_some() {
                     let base = r.base;
@@ -101,9 +134,7 @@ pub fn run(leds: Box<dyn Indicators>, rx: Receiver<LedMsg>, stats: Arc<PttStats>
             Err(RecvTimeoutError::Timeout) => {}
         }
         if r.flash_until.is_some_and(|t| Instant::now() >= t) {
-            r.flash_until = None;
-            let base = r.base;
-            r.display(base);
+            r.after_flash();
         }
         if let Err(e) = r.leds.tick() {
             if !r.failed {
@@ -163,5 +194,38 @@ mod tests {
             ]
         );
         assert_eq!(stats.press_to_led.snapshot().count, 1);
+    }
+
+    #[test]
+    fn test_cycle_shows_every_pattern_then_the_lasting_state() {
+        let timeline = Timeline::new(Instant::now());
+        let leds = Box::new(TimelineIndicators::new(timeline.clone()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let t = std::thread::spawn(move || run(leds, rx, Arc::new(PttStats::default())));
+        use IndicatorState as S;
+        tx.send(LedMsg::Led {
+            show: S::Idle,
+            flash: None,
+            pressed_at: None,
+        })
+        .unwrap();
+        tx.send(LedMsg::Test {
+            step: Duration::from_millis(1),
+        })
+        .unwrap();
+        let mut expected = vec![S::Idle];
+        expected.extend(S::ALL);
+        expected.push(S::Idle);
+        // Wait (bounded) until the cycle has played; the assertion is on
+        // the recorded sequence, not on timing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while timeline.entries().len() < expected.len() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        tx.send(LedMsg::Stop).unwrap();
+        t.join().unwrap();
+        let states: Vec<_> = timeline.entries().into_iter().map(|(_, s)| s).collect();
+        expected.push(S::Off);
+        assert_eq!(states, expected);
     }
 }

@@ -41,6 +41,8 @@ pub enum ControlEvent {
     Stored {
         ok: bool,
     },
+    /// A technician asked to see every LED pattern (status API).
+    TestLeds,
 }
 
 /// Events queued for the controller.
@@ -168,7 +170,7 @@ impl Controller {
                 tracing::debug!(edge = e.edge.as_str(), at_ms, "button");
                 let input = match e.edge {
                     Edge::Pressed => {
-                        self.stats.presses.fetch_add(1, Relaxed);
+                        self.stats.note_press(crate::telemetry::unix_ms());
                         self.last_press = Some(e.at);
                         Input::Pressed { at_ms }
                     }
@@ -177,6 +179,18 @@ impl Controller {
                 self.input(input, e.at);
             }
             ControlEvent::ButtonExhausted => {}
+            ControlEvent::TestLeds => {
+                tracing::info!("LED test cycle requested");
+                if self
+                    .leds
+                    .try_send(indicator::LedMsg::Test {
+                        step: indicator::TEST_STEP,
+                    })
+                    .is_err()
+                {
+                    indicator::dropped(&self.stats);
+                }
+            }
             ControlEvent::CaptureEnded => self.input(Input::CaptureEnded, Instant::now()),
             ControlEvent::Recognized(r) => {
                 let speech = r.result.has_text();

@@ -1,37 +1,84 @@
-//! The local HTTP API for field technicians (slice: health, readiness,
-//! status JSON and Prometheus metrics; the HTML page, live events and the
-//! token-protected endpoints come next — see the status-page issue).
+//! The local HTTP API and status page for field technicians.
 //!
-//! | path | answers |
-//! |---|---|
-//! | `GET /healthz` | 200 `ok` while the process serves HTTP (liveness) |
-//! | `GET /readyz` | 200 when models are loaded, audio is open and (with an agent) the outbox is open; else 503 with the reasons |
-//! | `GET /api/v1/status` | JSON: device, version, uptime, readiness, LED state, audio, push-to-talk and agent counters |
-//! | `GET /metrics` | Prometheus text, `talkie_*` |
+//! | path | who | answers |
+//! |---|---|---|
+//! | `GET /` (+ `/app.js`, `/app.css`) | anyone | the status page: self-contained, live via `/api/v1/events` |
+//! | `GET /healthz` | anyone | 200 `ok` while the process serves HTTP (liveness) |
+//! | `GET /readyz` | anyone | 200 when models are loaded, audio is open and (with an agent) the outbox is open; else 503 with the reasons |
+//! | `GET /api/v1/status` | anyone | JSON: device, version, uptime, health checks, state, microphone, button, recognition, agent; with the token also the effective configuration and recent warnings |
+//! | `GET /api/v1/events` | anyone | Server-Sent Events: `level` (~10 Hz: RMS/peak dBFS and state), `state` on change |
+//! | `GET /metrics` | anyone | Prometheus text, `talkie_*` |
+//! | `POST /login`, `POST /logout` | anyone | form field `token` → HttpOnly SameSite=Strict session cookie |
+//! | `GET /api/v1/transcripts` | technician | recent transcripts (personal data: `Cache-Control: no-store`) |
+//! | `GET /api/v1/logs` | technician | recent log lines and warnings/errors |
+//! | `POST /api/v1/test/leds` | technician | cycle every LED pattern |
+//! | `POST /api/v1/reload` | technician | re-read the config: what changed, what was applied, what needs a restart |
 //!
-//! Handlers only read atomics and snapshots: the server never blocks the
-//! audio or recognition threads. Every request has a timeout; the server
-//! stops with the service (graceful, bounded).
+//! Technician = `Authorization: Bearer <status token>` or the session
+//! cookie ([`auth`]). Handlers only read atomics and snapshots: the server
+//! never blocks the audio or recognition threads. Every request has a
+//! timeout, bodies are size-limited, every response carries a strict CSP,
+//! `nosniff` and `no-store`; no CORS headers are sent (same origin only).
 
+pub mod auth;
 pub mod metrics;
 
 use crate::agent::breaker::BreakerState;
 use crate::agent::AgentStats;
-use crate::telemetry::{AudioStats, CaptureState, PttStats};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use crate::logring::LogRing;
+use crate::ptt::{ControlEvent, RecentTranscripts};
+use crate::telemetry::{unix_ms, AudioStats, CaptureState, PttStats};
+use auth::{Access, Auth};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use talkie_hal::gpio::IndicatorState;
 use tokio_util::sync::CancellationToken;
 
-/// Longest any request may take.
+/// Longest any request may take to produce its response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 16 * 1024;
+/// Live-event clients served at once; more get 503.
+pub const MAX_EVENT_CLIENTS: usize = 256;
+/// Live level events per second.
+const EVENTS_EVERY: Duration = Duration::from_millis(100);
+/// How long `POST /api/v1/reload` waits for the service to answer.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+/// The page's Content-Security-Policy: nothing but this origin.
+pub const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const APP_CSS: &str = include_str!("page/app.css");
+
+/// What a config reload did (`POST /api/v1/reload`, SIGHUP).
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct ReloadReport {
+    pub ok: bool,
+    /// Why the new file was refused (the running config stays).
+    pub error: Option<String>,
+    /// Keys whose value differs from the running configuration.
+    pub changed: Vec<String>,
+    /// Changed keys now in effect.
+    pub applied: Vec<String>,
+    /// Changed keys that take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// A reload asked for over HTTP; the service answers on the channel.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<ReloadReport>;
 
 /// What the handlers read.
 #[derive(Debug)]
@@ -46,9 +93,65 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The lasting LED state (index into `IndicatorState::ALL`).
     pub led: AtomicU8,
+    /// Technician token and failed-attempt limiter (swapped on reload).
+    pub auth: RwLock<Arc<Auth>>,
+    pub logs: LogRing,
+    pub recent: RecentTranscripts,
+    /// The negotiated capture format, once the source is open.
+    pub format: OnceLock<String>,
+    /// Model files in use (name, kind, precision, sha256), once loaded.
+    pub models: OnceLock<serde_json::Value>,
+    /// The running configuration, secrets redacted.
+    pub config: RwLock<serde_json::Value>,
+    /// Keys changed in the file that wait for a restart.
+    pub pending_restart: RwLock<Vec<String>>,
+    /// The controller's event queue, once it runs (LED test).
+    pub control: OnceLock<tokio::sync::mpsc::Sender<ControlEvent>>,
+    /// The service's reload queue, once it runs.
+    pub reload: OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    /// Ends live-event streams when the service stops.
+    pub shutdown: CancellationToken,
+    event_clients: AtomicUsize,
 }
 
 impl Shared {
+    /// Everything not yet known starts empty; `run` fills it in.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &crate::config::Config,
+        source: String,
+        audio: Arc<AudioStats>,
+        ptt: Arc<PttStats>,
+        agent: Option<Arc<AgentStats>>,
+        logs: LogRing,
+        recent: RecentTranscripts,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            device_id: config.device.id.clone(),
+            source,
+            started: Instant::now(),
+            audio,
+            ptt,
+            agent,
+            ready: AtomicBool::new(false),
+            led: AtomicU8::new(0),
+            auth: RwLock::new(Arc::new(Auth::new(
+                config.status.token.as_ref().map(|t| t.expose()),
+            ))),
+            logs,
+            recent,
+            format: OnceLock::new(),
+            models: OnceLock::new(),
+            config: RwLock::new(redacted(config)),
+            pending_restart: RwLock::new(Vec::new()),
+            control: OnceLock::new(),
+            reload: OnceLock::new(),
+            shutdown,
+            event_clients: AtomicUsize::new(0),
+        }
+    }
+
     pub fn set_led(&self, s: IndicatorState) {
         if let Some(i) = IndicatorState::ALL.iter().position(|x| *x == s) {
             self.led.store(i as u8, Relaxed);
@@ -61,6 +164,26 @@ impl Shared {
             .copied()
             .unwrap_or(IndicatorState::Off)
     }
+
+    pub fn auth(&self) -> Arc<Auth> {
+        Arc::clone(&self.auth.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A reload applied `config`: new token, new effective config shown.
+    pub fn reconfigured(&self, config: &crate::config::Config, pending: Vec<String>) {
+        *self.auth.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Auth::new(config.status.token.as_ref().map(|t| t.expose())));
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = redacted(config);
+        *self
+            .pending_restart
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = pending;
+    }
+}
+
+/// The configuration as JSON with secrets shown as `<redacted>`.
+pub fn redacted(config: &crate::config::Config) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
 /// Why the service is not ready; empty = ready.
@@ -75,6 +198,63 @@ pub fn readiness(s: &Shared) -> Vec<&'static str> {
         _ => {}
     }
     why
+}
+
+/// One line of the page's health list.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// Why it fails (empty when ok).
+    pub reason: String,
+}
+
+/// The health checks the page shows, each with the reason it fails.
+pub fn checks(s: &Shared) -> Vec<Check> {
+    let check = |name, problem: Option<String>| Check {
+        name,
+        ok: problem.is_none(),
+        reason: problem.unwrap_or_default(),
+    };
+    let a = s.audio.snapshot();
+    let p = &s.ptt;
+    let mut out = vec![
+        check(
+            "models",
+            (!s.ready.load(Relaxed)).then(|| "loading, or threads not started yet".to_owned()),
+        ),
+        check(
+            "microphone",
+            match a.capture_state {
+                CaptureState::Degraded => Some(format!(
+                    "lost; reopening ({} attempts so far)",
+                    a.reopen_attempts
+                )),
+                CaptureState::Failed => Some("failed; see the log".to_owned()),
+                _ => None,
+            },
+        ),
+        check(
+            "button",
+            match p.button_errors.load(Relaxed) {
+                0 => None,
+                n => Some(format!("{n} read errors")),
+            },
+        ),
+    ];
+    if let Some(g) = &s.agent {
+        let breaker = BreakerState::from_u8(g.breaker_state.load(Relaxed));
+        out.push(check(
+            "agent",
+            (breaker == BreakerState::Open).then(|| {
+                format!(
+                    "unreachable, retrying later: {}",
+                    g.last_error().unwrap_or_else(|| "no detail".to_owned())
+                )
+            }),
+        ));
+    }
+    out
 }
 
 async fn healthz() -> &'static str {
@@ -103,15 +283,19 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// The status document (`/api/v1/status`).
-pub fn status_json(s: &Shared) -> serde_json::Value {
+/// The status document (`/api/v1/status`); `technician` adds the
+/// effective configuration and the recent warnings.
+pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
     let a = s.audio.snapshot();
     let p = &s.ptt;
     let why = readiness(s);
+    let now = unix_ms();
     let agent = s.agent.as_ref().map(|g| {
+        let oldest = g.oldest_created_ms.load(Relaxed);
         serde_json::json!({
             "breaker": BreakerState::from_u8(g.breaker_state.load(Relaxed)).as_str(),
             "outbox_depth": g.outbox_depth.load(Relaxed),
+            "outbox_oldest_age_s": (oldest > 0).then(|| now.saturating_sub(oldest) / 1000),
             "delivered": g.delivered.load(Relaxed),
             "dead_lettered": g.dead_lettered.load(Relaxed),
             "retries": g.retries_total(),
@@ -119,15 +303,21 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
             "last_reply": g.last_reply(),
         })
     });
-    serde_json::json!({
+    let rtt = p.release_to_text.snapshot();
+    let last_press = p.last_press_unix_ms.load(Relaxed);
+    let mut doc = serde_json::json!({
         "device_id": s.device_id,
         "version": crate::cli::VERSION,
         "uptime_s": s.started.elapsed().as_secs(),
         "ready": why.is_empty(),
         "not_ready_because": why,
+        "health": checks(s),
         "state": s.led().as_str(),
+        "access": if technician { "technician" } else { "anonymous" },
+        "login_available": s.auth().configured(),
         "microphone": {
             "source": s.source,
+            "format": s.format.get(),
             "state": a.capture_state.as_str(),
             "level_rms_dbfs": a.level_rms_dbfs,
             "level_peak_dbfs": a.level_peak_dbfs,
@@ -138,39 +328,339 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
         },
         "push_to_talk": {
             "presses": p.presses.load(Relaxed),
+            "presses_today": p.presses_on(now),
+            "last_press_unix_ms": (last_press > 0).then_some(last_press),
+            "too_short": p.too_short.load(Relaxed),
+            "busy_rejected": p.busy_rejected.load(Relaxed),
             "transcripts": p.transcripts.load(Relaxed),
             "no_speech": p.no_speech.load(Relaxed),
-            "too_short": p.too_short.load(Relaxed),
-            "release_to_text_ms_last": p.release_to_text.snapshot().last_ms,
-            "release_to_text_ms_p95_bucket": p.release_to_text.snapshot().quantile_upper_ms(0.95),
+            "stt_failures": p.stt_failures.load(Relaxed),
+            "release_to_text_ms_last": rtt.last_ms,
+            "release_to_text_ms_p95_bucket": rtt.quantile_upper_ms(0.95),
         },
+        "models": s.models.get().cloned().unwrap_or_else(|| serde_json::json!([])),
         "agent": agent,
-    })
+    });
+    if technician {
+        let (warnings, errors) = s.logs.totals();
+        doc["config"] = s
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        doc["pending_restart"] = serde_json::json!(*s
+            .pending_restart
+            .read()
+            .unwrap_or_else(PoisonError::into_inner));
+        doc["problems"] = serde_json::json!(s.logs.problems());
+        doc["warnings_total"] = warnings.into();
+        doc["errors_total"] = errors.into();
+    }
+    doc
 }
 
-async fn status_handler(State(s): State<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        status_json(&s).to_string(),
-    )
-        .into_response()
+async fn status_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let tech = s.auth().access(&headers) == Access::Technician;
+    Json(status_json(&s, tech)).into_response()
 }
 
-/// Request timeout as a plain middleware (no extra crate).
-async fn timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response(),
+/// A JSON error body: `{"error": "..."}`.
+pub fn json_error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+fn peer(req: &Request) -> std::net::IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+fn too_many() -> Response {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed attempts from this address; try again later",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(auth::REFILL.as_secs()),
+    );
+    r
+}
+
+/// Gate for the technician endpoints.
+async fn require_technician(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let auth = s.auth();
+    let ip = peer(&req);
+    match auth.access(req.headers()) {
+        Access::Anonymous => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "technician token required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        _ if !auth.allowed(ip) => too_many(),
+        Access::Denied => {
+            auth.failed(ip);
+            tracing::warn!(client = %ip, path = %req.uri().path(), "wrong technician token");
+            json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
+        }
+        Access::Technician => next.run(req).await,
     }
 }
 
+#[derive(serde::Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    form: Result<Form<Login>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let auth = s.auth();
+    if !auth.configured() {
+        return json_error(
+            StatusCode::CONFLICT,
+            "no technician token is configured (status.token_file or the status-token credential)",
+        );
+    }
+    if !auth.allowed(addr.ip()) {
+        return too_many();
+    }
+    let login = match form {
+        Ok(Form(login)) => login,
+        Err(rejection) => {
+            return json_error(
+                rejection.status(),
+                format!(
+                    "expected a form with a token field: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
+    if !auth.token_matches(&login.token) {
+        auth.failed(addr.ip());
+        tracing::warn!(client = %addr.ip(), "failed technician login");
+        return json_error(StatusCode::UNAUTHORIZED, "wrong technician token");
+    }
+    tracing::info!(client = %addr.ip(), "technician logged in");
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(c) = auth
+        .session_cookie()
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
+}
+
+async fn logout() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("talkie_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+async fn transcripts(State(s): State<Arc<Shared>>) -> Response {
+    let last_reply = s.agent.as_ref().and_then(|g| g.last_reply());
+    Json(serde_json::json!({
+        "transcripts": s.recent.list(),
+        "agent_last_reply": last_reply,
+    }))
+    .into_response()
+}
+
+async fn logs(State(s): State<Arc<Shared>>) -> Response {
+    let (warnings, errors) = s.logs.totals();
+    Json(serde_json::json!({
+        "lines": s.logs.lines(),
+        "problems": s.logs.problems(),
+        "warnings_total": warnings,
+        "errors_total": errors,
+    }))
+    .into_response()
+}
+
+async fn test_leds(State(s): State<Arc<Shared>>) -> Response {
+    let Some(tx) = s.control.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
+    };
+    match tx.try_send(ControlEvent::TestLeds) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "patterns": IndicatorState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "step_ms": crate::ptt::indicator::TEST_STEP.as_millis() as u64,
+            })),
+        )
+            .into_response(),
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller busy; try again",
+        ),
+    }
+}
+
+async fn reload(State(s): State<Arc<Shared>>) -> Response {
+    let Some(tx) = s.reload.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if tx.try_send(reply).is_err() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a reload is already running",
+        );
+    }
+    match tokio::time::timeout(RELOAD_WAIT, answer).await {
+        Ok(Ok(report)) => {
+            let code = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            (code, Json(report)).into_response()
+        }
+        _ => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service did not answer",
+        ),
+    }
+}
+
+/// Decrements the live-client count when a stream ends.
+struct ClientSlot(Arc<Shared>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.event_clients.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn events(State(s): State<Arc<Shared>>) -> Response {
+    if s.event_clients.fetch_add(1, Relaxed) >= MAX_EVENT_CLIENTS {
+        s.event_clients.fetch_sub(1, Relaxed);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live clients; the JSON status is still available",
+        );
+    }
+    let slot = ClientSlot(Arc::clone(&s));
+    let mut tick = tokio::time::interval(EVENTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stream = futures_util::stream::unfold(
+        (slot, tick, None::<IndicatorState>, Vec::<Event>::new()),
+        |(slot, mut tick, mut last, mut queued)| async move {
+            if let Some(ev) = queued.pop() {
+                return Some((Ok::<_, Infallible>(ev), (slot, tick, last, queued)));
+            }
+            let shared = Arc::clone(&slot.0);
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return None,
+                _ = tick.tick() => {}
+            }
+            let a = shared.audio.snapshot();
+            let state = shared.led();
+            let level = Event::default().event("level").data(
+                serde_json::json!({
+                    "rms_dbfs": a.level_rms_dbfs,
+                    "peak_dbfs": a.level_peak_dbfs,
+                    "state": state.as_str(),
+                })
+                .to_string(),
+            );
+            if last != Some(state) {
+                last = Some(state);
+                queued.push(
+                    Event::default()
+                        .event("state")
+                        .data(serde_json::json!({ "state": state.as_str() }).to_string()),
+                );
+            }
+            Some((Ok(level), (slot, tick, last, queued)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Request timeout as a plain middleware (no extra crate).
+async fn timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+    }
+}
+
+/// The same security headers on every response.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
+    let technician = Router::new()
+        .route("/api/v1/transcripts", get(transcripts))
+        .route("/api/v1/logs", get(logs))
+        .route("/api/v1/test/leds", post(test_leds))
+        .route("/api/v1/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_technician,
+        ));
     Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/status", get(status_handler))
-        .layer(axum::middleware::from_fn(timeout))
+        .route("/api/v1/events", get(events))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .merge(technician)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(timeout))
         .with_state(shared)
 }
 
@@ -199,7 +689,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    let app = router(shared);
+    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

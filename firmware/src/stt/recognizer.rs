@@ -9,6 +9,7 @@ use crate::models::ModelError;
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use std::path::Path;
 use std::time::Instant;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 /// File name of the VAD model inside a models directory.
 pub const VAD_FILE: &str = "silero_vad.onnx";
@@ -22,6 +23,25 @@ pub enum RecognizeError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Stt(#[from] SttError),
+    #[error("cannot start {threads} recognition threads: {reason}")]
+    Threads { threads: usize, reason: String },
+}
+
+/// One thread: tract runs on the caller. More: a private rayon pool named
+/// `talkie-mm-N` (built here so a failure is an error, not tract's panic).
+fn executor(threads: usize) -> Result<Executor, RecognizeError> {
+    if threads <= 1 {
+        return Ok(Executor::SingleThread);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|n| format!("talkie-mm-{n}"))
+        .num_threads(threads)
+        .build()
+        .map(|pool| Executor::MultiThread(std::sync::Arc::new(pool)))
+        .map_err(|e| RecognizeError::Threads {
+            threads,
+            reason: e.to_string(),
+        })
 }
 
 /// The result for one utterance.
@@ -62,6 +82,9 @@ pub struct Recognizer {
     vad: SileroVad,
     whisper: Whisper,
     seg: SegmenterConfig,
+    /// tract's matrix-product thread pool (`stt.threads`), used only inside
+    /// [`Recognizer::warm_up`] and [`Recognizer::recognize`].
+    executor: Executor,
 }
 
 impl std::fmt::Debug for Recognizer {
@@ -75,14 +98,23 @@ impl Recognizer {
     pub fn load(dir: &Path, cfg: &Config) -> Result<Self, RecognizeError> {
         Ok(Self {
             vad: SileroVad::load(&dir.join(VAD_FILE))?,
-            whisper: Whisper::load(dir, cfg.stt.max_tokens as usize)?,
+            whisper: Whisper::load(
+                dir,
+                cfg.stt.max_tokens as usize,
+                cfg.stt.encoder_margin_frames as usize,
+            )?,
             seg: SegmenterConfig::from_config(&cfg.vad),
+            executor: executor(cfg.stt.threads as usize)?,
         })
     }
 
     /// Run the whole graph once on a second of quiet noise, so the first
     /// visitor does not pay for tract's lazy set-up. Returns milliseconds.
     pub fn warm_up(&mut self) -> Result<f64, RecognizeError> {
+        multithread_tract_scope(self.executor.clone(), || self.warm_up_here())
+    }
+
+    fn warm_up_here(&mut self) -> Result<f64, RecognizeError> {
         let t0 = Instant::now();
         let mut x: u32 = 0x1234_5678;
         let noise: Vec<f32> = (0..PIPELINE_RATE)
@@ -101,6 +133,10 @@ impl Recognizer {
     /// VAD-trim `samples` (16 kHz mono) to the span from the first to the
     /// last speech segment, then transcribe that span.
     pub fn recognize(&mut self, samples: &[f32]) -> Result<Recognition, RecognizeError> {
+        multithread_tract_scope(self.executor.clone(), || self.recognize_here(samples))
+    }
+
+    fn recognize_here(&mut self, samples: &[f32]) -> Result<Recognition, RecognizeError> {
         let t0 = Instant::now();
         let segments = vad::segments(&mut self.vad, &self.seg, samples)?;
         let vad_ms = t0.elapsed().as_secs_f64() * 1000.0;

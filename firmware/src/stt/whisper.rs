@@ -16,13 +16,13 @@ pub const SOT: u32 = 50_257;
 pub const NO_SPEECH: u32 = 50_361;
 /// `<|notimestamps|>`
 pub const NO_TIMESTAMPS: u32 = 50_362;
-/// Zero-padded mel frames after the audio: shorter windows lose accuracy
-/// (see shared/notes/whisper-on-tract.md: 1000 frames → 5.3 % WER).
-pub const MARGIN_FRAMES: usize = 1_000;
+/// Default zero-padded mel frames after the audio (`stt.encoder_margin_frames`).
+/// Measured on shared/eval/dev (release, x86_64, Whisper-normalized WER):
+/// 1000, 768 and 512 frames all 5.3 %, 384 → 6.9 %, 256 → 7.3 %; 512 takes
+/// the encoder from 298 to 155 ms per utterance.
+pub const MARGIN_FRAMES: usize = 512;
 /// Whisper's longest window.
 pub const MAX_FRAMES: usize = 3_000;
-/// Longest audio per window, so audio + margin fits in [`MAX_FRAMES`].
-pub const WINDOW_SAMPLES: usize = (MAX_FRAMES - MARGIN_FRAMES) * HOP;
 /// Tokens per second of audio allowed, plus a constant, before stopping.
 const TOKENS_PER_SECOND: f32 = 6.0;
 /// Whisper's no-speech gate: a window whose `<|nospeech|>` probability is
@@ -69,6 +69,7 @@ pub struct Whisper {
     mel: MelFrontEnd,
     features: Vec<f32>,
     max_tokens: usize,
+    margin_frames: usize,
     layers: usize,
     width: usize,
 }
@@ -103,7 +104,8 @@ fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
 impl Whisper {
     /// Load `whisper_encoder.onnx`, `whisper_decoder.onnx` and
     /// `whisper_tokenizer.json` from `dir`, each verified against the manifest.
-    pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, SttError> {
+    /// `margin_frames` zero frames follow the audio in every encoder window.
+    pub fn load(dir: &Path, max_tokens: usize, margin_frames: usize) -> Result<Self, SttError> {
         let encoder = load_plan(&dir.join("whisper_encoder.onnx"))?;
         let decoder = load_plan(&dir.join("whisper_decoder.onnx"))?;
         let tok_path = dir.join("whisper_tokenizer.json");
@@ -120,6 +122,7 @@ impl Whisper {
             mel: MelFrontEnd::new(),
             features: Vec::new(),
             max_tokens,
+            margin_frames: margin_frames.clamp(2, MAX_FRAMES / 2),
             layers,
             width: 384,
         })
@@ -130,7 +133,9 @@ impl Whisper {
     pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
         let mut total = Transcript::default();
         let mut logprob_sum = 0.0;
-        for (i, window) in audio.chunks(WINDOW_SAMPLES).enumerate() {
+        // Longest audio per window, so audio + margin fits in MAX_FRAMES.
+        let window_samples = (MAX_FRAMES - self.margin_frames) * HOP;
+        for (i, window) in audio.chunks(window_samples).enumerate() {
             let t = self.transcribe_window(window)?;
             if !t.text.is_empty() {
                 if !total.text.is_empty() {
@@ -156,7 +161,7 @@ impl Whisper {
 
     fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
         let t0 = Instant::now();
-        let mut frames = (audio.len() / HOP + MARGIN_FRAMES).min(MAX_FRAMES);
+        let mut frames = (audio.len() / HOP + self.margin_frames).min(MAX_FRAMES);
         frames += frames % 2;
         self.mel.compute(audio, frames, &mut self.features);
         let mel = tract_ndarray::Array3::from_shape_vec((1, N_MELS, frames), self.features.clone())

@@ -1,0 +1,292 @@
+//! Technician access: one token, compared in constant time, presented as
+//! `Authorization: Bearer <token>` or as the `talkie_session` cookie the
+//! login form sets. Failed attempts are rate-limited per client address.
+//!
+//! The cookie holds a SHA-256 derived from the token, never the token:
+//! a stolen browser profile does not reveal it, and changing the token
+//! (and reloading) logs every browser out.
+
+use axum::http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "talkie_session";
+/// Failed attempts a client may make in a burst.
+pub const BURST: f64 = 5.0;
+/// One more failed attempt is allowed per this interval.
+pub const REFILL: Duration = Duration::from_secs(12);
+/// Client addresses tracked at once; beyond this, full (idle) buckets are
+/// forgotten, and if none is idle new clients are refused until one is.
+pub const MAX_CLIENTS: usize = 1_024;
+
+/// What a request may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Health and state only.
+    Anonymous,
+    /// Everything.
+    Technician,
+    /// Presented a wrong token or session.
+    Denied,
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let gained = now.duration_since(self.at).as_secs_f64() / REFILL.as_secs_f64();
+        self.tokens = (self.tokens + gained).min(BURST);
+        self.at = now;
+    }
+}
+
+/// Token buckets of failed attempts per client address, bounded.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+impl Limiter {
+    /// May `ip` try (again)? Does not spend anything.
+    pub fn allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        match self.buckets.get_mut(&ip) {
+            Some(b) => {
+                b.refill(now);
+                b.tokens >= 1.0
+            }
+            None => self.buckets.len() < MAX_CLIENTS || self.forget_idle(now),
+        }
+    }
+
+    /// Spend one attempt of `ip` after a failure.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        if !self.buckets.contains_key(&ip)
+            && self.buckets.len() >= MAX_CLIENTS
+            && !self.forget_idle(now)
+        {
+            return;
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: BURST,
+            at: now,
+        });
+        b.refill(now);
+        b.tokens = (b.tokens - 1.0).max(0.0);
+    }
+
+    /// Drop buckets that have refilled completely; true if room was made.
+    fn forget_idle(&mut self, now: Instant) -> bool {
+        self.buckets.retain(|_, b| {
+            b.refill(now);
+            b.tokens < BURST
+        });
+        self.buckets.len() < MAX_CLIENTS
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// The configured token (hashed) and the failure limiter.
+#[derive(Debug)]
+pub struct Auth {
+    /// SHA-256 of the token; `None` = no token configured, nobody is a
+    /// technician.
+    token: Option<[u8; 32]>,
+    /// The session cookie value that goes with the token.
+    session: Option<[u8; 32]>,
+    limiter: Mutex<Limiter>,
+}
+
+impl Auth {
+    pub fn new(token: Option<&str>) -> Self {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        Self {
+            token: token.map(|t| digest(&[t.as_bytes()])),
+            session: token.map(|t| digest(&[b"talkie-session-v1:", t.as_bytes()])),
+            limiter: Mutex::new(Limiter::default()),
+        }
+    }
+
+    pub fn configured(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Is `candidate` the token? Constant time in the candidate's content
+    /// (both sides are hashed to 32 bytes first, so its length leaks nothing).
+    pub fn token_matches(&self, candidate: &str) -> bool {
+        match &self.token {
+            Some(t) => bool::from(digest(&[candidate.trim().as_bytes()]).ct_eq(t)),
+            None => false,
+        }
+    }
+
+    fn session_matches(&self, candidate: &str) -> bool {
+        match &self.session {
+            Some(s) => bool::from(hex(s).as_bytes().ct_eq(candidate.as_bytes())),
+            None => false,
+        }
+    }
+
+    /// `Set-Cookie` value for a successful login.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.session.map(|s| {
+            format!(
+                "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
+                hex(&s)
+            )
+        })
+    }
+
+    /// Is `ip` allowed another attempt right now?
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.limiter().allowed(ip, Instant::now())
+    }
+
+    /// Count a failed attempt of `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        self.limiter().failed(ip, Instant::now());
+    }
+
+    /// Classify a request by its headers (bearer first, then the cookie).
+    pub fn access(&self, headers: &HeaderMap) -> Access {
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            let ok = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.strip_prefix("Bearer "))
+                .is_some_and(|t| self.token_matches(t));
+            return if ok {
+                Access::Technician
+            } else {
+                Access::Denied
+            };
+        }
+        let session = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_owned());
+        match session {
+            Some(v) if self.session_matches(&v) => Access::Technician,
+            Some(_) => Access::Denied,
+            None => Access::Anonymous,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_and_cookie() {
+        let a = Auth::new(Some("s3cret\n"));
+        assert_eq!(a.access(&HeaderMap::new()), Access::Anonymous);
+        assert_eq!(
+            a.access(&headers(header::AUTHORIZATION, "Bearer s3cret")),
+            Access::Technician
+        );
+        assert_eq!(
+            a.access(&headers(header::AUTHORIZATION, "Bearer s3cre")),
+            Access::Denied
+        );
+        assert_eq!(
+            a.access(&headers(header::AUTHORIZATION, "Basic czNjcmV0")),
+            Access::Denied
+        );
+        let cookie = a.session_cookie().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        assert!(!cookie.contains("s3cret"));
+        let value = cookie.split(';').next().unwrap();
+        assert_eq!(
+            a.access(&headers(header::COOKIE, &format!("theme=dark; {value}"))),
+            Access::Technician
+        );
+        assert_eq!(
+            a.access(&headers(header::COOKIE, "talkie_session=00")),
+            Access::Denied
+        );
+    }
+
+    #[test]
+    fn no_token_means_no_technician() {
+        let a = Auth::new(None);
+        assert!(!a.configured());
+        assert!(a.session_cookie().is_none());
+        assert_eq!(
+            a.access(&headers(header::AUTHORIZATION, "Bearer ")),
+            Access::Denied
+        );
+        assert!(!a.token_matches(""));
+    }
+
+    #[test]
+    fn failures_are_rate_limited_per_address() {
+        let mut l = Limiter::default();
+        let ip: IpAddr = [10, 0, 0, 7].into();
+        let other: IpAddr = [10, 0, 0, 8].into();
+        let t0 = Instant::now();
+        for _ in 0..BURST as usize {
+            assert!(l.allowed(ip, t0));
+            l.failed(ip, t0);
+        }
+        assert!(!l.allowed(ip, t0), "burst spent");
+        assert!(l.allowed(other, t0), "other clients unaffected");
+        assert!(!l.allowed(ip, t0 + REFILL / 2));
+        assert!(l.allowed(ip, t0 + REFILL), "one attempt back per refill");
+    }
+
+    #[test]
+    fn tracked_clients_are_bounded() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_CLIENTS as u32 {
+            l.failed(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(l.tracked(), MAX_CLIENTS);
+        let newcomer: IpAddr = [192, 168, 1, 1].into();
+        assert!(!l.allowed(newcomer, t0), "full of recent failures: refuse");
+        l.failed(newcomer, t0);
+        assert_eq!(l.tracked(), MAX_CLIENTS);
+        let later = t0 + REFILL * 2;
+        assert!(l.allowed(newcomer, later), "idle buckets are forgotten");
+        assert!(l.tracked() < MAX_CLIENTS);
+    }
+}

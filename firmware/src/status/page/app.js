@@ -1,0 +1,139 @@
+// talkie status page: no external assets, no inline script (CSP), text
+// only through textContent (transcripts and log lines are untrusted).
+"use strict";
+const $ = (id) => document.getElementById(id);
+const seen = { states: new Set(), levelEvents: 0, levelMin: 0, levelMax: -200 };
+
+function rows(id, pairs) {
+  const body = $(id);
+  body.replaceChildren(...pairs.filter((p) => p[1] !== undefined).map(([k, v]) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td"); a.textContent = k;
+    const b = document.createElement("td"); b.textContent = v === null ? "–" : String(v);
+    tr.append(a, b);
+    return tr;
+  }));
+}
+
+function items(id, list, fmt) {
+  $(id).replaceChildren(...list.map((x) => {
+    const li = document.createElement("li");
+    li.textContent = fmt(x);
+    return li;
+  }));
+}
+
+function ago(unixMs) {
+  if (!unixMs) return "never";
+  const s = Math.max(0, Math.round((Date.now() - unixMs) / 1000));
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
+function duration(s) {
+  const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return (d ? `${d} d ` : "") + `${h} h ${m} min`;
+}
+
+function showLevel(rms, peak) {
+  const pct = Math.max(0, Math.min(100, (rms + 60) / 60 * 100));
+  const bar = $("level-bar");
+  bar.style.width = pct.toFixed(1) + "%";
+  bar.classList.toggle("hot", peak > -3);
+  $("level").textContent = `${rms.toFixed(1)} dBFS`;
+  $("peak").textContent = `${peak.toFixed(1)} dBFS`;
+  bar.parentElement.dataset.level = rms.toFixed(1);
+}
+
+function showState(state) {
+  $("state").textContent = state;
+  $("state").dataset.state = state;
+  seen.states.add(state);
+  document.body.dataset.statesSeen = [...seen.states].join(",");
+}
+
+function render(s) {
+  $("device").textContent = s.device_id;
+  $("version").textContent = `firmware ${s.version}`;
+  $("uptime").textContent = duration(s.uptime_s);
+  const ok = s.ready && s.health.every((h) => h.ok);
+  $("overall").dataset.ok = String(ok);
+  $("overall").textContent = ok ? "healthy" : "attention needed";
+  items("health", s.health, (h) => `${h.ok ? "✔" : "✘"} ${h.name}${h.ok ? "" : ": " + h.reason}`);
+  [...$("health").children].forEach((li, i) => li.className = s.health[i].ok ? "ok" : "bad");
+  showState(s.state);
+  const m = s.microphone;
+  $("mic-source").textContent = `${m.source} · ${m.format || "format not negotiated yet"}`;
+  showLevel(m.level_rms_dbfs, m.level_peak_dbfs);
+  rows("mic", [["state", m.state], ["xruns", m.xruns], ["dropped frames", m.frames_dropped],
+    ["reopen attempts", m.reopen_attempts], ["frames captured", m.frames_captured]]);
+  const p = s.push_to_talk;
+  rows("button", [["last press", ago(p.last_press_unix_ms)], ["presses since start", p.presses],
+    ["presses today", p.presses_today], ["too short", p.too_short], ["busy rejected", p.busy_rejected]]);
+  rows("stt", [["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
+    ["last release → text", p.release_to_text_ms_last === null ? null : `${p.release_to_text_ms_last} ms`],
+    ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`]]);
+  items("models", s.models, (x) => `${x.file} (${x.precision || x.kind}) sha256 ${x.sha256.slice(0, 12)}…`);
+  const a = s.agent;
+  rows("agent", a ? [["breaker", a.breaker], ["outbox depth", a.outbox_depth],
+    ["oldest waiting", a.outbox_oldest_age_s === null ? "–" : `${a.outbox_oldest_age_s} s`],
+    ["delivered", a.delivered], ["dead-lettered", a.dead_lettered], ["retries", a.retries],
+    ["last error", a.last_error], ["last reply", a.last_reply]] : [["agent", "not configured"]]);
+  const tech = s.access === "technician";
+  $("tech").hidden = !tech;
+  $("login-card").hidden = tech || !s.login_available;
+  if (tech) {
+    if (s.config) $("config").textContent = JSON.stringify(s.config, null, 2);
+    loadTech();
+  }
+}
+
+async function loadTech() {
+  try {
+    const [t, l] = await Promise.all([fetch("/api/v1/transcripts"), fetch("/api/v1/logs")]);
+    if (t.ok) items("transcripts", (await t.json()).transcripts.slice().reverse(),
+      (x) => `${new Date(x.started_at_ms).toLocaleTimeString()} · ${Math.round(x.release_to_text_ms)} ms · ${x.text}${x.reply ? "  → " + x.reply : ""}`);
+    if (l.ok) items("problems", (await l.json()).problems.slice().reverse(),
+      (x) => `${new Date(x.at_ms).toLocaleTimeString()} ${x.level} ${x.target}: ${x.message}`);
+  } catch (e) { /* the next poll retries */ }
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/api/v1/status", { cache: "no-store" });
+    render(await r.json());
+  } catch (e) {
+    $("overall").dataset.ok = "false";
+    $("overall").textContent = "device not answering";
+  }
+}
+
+function live() {
+  const es = new EventSource("/api/v1/events");
+  es.addEventListener("open", () => { $("live").textContent = "live"; });
+  es.addEventListener("error", () => { $("live").textContent = "live: reconnecting"; });
+  es.addEventListener("level", (ev) => {
+    const d = JSON.parse(ev.data);
+    showLevel(d.rms_dbfs, d.peak_dbfs);
+    seen.levelEvents += 1;
+    seen.levelMin = Math.min(seen.levelMin, d.rms_dbfs);
+    seen.levelMax = Math.max(seen.levelMax, d.rms_dbfs);
+    document.body.dataset.levelEvents = String(seen.levelEvents);
+    document.body.dataset.levelRange = (seen.levelMax - seen.levelMin).toFixed(1);
+    if (d.state) showState(d.state);
+  });
+  es.addEventListener("state", (ev) => showState(JSON.parse(ev.data).state));
+}
+
+$("login").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const r = await fetch("/login", { method: "POST", body: new URLSearchParams(new FormData(ev.target)) });
+  if (r.ok) { $("login-error").hidden = true; ev.target.reset(); poll(); return; }
+  $("login-error").hidden = false;
+  $("login-error").textContent = (await r.json().catch(() => ({}))).error || `login failed (${r.status})`;
+});
+$("logout").addEventListener("click", async () => { await fetch("/logout", { method: "POST" }); poll(); });
+$("test-leds").addEventListener("click", async () => { await fetch("/api/v1/test/leds", { method: "POST" }); });
+
+poll();
+setInterval(poll, 2000);
+live();
