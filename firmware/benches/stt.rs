@@ -1,33 +1,68 @@
 //! Recognition benchmark: runs the real `talkie transcribe --json` (release)
-//! over the 31 clips of `../shared/eval/dev`, one thread, and reports
-//! per-utterance latency (mean, p95), real-time factor, the encoder/decoder
-//! split, WER (simple normalizer) and the process's peak RSS.
-//! Writes `target/bench/stt.md` and `target/bench/stt.json`.
+//! over the 31 clips of `../shared/eval/dev` with 1 and 2 `stt.threads`, and
+//! reports per-utterance latency (mean, p95), real-time factor, the
+//! encoder/decoder split, WER (Whisper's English normalizer + jiwer via
+//! `models/wer.py` when `make bench-tools` installed it, else the simple
+//! normalizer) and the process's peak RSS — side by side with faster-whisper
+//! on the same weights when `target/bench/faster_whisper.json` exists
+//! (`make bench` writes it first). Writes `target/bench/stt.{md,json}`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/wer.rs"]
 mod wer;
 
-use common::machine;
+use common::{machine, mean, percentile, write_report};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let eval = std::env::var_os("TALKIE_EVAL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/eval"))
-        .join("dev");
-    let refs = wer::eval_references(&eval);
+struct Run {
+    threads: u32,
+    rows: Vec<serde_json::Value>,
+    peak_rss_mb: f64,
+    wer_pct: f64,
+    normalizer: &'static str,
+}
+
+fn f(r: &serde_json::Value, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or(0.0)
+}
+
+fn name(r: &serde_json::Value) -> String {
+    Path::new(r["file"].as_str().unwrap_or(""))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// WER by Whisper's normalizer (models/wer.py in the bench venv), if present.
+fn whisper_wer(root: &Path, eval: &Path, jsonl: &Path) -> Option<f64> {
+    let py = root.join("models/.venv-bench/bin/python");
+    if !py.exists() {
+        return None;
+    }
+    let out = Command::new(py)
+        .arg(root.join("models/wer.py"))
+        .arg(eval)
+        .arg(jsonl)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["wer"].as_f64().map(|w| 100.0 * w)
+}
+
+fn transcribe(root: &Path, eval: &Path, refs: &[(String, String)], threads: u32) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_talkie"))
         .args([
             "--config",
             "/nonexistent/talkie.toml",
             "transcribe",
             "--json",
-            "--models",
         ])
+        .arg("--set")
+        .arg(format!("stt.threads={threads}"))
+        .arg("--models")
         .arg(root.join("models/build"))
         .args(refs.iter().map(|(f, _)| eval.join(f)))
         .output()
@@ -41,61 +76,158 @@ fn main() {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to an owned rusage.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let peak_rss_mb = ru.ru_maxrss as f64 / 1024.0;
+    let jsonl = root.join(format!("target/bench/stt-threads{threads}.jsonl"));
+    std::fs::create_dir_all(jsonl.parent().unwrap()).unwrap();
+    std::fs::write(&jsonl, &out.stdout).unwrap();
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
-    let n = rows.len() as f64;
-    let mut totals: Vec<f64> = rows.iter().map(|r| f(r, "total_ms")).collect();
-    let mean = totals.iter().sum::<f64>() / n;
-    totals.sort_by(f64::total_cmp);
-    let p95 = totals[((totals.len() * 95).div_ceil(100)).min(totals.len()) - 1];
-    let enc = rows.iter().map(|r| f(r, "encoder_ms")).sum::<f64>() / n;
-    let dec = rows.iter().map(|r| f(r, "decoder_ms")).sum::<f64>() / n;
-    let vad = rows.iter().map(|r| f(r, "vad_ms")).sum::<f64>() / n;
-    let audio: f64 = rows.iter().map(|r| f(r, "audio_s")).sum();
-    let rtf = rows.iter().map(|r| f(r, "total_ms")).sum::<f64>() / 1000.0 / audio;
-    let tokens: f64 = rows.iter().map(|r| f(r, "tokens")).sum();
-    let ms_per_token = rows.iter().map(|r| f(r, "decoder_ms")).sum::<f64>() / tokens.max(1.0);
-    let (mut errors, mut words) = (0, 0);
-    for ((_, reference), r) in refs.iter().zip(&rows) {
-        let (e, w) = wer::errors(reference, r["text"].as_str().unwrap_or(""));
-        errors += e;
-        words += w;
+    let (wer_pct, normalizer) = match whisper_wer(root, eval, &jsonl) {
+        Some(w) => (w, "Whisper EnglishTextNormalizer + jiwer"),
+        None => {
+            let (mut errors, mut words) = (0, 0);
+            for ((_, reference), r) in refs.iter().zip(&rows) {
+                let (e, w) = wer::errors(reference, r["text"].as_str().unwrap_or(""));
+                errors += e;
+                words += w;
+            }
+            (
+                100.0 * errors as f64 / words as f64,
+                "simple (lowercase, punctuation)",
+            )
+        }
+    };
+    Run {
+        threads,
+        rows,
+        // ru_maxrss of children is the largest child so far: runs go 1 then 2.
+        peak_rss_mb: ru.ru_maxrss as f64 / 1024.0,
+        wer_pct,
+        normalizer,
     }
-    let wer_pct = 100.0 * errors as f64 / words as f64;
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let eval = std::env::var_os("TALKIE_EVAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/eval"))
+        .join("dev");
+    let refs = wer::eval_references(&eval);
+    let fw: Option<serde_json::Value> =
+        std::fs::read_to_string(root.join("target/bench/faster_whisper.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let fw_ms: HashMap<String, f64> = fw
+        .as_ref()
+        .and_then(|v| v["files"].as_array())
+        .map(|files| {
+            files
+                .iter()
+                .map(|x| {
+                    (
+                        x["file"].as_str().unwrap_or("").to_owned(),
+                        1000.0 * x["seconds"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let runs: Vec<Run> = [1, 2]
+        .into_iter()
+        .map(|t| transcribe(&root, &eval, &refs, t))
+        .collect();
     let machine = machine();
-    let json = format!(
-        "{{\n  \"bench\": \"stt\",\n  \"machine\": \"{machine}\",\n  \"input\": \"{} clips of shared/eval/dev, {audio:.1} s\",\n  \
-         \"mean_latency_ms\": {mean:.1},\n  \"p95_latency_ms\": {p95:.1},\n  \"real_time_factor\": {rtf:.4},\n  \
-         \"mean_vad_ms\": {vad:.1},\n  \"mean_encoder_ms\": {enc:.1},\n  \"mean_decoder_ms\": {dec:.1},\n  \
-         \"decoder_ms_per_token\": {ms_per_token:.2},\n  \"wer_percent_simple_normalizer\": {wer_pct:.2},\n  \
-         \"peak_rss_mb\": {peak_rss_mb:.1}\n}}\n",
-        rows.len()
-    );
+    let mut table = String::new();
+    let mut json_runs = Vec::new();
+    for r in &runs {
+        let totals: Vec<f64> = r.rows.iter().map(|x| f(x, "total_ms")).collect();
+        let audio: f64 = r.rows.iter().map(|x| f(x, "audio_s")).sum();
+        let tokens: f64 = r.rows.iter().map(|x| f(x, "tokens")).sum();
+        let dec_sum: f64 = r.rows.iter().map(|x| f(x, "decoder_ms")).sum();
+        let (m, p95) = (mean(&totals), percentile(&totals, 95.0));
+        let enc = mean(
+            &r.rows
+                .iter()
+                .map(|x| f(x, "encoder_ms"))
+                .collect::<Vec<_>>(),
+        );
+        let dec = mean(
+            &r.rows
+                .iter()
+                .map(|x| f(x, "decoder_ms"))
+                .collect::<Vec<_>>(),
+        );
+        let vad = mean(&r.rows.iter().map(|x| f(x, "vad_ms")).collect::<Vec<_>>());
+        let rtf = totals.iter().sum::<f64>() / 1000.0 / audio;
+        // Per clip ≤ 5 s: talkie's time over faster-whisper's for the same audio.
+        let ratios: Vec<f64> = r
+            .rows
+            .iter()
+            .filter(|x| f(x, "audio_s") <= 5.0)
+            .filter_map(|x| fw_ms.get(&name(x)).map(|fw| f(x, "total_ms") / fw))
+            .collect();
+        let ratio = (!ratios.is_empty()).then(|| mean(&ratios));
+        table.push_str(&format!(
+            "| talkie, stt.threads = {} | {m:.0} | {p95:.0} | {vad:.0} / {enc:.0} / {dec:.0} | {:.1} | {rtf:.3} | {:.1} % | {:.0} MB | {} |\n",
+            r.threads,
+            dec_sum / tokens.max(1.0),
+            r.wer_pct,
+            r.peak_rss_mb,
+            ratio.map_or("–".to_owned(), |x| format!("{x:.2}")),
+        ));
+        json_runs.push(serde_json::json!({
+            "threads": r.threads,
+            "mean_latency_ms": m,
+            "p95_latency_ms": p95,
+            "mean_vad_ms": vad,
+            "mean_encoder_ms": enc,
+            "mean_decoder_ms": dec,
+            "decoder_ms_per_token": dec_sum / tokens.max(1.0),
+            "real_time_factor": rtf,
+            "wer_percent": r.wer_pct,
+            "wer_normalizer": r.normalizer,
+            "peak_rss_mb": r.peak_rss_mb,
+            "mean_ratio_to_faster_whisper_clips_le_5s": ratio,
+        }));
+    }
+    if let Some(fw) = &fw {
+        let ms: Vec<f64> = fw_ms.values().copied().collect();
+        table.push_str(&format!(
+            "| faster-whisper {} int8, {} thread | {:.0} | {:.0} | – | – | – | {:.1} % | – | 1 |\n",
+            "1.2.1",
+            fw["threads"],
+            mean(&ms),
+            percentile(&ms, 95.0),
+            100.0 * fw["wer"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    let one = &json_runs[0];
+    let ratio1 = one["mean_ratio_to_faster_whisper_clips_le_5s"].as_f64();
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let md = format!(
-        "# Recognition benchmark\n\nMachine: {machine}; release build; one inference thread.\n\
-         Command: `talkie transcribe --json` over the {} clips of `shared/eval/dev` ({audio:.1} s of audio), \
-         Silero VAD trim then Whisper tiny.en (fp32 ONNX on tract).\n\n\
-         | measure | value | target |\n|---|---|---|\n\
-         | mean latency per utterance | {mean:.0} ms | ≤ 0.5 × faster-whisper's (not measured here yet) |\n\
-         | p95 latency | {p95:.0} ms | |\n\
-         | real-time factor | {rtf:.3} | |\n\
-         | mean VAD / encoder / decoder | {vad:.0} / {enc:.0} / {dec:.0} ms | |\n\
-         | decoder time per token | {ms_per_token:.1} ms | |\n\
-         | WER (simple normalizer) | {wer_pct:.1} % | ≤ 10 % ({}) |\n\
-         | peak RSS of `talkie transcribe` | {peak_rss_mb:.0} MB | ≤ 150 MB ({}) |\n\n\
-         Command: `make bench` (`cargo bench -p talkie --bench stt`).\n",
-        rows.len(),
-        verdict(wer_pct <= 10.0),
-        verdict(peak_rss_mb <= 150.0)
+        "# Recognition benchmark\n\nMachine: {machine}; release build. Input: the {} clips of `shared/eval/dev`.\n\
+         talkie: `talkie transcribe --json` (Silero VAD trim, Whisper tiny.en fp32 ONNX on tract, encoder \
+         window = speech + `stt.encoder_margin_frames` (512) frames, greedy). faster-whisper: same weights, \
+         int8, beam 1, no VAD, its 30 s window (`models/bench_faster_whisper.py`).\n\n\
+         | engine | mean ms | p95 ms | VAD / enc / dec ms | dec ms/token | RTF | WER | peak RSS | time ÷ faster-whisper (clips ≤ 5 s) |\n\
+         |---|---|---|---|---|---|---|---|---|\n{table}\n\
+         WER normalizer: {}. Targets: latency ≤ 0.5 × faster-whisper with one thread each ({}); \
+         WER ≤ 10 % ({}); peak RSS ≤ 150 MB ({}).\n\n\
+         Command: `make bench` (faster-whisper first, then `cargo bench -p talkie --bench stt`).\n",
+        refs.len(),
+        runs[0].normalizer,
+        ratio1.map_or("faster-whisper not run".to_owned(), |r| verdict(r <= 0.5).to_owned()),
+        verdict(runs[0].wer_pct <= 10.0),
+        verdict(runs[0].peak_rss_mb <= 150.0),
     );
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    std::fs::write(out_dir.join("stt.json"), json).unwrap();
-    std::fs::write(out_dir.join("stt.md"), &md).unwrap();
-    println!("{md}");
+    let json = serde_json::json!({
+        "bench": "stt",
+        "machine": machine,
+        "input": format!("{} clips of shared/eval/dev", refs.len()),
+        "runs": json_runs,
+        "faster_whisper": fw.map(|v| serde_json::json!({"threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),
+    });
+    write_report("stt", &json, &md);
 }

@@ -335,7 +335,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
             "transcripts": p.transcripts.load(Relaxed),
             "no_speech": p.no_speech.load(Relaxed),
             "stt_failures": p.stt_failures.load(Relaxed),
-            "release_to_text_ms_last": rtt.last_ms,
+            "release_to_text_ms_last": (rtt.count > 0).then_some(rtt.last_ms),
             "release_to_text_ms_p95_bucket": rtt.quantile_upper_ms(0.95),
         },
         "models": s.models.get().cloned().unwrap_or_else(|| serde_json::json!([])),
