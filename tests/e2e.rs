@@ -568,6 +568,56 @@ fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
 }
 
 #[test]
+fn int8_models_transcribe_too() {
+    let eval = eval_dir().join("dev");
+    let refs = wer::eval_references(&eval);
+    let out = run(talkie()
+        .args([
+            "--config",
+            "/nonexistent/talkie.toml",
+            "transcribe",
+            "--json",
+        ])
+        .args(["--set", "stt.precision=int8", "--models"])
+        .arg(models_dir())
+        .args(refs.iter().take(5).map(|(f, _)| eval.join(f))));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (mut errors, mut total) = (0, 0);
+    for ((_, reference), line) in refs.iter().zip(text(&out.stdout).lines()) {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (e, n) = wer::errors(reference, r["text"].as_str().unwrap());
+        errors += e;
+        total += n;
+    }
+    assert!(total > 30, "{total} words");
+    assert!(
+        errors as f64 / total as f64 <= 0.10,
+        "{errors} errors in {total} words"
+    );
+    // The int8 files are checked against the manifest like the fp32 ones.
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "silero_vad.onnx",
+        "whisper_encoder_int8.onnx",
+        "whisper_tokenizer.json",
+    ] {
+        std::fs::copy(models_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("whisper_decoder_int8.onnx"), b"not a model").unwrap();
+    let out = run(talkie()
+        .args(["--config", "/nonexistent/talkie.toml", "transcribe"])
+        .args(["--set", "stt.precision=int8", "--models"])
+        .arg(dir.path())
+        .arg(eval.join(&refs[0].0)));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("whisper_decoder_int8.onnx is corrupt"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn transcribe_silence_invents_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("silence.wav");
@@ -1306,6 +1356,26 @@ fn http(
     (code, hdrs, body.to_owned())
 }
 
+/// POST with headers; the raw response body bytes (for WAV downloads).
+fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    raw[split + 4..].to_vec()
+}
+
 /// GET: (status code, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let (code, _, body) = http(port, "GET", path, &[], b"");
@@ -1440,6 +1510,8 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
         ("GET", "/api/v1/transcripts"),
         ("GET", "/api/v1/logs"),
         ("POST", "/api/v1/test/leds"),
+        ("POST", "/api/v1/test/ptt"),
+        ("POST", "/api/v1/capture?seconds=1"),
         ("POST", "/api/v1/reload"),
     ];
     for (method, path) in protected {
@@ -1474,6 +1546,66 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     let (code, _, body) = http(port, "POST", "/api/v1/test/leds", &bearer, b"");
     assert_eq!(code, 202, "{body}");
     wait_log(&logs, "LED test cycle requested");
+
+    // Capture from the live microphone (the file backend here) as a WAV.
+    let (code, h, _) = http(port, "POST", "/api/v1/capture?seconds=1", &bearer, b"");
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "content-type"), Some("audio/wav"));
+    let wav = http_bytes(port, "/api/v1/capture?seconds=1", &bearer);
+    let r = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+    assert_eq!((r.spec().sample_rate, r.spec().channels), (16_000, 1));
+    assert_eq!(r.len(), 16_000, "exactly one second after the audio path");
+    for bad in [
+        "/api/v1/capture?seconds=0",
+        "/api/v1/capture?seconds=11",
+        "/api/v1/capture",
+    ] {
+        let (code, _, body) = http(port, "POST", bad, &bearer, b"");
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    // A WAV uploaded as if spoken during a press: recognized and kept.
+    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", &bearer, b"RIFF nonsense");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a usable WAV"), "{body}");
+    let long = dir.path().join("long.wav");
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&long, spec).unwrap();
+        for _ in 0..11 * 16_000 {
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/api/v1/test/ptt",
+        &bearer,
+        &std::fs::read(&long).unwrap(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at most 10 s"), "{body}");
+    let huge = vec![0u8; 5 * 1024 * 1024];
+    assert_eq!(
+        http(port, "POST", "/api/v1/test/ptt", &bearer, &huge).0,
+        413
+    );
+    let clip = std::fs::read(eval_dir().join("dev/dev_00.wav")).unwrap();
+    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", &bearer, &clip);
+    assert_eq!(code, 202, "{body}");
+    wait_log(&logs, "Where is the nearest restroom?");
+    let (_, _, body) = http(port, "GET", "/api/v1/transcripts", &bearer, b"");
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        t["transcripts"][0]["text"],
+        "Where is the nearest restroom?"
+    );
 
     // Login form → cookie; the cookie never carries the token.
     let form = [("Content-Type", "application/x-www-form-urlencoded")];

@@ -62,13 +62,14 @@ pub fn entries() -> Result<Vec<ModelEntry>, ModelError> {
         .map_err(|e| ModelError::Manifest(e.to_string()))
 }
 
-/// The manifest entries whose files are present in `dir`, as JSON for the
-/// status page (file, kind, precision, sha256). Names only; the files were
-/// verified when they were loaded.
-pub fn in_use(dir: &Path) -> serde_json::Value {
+/// The manifest entries of the files `talkie run` loads from `dir` with
+/// `precision`, as JSON for the status page (file, kind, precision,
+/// sha256). The files were verified when they were loaded.
+pub fn in_use(dir: &Path, precision: &str) -> serde_json::Value {
     let list: Vec<serde_json::Value> = entries()
         .unwrap_or_default()
         .into_iter()
+        .filter(|e| e.precision.as_deref().is_none_or(|p| p == precision))
         .filter(|e| dir.join(&e.file).exists())
         .map(|e| {
             serde_json::json!({

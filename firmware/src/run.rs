@@ -156,7 +156,7 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
-        let _ = models_shown.models.set(crate::models::in_use(&dir));
+        let _ = models_shown.models.set(crate::models::in_use(&dir, cfg.stt.precision.as_str()));
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
             Some(SileroVad::load(&dir.join(VAD_FILE))?)
         } else {
@@ -194,6 +194,7 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
     let _ = shared.reload.set(reload_tx);
     let (tap_sink, tap_rx) = listener::tap(Arc::clone(&ptt_stats));
     let (listener_tx, listener_rx) = mpsc::sync_channel(16);
+    let _ = shared.listener.set(listener_tx.clone());
     let (stt_tx, stt_rx) = mpsc::sync_channel(worker::QUEUE);
     let (leds_tx, leds_rx) = mpsc::sync_channel(indicator::QUEUE);
     let (listener, pool) = Listener::new(

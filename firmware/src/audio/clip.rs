@@ -4,7 +4,10 @@
 
 use super::resample::{ResampleError, To16k};
 use std::path::Path;
-use talkie_hal::audio::{file::read_wav, AudioError};
+use talkie_hal::audio::{
+    file::{decode_wav, read_wav},
+    AudioError,
+};
 
 /// Errors loading a clip.
 #[derive(Debug, thiserror::Error)]
@@ -13,12 +16,29 @@ pub enum ClipError {
     Audio(#[from] AudioError),
     #[error(transparent)]
     Resample(#[from] ResampleError),
+    #[error("{seconds:.1} s of audio; at most {max_s} s")]
+    TooLong { seconds: f64, max_s: u32 },
 }
 
 /// Decode `path` (any rate, 1–2 channels) to 16 kHz mono. Non-finite
 /// samples (NaN, ±Inf in float files) become silence; overs are clamped.
 pub fn load_pipeline_clip(path: &Path) -> Result<Vec<f32>, ClipError> {
     let (samples, spec) = read_wav(path)?;
+    to_pipeline(&samples, spec)
+}
+
+/// Decode WAV `bytes` (an upload) of at most `max_s` seconds to 16 kHz mono.
+pub fn decode_pipeline_clip(bytes: &[u8], max_s: u32) -> Result<Vec<f32>, ClipError> {
+    let (samples, spec) = decode_wav(bytes, Path::new("uploaded WAV"))?;
+    let seconds =
+        samples.len() as f64 / f64::from(spec.channels.max(1)) / f64::from(spec.sample_rate);
+    if seconds > f64::from(max_s) {
+        return Err(ClipError::TooLong { seconds, max_s });
+    }
+    to_pipeline(&samples, spec)
+}
+
+fn to_pipeline(samples: &[f32], spec: hound::WavSpec) -> Result<Vec<f32>, ClipError> {
     let ch = usize::from(spec.channels.max(1));
     let mono: Vec<f32> = samples
         .chunks_exact(ch)

@@ -125,6 +125,35 @@ impl Default for VadConfig {
     }
 }
 
+/// Which Whisper weights `stt` loads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 (`whisper_encoder.onnx`, `whisper_decoder.onnx`).
+    #[default]
+    Fp32,
+    /// int8 weights (`whisper_*_int8.onnx`): smaller; faster only where
+    /// tract's int8 kernels are (e.g. Arm cores with dot-product).
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// File-name suffix of the model files.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "",
+            Precision::Int8 => "_int8",
+        }
+    }
+}
+
 /// `[stt]`: speech to text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -133,6 +162,8 @@ pub struct SttConfig {
     pub model_dir: PathBuf,
     /// Most tokens decoded for one utterance.
     pub max_tokens: u32,
+    /// `fp32` or `int8` model files.
+    pub precision: Precision,
     /// Threads for the encoder/decoder matrix products (1 = the worker
     /// thread alone). A Pi 4/5 has 4 cores; the audio path needs little.
     pub threads: u32,
@@ -147,6 +178,7 @@ impl Default for SttConfig {
         Self {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
             max_tokens: 96,
+            precision: Precision::Fp32,
             threads: 2,
             encoder_margin_frames: 512,
         }

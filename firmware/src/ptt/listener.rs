@@ -91,8 +91,17 @@ pub fn tap(stats: Arc<PttStats>) -> (TapSink, TapReceiver) {
     )
 }
 
+/// A technician's recording of the live 16 kHz stream (status API).
+#[derive(Debug)]
+pub struct RecordRequest {
+    /// Filled up to its capacity (allocated by the requester, so the
+    /// listener never allocates for it).
+    pub buf: Vec<f32>,
+    pub reply: tokio::sync::oneshot::Sender<Vec<f32>>,
+}
+
 /// Commands from the controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Start capturing (pre-roll first). `pressed_at` is the press time.
     Start {
@@ -103,6 +112,11 @@ pub enum Command {
         released_at: Instant,
     },
     Discard,
+    /// Replace the audio of the capture in progress with these samples and
+    /// hold it for Submit (technician test: a WAV "spoken" into the button).
+    Inject(Vec<f32>),
+    /// Copy the next `buf.capacity()` samples of the live stream.
+    Record(RecordRequest),
     Stop,
 }
 
@@ -205,6 +219,7 @@ pub struct Listener {
     max_samples: usize,
     auto_stop: Option<AutoStop>,
     next_id: u64,
+    recording: Option<RecordRequest>,
     stats: Arc<PttStats>,
 }
 
@@ -263,6 +278,7 @@ impl Listener {
                 max_samples: preroll + max_samples,
                 auto_stop,
                 next_id: 1,
+                recording: None,
                 stats,
             },
             pool_tx,
@@ -299,6 +315,15 @@ impl Listener {
 
     fn frame(&mut self, frame: FrameBox) {
         self.preroll.push(&frame.samples);
+        if let Some(r) = &mut self.recording {
+            let n = (r.buf.capacity() - r.buf.len()).min(frame.samples.len());
+            r.buf.extend_from_slice(&frame.samples[..n]);
+            if r.buf.len() == r.buf.capacity() {
+                if let Some(r) = self.recording.take() {
+                    let _ = r.reply.send(r.buf);
+                }
+            }
+        }
         let mut ended = false;
         if let Capture::Recording { buf, .. } = &mut self.capture {
             let room = self.max_samples.saturating_sub(buf.len());
@@ -399,6 +424,35 @@ impl Listener {
                     std::mem::replace(&mut self.capture, Capture::Idle)
                 {
                     self.give_back(buf);
+                }
+            }
+            Command::Inject(samples) => {
+                self.drain();
+                match std::mem::replace(&mut self.capture, Capture::Idle) {
+                    Capture::Recording {
+                        mut buf,
+                        pressed_at,
+                    } => {
+                        buf.clear();
+                        let n = samples.len().min(self.max_samples);
+                        buf.extend_from_slice(&samples[..n]);
+                        self.capture = Capture::Held {
+                            buf,
+                            pressed_at,
+                            ended_at: Instant::now(),
+                        };
+                    }
+                    other => {
+                        self.capture = other;
+                        tracing::warn!("test utterance arrived without a capture; dropped");
+                    }
+                }
+            }
+            Command::Record(r) => {
+                if self.recording.is_some() {
+                    tracing::warn!("a recording is already running; second request refused");
+                } else {
+                    self.recording = Some(r);
                 }
             }
             Command::Stop => {}

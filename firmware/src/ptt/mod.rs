@@ -43,6 +43,11 @@ pub enum ControlEvent {
     },
     /// A technician asked to see every LED pattern (status API).
     TestLeds,
+    /// A technician's WAV (16 kHz mono) to run as if spoken during a press.
+    TestUtterance {
+        samples: Vec<f32>,
+        reply: tokio::sync::oneshot::Sender<Result<(), &'static str>>,
+    },
 }
 
 /// Events queued for the controller.
@@ -179,6 +184,31 @@ impl Controller {
                 self.input(input, e.at);
             }
             ControlEvent::ButtonExhausted => {}
+            ControlEvent::TestUtterance { samples, reply } => {
+                let answer = if !self.machine.is_quiescent() {
+                    Err("busy: an utterance is being captured or processed")
+                } else if self.fault {
+                    Err("the microphone or another component is failed")
+                } else {
+                    let now = Instant::now();
+                    let at_ms =
+                        u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+                            .unwrap_or(u64::MAX);
+                    tracing::info!(
+                        samples = samples.len(),
+                        "test utterance from the status API"
+                    );
+                    // Press → the listener starts a capture; the samples
+                    // replace it; the capture "ends by itself" → submitted;
+                    // the release the machine then expects is consumed.
+                    self.input(Input::Pressed { at_ms }, now);
+                    self.command(Command::Inject(samples));
+                    self.input(Input::CaptureEnded, now);
+                    self.input(Input::Released { at_ms }, now);
+                    Ok(())
+                };
+                let _ = reply.send(answer);
+            }
             ControlEvent::TestLeds => {
                 tracing::info!("LED test cycle requested");
                 if self
@@ -278,8 +308,8 @@ impl Controller {
     }
 
     fn command(&self, cmd: Command) {
-        if self.listener.try_send(cmd).is_err() {
-            tracing::error!(?cmd, "listener not taking commands");
+        if let Err(e) = self.listener.try_send(cmd) {
+            tracing::error!(error = %e, "listener not taking commands");
         }
     }
 

@@ -12,6 +12,8 @@
 //! | `GET /api/v1/transcripts` | technician | recent transcripts (personal data: `Cache-Control: no-store`) |
 //! | `GET /api/v1/logs` | technician | recent log lines and warnings/errors |
 //! | `POST /api/v1/test/leds` | technician | cycle every LED pattern |
+//! | `POST /api/v1/test/ptt` | technician | body: a WAV ≤ 10 s, run through recognition and delivery as if spoken during a press |
+//! | `POST /api/v1/capture?seconds=N` | technician | N ≤ 10 s of the live microphone after the audio path (16 kHz mono), as a WAV download |
 //! | `POST /api/v1/reload` | technician | re-read the config: what changed, what was applied, what needs a restart |
 //!
 //! Technician = `Authorization: Bearer <status token>` or the session
@@ -44,10 +46,15 @@ use std::time::{Duration, Instant};
 use talkie_hal::gpio::IndicatorState;
 use tokio_util::sync::CancellationToken;
 
-/// Longest any request may take to produce its response.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest any request may take to produce its response (a 10 s capture
+/// included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 16 * 1024;
+/// Largest WAV upload: 10 s of 48 kHz stereo float plus headers.
+pub const WAV_LIMIT: usize = 4 * 1024 * 1024;
+/// Longest test utterance or capture.
+pub const MAX_TEST_SECONDS: u32 = 10;
 /// Live-event clients served at once; more get 503.
 pub const MAX_EVENT_CLIENTS: usize = 256;
 /// Live level events per second.
@@ -105,8 +112,10 @@ pub struct Shared {
     pub config: RwLock<serde_json::Value>,
     /// Keys changed in the file that wait for a restart.
     pub pending_restart: RwLock<Vec<String>>,
-    /// The controller's event queue, once it runs (LED test).
+    /// The controller's event queue, once it runs (LED and PTT tests).
     pub control: OnceLock<tokio::sync::mpsc::Sender<ControlEvent>>,
+    /// The listener's command queue, once it runs (captures).
+    pub listener: OnceLock<std::sync::mpsc::SyncSender<crate::ptt::listener::Command>>,
     /// The service's reload queue, once it runs.
     pub reload: OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// Ends live-event streams when the service stops.
@@ -146,6 +155,7 @@ impl Shared {
             config: RwLock::new(redacted(config)),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
+            listener: OnceLock::new(),
             reload: OnceLock::new(),
             shutdown,
             event_clients: AtomicUsize::new(0),
@@ -505,6 +515,126 @@ async fn test_leds(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+async fn test_ptt(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Some(tx) = s.control.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
+    };
+    let decoded = tokio::task::spawn_blocking(move || {
+        crate::audio::clip::decode_pipeline_clip(&body, MAX_TEST_SECONDS)
+    })
+    .await;
+    let samples = match decoded {
+        Ok(Ok(s)) if !s.is_empty() => s,
+        Ok(Ok(_)) => return json_error(StatusCode::BAD_REQUEST, "the WAV holds no audio"),
+        Ok(Err(e)) => return json_error(StatusCode::BAD_REQUEST, format!("not a usable WAV: {e}")),
+        Err(_) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "decoding failed"),
+    };
+    let audio_ms = samples.len() as u64 * 1000 / u64::from(crate::audio::PIPELINE_RATE);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if tx
+        .try_send(ControlEvent::TestUtterance { samples, reply })
+        .is_err()
+    {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller busy; try again",
+        );
+    }
+    match tokio::time::timeout(RELOAD_WAIT, answer).await {
+        Ok(Ok(Ok(()))) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "accepted": true,
+                "audio_ms": audio_ms,
+                "result": "see /api/v1/transcripts (and the agent) once recognized",
+            })),
+        )
+            .into_response(),
+        Ok(Ok(Err(why))) => json_error(StatusCode::CONFLICT, why),
+        _ => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller did not answer",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CaptureQuery {
+    seconds: u32,
+}
+
+async fn capture(
+    State(s): State<Arc<Shared>>,
+    query: Result<axum::extract::Query<CaptureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let seconds = match query {
+        Ok(q) if (1..=MAX_TEST_SECONDS).contains(&q.seconds) => q.seconds,
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("give ?seconds=N with N from 1 to {MAX_TEST_SECONDS}"),
+            )
+        }
+    };
+    let Some(tx) = s.listener.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
+    };
+    let rate = crate::audio::PIPELINE_RATE;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = crate::ptt::listener::RecordRequest {
+        buf: Vec::with_capacity(seconds as usize * rate as usize),
+        reply,
+    };
+    if tx
+        .try_send(crate::ptt::listener::Command::Record(req))
+        .is_err()
+    {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "listener busy; try again");
+    }
+    let wait = Duration::from_secs(u64::from(seconds) + 5);
+    let samples = match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(samples)) => samples,
+        Ok(Err(_)) => return json_error(StatusCode::CONFLICT, "another capture is running"),
+        Err(_) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no audio arrived in time: is the microphone delivering? (see /api/v1/status)",
+            )
+        }
+    };
+    match wav_bytes(&samples, rate) {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "audio/wav"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"talkie-capture.wav\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// 16-bit PCM mono WAV of `samples`.
+fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, hound::Error> {
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::new(&mut out, spec)?;
+    for &x in samples {
+        w.write_sample((x.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(out.into_inner())
+}
+
 async fn reload(State(s): State<Arc<Shared>>) -> Response {
     let Some(tx) = s.reload.get() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
@@ -631,6 +761,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/transcripts", get(transcripts))
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/test/leds", post(test_leds))
+        .route(
+            "/api/v1/test/ptt",
+            post(test_ptt).layer(DefaultBodyLimit::max(WAV_LIMIT)),
+        )
+        .route("/api/v1/capture", post(capture))
         .route("/api/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),

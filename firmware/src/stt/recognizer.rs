@@ -100,6 +100,7 @@ impl Recognizer {
             vad: SileroVad::load(&dir.join(VAD_FILE))?,
             whisper: Whisper::load(
                 dir,
+                cfg.stt.precision.suffix(),
                 cfg.stt.max_tokens as usize,
                 cfg.stt.encoder_margin_frames as usize,
             )?,

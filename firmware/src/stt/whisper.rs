@@ -102,12 +102,18 @@ fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
 }
 
 impl Whisper {
-    /// Load `whisper_encoder.onnx`, `whisper_decoder.onnx` and
-    /// `whisper_tokenizer.json` from `dir`, each verified against the manifest.
-    /// `margin_frames` zero frames follow the audio in every encoder window.
-    pub fn load(dir: &Path, max_tokens: usize, margin_frames: usize) -> Result<Self, SttError> {
-        let encoder = load_plan(&dir.join("whisper_encoder.onnx"))?;
-        let decoder = load_plan(&dir.join("whisper_decoder.onnx"))?;
+    /// Load `whisper_encoder{suffix}.onnx`, `whisper_decoder{suffix}.onnx`
+    /// (suffix `""` for fp32, `"_int8"`) and `whisper_tokenizer.json` from
+    /// `dir`, each verified against the manifest. `margin_frames` zero frames
+    /// follow the audio in every encoder window.
+    pub fn load(
+        dir: &Path,
+        suffix: &str,
+        max_tokens: usize,
+        margin_frames: usize,
+    ) -> Result<Self, SttError> {
+        let encoder = load_plan(&dir.join(format!("whisper_encoder{suffix}.onnx")))?;
+        let decoder = load_plan(&dir.join(format!("whisper_decoder{suffix}.onnx")))?;
         let tok_path = dir.join("whisper_tokenizer.json");
         models::verify(&tok_path)?;
         let tokenizer = Tokenizer::load(&tok_path).map_err(|reason| ModelError::Load {

@@ -41,7 +41,16 @@ fn file_err(path: &Path, reason: impl Into<String>) -> AudioError {
 
 /// Decode a WAV file into interleaved `f32`, returning it with its spec.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, hound::WavSpec), AudioError> {
-    let reader = hound::WavReader::open(path).map_err(|e| file_err(path, e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| file_err(path, e.to_string()))?;
+    decode_wav(std::io::BufReader::new(file), path)
+}
+
+/// Decode WAV bytes from `r` (`name` labels errors) into interleaved `f32`.
+pub fn decode_wav<R: std::io::Read>(
+    r: R,
+    path: &Path,
+) -> Result<(Vec<f32>, hound::WavSpec), AudioError> {
+    let reader = hound::WavReader::new(r).map_err(|e| file_err(path, e.to_string()))?;
     let spec = reader.spec();
     if !(1..=2).contains(&spec.channels) {
         return Err(file_err(
