@@ -1836,6 +1836,98 @@ fn status_api_health_readiness_metrics_and_the_health_command() {
 }
 
 #[test]
+fn sigterm_during_transcription_and_during_delivery_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let token = write(dir.path(), "token", "t");
+    // The agent is down (nothing listens on its port) while we speak.
+    let cfg = agent_config(dir.path(), free_port());
+    let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    text_cfg.push_str(&format!(
+        "[audio]\nbackend = \"file\"\nfile = {:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
+         [status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {token:?}\n[log]\nlevel = \"info,talkie::agent=debug\"\n",
+        eval_dir().join("dev/dev_long.wav"),
+        models_dir(),
+    ));
+    std::fs::write(&cfg, &text_cfg).unwrap();
+    let bearer = [("Authorization", "Bearer t")];
+
+    // 1. SIGTERM right after an utterance is submitted: shutdown finishes
+    //    it and commits the transcript to the outbox.
+    let (mut child, logs) = start_service(&cfg);
+    let clip = std::fs::read(eval_dir().join("dev/dev_00.wav")).unwrap();
+    assert_eq!(
+        http(port, "POST", "/api/v1/test/ptt", &bearer, &clip).0,
+        202
+    );
+    let t0 = std::time::Instant::now();
+    assert!(sigterm_and_wait(&mut child).success());
+    eprintln!("stopped {:?} after SIGTERM", t0.elapsed());
+    let lines: Vec<String> = logs.try_iter().collect();
+    // The controller counts the utterance as submitted before it answers
+    // 202, and recognition takes far longer than the signal's delivery.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("finishing the utterance in progress")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Where is the nearest restroom?")),
+        "the transcript was finished during shutdown"
+    );
+    assert_eq!(outbox_status(&cfg)["depth"], 1, "kept in the outbox");
+
+    // 2. SIGTERM while the agent holds the request: abandoned, kept.
+    let slow = MockAgent::start(dir.path(), "127.0.0.1:0", &["--delay-ms", "30000"]);
+    let agent_line = text_cfg
+        .lines()
+        .find(|l| l.starts_with("url = "))
+        .unwrap()
+        .to_owned();
+    edit(
+        &cfg,
+        &agent_line,
+        &format!("url = \"http://127.0.0.1:{}\"", slow.port),
+    );
+    let (mut child, logs) = start_service(&cfg);
+    wait_log(&logs, "\"sending\"");
+    assert!(sigterm_and_wait(&mut child).success());
+    let lines: Vec<String> = logs.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("request abandoned")),
+        "{lines:?}"
+    );
+    assert_eq!(outbox_status(&cfg)["depth"], 1, "still in the outbox");
+    drop(slow);
+
+    // 3. The agent is back: the transcript arrives.
+    let mock = MockAgent::start(dir.path(), "127.0.0.1:0", &[]);
+    let slow_line = format!("url = \"http://127.0.0.1:{}\"", {
+        let t = std::fs::read_to_string(&cfg).unwrap();
+        t.lines()
+            .find(|l| l.starts_with("url = "))
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned()
+    });
+    edit(
+        &cfg,
+        &slow_line,
+        &format!("url = \"http://127.0.0.1:{}\"", mock.port),
+    );
+    assert!(deliver(&cfg).status.success());
+    let got = std::fs::read_to_string(&mock.record).unwrap();
+    assert!(got.contains("Where is the nearest restroom?"), "{got}");
+    assert_eq!(outbox_status(&cfg)["depth"], 0);
+}
+
+#[test]
 fn tls_agent_with_a_private_ca_works_only_when_the_ca_is_configured() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,9 @@ const MODEL_LOAD_BUDGET_USEC: u32 = 120_000_000;
 const EXIT_SECOND_SIGNAL: i32 = 130;
 /// How long each thread gets to stop after a signal.
 const STOP_BUDGET: Duration = Duration::from_secs(5);
+/// How long shutdown waits for an utterance already submitted to be
+/// recognized and committed to the outbox.
+const FINISH_BUDGET: Duration = Duration::from_secs(5);
 
 /// Errors that end `talkie run`.
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +371,31 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
         status: Some("stopping".into()),
         ..Notice::default()
     });
+    // No more presses; the utterance already submitted is finished (within
+    // a bound) so its transcript reaches the outbox instead of being lost.
+    threads.button_stop.store(true, Ordering::Relaxed);
+    if controller.in_flight() {
+        tracing::info!(budget = ?FINISH_BUDGET, "finishing the utterance in progress");
+        let deadline = tokio::time::Instant::now() + FINISH_BUDGET;
+        while controller.in_flight() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(
+                    ev @ (ControlEvent::Recognized(_)
+                    | ControlEvent::RecognitionFailed
+                    | ControlEvent::Stored { .. }
+                    | ControlEvent::CaptureEnded),
+                )) => controller.handle(ev),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "the utterance in progress did not finish in time; it is dropped"
+                    );
+                    break;
+                }
+            }
+        }
+    }
     // A second signal ends the process at once.
     tokio::spawn(async move {
         tokio::select! {

@@ -358,6 +358,7 @@ impl Link {
             }
             self.set_breaker();
             let t0 = Instant::now();
+            tracing::debug!(target: "talkie::agent", id = %item.id, attempt = item.attempts + 1, "sending");
             let outcome = tokio::select! {
                 o = attempt(&self.client, &self.url, self.token.as_deref(), &item) => o,
                 _ = cancel.cancelled() => {

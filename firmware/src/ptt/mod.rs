@@ -153,6 +153,11 @@ impl Controller {
         self.machine.shown()
     }
 
+    /// Utterances submitted and not yet recognized and stored.
+    pub fn in_flight(&self) -> bool {
+        self.machine.pending() > 0
+    }
+
     /// Tell the machine whether a component needed for utterances failed.
     pub fn set_fault(&mut self, fault: bool) {
         if fault != self.fault {
