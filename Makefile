@@ -66,8 +66,9 @@ test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 
-# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
-# and run under qemu-user; CI runs it after `make test`.
+# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc);
+# run under qemu-user with TALKIE_QEMU_RUN=1 (thread spawns hang in the
+# build machines' qemu 7.2: see cross/build-debian.sh).
 cross-test: models
 	cross/build-debian.sh aarch64 test
 
