@@ -515,38 +515,50 @@ fn corrupt_or_missing_models_are_refused() {
 
 // ---------------------------------------------------------------- STT
 
+/// `talkie transcribe --json` of `files` with `--set` overrides: one JSON
+/// object per file.
+fn transcribe_json(sets: &[&str], models: &Path, files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let mut cmd = talkie();
+    cmd.args([
+        "--config",
+        "/nonexistent/talkie.toml",
+        "transcribe",
+        "--json",
+    ]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = run(cmd.arg("--models").arg(models).args(files));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Word errors and reference words over (reference, result) pairs.
+fn set_errors(refs: &[(String, String)], results: &[serde_json::Value]) -> (usize, usize) {
+    refs.iter()
+        .zip(results)
+        .map(|((_, reference), r)| wer::errors(reference, r["text"].as_str().unwrap()))
+        .fold((0, 0), |(e, n), (e1, n1)| (e + e1, n + n1))
+}
+
 #[test]
 fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
     let eval = eval_dir().join("dev");
     let refs = wer::eval_references(&eval);
-    let out = run(talkie()
-        .args([
-            "--config",
-            "/nonexistent/talkie.toml",
-            "transcribe",
-            "--json",
-            "--models",
-        ])
-        .arg(models_dir())
-        .args(refs.iter().map(|(f, _)| eval.join(f))));
-    assert_eq!(out.status.code(), Some(0));
-    let results: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let files: Vec<PathBuf> = refs.iter().map(|(f, _)| eval.join(f)).collect();
+    let results = transcribe_json(&[], &models_dir(), &files);
     assert_eq!(results.len(), refs.len());
-    let (mut errors, mut total) = (0, 0);
     for ((file, reference), r) in refs.iter().zip(&results) {
-        let hyp = r["text"].as_str().unwrap();
-        let (e, n) = wer::errors(reference, hyp);
-        errors += e;
-        total += n;
         assert!(
             r["encoder_ms"].as_f64().unwrap() > 0.0 && r["tokens"].as_u64().unwrap() > 0,
             "{file}: {r}"
         );
-        eprintln!("{file}: {hyp:?} (ref {reference:?})");
+        eprintln!("{file}: {:?} (ref {reference:?})", r["text"]);
     }
+    let (errors, total) = set_errors(&refs, &results);
     let wer = errors as f64 / total as f64;
     eprintln!(
         "WER {:.1} % over {total} words ({} files)",
@@ -570,25 +582,11 @@ fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
 #[test]
 fn int8_models_transcribe_too() {
     let eval = eval_dir().join("dev");
-    let refs = wer::eval_references(&eval);
-    let out = run(talkie()
-        .args([
-            "--config",
-            "/nonexistent/talkie.toml",
-            "transcribe",
-            "--json",
-        ])
-        .args(["--set", "stt.precision=int8", "--models"])
-        .arg(models_dir())
-        .args(refs.iter().take(5).map(|(f, _)| eval.join(f))));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let (mut errors, mut total) = (0, 0);
-    for ((_, reference), line) in refs.iter().zip(text(&out.stdout).lines()) {
-        let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        let (e, n) = wer::errors(reference, r["text"].as_str().unwrap());
-        errors += e;
-        total += n;
-    }
+    let refs: Vec<(String, String)> = wer::eval_references(&eval).into_iter().take(5).collect();
+    let files: Vec<PathBuf> = refs.iter().map(|(f, _)| eval.join(f)).collect();
+    let results = transcribe_json(&["stt.precision=int8"], &models_dir(), &files);
+    assert_eq!(results.len(), refs.len());
+    let (errors, total) = set_errors(&refs, &results);
     assert!(total > 30, "{total} words");
     assert!(
         errors as f64 / total as f64 <= 0.10,
@@ -608,7 +606,7 @@ fn int8_models_transcribe_too() {
         .args(["--config", "/nonexistent/talkie.toml", "transcribe"])
         .args(["--set", "stt.precision=int8", "--models"])
         .arg(dir.path())
-        .arg(eval.join(&refs[0].0)));
+        .arg(&files[0]));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("whisper_decoder_int8.onnx is corrupt"),

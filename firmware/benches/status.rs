@@ -94,16 +94,14 @@ fn main() {
         .build()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let status_before: serde_json::Value = rt.block_on(async {
-        reqwest::get(format!("{base}/api/v1/status"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap()
-    });
+    let status = |base: &str| -> serde_json::Value {
+        let url = format!("{base}/api/v1/status");
+        rt.block_on(async {
+            let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+            serde_json::from_slice(&body).unwrap()
+        })
+    };
+    let status_before = status(&base);
     let rss_before = rss_kb(pid);
     eprintln!("status bench: {SSE_CLIENTS} SSE clients + {RATE} req/s for {seconds} s …");
     let (latencies, errors, events) = rt.block_on(async {
@@ -184,16 +182,7 @@ fn main() {
         (lat, errors.load(Relaxed), events.load(Relaxed))
     });
     let rss_after = rss_kb(pid);
-    let status_after: serde_json::Value = rt.block_on(async {
-        reqwest::get(format!("{base}/api/v1/status"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap()
-    });
+    let status_after = status(&base);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
