@@ -20,9 +20,11 @@ toolchain:
 	  echo "       Install it with rustup (https://rustup.rs), or on Debian/Ubuntu: apt-get install cargo rustc"; \
 	  exit 1; }
 
+# A package counts only in the host's architecture (or arch all): a cross
+# build's libasound2-dev:arm64 is not the host's.
 deps: toolchain
 	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	  dpkg-query -W -f='$${Status} $${Architecture}\n' $$p 2>/dev/null | grep -Eq "ok installed ($$(dpkg --print-architecture)|all)$$" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -66,9 +68,8 @@ test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 
-# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc);
-# run under qemu-user with TALKIE_QEMU_RUN=1 (thread spawns hang in the
-# build machines' qemu 7.2: see cross/build-debian.sh).
+# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
+# and run under qemu-user (TALKIE_QEMU_RUN=0 only builds them).
 cross-test: models
 	cross/build-debian.sh aarch64 test
 

@@ -5,8 +5,7 @@
 #
 #   cross/build-debian.sh aarch64        # Raspberry Pi OS 64-bit
 #   cross/build-debian.sh armv7          # Raspberry Pi OS 32-bit
-#   cross/build-debian.sh aarch64 test   # unit tests: build; run under qemu-user
-#                                        # (TALKIE_QEMU_RUN=1, see below)
+#   cross/build-debian.sh aarch64 test   # unit tests, run under qemu-user
 #
 # Installs what it needs with apt (root or sudo). Output:
 # target/<triple>/release/talkie (or the unit-test results).
@@ -38,18 +37,20 @@ upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 export RUSTC=/usr/bin/rustc PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_LIBDIR=/usr/lib/$gnu/pkgconfig
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
-export "CARGO_TARGET_${upper}_RUNNER=qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -L /usr/$gnu"
+# The guest's loader and libc must come from one package. libasound2-dev:$deb
+# pulls in the multiarch libc6:$deb, and the target's loader then finds that
+# libc.so.6 in /lib/$gnu; with `-L /usr/$gnu` qemu would start the cross
+# toolchain's older ld.so (libc6-$deb-cross) beside it, and the two builds'
+# private structures disagree: the first pthread_create loops forever walking
+# a corrupt stack-cache list. `-L /` runs the multiarch pair.
+export "CARGO_TARGET_${upper}_RUNNER=qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -L /"
 if [ "$mode" = test ]; then
   # The libraries' unit tests, built for the target and run by qemu-user
   # (the runner above). The end-to-end tests need the host's ALSA plugins
   # and Chromium; they run natively in `make test`.
   std=""; [ "$arch" = armv7 ] && std="-Zbuild-std=std,panic_abort" && export RUSTC_BOOTSTRAP=1
-  # On the build machines (Debian 12, qemu-user 7.2) a guest thread spawn
-  # hangs inside qemu (a 5-line program that spawns one thread never
-  # returns), and libtest runs every test on a spawned thread, so running
-  # the tests here hangs; they are built (compiled and linked for the
-  # target) and run only where qemu works (TALKIE_QEMU_RUN=1) or on a board.
-  if [ "${TALKIE_QEMU_RUN:-0}" = 1 ]; then
+  # TALKIE_QEMU_RUN=0 only builds them (compile and link for the target).
+  if [ "${TALKIE_QEMU_RUN:-1}" = 1 ]; then
     cargo test $std --target "$triple" -p talkie -p talkie-hal --lib
   else
     cargo test $std --target "$triple" -p talkie -p talkie-hal --lib --no-run

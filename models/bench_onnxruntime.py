@@ -21,20 +21,15 @@ def main():
         sys.exit(__doc__)
     models, eval_dir, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     whisper_ref.MARGIN = 512  # talkie's default stt.encoder_margin_frames
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    enc = ort.InferenceSession(os.path.join(models, "whisper_encoder.onnx"), opts)
-    dec = ort.InferenceSession(os.path.join(models, "whisper_decoder.onnx"), opts)
-    tok = whisper_ref.Tokenizer(os.path.join(models, "whisper_tokenizer.json"))
+    enc, dec, tok, vocab = whisper_ref.load(models, threads)
     with open(os.path.join(eval_dir, "manifest.tsv"), newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     audios = [whisper_ref.read_wav_16k(os.path.join(eval_dir, r["file"])) for r in rows]
-    whisper_ref.transcribe(enc, dec, tok, audios[0])  # warm-up
+    whisper_ref.transcribe(enc, dec, tok, vocab, audios[0])  # warm-up
     files = []
     for r, audio in zip(rows, audios):
         t0 = time.perf_counter()
-        text = whisper_ref.transcribe(enc, dec, tok, audio)
+        text = whisper_ref.transcribe(enc, dec, tok, vocab, audio)
         files.append({"file": r["file"], "audio_s": len(audio) / 16000, "seconds": time.perf_counter() - t0,
                       "text": text, "reference": r["transcript"]})
     result = {

@@ -6,10 +6,17 @@ that tract runs:
   cross-attention keys and values, computed once per utterance. The
   positional embedding is sliced to the frame count, so a 3 s press does
   not pay for a 30 s window.
-- decoder step: one `token` [1, 1] (int64), the self-attention cache
-  `past_k_L`, `past_v_L` [1, past, d] (start empty, past = 0) and the
-  encoder's cross K/V → `logits` [1, vocab] and `present_k_L`,
-  `present_v_L` [1, past + 1, d]. The position is the cache length.
+- decoder step: the token's embedding row `embedding` [1, 1, d], the
+  self-attention cache `past_k_L`, `past_v_L` [1, past, d] (start empty,
+  past = 0) and the encoder's cross K/V → `hidden` [1, d] (after the final
+  layer norm) and `present_k_L`, `present_v_L` [1, past + 1, d]. The
+  position is the cache length.
+- vocabulary: the token embedding matrix [vocab, d], which Whisper uses
+  twice (row lookup for the input token, and logits = hidden · Eᵀ). It is
+  not in the graph: inside, tract holds it once per use in fp32 (2 × 80 MB
+  for tiny.en). `vocab()` returns it as int8 rows with one fp32 scale per
+  row (symmetric, scale = max|row| / 127); the firmware does the lookup and
+  the projection itself from that one 20 MB copy.
 
 Weights are converted from float16 to float32. Attention scores are scaled
 by 1/sqrt(head_dim); GELU is the exact erf form; layer norms use eps 1e-5.
@@ -149,19 +156,14 @@ def encoder(weights):
 
 
 def decoder(weights):
-    d, H, hd, _, n_dec, vocab = dims(weights)
+    d, H, hd, _, n_dec, _ = dims(weights)
     g = Graph(weights)
-    # The token lookup gathers rows of the embedding [vocab, d]; the output
-    # projection multiplies by its own transposed copy [d, vocab]. Sharing
-    # one initializer between the two kept tract from pre-packing the
-    # projection, which then re-packed 80 MB at every step.
-    x = g.op("Gather", [g.weight("decoder/embeddings/weight"), "token"], axis=0)  # [1, 1, d]
-    emb_t = g.weight("decoder/embeddings/weight", transpose=True)
+    x = "embedding"  # [1, 1, d]: the token's row of the vocabulary matrix
     past = g.op("Gather", [g.op("Shape", ["past_k_0"]), g.const([1])], axis=0)  # [1]
     pos = g.op("Gather", [g.weight("decoder/position_encodings/encodings"), past], axis=0)  # [1, d]
     x = g.op("Add", [x, pos])
-    inputs = [helper.make_tensor_value_info("token", TensorProto.INT64, [1, 1])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, vocab])]
+    inputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 1, d])]
+    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, d])]
     for i in range(n_dec):
         p = f"decoder/layer_{i}"
         h = g.layer_norm(x, p + "/self_attention/layer_norm")
@@ -181,10 +183,18 @@ def decoder(weights):
         for name in (f"present_k_{i}", f"present_v_{i}"):
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "present", d]))
     x = g.layer_norm(x, "decoder/layer_norm")
-    x = g.op("Reshape", [x, g.const([1, d])])
-    g.op("MatMul", [x, emb_t], ["logits"])
+    g.op("Reshape", [x, g.const([1, d])], ["hidden"])
     graph = helper.make_graph(g.nodes, "whisper_decoder_step", inputs, outputs, list(g.inits.values()))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)
+
+
+def vocab(weights):
+    """The vocabulary matrix as (int8 [vocab, d], fp32 scales [vocab])."""
+    e = weights["decoder/embeddings/weight"].astype(np.float32)
+    scale = np.abs(e).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(e / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
 def save(model, path):

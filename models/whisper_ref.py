@@ -2,7 +2,11 @@
 for checking the converted ONNX files (and as the spec the Rust port
 follows).
 
-    python models/whisper_ref.py ENCODER.onnx DECODER.onnx TOKENIZER.json WAV...
+    python models/whisper_ref.py MODELS_DIR WAV...
+
+MODELS_DIR holds whisper_encoder.onnx, whisper_decoder.onnx,
+whisper_tokenizer.json and the vocabulary matrix (whisper_vocab_int8.npy,
+whisper_vocab_scale.npy; see whisper_onnx.vocab).
 """
 import json
 import sys
@@ -85,7 +89,35 @@ class Tokenizer:
         return bytes(self.bd[c] for c in text if c in self.bd).decode("utf-8", errors="replace")
 
 
-def transcribe(enc, dec, tok, audio, max_tokens=96):
+class Vocab:
+    """The int8 vocabulary matrix: token lookup and logits projection."""
+
+    def __init__(self, models_dir):
+        import os
+        q = np.load(os.path.join(models_dir, "whisper_vocab_int8.npy"))
+        self.scale = np.load(os.path.join(models_dir, "whisper_vocab_scale.npy"))
+        self.e = q.astype(np.float32)
+
+    def embed(self, token):
+        return (self.e[token] * self.scale[token])[None, None, :]
+
+    def logits(self, hidden):
+        return (hidden[0] @ self.e.T) * self.scale
+
+
+def load(models_dir, threads=1):
+    """(encoder, decoder, tokenizer, vocab) of an fp32 model directory."""
+    import os
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    enc = ort.InferenceSession(os.path.join(models_dir, "whisper_encoder.onnx"), opts)
+    dec = ort.InferenceSession(os.path.join(models_dir, "whisper_decoder.onnx"), opts)
+    return enc, dec, Tokenizer(os.path.join(models_dir, "whisper_tokenizer.json")), Vocab(models_dir)
+
+
+def transcribe(enc, dec, tok, vocab, audio, max_tokens=96):
     import onnxruntime  # noqa: F401  (sessions passed in)
     audio_frames = len(audio) // HOP
     frames = min(3000, audio_frames + MARGIN)
@@ -103,9 +135,9 @@ def transcribe(enc, dec, tok, audio, max_tokens=96):
     cap = min(max_tokens, int(6 * len(audio) / SAMPLE_RATE) + 10)
     for step in range(len(prompt) + cap):
         token = prompt[step] if step < len(prompt) else out[-1]
-        feeds["token"] = np.array([[token]], np.int64)
+        feeds["embedding"] = vocab.embed(token)
         res = dec.run(None, feeds)
-        logits = res[0][0]
+        logits = vocab.logits(res[0])
         for i in range(n_layers):
             feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = res[1 + 2 * i], res[2 + 2 * i]
         if step < len(prompt) - 1:
@@ -125,15 +157,11 @@ def transcribe(enc, dec, tok, audio, max_tokens=96):
 
 
 def main():
-    import onnxruntime as ort
-    enc_path, dec_path, tok_path, *wavs = sys.argv[1:]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    enc = ort.InferenceSession(enc_path, opts)
-    dec = ort.InferenceSession(dec_path, opts)
-    tok = Tokenizer(tok_path)
-    for w in wavs:
-        print(f"{w}\t{transcribe(enc, dec, tok, read_wav_16k(w))}", flush=True)
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    enc, dec, tok, vocab = load(sys.argv[1])
+    for w in sys.argv[2:]:
+        print(f"{w}\t{transcribe(enc, dec, tok, vocab, read_wav_16k(w))}", flush=True)
 
 
 if __name__ == "__main__":

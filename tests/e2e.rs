@@ -592,27 +592,33 @@ fn int8_models_transcribe_too() {
         errors as f64 / total as f64 <= 0.10,
         "{errors} errors in {total} words"
     );
-    // The int8 files are checked against the manifest like the fp32 ones.
+    // The int8 files are checked against the manifest like the fp32 ones,
+    // and so is the vocabulary matrix (outside the decoder graph).
     let dir = tempfile::tempdir().unwrap();
-    for f in [
-        "silero_vad.onnx",
-        "whisper_encoder_int8.onnx",
-        "whisper_tokenizer.json",
-    ] {
-        std::fs::copy(models_dir().join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(dir.path().join("whisper_decoder_int8.onnx"), b"not a model").unwrap();
-    let out = run(talkie()
-        .args(["--config", "/nonexistent/talkie.toml", "transcribe"])
-        .args(["--set", "stt.precision=int8", "--models"])
-        .arg(dir.path())
-        .arg(&files[0]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("whisper_decoder_int8.onnx is corrupt"),
-        "{}",
-        text(&out.stderr)
-    );
+    let refused = |bad: &str, content: &[u8]| {
+        for f in [
+            "silero_vad.onnx",
+            "whisper_encoder_int8.onnx",
+            "whisper_decoder_int8.onnx",
+            "whisper_tokenizer.json",
+            "whisper_vocab_int8.npy",
+            "whisper_vocab_scale.npy",
+        ] {
+            std::fs::copy(models_dir().join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::write(dir.path().join(bad), content).unwrap();
+        let out = run(talkie()
+            .args(["--config", "/nonexistent/talkie.toml", "transcribe"])
+            .args(["--set", "stt.precision=int8", "--models"])
+            .arg(dir.path())
+            .arg(&files[0]));
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("{bad} is corrupt")), "{stderr}");
+    };
+    refused("whisper_decoder_int8.onnx", b"not a model");
+    let vocab = std::fs::read(models_dir().join("whisper_vocab_int8.npy")).unwrap();
+    refused("whisper_vocab_int8.npy", &vocab[..vocab.len() - 1]);
 }
 
 #[test]

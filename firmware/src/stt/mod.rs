@@ -6,7 +6,9 @@
 pub mod mel;
 pub mod recognizer;
 pub mod tokenizer;
+pub mod vocab;
 pub mod whisper;
 
 pub use recognizer::{Recognition, RecognizeError, Recognizer, VAD_FILE};
+pub use vocab::Vocab;
 pub use whisper::{SttError, Transcript, Whisper};

@@ -3,6 +3,7 @@
 
 use super::mel::{MelFrontEnd, HOP, N_MELS};
 use super::tokenizer::Tokenizer;
+use super::vocab::Vocab;
 use crate::models::{self, ModelError};
 use std::path::Path;
 use std::time::Instant;
@@ -66,6 +67,9 @@ pub struct Whisper {
     encoder: Plan,
     decoder: Plan,
     tokenizer: Tokenizer,
+    vocab: Vocab,
+    /// One step's logits (vocabulary size), reused.
+    logits: Vec<f32>,
     mel: MelFrontEnd,
     features: Vec<f32>,
     max_tokens: usize,
@@ -95,6 +99,14 @@ fn load_plan(path: &Path) -> Result<Plan, ModelError> {
         .map_err(err)
 }
 
+/// `d` of the decoder's `embedding` input [1, 1, d].
+fn model_width(decoder: &Plan) -> Option<usize> {
+    let model = decoder.model();
+    let input = model.inputs.first()?;
+    let fact = model.outlet_fact(*input).ok()?;
+    fact.shape.as_concrete()?.get(2).copied()
+}
+
 fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::MIN, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
@@ -103,8 +115,9 @@ fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
 
 impl Whisper {
     /// Load `whisper_encoder{suffix}.onnx`, `whisper_decoder{suffix}.onnx`
-    /// (suffix `""` for fp32, `"_int8"`) and `whisper_tokenizer.json` from
-    /// `dir`, each verified against the manifest. `margin_frames` zero frames
+    /// (suffix `""` for fp32, `"_int8"`), the vocabulary matrix (see
+    /// [`Vocab`]) and `whisper_tokenizer.json` from `dir`, each verified
+    /// against the manifest. `margin_frames` zero frames
     /// follow the audio in every encoder window.
     pub fn load(
         dir: &Path,
@@ -121,16 +134,23 @@ impl Whisper {
             reason,
         })?;
         let layers = encoder.model().outputs.len() / 2;
+        let width = model_width(&decoder).ok_or_else(|| ModelError::Load {
+            path: dir.join(format!("whisper_decoder{suffix}.onnx")),
+            reason: "input `embedding` is not [1, 1, d]".into(),
+        })?;
+        let vocab = Vocab::load(dir, width)?;
         Ok(Self {
             encoder,
             decoder,
             tokenizer,
+            logits: vec![0.0; vocab.len()],
+            vocab,
             mel: MelFrontEnd::new(),
             features: Vec::new(),
             max_tokens,
             margin_frames: margin_frames.clamp(2, MAX_FRAMES / 2),
             layers,
-            width: 384,
+            width,
         })
     }
 
@@ -196,9 +216,14 @@ impl Whisper {
                     None => break,
                 },
             };
-            let mut inputs: TVec<TValue> = tvec!(tract_ndarray::arr2(&[[i64::from(token)]])
-                .into_tensor()
-                .into());
+            let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
+            let row = embedding.as_slice_mut().unwrap_or_default();
+            if !self.vocab.embed(token, row) {
+                return Err(SttError::Run(format!(
+                    "token {token} outside the vocabulary"
+                )));
+            }
+            let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
             for l in 0..self.layers {
                 inputs.push(past[2 * l].clone());
                 inputs.push(past[2 * l + 1].clone());
@@ -207,28 +232,27 @@ impl Whisper {
             }
             let res = state.run(inputs).map_err(run_err)?;
             let mut res = res.into_iter();
-            let logits_t = res
+            let hidden_t = res
                 .next()
-                .ok_or_else(|| SttError::Run("decoder returned no logits".into()))?;
+                .ok_or_else(|| SttError::Run("decoder returned no hidden state".into()))?;
             for slot in past.iter_mut() {
                 *slot = res
                     .next()
                     .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
             }
-            let view = logits_t.try_as_plain_ram().map_err(run_err)?;
-            let logits = view.as_slice::<f32>().map_err(run_err)?;
+            let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+            let hidden = view.as_slice::<f32>().map_err(run_err)?;
+            self.vocab.logits(hidden, &mut self.logits);
+            let logits = &self.logits;
             if step == 0 {
                 no_speech_prob = log_softmax_at(logits, NO_SPEECH as usize).exp();
             }
             if step + 1 < prompt.len() {
                 continue;
             }
-            let mut masked = logits.to_vec();
-            // Special and timestamp tokens are never text.
-            for l in masked.iter_mut().skip(SOT as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-            let (next, _) = masked.iter().enumerate().fold(
+            // Special and timestamp tokens (from SOT on) are never text.
+            let text_logits = logits.get(..SOT as usize).unwrap_or(logits);
+            let (next, _) = text_logits.iter().enumerate().fold(
                 (EOT as usize, f32::NEG_INFINITY),
                 |best, (i, &l)| if l > best.1 { (i, l) } else { best },
             );

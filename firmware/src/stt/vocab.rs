@@ -1,0 +1,200 @@
+//! Whisper's vocabulary matrix, held once as int8 rows with a scale each.
+//!
+//! The decoder uses the token embedding matrix `E` [vocab, d] twice: the
+//! input token's row is the step's input, and the logits are `hidden · Eᵀ`.
+//! Inside a tract graph both uses keep their own fp32 copy (2 × 80 MB for
+//! tiny.en, most of talkie's memory), so the converter takes `E` out of the
+//! graph (`models/whisper_onnx.py`, `vocab()`): `whisper_vocab_int8.npy`
+//! [vocab, d] int8 and `whisper_vocab_scale.npy` [vocab] f32, row `v` being
+//! `E[v] ≈ q[v] · scale[v]`. This module does both uses from that one
+//! 20 MB copy. On shared/eval/dev the transcripts are identical to the fp32
+//! projection's (checked with onnxruntime, `models/whisper_ref.py`).
+
+use crate::models::{self, ModelError};
+use std::io::BufReader;
+use std::path::Path;
+
+/// File names inside a models directory.
+pub const VOCAB_FILE: &str = "whisper_vocab_int8.npy";
+/// See [`VOCAB_FILE`].
+pub const SCALE_FILE: &str = "whisper_vocab_scale.npy";
+
+/// Lanes of the dot product: independent accumulators the compiler turns
+/// into SIMD registers (NEON on the Pi, SSE/AVX on x86).
+const LANES: usize = 16;
+
+/// The int8 vocabulary matrix.
+pub struct Vocab {
+    rows: Vec<i8>,
+    scale: Vec<f32>,
+    width: usize,
+}
+
+impl std::fmt::Debug for Vocab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocab")
+            .field("size", &self.scale.len())
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+fn read_npy<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<u64>, Vec<T>), ModelError> {
+    models::verify(path)?;
+    let err = |reason: String| ModelError::Load {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    if npy.order() != npyz::Order::C {
+        return Err(err("not in C order".into()));
+    }
+    let shape = npy.shape().to_vec();
+    let data = npy.into_vec::<T>().map_err(|e| err(e.to_string()))?;
+    Ok((shape, data))
+}
+
+impl Vocab {
+    /// Load and check both files of `dir` (sha256 against the manifest,
+    /// then shapes against each other and `width`).
+    pub fn load(dir: &Path, width: usize) -> Result<Self, ModelError> {
+        let path = dir.join(VOCAB_FILE);
+        let (shape, rows) = read_npy::<i8>(&path)?;
+        let (scale_shape, scale) = read_npy::<f32>(&dir.join(SCALE_FILE))?;
+        let size = scale.len();
+        if shape != [size as u64, width as u64] || scale_shape != [size as u64] {
+            return Err(ModelError::Load {
+                path,
+                reason: format!(
+                    "shape {shape:?} with scales {scale_shape:?}, expected [{size}, {width}] and [{size}]"
+                ),
+            });
+        }
+        Self::from_parts(rows, scale, width).ok_or_else(|| ModelError::Load {
+            path,
+            reason: "rows and scales disagree".into(),
+        })
+    }
+
+    /// From rows (`scale.len() × width`, row-major) and their scales; None
+    /// if the lengths disagree.
+    pub fn from_parts(rows: Vec<i8>, scale: Vec<f32>, width: usize) -> Option<Self> {
+        (width > 0 && rows.len() == scale.len() * width).then_some(Self { rows, scale, width })
+    }
+
+    /// Tokens in the vocabulary.
+    pub fn len(&self) -> usize {
+        self.scale.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scale.is_empty()
+    }
+
+    /// Model width `d`.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Write token `token`'s embedding into `out` (`width` values). False
+    /// for a token outside the vocabulary.
+    pub fn embed(&self, token: u32, out: &mut [f32]) -> bool {
+        let t = token as usize;
+        let (Some(&s), Some(row)) = (
+            self.scale.get(t),
+            self.rows.get(t * self.width..(t + 1) * self.width),
+        ) else {
+            return false;
+        };
+        for (o, &q) in out.iter_mut().zip(row) {
+            *o = f32::from(q) * s;
+        }
+        true
+    }
+
+    /// `out[v] = hidden · E[v]` for every token `v` (`out` has [`len`]
+    /// entries, `hidden` `width`).
+    ///
+    /// [`len`]: Vocab::len
+    pub fn logits(&self, hidden: &[f32], out: &mut [f32]) {
+        let Some(h) = hidden.get(..self.width) else {
+            return;
+        };
+        for ((o, row), &s) in out
+            .iter_mut()
+            .zip(self.rows.chunks_exact(self.width))
+            .zip(&self.scale)
+        {
+            let mut acc = [0.0f32; LANES];
+            let (qs, xs) = (row.chunks_exact(LANES), h.chunks_exact(LANES));
+            let tail: f32 = qs
+                .remainder()
+                .iter()
+                .zip(xs.remainder())
+                .map(|(&q, &x)| f32::from(q) * x)
+                .sum();
+            for (q, x) in qs.zip(xs) {
+                for j in 0..LANES {
+                    acc[j] += f32::from(q[j]) * x[j];
+                }
+            }
+            *o = (acc.iter().sum::<f32>() + tail) * s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab() -> Vocab {
+        // 3 tokens of width 16 (one full SIMD block): row v is (v + 1) * [1, -1, 2, 0, ...] / 10
+        let mut rows = vec![0i8; 3 * LANES];
+        for v in 0..3 {
+            rows[v * LANES] = 10;
+            rows[v * LANES + 1] = -10;
+            rows[v * LANES + 2] = 20;
+        }
+        Vocab::from_parts(rows, vec![0.01, 0.02, 0.03], LANES).expect("consistent")
+    }
+
+    #[test]
+    fn embed_dequantizes_one_row() {
+        let v = vocab();
+        let mut out = [9.0f32; LANES];
+        assert!(v.embed(1, &mut out));
+        for (got, want) in out[..4].iter().zip([0.2, -0.2, 0.4, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert!(!v.embed(3, &mut out), "outside the vocabulary");
+    }
+
+    #[test]
+    fn logits_are_dot_products_with_every_row() {
+        let v = vocab();
+        let mut hidden = [0.0f32; LANES];
+        hidden[0] = 1.0;
+        hidden[1] = 2.0;
+        hidden[2] = 3.0;
+        let mut out = [0.0f32; 3];
+        v.logits(&hidden, &mut out);
+        // row 0 = [0.1, -0.1, 0.2]: 0.1 - 0.2 + 0.6 = 0.5
+        for (got, want) in out.iter().zip([0.5, 1.0, 1.5]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn widths_that_are_not_a_lane_multiple_keep_their_tail() {
+        // width 18: one block of 16 and a tail of 2, all ones
+        let v = Vocab::from_parts(vec![1; 2 * 18], vec![1.0, 0.5], 18).expect("consistent");
+        let mut out = [0.0f32; 2];
+        v.logits(&[1.0; 18], &mut out);
+        assert_eq!(out, [18.0, 9.0]);
+        assert!(Vocab::from_parts(vec![1; 35], vec![1.0, 0.5], 18).is_none());
+    }
+}
