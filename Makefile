@@ -61,12 +61,17 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Every test: formatting, lints, unit tests, the zero-allocation test and the
-# end-to-end tests that run the real binary.
+# Every test: formatting, lints, unit tests, the zero-allocation test, the
+# end-to-end tests that run the real binary, then the unit tests built for
+# aarch64 and run under qemu-user (CROSS_TEST=0 skips that part; its first
+# run builds the dependencies for aarch64, about 20 min on 2 cores).
+CROSS_TEST ?= 1
 test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: deps lint models
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
+	@if [ "$(CROSS_TEST)" = 1 ]; then $(MAKE) --no-print-directory cross-test; \
+	else echo "make test: aarch64 tests under qemu skipped (CROSS_TEST=0)"; fi
 
 # The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
 # and run under qemu-user (TALKIE_QEMU_RUN=0 only builds them).

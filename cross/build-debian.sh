@@ -28,9 +28,13 @@ esac
 if ! dpkg --print-foreign-architectures | grep -qx "$deb"; then
   $sudo dpkg --add-architecture "$deb"
 fi
-# One architecture's index may fail to download while a mirror syncs; the
-# installs below still work, so do not stop on it.
-$sudo apt-get update -qq || true
+# An index may fail to download while a mirror syncs, and apt then drops
+# that whole suite (bookworm-security carries rustc-web): retry a few times,
+# then go on and let the install say what is missing.
+for attempt in 1 2 3; do
+  $sudo apt-get update -qq && break
+  echo "apt-get update failed (attempt $attempt of 3)" >&2; sleep $((attempt * 15))
+done
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustc-web rust-web-src qemu-user $pkgs
 
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')

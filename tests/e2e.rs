@@ -580,11 +580,11 @@ fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
 }
 
 #[test]
-fn int8_models_transcribe_too() {
+fn fp32_models_transcribe_too() {
     let eval = eval_dir().join("dev");
     let refs: Vec<(String, String)> = wer::eval_references(&eval).into_iter().take(5).collect();
     let files: Vec<PathBuf> = refs.iter().map(|(f, _)| eval.join(f)).collect();
-    let results = transcribe_json(&["stt.precision=int8"], &models_dir(), &files);
+    let results = transcribe_json(&["stt.precision=fp32"], &models_dir(), &files);
     assert_eq!(results.len(), refs.len());
     let (errors, total) = set_errors(&refs, &results);
     assert!(total > 30, "{total} words");
