@@ -90,13 +90,18 @@ class Tokenizer:
 
 
 class Vocab:
-    """The int8 vocabulary matrix: token lookup and logits projection."""
+    """The int8 vocabulary matrix (token lookup, logits projection) and the
+    token ids greedy decoding masks (whisper_config.json)."""
 
     def __init__(self, models_dir):
         import os
         q = np.load(os.path.join(models_dir, "whisper_vocab_int8.npy"))
         self.scale = np.load(os.path.join(models_dir, "whisper_vocab_scale.npy"))
         self.e = q.astype(np.float32)
+        with open(os.path.join(models_dir, "whisper_config.json")) as f:
+            config = json.load(f)
+        self.suppress = [i for i in config.get("suppress_ids", []) if i < len(self.scale)]
+        self.suppress_begin = [i for i in config.get("suppress_ids_begin", []) if i < len(self.scale)]
 
     def embed(self, token):
         return (self.e[token] * self.scale[token])[None, None, :]
@@ -144,6 +149,9 @@ def transcribe(enc, dec, tok, vocab, audio, max_tokens=96):
             continue
         logits[NO_TIMESTAMPS + 1:] = -np.inf  # timestamps
         logits[SOT:NO_TIMESTAMPS + 1] = -np.inf  # other specials
+        logits[vocab.suppress] = -np.inf  # whisper_config.json
+        if step == len(prompt) - 1:
+            logits[vocab.suppress_begin] = -np.inf
         nxt = int(np.argmax(logits))
         if nxt == EOT:
             break

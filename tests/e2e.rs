@@ -603,6 +603,7 @@ fn fp32_models_transcribe_too() {
             "whisper_tokenizer.json",
             "whisper_vocab_int8.npy",
             "whisper_vocab_scale.npy",
+            "whisper_config.json",
         ] {
             std::fs::copy(models_dir().join(f), dir.path().join(f)).unwrap();
         }

@@ -35,6 +35,38 @@ pub const LOGPROB_THRESHOLD: f32 = -1.0;
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// CTranslate2's generation settings of the model, verified like the models.
+pub const CONFIG_FILE: &str = "whisper_config.json";
+
+/// The part of `whisper_config.json` greedy decoding uses.
+#[derive(Debug, Default, serde::Deserialize)]
+struct GenerationConfig {
+    /// Tokens never emitted (symbols Whisper is trained not to produce).
+    #[serde(default)]
+    suppress_ids: Vec<u32>,
+    /// Tokens not allowed as the first one (a blank, `<|endoftext|>`).
+    #[serde(default)]
+    suppress_ids_begin: Vec<u32>,
+}
+
+fn load_generation(path: &Path) -> Result<GenerationConfig, ModelError> {
+    models::verify(path)?;
+    let load_err = |reason: String| ModelError::Load {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| load_err(e.to_string()))
+}
+
+/// Token ids as logit indices, those outside the vocabulary dropped.
+fn logit_indices(ids: &[u32], vocab: usize) -> Vec<usize> {
+    ids.iter()
+        .map(|&i| i as usize)
+        .filter(|&i| i < vocab)
+        .collect()
+}
+
 /// Errors of speech to text.
 #[derive(Debug, thiserror::Error)]
 pub enum SttError {
@@ -70,6 +102,9 @@ pub struct Whisper {
     vocab: Vocab,
     /// One step's logits (vocabulary size), reused.
     logits: Vec<f32>,
+    /// Logits masked at every sampled step, and also at the first one.
+    suppress: Vec<usize>,
+    suppress_begin: Vec<usize>,
     mel: MelFrontEnd,
     features: Vec<f32>,
     max_tokens: usize,
@@ -116,7 +151,7 @@ fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
 impl Whisper {
     /// Load `whisper_encoder{suffix}.onnx`, `whisper_decoder{suffix}.onnx`
     /// (suffix `""` for fp32, `"_int8"`), the vocabulary matrix (see
-    /// [`Vocab`]) and `whisper_tokenizer.json` from `dir`, each verified
+    /// [`Vocab`]), `whisper_tokenizer.json` and [`CONFIG_FILE`] from `dir`, each verified
     /// against the manifest. `margin_frames` zero frames
     /// follow the audio in every encoder window.
     pub fn load(
@@ -139,11 +174,14 @@ impl Whisper {
             reason: "input `embedding` is not [1, 1, d]".into(),
         })?;
         let vocab = Vocab::load(dir, width)?;
+        let generation = load_generation(&dir.join(CONFIG_FILE))?;
         Ok(Self {
             encoder,
             decoder,
             tokenizer,
             logits: vec![0.0; vocab.len()],
+            suppress: logit_indices(&generation.suppress_ids, vocab.len()),
+            suppress_begin: logit_indices(&generation.suppress_ids_begin, vocab.len()),
             vocab,
             mel: MelFrontEnd::new(),
             features: Vec::new(),
@@ -243,13 +281,20 @@ impl Whisper {
             let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
             let hidden = view.as_slice::<f32>().map_err(run_err)?;
             self.vocab.logits(hidden, &mut self.logits);
-            let logits = &self.logits;
             if step == 0 {
-                no_speech_prob = log_softmax_at(logits, NO_SPEECH as usize).exp();
+                no_speech_prob = log_softmax_at(&self.logits, NO_SPEECH as usize).exp();
             }
             if step + 1 < prompt.len() {
                 continue;
             }
+            let first = step + 1 == prompt.len();
+            let begin: &[usize] = if first { &self.suppress_begin } else { &[] };
+            for &i in self.suppress.iter().chain(begin) {
+                if let Some(l) = self.logits.get_mut(i) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            let logits = &self.logits;
             // Special and timestamp tokens (from SOT on) are never text.
             let text_logits = logits.get(..SOT as usize).unwrap_or(logits);
             let (next, _) = text_logits.iter().enumerate().fold(
@@ -298,7 +343,19 @@ fn repeat_len(tokens: &[u32]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::repeat_len;
+    use super::{logit_indices, repeat_len, GenerationConfig};
+
+    #[test]
+    fn generation_config_reads_the_suppressed_ids() {
+        let c: GenerationConfig = serde_json::from_str(
+            r#"{"alignment_heads": [[1, 0]], "suppress_ids": [1, 2, 99999], "suppress_ids_begin": [220, 50256]}"#,
+        )
+        .unwrap();
+        assert_eq!(logit_indices(&c.suppress_ids, 51_865), [1, 2]);
+        assert_eq!(logit_indices(&c.suppress_ids_begin, 51_865), [220, 50_256]);
+        let empty: GenerationConfig = serde_json::from_str("{}").unwrap();
+        assert!(empty.suppress_ids.is_empty());
+    }
 
     #[test]
     fn repetition_guard() {
