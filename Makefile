@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models demo test lint bench bench-tools cross-test clean
+.PHONY: all deps toolchain build models demo test lint bench bench-tools cross-test deb clean
 
 all: build
 
@@ -77,6 +77,17 @@ test: deps lint models
 # and run under qemu-user (TALKIE_QEMU_RUN=0 only builds them).
 cross-test: models
 	cross/build-debian.sh aarch64 test
+
+# Debian packages into target/debian/: talkie for amd64 (and arm64/armhf
+# with DEB_ARCHES="amd64 arm64 armhf", cross-building those first) and
+# talkie-models (all). Installs cargo-deb 3.8.0 when missing.
+DEB_ARCHES ?= amd64
+deb: deps models
+	@cargo deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --version 3.8.0 --locked
+	$(CARGO) build --release --bin talkie
+	@for a in $(DEB_ARCHES); do case $$a in \
+	  arm64) cross/build-debian.sh aarch64 || exit 1 ;; armhf) cross/build-debian.sh armv7 || exit 1 ;; esac; done
+	board/debian/build-debs.sh $(DEB_ARCHES) models
 
 # faster-whisper + Whisper's normalizer for the side-by-side numbers.
 BENCH_VENV := models/.venv-bench

@@ -1310,6 +1310,38 @@ fn systemd_unit_verifies_and_the_default_config_is_the_defaults() {
     );
 }
 
+#[test]
+fn models_package_is_arch_all_and_carries_every_manifest_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(root.join("board/debian/build-debs.sh"))
+        .arg("models")
+        .env("DEB_OUT", out_dir.path())
+        .env("DEB_COMPRESS", "none"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let deb = PathBuf::from(text(&out.stdout).trim());
+    assert!(deb.ends_with("talkie-models_0.1.0-1_all.deb"), "{deb:?}");
+    let field = |f: &str| text(&run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f)).stdout);
+    assert_eq!(field("Architecture").trim(), "all");
+    assert_eq!(field("Package").trim(), "talkie-models");
+    let listing = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)).stdout);
+    let manifest = std::fs::read_to_string(root.join("models/manifest.toml")).unwrap();
+    let files: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("file = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter(|f| !f.ends_with(".whl"))
+        .chain(["manifest.toml"])
+        .collect();
+    assert!(files.len() >= 9, "{files:?}");
+    for f in files {
+        assert!(
+            listing.contains(&format!("./usr/share/talkie/models/{f}\n")),
+            "{f} missing from the package:\n{listing}"
+        );
+    }
+}
+
 fn which(name: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
         .iter()
