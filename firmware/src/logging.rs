@@ -15,10 +15,19 @@ type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
 static FILTER: OnceLock<FilterHandle> = OnceLock::new();
 
+/// `log.level` as a filter. tract's kernel probe logs one INFO line per
+/// process ("avx512_fma_units: probed ..."): quiet unless `level` names tract.
+fn parse_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let spec = if level.contains("tract") {
+        level.to_owned()
+    } else {
+        format!("{level},tract_linalg=warn")
+    };
+    EnvFilter::builder().parse(spec)
+}
+
 fn filter_for(level: &str) -> EnvFilter {
-    EnvFilter::builder()
-        .parse(level)
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    parse_filter(level).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Install the global subscriber. Safe to call once; later calls are no-ops.
@@ -62,9 +71,7 @@ pub fn init(level: &str, format: LogFormat) {
 /// Change the level filter (`log.level` syntax). Err when the filter does
 /// not parse, or when `RUST_LOG` fixed the level at start.
 pub fn set_level(level: &str) -> Result<(), String> {
-    let filter = EnvFilter::builder()
-        .parse(level)
-        .map_err(|e| format!("log.level {level:?}: {e}"))?;
+    let filter = parse_filter(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
     let handle = FILTER
         .get()
         .ok_or_else(|| "RUST_LOG is set: the log level is fixed by the environment".to_owned())?;
