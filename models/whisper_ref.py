@@ -122,13 +122,39 @@ def load(models_dir, threads=1):
     return enc, dec, Tokenizer(os.path.join(models_dir, "whisper_tokenizer.json")), Vocab(models_dir)
 
 
-def transcribe(enc, dec, tok, vocab, audio, max_tokens=96):
-    import onnxruntime  # noqa: F401  (sessions passed in)
-    audio_frames = len(audio) // HOP
-    frames = min(3000, audio_frames + MARGIN)
-    frames += frames % 2
-    mel = log_mel(audio, frames)[None]
-    cross = enc.run(None, {"mel": mel})
+def log_mel_whisper_padding(audio):
+    """The [80, 3000] window OpenAI's and faster-whisper's transcribe() feed
+    the encoder: log-mel of the audio (normalized over it and 30 s of
+    zeros), the audio's frames only, then padded with 0.0 in the normalized
+    domain — not the log-mel of zero samples that log_mel() and talkie use."""
+    frames = len(audio) // HOP
+    mel = log_mel(audio, frames + 3000)[:, :min(frames, 3000)]
+    return np.pad(mel, ((0, 0), (0, 3000 - mel.shape[1])))
+
+
+def repeat_len(tokens):
+    """talkie's loop guard (firmware/src/stt/whisper.rs): tokens to cut when
+    a block of 4 or more repeats twice at the end, or one of 2-3 three
+    times; None otherwise."""
+    n = len(tokens)
+
+    def block(L, k):
+        return tokens[n - L:] == tokens[n - k * L:n - (k - 1) * L]
+    for L in range(4, n // 2 + 1):
+        if block(L, 2):
+            return L
+    for L in (2, 3):
+        if n >= 3 * L and block(L, 2) and block(L, 3):
+            return 2 * L
+    return None
+
+
+def decode(enc, dec, vocab, mel, steps, pick):
+    """Run the encoder on `mel` [80, frames], then up to `steps` decoder
+    steps after the prompt; `pick(logits, out)` gets each step's masked
+    logits and the tokens so far and returns the next token, or None to
+    stop (it may shorten `out`). Returns the tokens."""
+    cross = enc.run(None, {"mel": mel[None]})
     n_layers = len(cross) // 2
     feeds = {}
     for i in range(n_layers):
@@ -137,8 +163,7 @@ def transcribe(enc, dec, tok, vocab, audio, max_tokens=96):
         feeds[f"past_v_{i}"] = np.zeros((1, 0, cross[0].shape[2]), np.float32)
     prompt = [SOT, NO_TIMESTAMPS]
     out = []
-    cap = min(max_tokens, int(6 * len(audio) / SAMPLE_RATE) + 10)
-    for step in range(len(prompt) + cap):
+    for step in range(len(prompt) + steps):
         token = prompt[step] if step < len(prompt) else out[-1]
         feeds["embedding"] = vocab.embed(token)
         res = dec.run(None, feeds)
@@ -152,15 +177,32 @@ def transcribe(enc, dec, tok, vocab, audio, max_tokens=96):
         logits[vocab.suppress] = -np.inf  # whisper_config.json
         if step == len(prompt) - 1:
             logits[vocab.suppress_begin] = -np.inf
-        nxt = int(np.argmax(logits))
-        if nxt == EOT:
+        nxt = pick(logits, out)
+        if nxt is None:
             break
         out.append(nxt)
-        # repetition guard: the last L tokens repeat the L before them
-        loop = next((L for L in range(2, len(out) // 2 + 1) if out[-L:] == out[-2 * L:-L]), None)
+    return out
+
+
+def transcribe(enc, dec, tok, vocab, audio, max_tokens=96, mel=None):
+    """Greedy transcript of 16 kHz `audio`; `mel` [80, frames] overrides the
+    front end (log_mel of the audio + MARGIN zero frames)."""
+    if mel is None:
+        frames = min(3000, len(audio) // HOP + MARGIN)
+        frames += frames % 2
+        mel = log_mel(audio, frames)
+
+    def greedy(logits, out):
+        loop = repeat_len(out)
         if loop:
-            out = out[:-loop]
-            break
+            del out[-loop:]
+            return None
+        nxt = int(np.argmax(logits))
+        return None if nxt == EOT else nxt
+    out = decode(enc, dec, vocab, mel, min(max_tokens, int(6 * len(audio) / SAMPLE_RATE) + 10), greedy)
+    loop = repeat_len(out)
+    if loop:
+        del out[-loop:]
     return tok.decode(out).strip()
 
 

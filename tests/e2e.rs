@@ -714,10 +714,14 @@ fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
     let refs = wer::eval_references(&dev);
     let clips: Vec<&(String, String)> = refs.iter().take(5).collect();
     let out = run(talkie()
-        .args(["scenario", "--gap-ms", "8000", "--out"])
+        .args(["scenario", "--gap-ms", "11000", "--out"])
         .arg(dir.path())
         .args(clips.iter().map(|(f, _)| dev.join(f))));
     assert_eq!(out.status.code(), Some(0));
+    // The tap and the silent press below come 7.5 s after a release, when
+    // the previous utterance has long been handled (about 1 s here; a
+    // machine several times slower than the CI's 2 cores would see them
+    // during "processing" and a different LED timeline).
     // clip  start_ms  end_ms  press_ms  release_ms
     let spans: Vec<(u64, u64)> = std::fs::read_to_string(dir.path().join("clips.tsv"))
         .unwrap()
@@ -755,13 +759,13 @@ fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
     // Clip 2, then a 100 ms tap in the quiet gap.
     ev(spans[2].0 - 300, "press");
     ev(spans[2].1 + 400, "release");
-    ev(spans[2].1 + 5000, "press");
-    ev(spans[2].1 + 5100, "release");
+    ev(spans[2].1 + 8000, "press");
+    ev(spans[2].1 + 8100, "release");
     // Clip 3, then 1.2 s of a press over silence.
     ev(spans[3].0 - 300, "press");
     ev(spans[3].1 + 400, "release");
-    ev(spans[3].1 + 4500, "press");
-    ev(spans[3].1 + 5700, "release");
+    ev(spans[3].1 + 7500, "press");
+    ev(spans[3].1 + 8700, "release");
     // Clip 4.
     ev(spans[4].0 - 300, "press");
     ev(spans[4].1 + 400, "release");
