@@ -19,7 +19,8 @@ that tract runs:
   the projection itself from that one 20 MB copy.
 
 Weights are converted from float16 to float32. Attention scores are scaled
-by 1/sqrt(head_dim); GELU is the exact erf form; layer norms use eps 1e-5.
+by 1/sqrt(head_dim) (in the encoder, folded into the query weights, and
+attention runs one head at a time to bound memory on 30 s windows); GELU is the exact erf form; layer norms use eps 1e-5.
 """
 import re
 
@@ -64,14 +65,19 @@ class Graph:
 
     # building blocks -------------------------------------------------
 
-    def linear(self, x, prefix, rows=None):
-        """x @ W[rows].T + b[rows] with CTranslate2's [out, in] weights."""
+    def linear(self, x, prefix, rows=None, scale=None):
+        """x @ W[rows].T + b[rows] with CTranslate2's [out, in] weights,
+        times `scale` folded into W and b."""
         w = self.w[prefix + "/weight"].astype(np.float32)
         b = self.w.get(prefix + "/bias")
         tag = prefix if rows is None else f"{prefix}[{rows.start}:{rows.stop}]"
         if rows is not None:
             w = w[rows]
             b = None if b is None else b[rows]
+        if scale is not None:
+            tag += f"*{scale:.6g}"
+            w = w * np.float32(scale)
+            b = None if b is None else b.astype(np.float32) * np.float32(scale)
         y = self.op("MatMul", [x, self.init(tag + "/weight.T", w.T)])
         if b is not None:
             y = self.op("Add", [y, self.init(tag + "/bias", b.astype(np.float32))])
@@ -107,6 +113,23 @@ class Graph:
         out = self.op("Transpose", [self.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
         return self.op("Reshape", [out, self.const([1, -1, d])])
 
+    def attention_per_head(self, q, k, v, n_heads, head_dim):
+        """Attention one head at a time, `q` already scaled by
+        1/sqrt(head_dim): [1, S, d] each → [1, S, d]. Each head's chain
+        (scores, softmax, · V) is independent, so tract evaluates and frees
+        one [S, S] score matrix at a time instead of holding all heads'
+        (6 × 1500² × 4 bytes = 54 MB, twice with the softmax, for a 30 s
+        window)."""
+        outs = []
+        for h in range(n_heads):
+            lo, hi = self.const([h * head_dim]), self.const([(h + 1) * head_dim])
+            axis = self.const([2])
+            qh, kh, vh = (self.op("Slice", [t, lo, hi, axis]) for t in (q, k, v))
+            scores = self.op("MatMul", [qh, self.op("Transpose", [kh], perm=[0, 2, 1])])
+            probs = self.op("Softmax", [scores], axis=-1)
+            outs.append(self.op("MatMul", [probs, vh]))
+        return self.op("Concat", outs, axis=2)
+
 
 def dims(weights):
     d = weights["encoder/conv1/weight"].shape[0]
@@ -133,8 +156,9 @@ def encoder(weights):
         p = f"encoder/layer_{i}"
         h = g.layer_norm(x, p + "/self_attention/layer_norm")
         qkv = p + "/self_attention/linear_0"
-        q, k, v = (g.linear(h, qkv, slice(j * d, (j + 1) * d)) for j in range(3))
-        x = g.op("Add", [x, g.linear(g.attention(q, k, v, H, hd), p + "/self_attention/linear_1")])
+        q = g.linear(h, qkv, slice(0, d), scale=1 / np.sqrt(hd))
+        k, v = (g.linear(h, qkv, slice(j * d, (j + 1) * d)) for j in (1, 2))
+        x = g.op("Add", [x, g.linear(g.attention_per_head(q, k, v, H, hd), p + "/self_attention/linear_1")])
         h = g.layer_norm(x, p + "/ffn/layer_norm")
         h = g.linear(g.gelu(g.linear(h, p + "/ffn/linear_0")), p + "/ffn/linear_1")
         x = g.op("Add", [x, h])

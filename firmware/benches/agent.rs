@@ -78,7 +78,7 @@ fn main() {
         .arg("--config")
         .arg(&cfg)
         .args(["--log-format", "json"])
-        .env("RUST_LOG", "warn,talkie::agent::tool=info")
+        .env("RUST_LOG", "warn,talkie::agent::summary=info")
         .args(["outbox", "deliver", "--until-empty"])
         .output()
         .unwrap();
@@ -91,7 +91,7 @@ fn main() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|l| l["message"] == "agent link summary")
-        .expect("summary");
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"));
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&record)
         .unwrap()
         .lines()

@@ -274,12 +274,17 @@ fn main() {
          | engine | mean ms | p95 ms | VAD / enc / dec ms | dec ms/token | RTF | WER | peak RSS | time ÷ faster-whisper (clips ≤ 5 s) |\n\
          |---|---|---|---|---|---|---|---|---|\n{table}\n\
          WER normalizer: {}. Targets, judged on the first row (the default int8, one thread): latency ≤ 0.5 × faster-whisper with one thread each ({}); \
-         WER ≤ 10 % ({}); peak RSS ≤ 150 MB ({}).\n\n\
+         WER ≤ 10 % ({}); WER ≤ faster-whisper's + 1 point ({}); peak RSS ≤ 150 MB ({}).\n\n\
          Command: `make bench` (faster-whisper first, then `cargo bench -p talkie --bench stt`).\n",
         refs.len(),
         runs[0].normalizer,
         ratio1.map_or("faster-whisper not run".to_owned(), |r| verdict(r <= 0.5).to_owned()),
         verdict(runs[0].wer_pct <= 10.0),
+        fw.as_ref()
+            .and_then(|f| f["wer"].as_f64())
+            .map_or("faster-whisper not run", |w| {
+                verdict(runs[0].wer_pct <= 100.0 * w + 1.0)
+            }),
         verdict(runs[0].peak_rss_mb <= 150.0),
     );
     let json = serde_json::json!({

@@ -152,9 +152,11 @@ impl AgentStats {
         }
     }
 
-    /// One log line with every counter (at the end of a run).
+    /// One log line with every counter (at the end of a run). Its own
+    /// target, so `RUST_LOG=warn,talkie::agent::summary=info` keeps just it.
     pub fn log_summary(&self) {
         tracing::info!(
+            target: "talkie::agent::summary",
             enqueued = self.enqueued.load(Relaxed),
             enqueue_failed = self.enqueue_failed.load(Relaxed),
             delivered = self.delivered.load(Relaxed),
