@@ -1270,6 +1270,125 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
 }
 
 #[test]
+fn a_wedged_loop_stops_the_watchdog_pings_within_two_intervals() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    // WATCHDOG_USEC 2 s → a ping every 1 s while healthy; stall_ms 1000, so
+    // a loop that stops beating is stale ≤ 1 s later and the pings stop
+    // within 2 × the interval.
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // Every datagram with its arrival time, until 3 intervals after the
+    // service says it is wedged (no ping may come in that time).
+    let notices = std::thread::spawn(move || {
+        let mut msgs: Vec<(Instant, String)> = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut until: Option<Instant> = None;
+        loop {
+            if let Some(u) = until {
+                let left = u.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                sock.set_read_timeout(Some(left)).unwrap();
+            }
+            let Ok(n) = sock.recv(&mut buf) else {
+                if until.is_some() {
+                    break;
+                }
+                panic!("no notice for 60 s: {msgs:#?}");
+            };
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if until.is_none() && m.contains("STATUS=wedged") {
+                until = Some(Instant::now() + 3 * INTERVAL);
+            }
+            msgs.push((Instant::now(), m));
+        }
+        msgs
+    });
+    let input = eval_dir().join("dev/dev_long.wav");
+    let cfg = write(
+        dir.path(),
+        "talkie.toml",
+        &format!(
+            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n[watchdog]\nstall_ms = 1000\n",
+            models_dir()
+        ),
+    );
+    let mut child = talkie()
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env("TALKIE_TEST_WEDGE", "stt:3000")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-format", "json", "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (Instant::now(), l))
+            .collect::<Vec<_>>()
+    });
+    let msgs = notices.join().unwrap();
+    child.kill().unwrap(); // what systemd does to a wedged service
+    child.wait().unwrap();
+    let logs = logs.join().unwrap();
+    let (hooked_at, _) = logs
+        .iter()
+        .find(|(_, l)| l.contains("TALKIE_TEST_WEDGE"))
+        .expect("the hook's log line");
+    let ready = msgs
+        .iter()
+        .position(|(_, m)| m.contains("READY=1"))
+        .unwrap();
+    let pings: Vec<Instant> = msgs[ready..]
+        .iter()
+        .filter(|(_, m)| m.trim() == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.iter().filter(|t| *t < hooked_at).count() >= 1,
+        "pings while healthy: {msgs:#?}"
+    );
+    let late: Vec<Duration> = pings
+        .iter()
+        .filter(|t| *t > hooked_at)
+        .map(|t| t.duration_since(*hooked_at))
+        .collect();
+    assert!(
+        late.iter().all(|d| *d <= 2 * INTERVAL),
+        "pings after the wedge: {late:?}"
+    );
+    let wedged = msgs
+        .iter()
+        .position(|(_, m)| m.contains("STATUS=wedged"))
+        .unwrap();
+    assert_eq!(
+        msgs[wedged].1.trim(),
+        "STATUS=wedged: stt; watchdog pings withheld",
+        "only the wedged loop is named"
+    );
+    assert!(
+        !msgs[wedged..].iter().any(|(_, m)| m.contains("WATCHDOG=1")),
+        "no ping after STATUS=wedged: {msgs:#?}"
+    );
+    assert!(logs
+        .iter()
+        .any(|(_, l)| l.contains("loops are wedged") && l.contains("stt")));
+}
+
+#[test]
 fn systemd_unit_verifies_and_the_default_config_is_the_defaults() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let check = |cfg: &Path| {

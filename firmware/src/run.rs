@@ -142,6 +142,13 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
     let (listener, bound) = status::bind(config.status.listen).await?;
     tracing::info!(listen = %bound, "status server listening");
     tasks.spawn(status::serve(listener, Arc::clone(&shared), cancel.clone()));
+    let http_beat = Arc::clone(&shared);
+    tasks.spawn(status::probe(
+        bound,
+        move || http_beat.http_beat_ms.store(now_ms(), Ordering::Relaxed),
+        supervisor::probe_interval(config.watchdog.stall_ms),
+        cancel.clone(),
+    ));
 
     // Models first: verified, loaded and warmed before anything listens.
     let notifier = Notifier::start();
@@ -336,7 +343,7 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
             }
             _ = wd_tick.tick(), if wd_every.is_some() => {
                 let stale = supervisor::stale(
-                    &beats(&audio_stats, &ptt_stats, has_agent.then_some(&*agent_stats)),
+                    &beats(&audio_stats, &ptt_stats, has_agent.then_some(&*agent_stats), &shared),
                     now_ms(),
                     config.watchdog.stall_ms.into(),
                 );
@@ -344,6 +351,10 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
                     notifier.send(Notice { watchdog: true, ..Notice::default() });
                 } else if stale != wedged {
                     tracing::error!(loops = ?stale, "loops are wedged: watchdog pings withheld, systemd will restart the service");
+                    notifier.send(Notice {
+                        status: Some(format!("wedged: {}; watchdog pings withheld", stale.join(", "))),
+                        ..Notice::default()
+                    });
                 }
                 wedged = stale;
             }
@@ -514,7 +525,12 @@ fn stop_threads(t: Threads) -> Result<(), RunError> {
 /// Log the audio counters: every second at debug level (the status page
 /// shows them live), once at info when the service stops.
 /// The heartbeats the watchdog checks (see [`crate::supervisor`]).
-fn beats(audio: &AudioStats, ptt: &PttStats, agent: Option<&AgentStats>) -> Vec<Beat> {
+fn beats(
+    audio: &AudioStats,
+    ptt: &PttStats,
+    agent: Option<&AgentStats>,
+    shared: &status::Shared,
+) -> Vec<Beat> {
     let r = Ordering::Relaxed;
     let running = audio.capture_state() != CaptureState::Ended;
     vec![
@@ -542,6 +558,11 @@ fn beats(audio: &AudioStats, ptt: &PttStats, agent: Option<&AgentStats>) -> Vec<
             name: "agent",
             last_ms: agent.map_or(0, |a| a.beat_ms.load(r)),
             expected: agent.is_some(),
+        },
+        Beat {
+            name: "http",
+            last_ms: shared.http_beat_ms.load(r),
+            expected: true,
         },
     ]
 }

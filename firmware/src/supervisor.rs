@@ -12,6 +12,7 @@
 //! | listen | every 20 ms | always |
 //! | stt | every 500 ms idle, after each utterance | always (one inference is far below `stall_ms`) |
 //! | agent | every loop turn, ≤ 1 s idle | `agent.url` is set |
+//! | http | each 200 from `GET /healthz` over loopback, probed every `stall_ms / 4` (0.1–1 s) | always |
 //! | controller | is the loop that pings | — |
 //!
 //! A microphone that is unplugged is **degraded, not wedged**: the capture
@@ -147,6 +148,24 @@ impl Notifier {
 }
 
 /// The ping interval: half of `WATCHDOG_USEC`, if systemd asked for pings.
+/// How often the status server is probed: four probes per `stall_ms`,
+/// 0.1 s to 1 s apart.
+pub fn probe_interval(stall_ms: u32) -> Duration {
+    Duration::from_millis((u64::from(stall_ms) / 4).clamp(100, 1000))
+}
+
+/// Test hook for tests/e2e.rs: `TALKIE_TEST_WEDGE=LOOP:MS` makes that loop
+/// (`stt`) stop beating and working MS ms after it starts, as a wedged loop
+/// would. Unset in production; nothing else reads it.
+pub fn test_wedge(name: &str) -> Option<Duration> {
+    let v = std::env::var("TALKIE_TEST_WEDGE").ok()?;
+    let (loop_name, ms) = v.split_once(':')?;
+    if loop_name != name {
+        return None;
+    }
+    ms.parse().ok().map(Duration::from_millis)
+}
+
 pub fn watchdog_interval(enabled: bool) -> Option<Duration> {
     if !enabled {
         return None;

@@ -35,7 +35,17 @@ pub fn run(
     events: tokio::sync::mpsc::Sender<ControlEvent>,
     stats: Arc<PttStats>,
 ) {
+    let wedge_at = crate::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
     loop {
+        if wedge_at.is_some_and(|t| Instant::now() >= t) {
+            tracing::warn!("test hook TALKIE_TEST_WEDGE: the stt loop stops beating and working");
+            // Still ends with the listener, so shutdown joins it.
+            while !matches!(
+                queue.recv_timeout(Duration::from_millis(500)),
+                Err(RecvTimeoutError::Disconnected)
+            ) {}
+            return;
+        }
         stats.stt_beat_ms.store(now_ms(), Relaxed);
         let utt = match queue.recv_timeout(Duration::from_millis(500)) {
             Ok(u) => u,

@@ -40,7 +40,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use talkie_hal::gpio::IndicatorState;
@@ -120,6 +120,9 @@ pub struct Shared {
     pub reload: OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// Ends live-event streams when the service stops.
     pub shutdown: CancellationToken,
+    /// The HTTP loop's heartbeat (`telemetry::now_ms()`): the last time
+    /// [`probe`] got a 200 from `/healthz` over loopback; 0 = never.
+    pub http_beat_ms: AtomicU64,
     event_clients: AtomicUsize,
 }
 
@@ -158,6 +161,7 @@ impl Shared {
             listener: OnceLock::new(),
             reload: OnceLock::new(),
             shutdown,
+            http_beat_ms: AtomicU64::new(0),
             event_clients: AtomicUsize::new(0),
         }
     }
@@ -833,17 +837,78 @@ pub async fn serve(
     }
 }
 
-/// `talkie health --wait S`: poll the running service's `/readyz` on
-/// `status.listen` until it answers 200 (Ok) or `wait` has passed (Err with
-/// the last reason). The hook an update system calls before committing a
-/// release.
-pub fn health(listen: SocketAddr, wait: Duration) -> Result<String, String> {
+/// `http://ADDR{path}` for a request to the server listening on `listen`
+/// from this machine (an unspecified address is reached over loopback).
+fn local_url(listen: SocketAddr, path: &str) -> String {
     let ip = if listen.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
         listen.ip()
     };
-    let url = format!("http://{}/readyz", SocketAddr::new(ip, listen.port()));
+    format!("http://{}{path}", SocketAddr::new(ip, listen.port()))
+}
+
+/// The HTTP loop's heartbeat for the watchdog: every `every`, `GET
+/// /healthz` on the bound address through the real server (2 s timeout);
+/// a 200 calls `beat` (in `run`: [`Shared::http_beat_ms`]). A server that
+/// stops accepting or answering stops the beat, and with it the watchdog
+/// pings. Ends on `cancel`.
+pub async fn probe(
+    bound: SocketAddr,
+    beat: impl Fn() + Send + 'static,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let url = local_url(bound, "/healthz");
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "status server probe: no HTTP client; the http loop will not beat");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.get(&url).send() => match r {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                beat();
+                if std::mem::take(&mut failing) {
+                    tracing::info!(url = %url, "status server probe answers again");
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(url = %url, error = %e, "status server probe failed");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `talkie health --wait S`: poll the running service's `/readyz` on
+/// `status.listen` until it answers 200 (Ok) or `wait` has passed (Err with
+/// the last reason). The hook an update system calls before committing a
+/// release.
+pub fn health(listen: SocketAddr, wait: Duration) -> Result<String, String> {
+    let url = local_url(listen, "/readyz");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -872,4 +937,68 @@ pub fn health(listen: SocketAddr, wait: Duration) -> Result<String, String> {
             tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Beats counted while `probe` runs against `addr`, once `until` holds.
+    async fn probe_until(addr: SocketAddr, until: impl Fn(u64) -> bool) -> u64 {
+        let beats = Arc::new(AtomicU64::new(0));
+        let cancel = CancellationToken::new();
+        let b = Arc::clone(&beats);
+        let task = tokio::spawn(probe(
+            addr,
+            move || {
+                b.fetch_add(1, Relaxed);
+            },
+            Duration::from_millis(100),
+            cancel.clone(),
+        ));
+        let n = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let n = beats.load(Relaxed);
+                if until(n) {
+                    return n;
+                }
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("condition within 30 s");
+        cancel.cancel();
+        task.await.unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn probe_beats_while_the_server_answers_and_not_when_it_hangs() {
+        // A real server: /healthz answers, beats follow.
+        let (l, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let app = Router::new().route("/healthz", get(healthz));
+        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        assert!(probe_until(addr, |n| n >= 3).await >= 3);
+        server.abort();
+
+        // A hung server: connections are accepted, never answered. Two
+        // accepted connections mean the first probe timed out; no beat.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hung.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let a = Arc::clone(&accepted);
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = hung.accept().await {
+                held.push(c);
+                a.fetch_add(1, Relaxed);
+            }
+        });
+        let acc = Arc::clone(&accepted);
+        let beats = probe_until(addr, move |_| acc.load(Relaxed) >= 2).await;
+        assert_eq!(beats, 0, "a server that does not answer must not beat");
+        holder.abort();
+    }
 }
