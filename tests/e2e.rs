@@ -2005,7 +2005,8 @@ fn sigterm_during_transcription_and_during_delivery_loses_nothing() {
     let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
     text_cfg.push_str(&format!(
         "[audio]\nbackend = \"file\"\nfile = {:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
-         [status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {token:?}\n[log]\nlevel = \"info,talkie::agent=debug\"\n",
+         [status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {token:?}\n[log]\nlevel = \"info,talkie::agent=debug\"\n\
+         [ptt]\nfinish_on_stop_ms = 20000\n",
         eval_dir().join("dev/dev_long.wav"),
         models_dir(),
     ));

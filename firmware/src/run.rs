@@ -50,9 +50,6 @@ const MODEL_LOAD_BUDGET_USEC: u32 = 120_000_000;
 const EXIT_SECOND_SIGNAL: i32 = 130;
 /// How long each thread gets to stop after a signal.
 const STOP_BUDGET: Duration = Duration::from_secs(5);
-/// How long shutdown waits for an utterance already submitted to be
-/// recognized and committed to the outbox.
-const FINISH_BUDGET: Duration = Duration::from_secs(5);
 
 /// Errors that end `talkie run`.
 #[derive(Debug, thiserror::Error)]
@@ -386,8 +383,11 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
     // a bound) so its transcript reaches the outbox instead of being lost.
     threads.button_stop.store(true, Ordering::Relaxed);
     if controller.in_flight() {
-        tracing::info!(budget = ?FINISH_BUDGET, "finishing the utterance in progress");
-        let deadline = tokio::time::Instant::now() + FINISH_BUDGET;
+        // ptt.finish_on_stop_ms: how long an utterance already submitted
+        // may take to be recognized and committed to the outbox.
+        let budget = Duration::from_millis(config.ptt.finish_on_stop_ms.into());
+        tracing::info!(?budget, "finishing the utterance in progress");
+        let deadline = tokio::time::Instant::now() + budget;
         while controller.in_flight() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(

@@ -218,6 +218,9 @@ pub struct PttConfig {
     pub busy: BusyPolicy,
     /// End the utterance after this much trailing silence; 0 = off.
     pub vad_auto_stop_ms: u32,
+    /// On SIGTERM, how long an utterance already submitted may take to be
+    /// recognized and committed to the outbox before shutdown goes on.
+    pub finish_on_stop_ms: u32,
 }
 
 impl Default for PttConfig {
@@ -227,6 +230,7 @@ impl Default for PttConfig {
             min_press_ms: 150,
             busy: BusyPolicy::Queue,
             vad_auto_stop_ms: 0,
+            finish_on_stop_ms: 5_000,
         }
     }
 }

@@ -116,6 +116,12 @@ pub(super) fn validate(c: &Config) -> Problems {
     );
 
     range(&mut p, "ptt.min_press_ms", c.ptt.min_press_ms, 0..=5_000);
+    range(
+        &mut p,
+        "ptt.finish_on_stop_ms",
+        c.ptt.finish_on_stop_ms,
+        0..=20_000,
+    );
     check(
         &mut p,
         "ptt.vad_auto_stop_ms",
