@@ -305,6 +305,7 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
         ..Notice::default()
     });
     shared.ready.store(true, Ordering::Relaxed);
+    let ready_ms = now_ms();
     shared.set_led(controller.shown());
     tracing::info!(watchdog = ?wd_every, status = %status_line, "ready");
     loop {
@@ -343,9 +344,14 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
                     &beats(&audio_stats, &ptt_stats, has_agent.then_some(&*agent_stats), &shared),
                     now_ms(),
                     config.watchdog.stall_ms.into(),
+                    ready_ms,
                 );
                 if stale.is_empty() {
                     notifier.send(Notice { watchdog: true, ..Notice::default() });
+                    if !wedged.is_empty() {
+                        tracing::warn!(loops = ?wedged, "loops beat again: watchdog pings resumed");
+                        notifier.send(Notice { status: Some(status_line.clone()), ..Notice::default() });
+                    }
                 } else if stale != wedged {
                     tracing::error!(loops = ?stale, "loops are wedged: watchdog pings withheld, systemd will restart the service");
                     notifier.send(Notice {

@@ -31,11 +31,14 @@ pub struct Beat {
     pub expected: bool,
 }
 
-/// The loops whose heartbeat is older than `stall_ms`.
-pub fn stale(beats: &[Beat], now_ms: u64, stall_ms: u64) -> Vec<&'static str> {
+/// The loops whose heartbeat is older than `stall_ms`. `since_ms` is when
+/// the service became ready: a loop that has not beaten since is given
+/// `stall_ms` from then (a thread still being scheduled at start is not
+/// wedged), so ages count from the later of its last beat and `since_ms`.
+pub fn stale(beats: &[Beat], now_ms: u64, stall_ms: u64, since_ms: u64) -> Vec<&'static str> {
     beats
         .iter()
-        .filter(|b| b.expected && now_ms.saturating_sub(b.last_ms) > stall_ms)
+        .filter(|b| b.expected && now_ms.saturating_sub(b.last_ms.max(since_ms)) > stall_ms)
         .map(|b| b.name)
         .collect()
 }
@@ -190,8 +193,20 @@ mod tests {
             b("agent", 0, false),
             b("stt", 6_000, true),
         ];
-        assert_eq!(stale(&beats, 10_000, 5_000), ["audio"]);
-        assert_eq!(stale(&beats, 6_500, 5_000), Vec::<&str>::new());
-        assert_eq!(stale(&beats, 20_000, 5_000), ["capture", "audio", "stt"]);
+        assert_eq!(stale(&beats, 10_000, 5_000, 0), ["audio"]);
+        assert_eq!(stale(&beats, 6_500, 5_000, 0), Vec::<&str>::new());
+        assert_eq!(stale(&beats, 20_000, 5_000, 0), ["capture", "audio", "stt"]);
+    }
+
+    #[test]
+    fn a_loop_that_has_not_beaten_yet_gets_stall_ms_from_readiness() {
+        let beats = [Beat {
+            name: "stt",
+            last_ms: 0,
+            expected: true,
+        }];
+        // Ready at 4 s; not yet stale at 4.9 s, stale after 5 s.
+        assert_eq!(stale(&beats, 4_900, 1_000, 4_000), Vec::<&str>::new());
+        assert_eq!(stale(&beats, 5_100, 1_000, 4_000), ["stt"]);
     }
 }
