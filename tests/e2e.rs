@@ -1208,6 +1208,22 @@ fn outbox_full_corrupt_and_unwritable() {
 
 // ---------------------------------------------------------------- systemd
 
+/// `talkie.toml` in `dir` for `talkie run` on the file backend at real time
+/// (`clip` from shared/eval/dev), the built models and a status server on
+/// a free loopback port, plus `extra` TOML.
+fn file_service_config(dir: &Path, clip: &str, extra: &str) -> PathBuf {
+    let input = eval_dir().join("dev").join(clip);
+    write(
+        dir,
+        "talkie.toml",
+        &format!(
+            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            models_dir()
+        ),
+    )
+}
+
 #[test]
 fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
     use std::os::unix::net::UnixDatagram;
@@ -1230,16 +1246,7 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         }
         msgs
     });
-    let input = eval_dir().join("dev/dev_00.wav");
-    let cfg = write(
-        dir.path(),
-        "talkie.toml",
-        &format!(
-            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
-             [status]\nlisten = \"127.0.0.1:0\"\n",
-            models_dir()
-        ),
-    );
+    let cfg = file_service_config(dir.path(), "dev_00.wav", "");
     let out = run(talkie()
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
@@ -1315,16 +1322,7 @@ fn a_wedged_loop_stops_the_watchdog_pings_within_two_intervals() {
         }
         msgs
     });
-    let input = eval_dir().join("dev/dev_long.wav");
-    let cfg = write(
-        dir.path(),
-        "talkie.toml",
-        &format!(
-            "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
-             [status]\nlisten = \"127.0.0.1:0\"\n[watchdog]\nstall_ms = 1000\n",
-            models_dir()
-        ),
-    );
+    let cfg = file_service_config(dir.path(), "dev_long.wav", "[watchdog]\nstall_ms = 1000\n");
     let mut child = talkie()
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "2000000")
