@@ -20,4 +20,14 @@ fn main() {
         "cargo:rustc-env=TALKIE_GIT_REV={}",
         rev.unwrap_or_else(|| "unknown".to_owned())
     );
+    // tract's version for `talkie bench` (speed figures name it).
+    println!("cargo:rerun-if-changed=../Cargo.lock");
+    let lock = std::fs::read_to_string("../Cargo.lock").unwrap_or_default();
+    let tract = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"tract-onnx\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=TALKIE_TRACT_VERSION={tract}");
 }

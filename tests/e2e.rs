@@ -15,13 +15,25 @@ mod wer;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Settings passed through from the test run to every talkie it starts:
+/// `TALKIE_STT__PRECISION=int8 make test` forces the slow path everywhere.
+const PASSED_THROUGH: &[&str] = &["TALKIE_STT__PRECISION", "TALKIE_STT__THREADS"];
+
+/// One calibration of `stt.precision = "auto"` for the whole run: the
+/// first talkie measures, the others reuse it (same key).
+const CALIBRATION_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/e2e-calibration.json");
+
 fn talkie() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_talkie"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("TALKIE_") || k == "RUST_LOG" || k == "CREDENTIALS_DIRECTORY" {
+        if (k.starts_with("TALKIE_") && !PASSED_THROUGH.contains(&k.as_str()))
+            || k == "RUST_LOG"
+            || k == "CREDENTIALS_DIRECTORY"
+        {
             c.env_remove(k);
         }
     }
+    c.env("TALKIE_STT__CALIBRATION_FILE", CALIBRATION_FILE);
     c
 }
 
@@ -579,6 +591,129 @@ fn transcribe_dev_set_word_error_rate_and_exact_transcripts() {
     }
 }
 
+fn names_of(scrape: &prometheus_parse::Scrape) -> std::collections::HashSet<String> {
+    scrape.samples.iter().map(|s| s.metric.clone()).collect()
+}
+
+/// `stt.precision = "auto"`: the first start measures and stores the
+/// choice, the next reuses it, a broken file is measured again and
+/// rewritten; the text does not depend on any of it.
+#[test]
+fn auto_precision_is_measured_once_then_reused_and_a_broken_cache_rewritten() {
+    if std::env::var_os("TALKIE_STT__PRECISION").is_some() {
+        eprintln!("precision forced by the environment: nothing to calibrate");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cal = dir.path().join("state/calibration.json");
+    let clip = eval_dir().join("dev/dev_00.wav");
+    let transcribe = || {
+        let out = run(talkie()
+            .args(["--log-format", "json", "--set"])
+            .arg(format!("stt.calibration_file={}", cal.display()))
+            .args(["transcribe", "--json", "--models"])
+            .arg(models_dir())
+            .arg(&clip));
+        assert_eq!(out.status.code(), Some(0));
+        let r: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        let log = json_lines(&out.stderr);
+        let line = log
+            .iter()
+            .find(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("calibration"))
+            })
+            .cloned()
+            .expect("a calibration log line");
+        (r["text"].as_str().unwrap().to_owned(), line)
+    };
+    let (text1, first) = transcribe();
+    assert_eq!(first["message"], "calibration measured");
+    let timings = first["timings"].as_str().unwrap();
+    assert!(
+        timings.contains("fp32/") && timings.contains("int8/"),
+        "{first}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert_eq!(stored["chosen"]["precision"], first["precision"]);
+    assert_eq!(stored["key"]["cpu_model"], first["cpu"]);
+
+    let (text2, second) = transcribe();
+    assert_eq!(second["message"], "calibration reused");
+    assert_eq!(second["precision"], first["precision"]);
+    assert_eq!(text2, text1);
+
+    std::fs::write(&cal, b"{ not json").unwrap();
+    let (text3, third) = transcribe();
+    assert_eq!(
+        third["message"], "calibration measured",
+        "a broken file is ignored"
+    );
+    assert_eq!(text3, text1);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert!(again["chosen"]["threads"].as_u64().unwrap() >= 1);
+
+    // An explicit precision skips calibration.
+    let out = run(talkie()
+        .args([
+            "--log-format",
+            "json",
+            "--set",
+            "stt.precision=fp32",
+            "--set",
+            "stt.threads=1",
+        ])
+        .args(["transcribe", "--json", "--models"])
+        .arg(models_dir())
+        .arg(&clip));
+    assert!(json_lines(&out.stderr).iter().any(|l| l["message"]
+        == "recognition settings fixed by configuration"
+        && l["precision"] == "fp32"));
+}
+
+/// `talkie bench --json --quick`: every field a board report needs.
+#[test]
+fn bench_reports_every_precision_and_thread_count_as_json() {
+    let out = run(talkie()
+        .args(["bench", "--json", "--quick", "--models"])
+        .arg(models_dir())
+        .arg(eval_dir().join("dev/dev_05.wav")));
+    assert_eq!(out.status.code(), Some(0));
+    let b: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert!(!b["cpu"]["model"].as_str().unwrap().is_empty());
+    assert!(b["cpu"]["features"].is_array() && b["cpu"]["cores"].as_u64().unwrap() >= 1);
+    assert!(b["tract"].as_str().unwrap().starts_with("0."), "{b}");
+    let rows = b["rows"].as_array().unwrap();
+    let precisions: std::collections::HashSet<&str> = rows
+        .iter()
+        .map(|r| r["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(precisions, ["fp32", "int8"].into_iter().collect());
+    for r in rows {
+        for k in [
+            "calibration_encoder_ms",
+            "calibration_decoder_ms",
+            "calibration_total_ms",
+            "load_ms",
+        ] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
+        }
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 10.0, "{r}");
+        let f = &r["files"];
+        assert_eq!(f["count"], 1);
+        assert!(f["real_time_factor"].as_f64().unwrap() > 0.0);
+        assert!(!f["texts"][0].as_str().unwrap().is_empty(), "{r}");
+    }
+    assert!(["fp32", "int8"].contains(&b["auto"]["precision"].as_str().unwrap()));
+    assert!(
+        text(&out.stderr).contains("[1/"),
+        "a progress line per step"
+    );
+}
+
 #[test]
 fn fp32_models_transcribe_too() {
     let eval = eval_dir().join("dev");
@@ -697,7 +832,7 @@ fn scripted_config(dir: &Path, wav: &Path, script: &Path) -> PathBuf {
         "talkie.toml",
         &format!(
             "[device]\nid = \"e2e\"\n[audio]\nbackend = \"file\"\nfile = {wav:?}\nrealtime = true\n\
-             preroll_ms = 500\n[gpio]\nbackend = \"script\"\nscript = {script:?}\ndebounce_ms = 20\n\
+             sim_clock = true\npreroll_ms = 500\n[gpio]\nbackend = \"script\"\nscript = {script:?}\ndebounce_ms = 20\n\
              [stt]\nmodel_dir = {models:?}\n[vad]\nmodel = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n",
             models.join("silero_vad.onnx")
         ),
@@ -1956,10 +2091,36 @@ fn status_api_health_readiness_metrics_and_the_health_command() {
         .unwrap()
         .ends_with("real_beckett.wav"));
 
+    // Which precision and threads recognition uses, and why, with the CPU.
+    let stt = &st["stt"];
+    let precision = stt["precision"].as_str().unwrap().to_owned();
+    let threads = stt["threads"].as_u64().unwrap();
+    assert!(["fp32", "int8"].contains(&precision.as_str()), "{stt}");
+    assert!(threads >= 1, "{stt}");
+    assert!(!stt["cpu"]["model"].as_str().unwrap().is_empty(), "{stt}");
+    assert!(stt["cpu"]["features"].is_array(), "{stt}");
+    if let Ok(forced) = std::env::var("TALKIE_STT__PRECISION") {
+        assert_eq!(precision, forced);
+    } else {
+        assert!(["measured", "reused"].contains(&stt["source"].as_str().unwrap()));
+        assert!(!stt["timings"].as_array().unwrap().is_empty(), "{stt}");
+    }
+
     let (code, text_metrics) = http_get(port, "/metrics");
     assert_eq!(code, 200);
     let scrape = prometheus_parse::Scrape::parse(text_metrics.lines().map(|l| Ok(l.to_owned())))
         .expect("valid Prometheus exposition");
+    let info = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "talkie_stt_info")
+        .expect("talkie_stt_info");
+    assert_eq!(info.labels.get("precision"), Some(precision.as_str()));
+    assert_eq!(
+        info.labels.get("threads"),
+        Some(threads.to_string().as_str())
+    );
+    assert!(names_of(&scrape).contains("talkie_stt_calibration_seconds"));
     let names: std::collections::HashSet<&str> =
         scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     for want in [

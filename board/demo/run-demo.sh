@@ -17,6 +17,7 @@ RUST_LOG=warn,talkie::transcript=info,talkie::led=info,talkie::run=info,talkie::
   "$talkie" --config board/demo/talkie.toml \
   --set audio.file="$dir/session.wav" --set gpio.script="$dir/buttons.toml" \
   --set agent.url="http://$addr" --set outbox.path="$dir/outbox.db" \
+  --set stt.calibration_file="$dir/calibration.json" \
   --set agent.backoff_min_ms=200 --set agent.backoff_max_ms=2000 \
   run --until-script-done
 echo "== what the agent received (talkie outbox status: last deliveries and the agent's replies) =="

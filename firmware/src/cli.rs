@@ -14,6 +14,8 @@ pub const VERSION: &str = concat!(
 
 /// Exit code for failures that are not configuration errors.
 pub const EX_FAILURE: i32 = 1;
+/// Exit code for a bad command-line value (sysexits' EX_USAGE).
+pub const EX_USAGE: i32 = 64;
 
 #[derive(Debug, Parser)]
 #[command(name = "talkie", version = VERSION, about = "Push-to-talk voice kiosk firmware")]
@@ -75,6 +77,9 @@ pub enum Command {
     Transcribe(ClipArgs),
     /// Print the speech segments the VAD finds in WAV files.
     Vad(ClipArgs),
+    /// Measure recognition on this board: every precision × thread count on
+    /// a fixed input and on the WAV files given; what `auto` would choose.
+    Bench(crate::bench::BenchArgs),
     /// Build a simulated session (WAV + button script) from speech clips,
     /// for `audio.backend = "file"` with `gpio.backend = "script"`.
     Scenario(crate::scenario::ScenarioArgs),
@@ -140,12 +145,30 @@ pub fn main(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Bench(args) => {
+            let cfg = match optional_config(&cli) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            crate::logging::init("warn", cli.log_format.unwrap_or(cfg.log.format));
+            match crate::bench::run(&cfg, args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("talkie: {e}");
+                    EX_FAILURE
+                }
+            }
+        }
         Command::Health { wait } => {
             let cfg = match optional_config(&cli) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
-            let wait = std::time::Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
+            if !wait.is_finite() || *wait < 0.0 {
+                eprintln!("talkie: --wait {wait}: must be a number of seconds from 0 to 86400");
+                return EX_USAGE;
+            }
+            let wait = std::time::Duration::from_secs_f64(wait.min(86_400.0));
             match crate::status::health(cfg.status.listen, wait) {
                 Ok(msg) => {
                     println!("{msg}");

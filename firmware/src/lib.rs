@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod alloc_audit;
 pub mod audio;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod logging;

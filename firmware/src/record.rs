@@ -68,7 +68,7 @@ pub fn record(config: &Config, seconds: f64, out: &Path) -> Result<(), RecordErr
         return Err(RecordError::Seconds);
     }
     let want = (seconds * f64::from(PIPELINE_RATE)).round() as usize;
-    let source = open_source(&config.audio)?;
+    let source = open_source(&config.audio, None)?;
     let format = source.format();
     let name = source.name().to_owned();
     tracing::info!(device = %name, %format, seconds, "recording");

@@ -19,7 +19,7 @@
 use crate::agent::{AgentError, AgentStats};
 use crate::audio::{open_source, AudioPipeline, PipelineEnd, PipelineError, PipelineOptions};
 use crate::cli::RunArgs;
-use crate::config::{Config, GpioBackend};
+use crate::config::{AudioBackend, Config, GpioBackend};
 use crate::offline::stt_model_dir;
 use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
@@ -163,7 +163,9 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
-        let _ = models_shown.models.set(crate::models::in_use(&dir, cfg.stt.precision.as_str()));
+        let chosen = r.calibration().chosen.precision;
+        let _ = models_shown.models.set(crate::models::in_use(&dir, chosen.as_str()));
+        let _ = models_shown.calibration.set(r.calibration().clone());
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
             Some(SileroVad::load(&dir.join(VAD_FILE))?)
         } else {
@@ -183,9 +185,12 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
     };
 
     let epoch = Instant::now();
-    let gpio = ptt::gpio::open(&config.gpio, epoch)?;
+    // A simulated session's own clock (audio.sim_clock, file backend only).
+    let clock = (config.audio.sim_clock && config.audio.backend == AudioBackend::File)
+        .then(talkie_hal::sim_clock::SimClock::new);
+    let gpio = ptt::gpio::open(&config.gpio, epoch, clock.clone())?;
     let timeline = gpio.timeline.clone();
-    let source = open_source(&config.audio)?;
+    let source = open_source(&config.audio, clock.clone())?;
     tracing::info!(
         device_id = %config.device.id,
         source = source.name(),
@@ -216,6 +221,7 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
             commands: listener_rx,
             events: events_tx.clone(),
             recognizer: stt_tx,
+            clock,
         },
         auto_stop_vad,
         Arc::clone(&ptt_stats),
@@ -332,7 +338,10 @@ async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), Ru
             _ = tick.tick() => {
                 report(&audio_stats, false);
                 let state = audio_stats.capture_state();
-                controller.set_fault(matches!(state, CaptureState::Degraded | CaptureState::Failed));
+                let offline = has_agent
+                    && agent_stats.breaker_state.load(Ordering::Relaxed)
+                        == crate::agent::breaker::BreakerState::Open.gauge();
+                controller.set_health(matches!(state, CaptureState::Degraded | CaptureState::Failed), offline);
                 let line = status_line_for(&source_name, &audio_stats, has_agent.then_some(&*agent_stats));
                 if line != status_line {
                     status_line = line;

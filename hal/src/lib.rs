@@ -19,3 +19,4 @@
 
 pub mod audio;
 pub mod gpio;
+pub mod sim_clock;

@@ -24,6 +24,11 @@ use tokio_util::sync::CancellationToken;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest an error text kept for the status page.
 const MAX_ERROR_LEN: usize = 300;
+/// Most bytes of an agent's reply body read; the rest is not read (a
+/// broken or hostile agent must not fill memory, the outbox or the page).
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Longest `reply_text` kept (characters); longer ones are cut with `…`.
+pub const MAX_REPLY_TEXT_CHARS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -105,7 +110,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         200..=299 => Outcome::Delivered {
             reply_text: serde_json::from_str::<serde_json::Value>(body)
                 .ok()
-                .and_then(|v| v.get("reply_text")?.as_str().map(str::to_owned)),
+                .and_then(|v| v.get("reply_text")?.as_str().map(cut_reply)),
         },
         409 => Outcome::AlreadyDelivered,
         429 | 503 => Outcome::Retry {
@@ -128,6 +133,27 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
             error: format!("unexpected HTTP {status}"),
         },
     }
+}
+
+/// `reply_text` bounded for storage and display.
+fn cut_reply(s: &str) -> String {
+    match s.char_indices().nth(MAX_REPLY_TEXT_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+/// Read at most [`MAX_REPLY_BYTES`] of a reply body.
+async fn read_capped(resp: &mut reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_REPLY_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if body.len() >= MAX_REPLY_BYTES {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn truncate(s: &str) -> String {
@@ -163,6 +189,9 @@ pub fn client(cfg: &AgentConfig) -> Result<reqwest::Client, LinkError> {
         .timeout(Duration::from_millis(cfg.request_timeout_ms.into()))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1)
+        // A redirect would turn the POST into a GET (301) or forward the
+        // transcript elsewhere (307): a 3xx is an error naming the target.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("talkie/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &cfg.ca_file {
         let pem = std::fs::read(path).map_err(|e| LinkError::Ca {
@@ -215,16 +244,28 @@ pub async fn attempt(
         req = req.bearer_auth(t);
     }
     match req.send().await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // The body is small; a failure to read it is a failed attempt
+            let header = |name: reqwest::header::HeaderName| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header(reqwest::header::RETRY_AFTER);
+            if (300..400).contains(&status) {
+                let to = header(reqwest::header::LOCATION).unwrap_or_else(|| "nowhere".into());
+                return Outcome::Retry {
+                    class: FailureClass::Other,
+                    retry_after: None,
+                    error: truncate(&format!(
+                        "HTTP {status} redirect to {to}: redirects are not followed; set agent.url to the final address"
+                    )),
+                };
+            }
+            // The body is capped; a failure to read it is a failed attempt
             // only when the status was not already final.
-            let body = match resp.text().await {
+            let body = match read_capped(&mut resp).await {
                 Ok(b) => b,
                 Err(e) if (200..300).contains(&status) || status == 409 => {
                     tracing::debug!(error = %e, "agent reply body unreadable");
@@ -475,6 +516,19 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_as_the_contract_says() {
+        assert_eq!(
+            classify(200, None, "{\"reply_text\":\"hi\"}"),
+            Outcome::Delivered {
+                reply_text: Some("hi".into())
+            }
+        );
+        let long = format!("{{\"reply_text\":\"{}\"}}", "é".repeat(5000));
+        match classify(200, None, &long) {
+            Outcome::Delivered {
+                reply_text: Some(t),
+            } => assert_eq!(t.chars().count(), MAX_REPLY_TEXT_CHARS + 1, "cut with …"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             classify(200, None, "{\"reply_text\":\"hi\"}"),
             Outcome::Delivered {

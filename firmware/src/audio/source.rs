@@ -6,7 +6,10 @@ use talkie_hal::audio::file::{FileSettings, FileSource};
 use talkie_hal::audio::{AudioError, AudioSource};
 
 /// Open the source `audio.backend` names, with buffers sized for it.
-pub fn open_source(cfg: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+pub fn open_source(
+    cfg: &AudioConfig,
+    clock: Option<talkie_hal::sim_clock::SimClock>,
+) -> Result<Box<dyn AudioSource>, AudioError> {
     Ok(match cfg.backend {
         AudioBackend::Alsa => Box::new(AlsaSource::open(AlsaSettings {
             device: cfg.device.clone(),
@@ -23,6 +26,7 @@ pub fn open_source(cfg: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError
                 path,
                 period_ms: cfg.period_ms,
                 realtime: cfg.realtime,
+                clock,
             })?)
         }
     })

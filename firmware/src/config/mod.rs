@@ -128,9 +128,18 @@ pub struct Overrides {
 impl Overrides {
     /// Take the environment overrides and credentials directory from the
     /// process environment.
+    /// Variables that are not valid UTF-8 are skipped (`std::env::vars`
+    /// would panic on them); a `TALKIE_*` one is kept with its bytes
+    /// replaced, so validation names it instead of silently ignoring it.
     pub fn from_process_env(sets: Vec<String>) -> Self {
-        let env = std::env::vars()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                let v = v
+                    .into_string()
+                    .unwrap_or_else(|v| v.to_string_lossy().into_owned());
+                (k.starts_with(ENV_PREFIX) && k.contains("__")).then_some((k, v))
+            })
             .collect();
         Self {
             sets,
@@ -147,9 +156,38 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Largest token file read.
+pub const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// Read a UTF-8 text file of at most `max` bytes that must be a regular
+/// file: a FIFO would block forever and `/dev/zero` never ends. The file is
+/// opened non-blocking, so even a FIFO without a writer returns at once.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// Read, override, validate and resolve the secrets of the file at `path`.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -322,7 +360,7 @@ fn resolve_secret(
             format!("set only one of {section}.token and {section}.token_file"),
         ));
     }
-    let text = std::fs::read_to_string(&file)
+    let text = read_bounded(&file, MAX_TOKEN_BYTES)
         .map_err(|e| (key.clone(), format!("cannot read {}: {e}", file.display())))?;
     let value = text.trim();
     if value.is_empty() {

@@ -71,6 +71,10 @@ pub struct AudioConfig {
     pub file: Option<PathBuf>,
     /// `file` backend: deliver at real time (true) or as fast as possible.
     pub realtime: bool,
+    /// `file` backend: a simulation clock. A script button's times count on
+    /// the file's audio, and the file pauses while an utterance is being
+    /// recognized, so a session gives the same events on any CPU.
+    pub sim_clock: bool,
     /// Audio kept from before the button press, in milliseconds.
     pub preroll_ms: u32,
     /// Longest utterance in seconds; listening stops by itself after it.
@@ -90,6 +94,7 @@ impl Default for AudioConfig {
             period_ms: 20,
             file: None,
             realtime: true,
+            sim_clock: false,
             preroll_ms: 500,
             max_utterance_s: 30,
             rt_priority: 0,
@@ -125,32 +130,114 @@ impl Default for VadConfig {
     }
 }
 
-/// Which Whisper weights `stt` loads.
+/// Which Whisper weights `stt` loads (`stt.precision`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// Measured on the device at start-up: every available form is timed on
+    /// a fixed warm-up input and the fastest kept (the default; see
+    /// [`crate::stt::calibrate`]). tract's int8 kernels are 16 times slower
+    /// than fp32 on an AVX2-only x86 and fast on a Cortex-A76, so no fixed
+    /// choice is right for the whole fleet.
+    #[default]
+    Auto,
     /// float32 (`whisper_encoder.onnx`, `whisper_decoder.onnx`).
     Fp32,
-    /// int8 weights (`whisper_*_int8.onnx`, the default): about 60 MB less
-    /// memory than fp32 at the same speed on the build machine; tract's int8
-    /// kernels are fastest on Arm cores with dot-product (Pi 5).
-    #[default]
+    /// int8 weights (`whisper_*_int8.onnx`): about 60 MB less memory than
+    /// fp32.
     Int8,
 }
 
 impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
+        }
+    }
+
+    /// The model form this setting fixes, or `None` for `auto`.
+    pub fn fixed(self) -> Option<ModelPrecision> {
+        match self {
+            Precision::Auto => None,
+            Precision::Fp32 => Some(ModelPrecision::Fp32),
+            Precision::Int8 => Some(ModelPrecision::Int8),
+        }
+    }
+}
+
+/// One concrete form of the Whisper model files.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    Fp32,
+    Int8,
+}
+
+impl ModelPrecision {
+    /// Every form, in the order calibration tries them.
+    pub const ALL: [ModelPrecision; 2] = [ModelPrecision::Fp32, ModelPrecision::Int8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelPrecision::Fp32 => "fp32",
+            ModelPrecision::Int8 => "int8",
         }
     }
 
     /// File-name suffix of the model files.
     pub fn suffix(self) -> &'static str {
         match self {
-            Precision::Fp32 => "",
-            Precision::Int8 => "_int8",
+            ModelPrecision::Fp32 => "",
+            ModelPrecision::Int8 => "_int8",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `stt.threads`: `"auto"` (measured with the precision) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// 1 to the online cores (cores − 1 with 4 or more), the fastest kept.
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+impl Serialize for Threads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Threads::Auto => s.serialize_str("auto"),
+            Threads::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected \"auto\" or a number of threads"))?
+        {
+            Raw::S(s) if s == "auto" => Ok(Threads::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "`{}` is not \"auto\" or a number of threads",
+                s.chars().take(40).collect::<String>()
+            ))),
+            Raw::N(n) => u32::try_from(n)
+                .map(Threads::Fixed)
+                .map_err(|_| serde::de::Error::custom(format!("{n} threads is out of range"))),
         }
     }
 }
@@ -163,15 +250,18 @@ pub struct SttConfig {
     pub model_dir: PathBuf,
     /// Most tokens decoded for one utterance.
     pub max_tokens: u32,
-    /// `fp32` or `int8` model files.
+    /// `auto` (measured at start-up), `fp32` or `int8` model files.
     pub precision: Precision,
     /// Threads for the encoder/decoder matrix products (1 = the worker
-    /// thread alone). A Pi 4/5 has 4 cores; the audio path needs little.
-    pub threads: u32,
+    /// thread alone), or `auto` (measured with the precision).
+    pub threads: Threads,
     /// Zero-padded mel frames (10 ms each) after the speech. Fewer is
     /// faster; below ~500 Whisper starts to repeat and mishear
     /// (shared/notes/whisper-on-tract.md).
     pub encoder_margin_frames: u32,
+    /// Where the calibration of `auto` is kept, so a restart reuses it
+    /// (keyed by talkie version, model sha256s, CPU and threads).
+    pub calibration_file: PathBuf,
 }
 
 impl Default for SttConfig {
@@ -179,9 +269,10 @@ impl Default for SttConfig {
         Self {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
             max_tokens: 96,
-            precision: Precision::Int8,
-            threads: 2,
+            precision: Precision::Auto,
+            threads: Threads::Auto,
             encoder_margin_frames: 512,
+            calibration_file: PathBuf::from("/var/lib/talkie/calibration.json"),
         }
     }
 }

@@ -171,3 +171,59 @@ fn several_problems_are_all_reported() {
     let keys: Vec<&str> = e.problems().iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["audio.rate", "audio.channels"]);
 }
+
+#[test]
+fn stt_precision_and_threads_take_auto_or_a_value() {
+    let c = load_text("", &[], &[]).unwrap().config;
+    assert_eq!(c.stt.precision, Precision::Auto);
+    assert_eq!(c.stt.threads, Threads::Auto);
+    let c = load_text("[stt]\nthreads = 3\nprecision = \"int8\"\n", &[], &[])
+        .unwrap()
+        .config;
+    assert_eq!(
+        (c.stt.precision, c.stt.threads),
+        (Precision::Int8, Threads::Fixed(3))
+    );
+    let c = load_text(
+        "",
+        &["stt.threads=auto"],
+        &[("TALKIE_STT__PRECISION", "fp32")],
+    )
+    .unwrap()
+    .config;
+    assert_eq!(
+        (c.stt.precision, c.stt.threads),
+        (Precision::Fp32, Threads::Auto)
+    );
+    let p = one_problem(load_text("[stt]\nthreads = \"many\"\n", &[], &[]));
+    assert!(p.message.contains("auto"), "{p:?}");
+    let p = one_problem(load_text("[stt]\nthreads = 0\n", &[], &[]));
+    assert_eq!(p.key, "stt.threads");
+    // Printed back as it is written.
+    let text = toml::to_string(&load_text("", &[], &[]).unwrap().config).unwrap();
+    assert!(text.contains("threads = \"auto\"") && text.contains("precision = \"auto\""));
+}
+
+#[test]
+fn token_and_config_files_are_bounded_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 5000]).unwrap();
+    let err = read_bounded(&big, MAX_TOKEN_BYTES).unwrap_err();
+    assert!(err.to_string().contains("larger than 4096"), "{err}");
+    assert!(read_bounded(Path::new("/dev/zero"), MAX_TOKEN_BYTES)
+        .unwrap_err()
+        .to_string()
+        .contains("not a regular file"));
+    // A FIFO with no writer: refused at once, not a hang.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(read_bounded(&fifo, MAX_TOKEN_BYTES).is_err());
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, format!("[status]\ntoken_file = {:?}\n", "/dev/zero")).unwrap();
+    let err = load(&cfg, &Overrides::default()).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(load(&fifo, &Overrides::default()).is_err());
+}

@@ -107,7 +107,15 @@ pub(super) fn validate(c: &Config) -> Problems {
         "must be a directory path",
     );
     range(&mut p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
-    range(&mut p, "stt.threads", c.stt.threads, 1..=16);
+    if let super::schema::Threads::Fixed(n) = c.stt.threads {
+        range(&mut p, "stt.threads", n, 1..=16);
+    }
+    check(
+        &mut p,
+        "stt.calibration_file",
+        !c.stt.calibration_file.as_os_str().is_empty(),
+        "must be a file path",
+    );
     range(
         &mut p,
         "stt.encoder_margin_frames",

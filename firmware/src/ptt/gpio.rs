@@ -22,7 +22,12 @@ impl std::fmt::Debug for Gpio {
 }
 
 /// Open the button and LEDs of `cfg`; script times count from `epoch`.
-pub fn open(cfg: &GpioConfig, epoch: Instant) -> Result<Gpio, GpioError> {
+/// `clock`: count a script's times on a simulated microphone's audio.
+pub fn open(
+    cfg: &GpioConfig,
+    epoch: Instant,
+    clock: Option<talkie_hal::sim_clock::SimClock>,
+) -> Result<Gpio, GpioError> {
     let debounce = Duration::from_millis(cfg.debounce_ms.into());
     match cfg.backend {
         GpioBackend::None => Ok(Gpio {
@@ -37,7 +42,10 @@ pub fn open(cfg: &GpioConfig, epoch: Instant) -> Result<Gpio, GpioError> {
             })?;
             let timeline = Timeline::new(epoch);
             Ok(Gpio {
-                button: Box::new(ScriptButton::load(path, debounce, epoch)?),
+                button: Box::new(match clock {
+                    Some(c) => ScriptButton::load(path, debounce, epoch)?.with_clock(c),
+                    None => ScriptButton::load(path, debounce, epoch)?,
+                }),
                 indicators: Box::new(TimelineIndicators::new(timeline.clone())),
                 timeline: Some(timeline),
             })

@@ -132,6 +132,9 @@ pub struct Utterance {
     pub ended_at: Instant,
     /// Capture ended by itself (length limit or trailing silence).
     pub auto_stopped: bool,
+    /// A simulated microphone waits until this is dropped, after
+    /// recognition (see [`talkie_hal::sim_clock`]); `None` with real audio.
+    pub hold: Option<talkie_hal::sim_clock::Hold>,
 }
 
 /// Listener settings.
@@ -221,6 +224,8 @@ pub struct Listener {
     next_id: u64,
     recording: Option<RecordRequest>,
     stats: Arc<PttStats>,
+    /// A simulated microphone's clock: each submitted utterance holds it.
+    clock: Option<talkie_hal::sim_clock::SimClock>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -235,6 +240,9 @@ pub struct ListenerWiring {
     pub commands: Receiver<Command>,
     pub events: tokio::sync::mpsc::Sender<ControlEvent>,
     pub recognizer: SyncSender<Utterance>,
+    /// `audio.sim_clock`: the simulated microphone waits while an utterance
+    /// is recognized.
+    pub clock: Option<talkie_hal::sim_clock::SimClock>,
 }
 
 impl Listener {
@@ -280,6 +288,7 @@ impl Listener {
                 next_id: 1,
                 recording: None,
                 stats,
+                clock: wiring.clock,
             },
             pool_tx,
         )
@@ -408,6 +417,10 @@ impl Listener {
                     pressed_at,
                     ended_at,
                     auto_stopped,
+                    hold: self
+                        .clock
+                        .as_ref()
+                        .map(talkie_hal::sim_clock::SimClock::hold),
                 };
                 self.stats.utterances.fetch_add(1, Relaxed);
                 if let Err(e) = self.recognizer.try_send(utt) {

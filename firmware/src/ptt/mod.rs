@@ -102,6 +102,8 @@ pub struct Controller {
     recent: RecentTranscripts,
     last_press: Option<Instant>,
     fault: bool,
+    /// The agent link's breaker is open (the offline LED pattern).
+    offline: bool,
     device_id: String,
     outbox: Option<OutboxHandle>,
     events: tokio::sync::mpsc::Sender<ControlEvent>,
@@ -136,6 +138,7 @@ impl Controller {
             recent,
             last_press: None,
             fault: false,
+            offline: false,
             device_id: sink.device_id,
             outbox: sink.outbox,
             events: sink.events,
@@ -159,16 +162,13 @@ impl Controller {
     }
 
     /// Tell the machine whether a component needed for utterances failed.
-    pub fn set_fault(&mut self, fault: bool) {
-        if fault != self.fault {
+    /// A component failed (`fault`) or the agent is unreachable
+    /// (`offline`: the breaker is open); the LEDs show it while idle.
+    pub fn set_health(&mut self, fault: bool, offline: bool) {
+        if fault != self.fault || offline != self.offline {
             self.fault = fault;
-            self.input(
-                Input::Health {
-                    fault,
-                    offline: false,
-                },
-                Instant::now(),
-            );
+            self.offline = offline;
+            self.input(Input::Health { fault, offline }, Instant::now());
         }
     }
 

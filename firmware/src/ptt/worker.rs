@@ -61,6 +61,7 @@ pub fn run(
             pressed_at,
             ended_at,
             auto_stopped,
+            hold,
         } = utt;
         // Cannot fail: the pool has room for every buffer.
         let _ = pool.try_send(samples);
@@ -82,7 +83,10 @@ pub fn run(
                 ControlEvent::RecognitionFailed
             }
         };
-        if events.blocking_send(ev).is_err() {
+        let sent = events.blocking_send(ev);
+        // A simulated microphone resumes once the controller has the result.
+        drop(hold);
+        if sent.is_err() {
             return;
         }
     }

@@ -62,6 +62,32 @@ pub fn render(s: &Shared) -> String {
         &format!("version=\"{}\"", crate::cli::VERSION.replace('"', "")),
         1.0,
     );
+    if let Some(c) = s.calibration.get() {
+        o.family(
+            "talkie_stt_info",
+            "gauge",
+            "Recognition settings in use (stt.precision/threads, measured or fixed).",
+        );
+        o.sample(
+            "talkie_stt_info",
+            &format!(
+                "precision=\"{}\",threads=\"{}\",source=\"{}\"",
+                c.chosen.precision,
+                c.chosen.threads,
+                c.source()
+            ),
+            1.0,
+        );
+        o.gauge(
+            "talkie_stt_calibration_seconds",
+            "Wall time of the start-up calibration that chose them (0 when reused or fixed).",
+            if c.reused {
+                0.0
+            } else {
+                c.calibration_ms / 1000.0
+            },
+        );
+    }
     o.gauge(
         "talkie_uptime_seconds",
         "Seconds since the service started.",

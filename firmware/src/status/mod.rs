@@ -108,6 +108,8 @@ pub struct Shared {
     pub format: OnceLock<String>,
     /// Model files in use (name, kind, precision, sha256), once loaded.
     pub models: OnceLock<serde_json::Value>,
+    /// How recognition precision and threads were chosen, once loaded.
+    pub calibration: OnceLock<crate::stt::calibrate::Calibration>,
     /// The running configuration, secrets redacted.
     pub config: RwLock<serde_json::Value>,
     /// Keys changed in the file that wait for a restart.
@@ -155,6 +157,7 @@ impl Shared {
             recent,
             format: OnceLock::new(),
             models: OnceLock::new(),
+            calibration: OnceLock::new(),
             config: RwLock::new(redacted(config)),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
@@ -353,6 +356,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
             "release_to_text_ms_p95_bucket": rtt.quantile_upper_ms(0.95),
         },
         "models": s.models.get().cloned().unwrap_or_else(|| serde_json::json!([])),
+        "stt": s.calibration.get().map(crate::stt::calibrate::Calibration::to_json),
         "agent": agent,
     });
     if technician {

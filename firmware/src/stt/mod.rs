@@ -3,6 +3,7 @@
 //! decoding with the self-attention KV cache. [`Recognizer`] puts the VAD
 //! trim in front of it.
 
+pub mod calibrate;
 pub mod mel;
 pub mod recognizer;
 pub mod tokenizer;

@@ -2,9 +2,10 @@
 //! `talkie transcribe` and the service's recognition worker, so both give
 //! the same text for the same audio.
 
+use super::calibrate::{self, CacheKey, Calibration, Choice, CpuInfo};
 use super::{SttError, Transcript, Whisper};
 use crate::audio::PIPELINE_RATE;
-use crate::config::Config;
+use crate::config::{Config, ModelPrecision};
 use crate::models::ModelError;
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use std::path::Path;
@@ -25,6 +26,107 @@ pub enum RecognizeError {
     Stt(#[from] SttError),
     #[error("cannot start {threads} recognition threads: {reason}")]
     Threads { threads: usize, reason: String },
+    #[error("calibration failed: {0}")]
+    Calibration(String),
+}
+
+/// Measure every candidate, keep the chosen form loaded (at most one form
+/// is in memory at a time besides the chosen one), and say what was chosen.
+fn run_calibration(
+    dir: &Path,
+    precisions: &[ModelPrecision],
+    threads: &[usize],
+    key: CacheKey,
+    cpu: CpuInfo,
+    load: &dyn Fn(ModelPrecision) -> Result<Whisper, SttError>,
+) -> Result<(Whisper, Calibration), RecognizeError> {
+    let t0 = Instant::now();
+    let mut loaded: Option<(ModelPrecision, Whisper)> = None;
+    let mut pools: Vec<(usize, Executor)> = Vec::new();
+    let timings = calibrate::measure(
+        precisions,
+        threads,
+        |p, t, warm| -> Result<(f64, f64), RecognizeError> {
+            if loaded.as_ref().is_none_or(|(lp, _)| *lp != p) {
+                loaded = None; // free the previous form before loading the next
+                loaded = Some((p, load(p)?));
+            }
+            let ex = match pools.iter().find(|(n, _)| *n == t) {
+                Some((_, ex)) => ex.clone(),
+                None => {
+                    let ex = executor(t)?;
+                    pools.push((t, ex.clone()));
+                    ex
+                }
+            };
+            let Some((_, w)) = loaded.as_mut() else {
+                return Err(RecognizeError::Calibration("model not loaded".into()));
+            };
+            let (frames, steps) = if warm {
+                (calibrate::CAL_FRAMES / 4, 1)
+            } else {
+                (calibrate::CAL_FRAMES, calibrate::CAL_STEPS)
+            };
+            Ok(multithread_tract_scope(ex, || {
+                w.time_fixed_work(frames, steps)
+            })?)
+        },
+        |t| {
+            tracing::debug!(
+                precision = %t.precision,
+                threads = t.threads,
+                encoder_ms = format_args!("{:.0}", t.encoder_ms),
+                decoder_ms = format_args!("{:.0}", t.decoder_ms),
+                pruned = t.pruned,
+                "calibration step"
+            );
+        },
+    )?;
+    let memory = precisions
+        .iter()
+        .map(|&p| (p, calibrate::model_bytes(dir, p)))
+        .collect();
+    let low_memory = cpu.low_memory();
+    let (chosen, reason) = calibrate::decide(&timings, &memory, low_memory)
+        .ok_or_else(|| RecognizeError::Calibration("no candidate could be measured".into()))?;
+    let whisper = match loaded {
+        Some((p, w)) if p == chosen.precision => w,
+        other => {
+            drop(other);
+            load(chosen.precision)?
+        }
+    };
+    let calibration = Calibration {
+        key,
+        cpu,
+        timings,
+        chosen,
+        reason,
+        calibration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        reused: false,
+        fixed: false,
+    };
+    Ok((whisper, calibration))
+}
+
+/// The one log line saying what was chosen, from what.
+fn log_calibration(c: &Calibration, file: &Path) {
+    let msg = match c.source() {
+        "reused" => "calibration reused",
+        "fixed" => "recognition settings fixed by configuration",
+        _ => "calibration measured",
+    };
+    tracing::info!(
+        precision = %c.chosen.precision,
+        threads = c.chosen.threads,
+        reason = %c.reason,
+        timings = %c.timings_line(),
+        calibration_ms = format_args!("{:.0}", c.calibration_ms),
+        cpu = %c.cpu.model,
+        features = %c.cpu.features.join(","),
+        file = %file.display(),
+        "{msg}"
+    );
 }
 
 /// One thread: tract runs on the caller. More: a private rayon pool named
@@ -85,6 +187,8 @@ pub struct Recognizer {
     /// tract's matrix-product thread pool (`stt.threads`), used only inside
     /// [`Recognizer::warm_up`] and [`Recognizer::recognize`].
     executor: Executor,
+    /// Which precision and threads, and why (shown on the status page).
+    calibration: Calibration,
 }
 
 impl std::fmt::Debug for Recognizer {
@@ -95,18 +199,92 @@ impl std::fmt::Debug for Recognizer {
 
 impl Recognizer {
     /// Load both models from `dir` (each verified against the manifest).
+    /// With `stt.precision` or `stt.threads` set to `auto`, the forms and
+    /// thread counts are measured first (or the stored calibration in
+    /// `stt.calibration_file` is reused): see [`calibrate`].
     pub fn load(dir: &Path, cfg: &Config) -> Result<Self, RecognizeError> {
-        Ok(Self {
-            vad: SileroVad::load(&dir.join(VAD_FILE))?,
-            whisper: Whisper::load(
+        let cpu = CpuInfo::read();
+        let precisions = calibrate::precision_candidates(cfg.stt.precision, dir);
+        let threads = calibrate::thread_candidates(cfg.stt.threads, cpu.cores);
+        let key = CacheKey::new(
+            &cpu,
+            &precisions,
+            cfg.stt.precision,
+            cfg.stt.threads,
+            cfg.stt.encoder_margin_frames,
+        );
+        let load_whisper = |p: ModelPrecision| {
+            Whisper::load(
                 dir,
-                cfg.stt.precision.suffix(),
+                p.suffix(),
                 cfg.stt.max_tokens as usize,
                 cfg.stt.encoder_margin_frames as usize,
-            )?,
+            )
+        };
+        let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
+            // Both fixed, or only one form installed with one core.
+            (&[precision], &[threads]) => {
+                let choice = Choice { precision, threads };
+                let c = if cfg.stt.precision.fixed().is_some() {
+                    Calibration::fixed(key, cpu, choice)
+                } else {
+                    Calibration {
+                        reason: "the only candidate".into(),
+                        fixed: false,
+                        ..Calibration::fixed(key, cpu, choice)
+                    }
+                };
+                (load_whisper(precision)?, c)
+            }
+            // Auto with no model files at all: loading fp32 names the file.
+            ([], _) => {
+                return Err(load_whisper(ModelPrecision::Fp32).err().map_or_else(
+                    || RecognizeError::Calibration("no Whisper model files found".into()),
+                    RecognizeError::from,
+                ))
+            }
+            _ => match calibrate::load_cache(&cfg.stt.calibration_file, &key) {
+                Some(c) => (load_whisper(c.chosen.precision)?, c),
+                None => {
+                    let (w, c) =
+                        run_calibration(dir, &precisions, &threads, key, cpu, &load_whisper)?;
+                    if let Err(e) = calibrate::save_cache(&cfg.stt.calibration_file, &c) {
+                        tracing::warn!(
+                            file = %cfg.stt.calibration_file.display(),
+                            error = %e,
+                            "cannot store the calibration; the next start measures again"
+                        );
+                    }
+                    (w, c)
+                }
+            },
+        };
+        log_calibration(&calibration, &cfg.stt.calibration_file);
+        Ok(Self {
+            vad: SileroVad::load(&dir.join(VAD_FILE))?,
+            whisper,
             seg: SegmenterConfig::from_config(&cfg.vad),
-            executor: executor(cfg.stt.threads as usize)?,
+            executor: executor(calibration.chosen.threads)?,
+            calibration,
         })
+    }
+
+    /// How the precision and threads in use were decided.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+
+    /// Whisper's fixed calibration work (see [`Whisper::time_fixed_work`])
+    /// on this recognizer's threads: (encoder ms, decoder ms).
+    pub fn time_fixed_work(
+        &mut self,
+        frames: usize,
+        steps: usize,
+    ) -> Result<(f64, f64), RecognizeError> {
+        let w = &mut self.whisper;
+        Ok(multithread_tract_scope(self.executor.clone(), || {
+            w.time_fixed_work(frames, steps)
+        })?)
     }
 
     /// Run the whole graph once on a second of quiet noise, so the first

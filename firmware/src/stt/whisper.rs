@@ -223,20 +223,111 @@ impl Whisper {
         Ok(total)
     }
 
-    fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
-        let t0 = Instant::now();
-        let mut frames = (audio.len() / HOP + self.margin_frames).min(MAX_FRAMES);
-        frames += frames % 2;
+    /// Mel frames of the encoder window for `samples` of audio: the audio,
+    /// then the margin, at most [`MAX_FRAMES`], even.
+    fn window_frames(&self, samples: usize) -> usize {
+        let frames = (samples / HOP + self.margin_frames).min(MAX_FRAMES);
+        frames + frames % 2
+    }
+
+    /// Run the encoder on `audio` zero-padded to `frames` mel frames: the
+    /// cross-attention keys and values of every layer.
+    fn encode(&mut self, audio: &[f32], frames: usize) -> Result<TVec<TValue>, SttError> {
         self.mel.compute(audio, frames, &mut self.features);
         let mel = tract_ndarray::Array3::from_shape_vec((1, N_MELS, frames), self.features.clone())
             .map_err(run_err)?
             .into_tensor();
-        let cross = self.encoder.run(tvec!(mel.into())).map_err(run_err)?;
+        self.encoder.run(tvec!(mel.into())).map_err(run_err)
+    }
+
+    /// The empty self-attention cache of a new window.
+    fn empty_cache(&self) -> Vec<TValue> {
+        let empty = || tract_ndarray::Array3::<f32>::zeros((1, 0, self.width)).into_tensor();
+        (0..2 * self.layers).map(|_| empty().into()).collect()
+    }
+
+    /// One decoder step: `token` in, its hidden state out; `past` is the
+    /// self-attention cache, replaced by the grown one.
+    fn decode_step(
+        &self,
+        state: &mut TypedSimpleState,
+        token: u32,
+        past: &mut [TValue],
+        cross: &[TValue],
+    ) -> Result<TValue, SttError> {
+        let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
+        let row = embedding.as_slice_mut().unwrap_or_default();
+        if !self.vocab.embed(token, row) {
+            return Err(SttError::Run(format!(
+                "token {token} outside the vocabulary"
+            )));
+        }
+        let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
+        for l in 0..self.layers {
+            for t in [
+                past.get(2 * l),
+                past.get(2 * l + 1),
+                cross.get(2 * l),
+                cross.get(2 * l + 1),
+            ] {
+                inputs.push(
+                    t.cloned()
+                        .ok_or_else(|| SttError::Run("encoder returned too few outputs".into()))?,
+                );
+            }
+        }
+        let res = state.run(inputs).map_err(run_err)?;
+        let mut res = res.into_iter();
+        let hidden = res
+            .next()
+            .ok_or_else(|| SttError::Run("decoder returned no hidden state".into()))?;
+        for slot in past.iter_mut() {
+            *slot = res
+                .next()
+                .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
+        }
+        Ok(hidden)
+    }
+
+    /// The fixed work calibration and `talkie bench` time: the encoder on
+    /// a `frames` window, then `steps` decoder steps with their
+    /// logits (fed the prompt token, so the count never depends on what is
+    /// decoded). Returns (encoder ms, decoder ms).
+    pub fn time_fixed_work(&mut self, frames: usize, steps: usize) -> Result<(f64, f64), SttError> {
+        let frames = frames.clamp(2, MAX_FRAMES);
+        let frames = frames + frames % 2;
+        // Quiet noise over half the window, zeros after, like a short press.
+        let mut x: u32 = 0x1234_5678;
+        let audio: Vec<f32> = (0..frames * HOP / 2)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32 - 0.5) * 1e-2
+            })
+            .collect();
+        let t0 = Instant::now();
+        let cross = self.encode(&audio, frames)?;
+        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let mut past = self.empty_cache();
+        let mut state = self.decoder.spawn().map_err(run_err)?;
+        for _ in 0..steps {
+            let hidden_t = self.decode_step(&mut state, SOT, &mut past, &cross)?;
+            let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+            let hidden = view.as_slice::<f32>().map_err(run_err)?;
+            self.vocab.logits(hidden, &mut self.logits);
+        }
+        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        let t0 = Instant::now();
+        let cross = self.encode(audio, self.window_frames(audio.len()))?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
-        let empty = || tract_ndarray::Array3::<f32>::zeros((1, 0, self.width)).into_tensor();
-        let mut past: Vec<TValue> = (0..2 * self.layers).map(|_| empty().into()).collect();
+        let mut past = self.empty_cache();
         let prompt = [SOT, NO_TIMESTAMPS];
         let seconds = audio.len() as f32 / 16_000.0;
         let cap = self
@@ -254,30 +345,7 @@ impl Whisper {
                     None => break,
                 },
             };
-            let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
-            let row = embedding.as_slice_mut().unwrap_or_default();
-            if !self.vocab.embed(token, row) {
-                return Err(SttError::Run(format!(
-                    "token {token} outside the vocabulary"
-                )));
-            }
-            let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
-            for l in 0..self.layers {
-                inputs.push(past[2 * l].clone());
-                inputs.push(past[2 * l + 1].clone());
-                inputs.push(cross[2 * l].clone());
-                inputs.push(cross[2 * l + 1].clone());
-            }
-            let res = state.run(inputs).map_err(run_err)?;
-            let mut res = res.into_iter();
-            let hidden_t = res
-                .next()
-                .ok_or_else(|| SttError::Run("decoder returned no hidden state".into()))?;
-            for slot in past.iter_mut() {
-                *slot = res
-                    .next()
-                    .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
-            }
+            let hidden_t = self.decode_step(&mut state, token, &mut past, &cross)?;
             let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
             let hidden = view.as_slice::<f32>().map_err(run_err)?;
             self.vocab.logits(hidden, &mut self.logits);

@@ -73,20 +73,15 @@ impl AudioSink for AllocProbe {
 
 /// One line describing the machine, for benchmark reports.
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = talkie::stt::calibrate::CpuInfo::read();
     format!(
-        "{} {}, {cpu}, {cores} cores",
+        "{} {}, {} (features: {}), {} cores, {} MB RAM",
         std::env::consts::OS,
-        std::env::consts::ARCH
+        cpu.arch,
+        cpu.model,
+        cpu.features.join(" "),
+        cpu.cores,
+        cpu.mem_total_mb.unwrap_or(0)
     )
 }
 
@@ -97,6 +92,7 @@ pub fn run_file_through_pipeline(wav: &std::path::Path) -> (AllocProbe, Arc<Audi
         path: wav.to_owned(),
         period_ms: 20,
         realtime: false,
+        clock: None,
     })
     .unwrap();
     let stats = Arc::new(AudioStats::default());

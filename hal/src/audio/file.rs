@@ -7,11 +7,12 @@
 //! file is delivered as fast as the consumer takes it.
 
 use super::{AudioError, AudioSource, SampleFormat, StreamFormat};
+use crate::sim_clock::{SimClock, MAX_HOLD};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Settings for [`FileSource`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FileSettings {
     /// WAV file to play.
     pub path: PathBuf,
@@ -19,6 +20,9 @@ pub struct FileSettings {
     pub period_ms: u32,
     /// Pace delivery at real time (true) or run as fast as possible.
     pub realtime: bool,
+    /// Publish the audio time here and wait while it is held (see
+    /// [`crate::sim_clock`]).
+    pub clock: Option<SimClock>,
 }
 
 /// A decoded WAV file and a read position.
@@ -30,6 +34,7 @@ pub struct FileSource {
     format: StreamFormat,
     realtime: bool,
     started: Option<Instant>,
+    clock: Option<SimClock>,
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> AudioError {
@@ -38,6 +43,11 @@ fn file_err(path: &Path, reason: impl Into<String>) -> AudioError {
         reason: reason.into(),
     }
 }
+
+/// Lowest and highest WAV sample rates accepted: a header declaring 1 Hz
+/// would make a 400 KB file hours long after resampling to 16 kHz.
+pub const MIN_RATE: u32 = 8_000;
+pub const MAX_RATE: u32 = 192_000;
 
 /// Decode a WAV file into interleaved `f32`, returning it with its spec.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, hound::WavSpec), AudioError> {
@@ -58,8 +68,14 @@ pub fn decode_wav<R: std::io::Read>(
             format!("{} channels; talkie takes 1 or 2", spec.channels),
         ));
     }
-    if spec.sample_rate == 0 {
-        return Err(file_err(path, "sample rate is 0"));
+    if !(MIN_RATE..=MAX_RATE).contains(&spec.sample_rate) {
+        return Err(file_err(
+            path,
+            format!(
+                "sample rate {} Hz; talkie takes {MIN_RATE}–{MAX_RATE} Hz",
+                spec.sample_rate
+            ),
+        ));
     }
     let samples: Result<Vec<f32>, hound::Error> = match spec.sample_format {
         hound::SampleFormat::Float => reader.into_samples::<f32>().collect(),
@@ -101,6 +117,7 @@ impl FileSource {
             },
             realtime: settings.realtime,
             started: None,
+            clock: settings.clock.clone(),
         })
     }
 
@@ -130,6 +147,14 @@ impl AudioSource for FileSource {
             return Err(AudioError::EndOfStream);
         }
         let frames = self.format.period_frames.min(remaining).min(out.len() / ch);
+        if let Some(clock) = &self.clock {
+            // Paused while an utterance is being recognized; real-time
+            // pacing resumes from where it stopped.
+            let waited = clock.wait_while_held(MAX_HOLD);
+            if let Some(s) = self.started.as_mut() {
+                *s += waited;
+            }
+        }
         if self.realtime {
             let started = *self.started.get_or_insert_with(Instant::now);
             // Deliver a period once it has been "recorded": its last frame's time.
@@ -144,6 +169,10 @@ impl AudioSource for FileSource {
         let n = frames * ch;
         out[..n].copy_from_slice(&self.samples[self.pos..self.pos + n]);
         self.pos += n;
+        if let Some(clock) = &self.clock {
+            let ms = (self.pos / ch) as u64 * 1000 / u64::from(self.format.rate.max(1));
+            clock.advance_to(ms);
+        }
         Ok(frames)
     }
 
@@ -190,6 +219,7 @@ mod tests {
             path,
             period_ms: 10,
             realtime: false,
+            clock: None,
         }
     }
 
@@ -254,6 +284,15 @@ mod tests {
             FileSource::open(&settings(dir.join("missing.wav"))),
             Err(AudioError::File { .. })
         ));
+        for rate in [1, 7_999, 192_001] {
+            let odd = wav(&dir, "r.wav", spec(1, rate, 16, false), &[0.0; 8]);
+            match FileSource::open(&settings(odd)) {
+                Err(AudioError::File { reason, .. }) => {
+                    assert!(reason.contains("8000–192000 Hz"), "{reason}")
+                }
+                other => panic!("{rate}: {other:?}"),
+            }
+        }
         let quad = wav(&dir, "q.wav", spec(4, 16_000, 16, false), &[0.0; 8]);
         match FileSource::open(&settings(quad)) {
             Err(AudioError::File { reason, .. }) => {

@@ -10,10 +10,12 @@
 //! action = "release"
 //! ```
 //! Times are milliseconds after the epoch given at construction (the
-//! moment the service starts listening). The raw edges go through the same
+//! moment the service starts listening), or, with a [`SimClock`],
+//! milliseconds of the simulated microphone's audio. The raw edges go through the same
 //! [`Debouncer`] as a real pin, so a script can contain contact bounce.
 
 use super::{Button, ButtonEvent, ButtonPoll, Debouncer, GpioError};
+use crate::sim_clock::SimClock;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,6 +74,8 @@ pub struct ScriptButton {
     next: usize,
     debounce: Debouncer,
     epoch: Instant,
+    /// Audio time instead of wall-clock time since `epoch`.
+    clock: Option<SimClock>,
 }
 
 impl ScriptButton {
@@ -91,7 +95,15 @@ impl ScriptButton {
             next: 0,
             debounce: Debouncer::new(debounce),
             epoch,
+            clock: None,
         }
+    }
+
+    /// Count the script's times on `clock` (a simulated microphone's audio
+    /// time) instead of the wall clock.
+    pub fn with_clock(mut self, clock: SimClock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Time of the last scripted event.
@@ -114,13 +126,25 @@ impl Button for ScriptButton {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
             };
-            let due = self.epoch + t;
-            let now = Instant::now();
-            if due > give_up {
-                std::thread::sleep(give_up.saturating_duration_since(now));
-                return Ok(ButtonPoll::Timeout);
-            }
-            std::thread::sleep(due.saturating_duration_since(now));
+            let due = match &self.clock {
+                Some(clock) => {
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    if !clock.wait_until(t.as_millis() as u64, left) {
+                        return Ok(ButtonPoll::Timeout);
+                    }
+                    Instant::now()
+                }
+                None => {
+                    let due = self.epoch + t;
+                    let now = Instant::now();
+                    if due > give_up {
+                        std::thread::sleep(give_up.saturating_duration_since(now));
+                        return Ok(ButtonPoll::Timeout);
+                    }
+                    std::thread::sleep(due.saturating_duration_since(now));
+                    due
+                }
+            };
             let edge = if settle.is_some_and(|s| s <= t) && scripted.is_none_or(|a| a > t) {
                 self.debounce.settle(t)
             } else {
@@ -190,6 +214,31 @@ mod tests {
             [(Edge::Pressed, ms(0)), (Edge::Released, ms(30))],
             "the bounce burst at 0–4 ms is one press"
         );
+    }
+
+    #[test]
+    fn with_a_clock_events_follow_the_audio_time() {
+        let ev = |at_ms, action| ScriptEvent { at_ms, action };
+        let clock = SimClock::new();
+        let mut b = ScriptButton::new(
+            vec![ev(100, Action::Press), ev(900, Action::Release)],
+            Duration::ZERO,
+            Instant::now(),
+        )
+        .with_clock(clock.clone());
+        let short = Duration::from_millis(1);
+        assert_eq!(b.next_event(short).unwrap(), ButtonPoll::Timeout);
+        clock.advance_to(100);
+        assert!(
+            matches!(b.next_event(short).unwrap(), ButtonPoll::Event(e) if e.edge == Edge::Pressed)
+        );
+        clock.advance_to(899);
+        assert_eq!(b.next_event(short).unwrap(), ButtonPoll::Timeout);
+        clock.advance_to(5_000);
+        assert!(
+            matches!(b.next_event(short).unwrap(), ButtonPoll::Event(e) if e.edge == Edge::Released)
+        );
+        assert_eq!(b.next_event(short).unwrap(), ButtonPoll::Exhausted);
     }
 
     #[test]

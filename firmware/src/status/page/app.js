@@ -69,7 +69,12 @@ function render(s) {
   const p = s.push_to_talk;
   rows("button", [["last press", ago(p.last_press_unix_ms)], ["presses since start", p.presses],
     ["presses today", p.presses_today], ["too short", p.too_short], ["busy rejected", p.busy_rejected]]);
-  rows("stt", [["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
+  const c = s.stt;
+  const timings = c ? c.timings.map((t) => `${t.precision}/${t.threads} ${t.pruned ? ">" : ""}${Math.round(t.total_ms)} ms`).join(", ") : undefined;
+  rows("stt", [["precision, threads", c ? `${c.precision}, ${c.threads} (${c.source}: ${c.reason})` : "loading"],
+    ["calibration timings", c && c.timings.length ? timings : undefined],
+    ["CPU", c ? `${c.cpu.model} · ${c.cpu.cores} cores · ${c.cpu.features.join(" ") || "no SIMD features known"}` : undefined],
+    ["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
     ["last release → text", p.release_to_text_ms_last === null ? null : `${p.release_to_text_ms_last} ms`],
     ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`]]);
   items("models", s.models, (x) => `${x.file} (${x.precision || x.kind}) sha256 ${x.sha256.slice(0, 12)}…`);

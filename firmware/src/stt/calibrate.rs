@@ -1,0 +1,734 @@
+//! `stt.precision = "auto"` and `stt.threads = "auto"`: choose the model
+//! form and the thread count on the device, by measurement.
+//!
+//! tract picks its matrix kernels from the CPU at run time, and the forms
+//! differ by an order of magnitude between CPUs: int8 runs through an i32
+//! kernel about 16 times slower than fp32 on an AVX2-only x86, and through
+//! dot-product kernels on a Cortex-A76. So at start-up every available
+//! form is timed on a fixed input for each candidate thread count
+//! ([`measure`]), a pure rule picks one ([`decide`]), and the result is
+//! kept in `stt.calibration_file` under a key of everything that could
+//! change it ([`CacheKey`]: talkie version, model sha256s, CPU model and
+//! features, cores, settings), so the next start reuses it.
+//!
+//! The rule: the fastest form wins, but forms within 10 % of it count as
+//! equal and the one with less memory is kept. On a board with less than
+//! 1 GiB of RAM (Zero 2 W, Pi 3: 512 MB shared with the OS) memory weighs
+//! more: the band is 25 %. Within a form, the fewest threads within 5 % of
+//! its best time are kept, so cores are not taken for nothing.
+
+use crate::config::{ModelPrecision, Precision, Threads};
+use crate::models;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Mel frames of the fixed calibration window (3 s) and decoder steps
+/// timed after it: both about a third of a typical press, so a full
+/// calibration of two forms takes seconds even where int8 is slow.
+pub const CAL_FRAMES: usize = 300;
+pub const CAL_STEPS: usize = 12;
+/// Forms within this fraction of the fastest count as equally fast.
+pub const TIE_BAND: f64 = 0.10;
+/// [`TIE_BAND`] on boards with less than [`LOW_MEMORY_MB`] of RAM.
+pub const TIE_BAND_LOW_MEMORY: f64 = 0.25;
+pub const LOW_MEMORY_MB: u64 = 1024;
+/// Thread counts within this fraction of a form's best count as equal.
+pub const THREADS_BAND: f64 = 0.05;
+/// A candidate whose warm-up alone takes longer than this many times the
+/// best full measurement cannot win and is not measured further.
+pub const PRUNE_FACTOR: f64 = 1.0;
+
+/// CPU features that decide which tract kernels run.
+pub const RELEVANT_FEATURES: &[&str] = &[
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "fphp",
+    "i8mm",
+    "neon",
+    "vfpv4",
+];
+
+/// What this CPU is, as far as speed settings care.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    /// `model name` (x86), or the core's name from `CPU part` (Arm) with the
+    /// board's `Model` line when the kernel gives one.
+    pub model: String,
+    pub arch: String,
+    /// The [`RELEVANT_FEATURES`] this CPU has.
+    pub features: Vec<String>,
+    /// Online cores.
+    pub cores: usize,
+    /// `MemTotal`, when readable.
+    pub mem_total_mb: Option<u64>,
+}
+
+/// Arm core names by `CPU part` (implementer 0x41).
+fn arm_core(part: &str) -> Option<&'static str> {
+    Some(match part.trim().to_ascii_lowercase().as_str() {
+        "0xd03" => "Cortex-A53",
+        "0xd04" => "Cortex-A35",
+        "0xd05" => "Cortex-A55",
+        "0xd07" => "Cortex-A57",
+        "0xd08" => "Cortex-A72",
+        "0xd09" => "Cortex-A73",
+        "0xd0a" => "Cortex-A75",
+        "0xd0b" => "Cortex-A76",
+        "0xd0d" => "Cortex-A77",
+        "0xd41" => "Cortex-A78",
+        "0xc07" => "Cortex-A7",
+        "0xc0f" => "Cortex-A15",
+        _ => return None,
+    })
+}
+
+impl CpuInfo {
+    /// Read `/proc/cpuinfo` and `/proc/meminfo` of this machine.
+    pub fn read() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpuinfo = read_small("/proc/cpuinfo");
+        let meminfo = read_small("/proc/meminfo");
+        Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
+    }
+
+    /// The pure part of [`CpuInfo::read`].
+    pub fn parse(cpuinfo: &str, meminfo: &str, arch: &str, cores: usize) -> Self {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+        };
+        let flags = field("flags")
+            .or_else(|| field("Features"))
+            .unwrap_or_default();
+        let have: Vec<&str> = flags.split_whitespace().collect();
+        let features = RELEVANT_FEATURES
+            .iter()
+            .filter(|f| have.contains(f))
+            .map(|f| (*f).to_owned())
+            .collect();
+        let core = field("CPU part").and_then(|p| arm_core(&p));
+        let model = match (field("model name"), core, field("Model")) {
+            (Some(m), _, _) if !m.is_empty() && !m.starts_with("ARMv") => m,
+            (_, Some(c), Some(board)) => format!("{c} ({board})"),
+            (_, Some(c), None) => c.to_owned(),
+            (_, None, Some(board)) => board,
+            (m, None, None) => m.unwrap_or_else(|| "unknown".to_owned()),
+        };
+        let mem_total_mb = meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix("MemTotal:")?;
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb / 1024)
+        });
+        Self {
+            model,
+            arch: arch.to_owned(),
+            features,
+            cores: cores.max(1),
+            mem_total_mb,
+        }
+    }
+
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// Less than [`LOW_MEMORY_MB`] of RAM: memory weighs more in [`decide`].
+    pub fn low_memory(&self) -> bool {
+        self.mem_total_mb.is_some_and(|m| m < LOW_MEMORY_MB)
+    }
+}
+
+/// A text file of the kernel's, bounded (missing → empty).
+fn read_small(path: &str) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(1 << 20).read_to_string(&mut s);
+    }
+    s
+}
+
+/// Thread counts to try for `setting` on `cores` cores: the fixed number,
+/// or 1 to the cores (cores − 1 from 4 cores on, so the audio threads keep
+/// one), largest first.
+pub fn thread_candidates(setting: Threads, cores: usize) -> Vec<usize> {
+    match setting {
+        Threads::Fixed(n) => vec![n.max(1) as usize],
+        Threads::Auto => {
+            let max = if cores >= 4 { cores - 1 } else { cores.max(1) };
+            (1..=max).rev().collect()
+        }
+    }
+}
+
+/// Forms to try: the fixed one, or every form whose files are in `dir`.
+pub fn precision_candidates(setting: Precision, dir: &Path) -> Vec<ModelPrecision> {
+    match setting.fixed() {
+        Some(p) => vec![p],
+        None => ModelPrecision::ALL
+            .into_iter()
+            .filter(|p| {
+                ["encoder", "decoder"].iter().all(|part| {
+                    dir.join(format!("whisper_{part}{}.onnx", p.suffix()))
+                        .exists()
+                })
+            })
+            .collect(),
+    }
+}
+
+/// One measured candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub precision: ModelPrecision,
+    pub threads: usize,
+    pub encoder_ms: f64,
+    pub decoder_ms: f64,
+    /// Only the short warm-up ran: it alone took longer than the best full
+    /// measurement, so the times are of the warm-up and the candidate lost.
+    #[serde(default)]
+    pub pruned: bool,
+}
+
+impl Timing {
+    pub fn total_ms(&self) -> f64 {
+        self.encoder_ms + self.decoder_ms
+    }
+}
+
+/// What calibration chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub precision: ModelPrecision,
+    pub threads: usize,
+}
+
+/// The best thread count of each form (fewest within [`THREADS_BAND`]).
+fn best_per_precision(timings: &[Timing]) -> BTreeMap<ModelPrecision, &Timing> {
+    let mut best: BTreeMap<ModelPrecision, &Timing> = BTreeMap::new();
+    for p in ModelPrecision::ALL {
+        let of_p: Vec<&Timing> = timings
+            .iter()
+            .filter(|t| t.precision == p && !t.pruned)
+            .collect();
+        let Some(fastest) = of_p
+            .iter()
+            .map(|t| t.total_ms())
+            .min_by(|a, b| a.total_cmp(b))
+        else {
+            continue;
+        };
+        if let Some(t) = of_p
+            .iter()
+            .filter(|t| t.total_ms() <= fastest * (1.0 + THREADS_BAND))
+            .min_by_key(|t| t.threads)
+        {
+            best.insert(p, t);
+        }
+    }
+    best
+}
+
+/// The rule of this module's doc: timings and each form's memory (model
+/// bytes) in, choice and a sentence saying why out. `None` without a
+/// complete timing.
+pub fn decide(
+    timings: &[Timing],
+    memory: &BTreeMap<ModelPrecision, u64>,
+    low_memory: bool,
+) -> Option<(Choice, String)> {
+    let best = best_per_precision(timings);
+    let fastest = best
+        .values()
+        .min_by(|a, b| a.total_ms().total_cmp(&b.total_ms()))?;
+    let band = if low_memory {
+        TIE_BAND_LOW_MEMORY
+    } else {
+        TIE_BAND
+    };
+    let limit = fastest.total_ms() * (1.0 + band);
+    let mem = |p: ModelPrecision| memory.get(&p).copied().unwrap_or(u64::MAX);
+    let chosen = best
+        .values()
+        .filter(|t| t.total_ms() <= limit)
+        .min_by(|a, b| {
+            mem(a.precision)
+                .cmp(&mem(b.precision))
+                .then(a.total_ms().total_cmp(&b.total_ms()))
+        })?;
+    let why = if chosen.precision == fastest.precision {
+        format!(
+            "fastest ({:.0} ms on the calibration input)",
+            chosen.total_ms()
+        )
+    } else {
+        format!(
+            "within {:.0} % of the fastest ({} {:.0} ms) and smaller in memory",
+            band * 100.0,
+            fastest.precision,
+            fastest.total_ms()
+        )
+    };
+    Some((
+        Choice {
+            precision: chosen.precision,
+            threads: chosen.threads,
+        },
+        why,
+    ))
+}
+
+/// Everything that, when it changes, makes a stored calibration stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub talkie: String,
+    /// sha256 of every candidate model file (from the manifest the files
+    /// are verified against).
+    pub models: BTreeMap<String, String>,
+    pub cpu_model: String,
+    pub arch: String,
+    pub features: Vec<String>,
+    pub cores: usize,
+    pub precision: String,
+    pub threads: String,
+    pub margin_frames: u32,
+}
+
+impl CacheKey {
+    pub fn new(
+        cpu: &CpuInfo,
+        candidates: &[ModelPrecision],
+        precision: Precision,
+        threads: Threads,
+        margin_frames: u32,
+    ) -> Self {
+        let suffixes: Vec<&str> = candidates.iter().map(|p| p.suffix()).collect();
+        let models = models::entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind.starts_with("stt-"))
+            .filter(|e| {
+                suffixes.iter().any(|s| {
+                    e.file == format!("whisper_encoder{s}.onnx")
+                        || e.file == format!("whisper_decoder{s}.onnx")
+                })
+            })
+            .map(|e| (e.file, e.sha256))
+            .collect();
+        Self {
+            talkie: crate::cli::VERSION.to_owned(),
+            models,
+            cpu_model: cpu.model.clone(),
+            arch: cpu.arch.clone(),
+            features: cpu.features.clone(),
+            cores: cpu.cores,
+            precision: precision.as_str().to_owned(),
+            threads: match threads {
+                Threads::Auto => "auto".to_owned(),
+                Threads::Fixed(n) => n.to_string(),
+            },
+            margin_frames,
+        }
+    }
+}
+
+/// How the precision and threads in use were decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub key: CacheKey,
+    pub cpu: CpuInfo,
+    pub timings: Vec<Timing>,
+    pub chosen: Choice,
+    pub reason: String,
+    /// Wall time of the measurement (0 when fixed by configuration).
+    pub calibration_ms: f64,
+    /// Loaded from `stt.calibration_file` rather than measured now.
+    #[serde(skip)]
+    pub reused: bool,
+    /// Nothing measured: both settings were fixed in the configuration.
+    #[serde(skip)]
+    pub fixed: bool,
+}
+
+impl Calibration {
+    /// For fixed settings: nothing measured.
+    pub fn fixed(key: CacheKey, cpu: CpuInfo, chosen: Choice) -> Self {
+        Self {
+            key,
+            cpu,
+            timings: Vec::new(),
+            chosen,
+            reason: "fixed by configuration".to_owned(),
+            calibration_ms: 0.0,
+            reused: false,
+            fixed: true,
+        }
+    }
+
+    /// `fp32/2=151ms fp32/1=203ms int8/2=pruned(>2304ms)` for the log.
+    pub fn timings_line(&self) -> String {
+        let parts: Vec<String> = self
+            .timings
+            .iter()
+            .map(|t| {
+                if t.pruned {
+                    format!(
+                        "{}/{}=pruned(>{:.0}ms)",
+                        t.precision,
+                        t.threads,
+                        t.total_ms()
+                    )
+                } else {
+                    format!("{}/{}={:.0}ms", t.precision, t.threads, t.total_ms())
+                }
+            })
+            .collect();
+        parts.join(" ")
+    }
+
+    /// How it was decided, in one word: `measured`, `reused` or `fixed`.
+    pub fn source(&self) -> &'static str {
+        if self.fixed {
+            "fixed"
+        } else if self.reused {
+            "reused"
+        } else {
+            "measured"
+        }
+    }
+
+    /// The status page's and `/api/v1/status`'s view.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "precision": self.chosen.precision.as_str(),
+            "threads": self.chosen.threads,
+            "source": self.source(),
+            "reason": self.reason,
+            "calibration_ms": self.calibration_ms,
+            "timings": self.timings.iter().map(|t| serde_json::json!({
+                "precision": t.precision.as_str(),
+                "threads": t.threads,
+                "encoder_ms": t.encoder_ms,
+                "decoder_ms": t.decoder_ms,
+                "total_ms": t.total_ms(),
+                "pruned": t.pruned,
+            })).collect::<Vec<_>>(),
+            "cpu": {
+                "model": self.cpu.model,
+                "arch": self.cpu.arch,
+                "cores": self.cpu.cores,
+                "features": self.cpu.features,
+                "mem_total_mb": self.cpu.mem_total_mb,
+            },
+        })
+    }
+}
+
+/// Largest calibration file read (a real one is about 2 KB).
+const MAX_CACHE_BYTES: u64 = 64 * 1024;
+
+/// The stored calibration when it exists, parses and its key is `key`;
+/// anything else (missing, unreadable, corrupt, stale) is `None`.
+pub fn load_cache(path: &Path, key: &CacheKey) -> Option<Calibration> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CACHE_BYTES).read_to_end(&mut bytes).ok()?;
+    let mut c: Calibration = serde_json::from_slice(&bytes).ok()?;
+    if &c.key != key || c.timings.is_empty() {
+        return None;
+    }
+    c.reused = true;
+    Some(c)
+}
+
+/// Write the calibration atomically (temporary file, then rename), so a
+/// crash or a second writer never leaves half a file.
+pub fn save_cache(path: &Path, c: &Calibration) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Bytes of a form's encoder and decoder files in `dir`: what the memory
+/// rule compares.
+pub fn model_bytes(dir: &Path, p: ModelPrecision) -> u64 {
+    ["encoder", "decoder"]
+        .iter()
+        .filter_map(|part| {
+            std::fs::metadata(dir.join(format!("whisper_{part}{}.onnx", p.suffix()))).ok()
+        })
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Measure every candidate with `time(precision, threads, warm_up)`, which
+/// runs the fixed work (or, with `warm_up`, a short version of it) and
+/// returns (encoder ms, decoder ms). Candidates are taken form by form,
+/// most threads first; a candidate whose warm-up alone is slower than the
+/// best full time so far is recorded as pruned and the form's smaller
+/// thread counts are skipped (fewer threads are not faster).
+pub fn measure<E>(
+    precisions: &[ModelPrecision],
+    threads: &[usize],
+    mut time: impl FnMut(ModelPrecision, usize, bool) -> Result<(f64, f64), E>,
+    mut progress: impl FnMut(&Timing),
+) -> Result<Vec<Timing>, E> {
+    let mut out: Vec<Timing> = Vec::new();
+    for &p in precisions {
+        for &t in threads {
+            let best = out
+                .iter()
+                .filter(|t| !t.pruned)
+                .map(Timing::total_ms)
+                .min_by(|a, b| a.total_cmp(b));
+            let (we, wd) = time(p, t, true)?;
+            if best.is_some_and(|b| we + wd > b * PRUNE_FACTOR) {
+                let timing = Timing {
+                    precision: p,
+                    threads: t,
+                    encoder_ms: we,
+                    decoder_ms: wd,
+                    pruned: true,
+                };
+                progress(&timing);
+                out.push(timing);
+                break;
+            }
+            // Two runs, the faster kept: the first may still pay for
+            // tract's lazy set-up at this thread count.
+            let (e1, d1) = time(p, t, false)?;
+            let (e2, d2) = time(p, t, false)?;
+            let (encoder_ms, decoder_ms) = if e1 + d1 <= e2 + d2 {
+                (e1, d1)
+            } else {
+                (e2, d2)
+            };
+            let timing = Timing {
+                precision: p,
+                threads: t,
+                encoder_ms,
+                decoder_ms,
+                pruned: false,
+            };
+            progress(&timing);
+            out.push(timing);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(p: ModelPrecision, threads: usize, ms: f64) -> Timing {
+        Timing {
+            precision: p,
+            threads,
+            encoder_ms: ms * 0.6,
+            decoder_ms: ms * 0.4,
+            pruned: false,
+        }
+    }
+
+    fn mem() -> BTreeMap<ModelPrecision, u64> {
+        BTreeMap::from([(ModelPrecision::Fp32, 150), (ModelPrecision::Int8, 40)])
+    }
+
+    use ModelPrecision::{Fp32, Int8};
+
+    #[test]
+    fn the_fastest_form_wins_when_the_other_is_far_behind() {
+        // The AVX2-only EPYC: int8 16 times slower.
+        let ts = [t(Fp32, 2, 300.0), t(Fp32, 1, 500.0), t(Int8, 2, 4800.0)];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!((c.precision, c.threads), (Fp32, 2));
+        assert!(why.contains("fastest"), "{why}");
+    }
+
+    #[test]
+    fn within_ten_percent_the_smaller_form_wins() {
+        let ts = [t(Fp32, 2, 300.0), t(Int8, 2, 325.0)];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!(c.precision, Int8);
+        assert!(why.contains("smaller in memory"), "{why}");
+        let ts = [t(Fp32, 2, 300.0), t(Int8, 2, 340.0)];
+        assert_eq!(decide(&ts, &mem(), false).unwrap().0.precision, Fp32);
+        // Below 1 GiB of RAM the band is 25 %.
+        assert_eq!(decide(&ts, &mem(), true).unwrap().0.precision, Int8);
+        let ts = [t(Fp32, 2, 300.0), t(Int8, 2, 380.0)];
+        assert_eq!(decide(&ts, &mem(), true).unwrap().0.precision, Fp32);
+    }
+
+    #[test]
+    fn fewest_threads_within_five_percent() {
+        let ts = [t(Fp32, 3, 200.0), t(Fp32, 2, 205.0), t(Fp32, 1, 330.0)];
+        assert_eq!(decide(&ts, &mem(), false).unwrap().0.threads, 2);
+        let ts = [t(Fp32, 3, 200.0), t(Fp32, 2, 215.0), t(Fp32, 1, 330.0)];
+        assert_eq!(decide(&ts, &mem(), false).unwrap().0.threads, 3);
+    }
+
+    #[test]
+    fn pruned_candidates_never_win_and_nothing_gives_none() {
+        let mut p = t(Int8, 2, 10.0);
+        p.pruned = true;
+        let ts = [t(Fp32, 2, 300.0), p];
+        assert_eq!(decide(&ts, &mem(), false).unwrap().0.precision, Fp32);
+        assert!(decide(&[], &mem(), false).is_none());
+    }
+
+    #[test]
+    fn thread_candidates_leave_a_core_from_four_cores_on() {
+        assert_eq!(thread_candidates(Threads::Auto, 1), [1]);
+        assert_eq!(thread_candidates(Threads::Auto, 2), [2, 1]);
+        assert_eq!(thread_candidates(Threads::Auto, 4), [3, 2, 1]);
+        assert_eq!(thread_candidates(Threads::Fixed(3), 2), [3]);
+    }
+
+    #[test]
+    fn measure_prunes_a_form_whose_warm_up_is_already_slower() {
+        let mut calls = Vec::new();
+        let ts = measure::<()>(
+            &[Fp32, Int8],
+            &[2, 1],
+            |p, th, warm| {
+                calls.push((p, th, warm));
+                let base = if p == Fp32 { 100.0 } else { 1600.0 };
+                let ms = if warm {
+                    base / 4.0
+                } else {
+                    base * 2.0 / th as f64
+                };
+                Ok((ms / 2.0, ms / 2.0))
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(ts.len(), 3, "{ts:?}");
+        assert!(ts[2].pruned && ts[2].precision == Int8);
+        assert_eq!(calls.iter().filter(|c| c.0 == Int8).count(), 1);
+        let (c, _) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!((c.precision, c.threads), (Fp32, 2));
+    }
+
+    fn cpu() -> CpuInfo {
+        CpuInfo::parse(
+            "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma f16c\n",
+            "MemTotal:       24000000 kB\n",
+            "x86_64",
+            2,
+        )
+    }
+
+    #[test]
+    fn cpuinfo_of_x86_and_of_a_pi() {
+        let c = cpu();
+        assert_eq!(c.model, "AMD EPYC");
+        assert_eq!(c.features, ["avx", "avx2", "fma", "f16c"]);
+        assert_eq!(c.mem_total_mb, Some(23_437));
+        let pi5 = CpuInfo::parse(
+            "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n\
+             CPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n",
+            "MemTotal:        8245436 kB\n",
+            "aarch64",
+            4,
+        );
+        assert_eq!(pi5.model, "Cortex-A76 (Raspberry Pi 5 Model B Rev 1.0)");
+        assert!(pi5.has("asimddp") && pi5.has("asimdhp"));
+        let zero = CpuInfo::parse(
+            "Features\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd03\n",
+            "MemTotal:         437000 kB\n",
+            "aarch64",
+            4,
+        );
+        assert_eq!(zero.model, "Cortex-A53");
+        assert!(zero.low_memory() && !zero.has("asimddp"));
+    }
+
+    fn calibration(key: CacheKey) -> Calibration {
+        Calibration {
+            key,
+            cpu: cpu(),
+            timings: vec![t(Fp32, 2, 300.0)],
+            chosen: Choice {
+                precision: Fp32,
+                threads: 2,
+            },
+            reason: "fastest".into(),
+            calibration_ms: 900.0,
+            reused: false,
+            fixed: false,
+        }
+    }
+
+    #[test]
+    fn cache_is_reused_only_under_the_same_key_and_a_broken_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/calibration.json");
+        let key = CacheKey::new(&cpu(), &[Fp32, Int8], Precision::Auto, Threads::Auto, 512);
+        assert!(load_cache(&path, &key).is_none(), "missing");
+        save_cache(&path, &calibration(key.clone())).unwrap();
+        let back = load_cache(&path, &key).unwrap();
+        assert!(back.reused);
+        assert_eq!(back.chosen, calibration(key.clone()).chosen);
+        // Another CPU, model set, release or setting: recalibrate.
+        let mut other_cpu = cpu();
+        other_cpu.features.retain(|f| f != "avx2");
+        let k2 = CacheKey::new(
+            &other_cpu,
+            &[Fp32, Int8],
+            Precision::Auto,
+            Threads::Auto,
+            512,
+        );
+        assert!(load_cache(&path, &k2).is_none());
+        let k3 = CacheKey::new(
+            &cpu(),
+            &[Fp32, Int8],
+            Precision::Auto,
+            Threads::Fixed(1),
+            512,
+        );
+        assert!(load_cache(&path, &k3).is_none());
+        let mut k4 = key.clone();
+        k4.talkie = "0.0.0 (git other)".into();
+        assert!(load_cache(&path, &k4).is_none());
+        assert!(
+            key.models.contains_key("whisper_encoder_int8.onnx"),
+            "{key:?}"
+        );
+        // Corrupt or truncated: ignored, and a new save replaces it.
+        std::fs::write(&path, b"{\"key\": {\"talk").unwrap();
+        assert!(load_cache(&path, &key).is_none());
+        std::fs::write(&path, [0xffu8, 0, 1, 2]).unwrap();
+        assert!(load_cache(&path, &key).is_none());
+        save_cache(&path, &calibration(key.clone())).unwrap();
+        assert!(load_cache(&path, &key).is_some());
+        // A directory where the file should be: ignored, saving fails cleanly.
+        let d = dir.path().join("isdir");
+        std::fs::create_dir(&d).unwrap();
+        assert!(load_cache(&d, &key).is_none());
+        assert!(save_cache(&d, &calibration(key)).is_err());
+    }
+}
