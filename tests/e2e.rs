@@ -1821,6 +1821,10 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     let wrong = [("Authorization", "Bearer nope")];
     let (code, _, body) = http(port, "GET", "/api/v1/logs", &wrong, b"");
     assert_eq!((code, body.contains("wrong technician token")), (401, true));
+    // The anonymous status answers a wrong token the same way, through the
+    // same limiter (it used to answer 200 and say "anonymous": free guesses).
+    let (code, _, body) = http(port, "GET", "/api/v1/status", &wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
 
     // Bearer token.
     let bearer = [("Authorization", "Bearer first-secret")];

@@ -24,9 +24,29 @@ use std::time::{Duration, Instant};
 pub const MAX_HOLD: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
-struct Inner {
+struct Time {
     /// Audio milliseconds delivered so far.
-    ms: Mutex<u64>,
+    ms: u64,
+    /// When the source ended: from then on the clock follows the wall
+    /// clock, as a silent microphone would (script events after the end
+    /// of the file still come, at their spacing).
+    ended_at: Option<Instant>,
+}
+
+impl Time {
+    fn now_ms(&self) -> u64 {
+        match self.ended_at {
+            Some(t) => self
+                .ms
+                .saturating_add(u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            None => self.ms,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ms: Mutex<Time>,
     /// Signalled when `ms` advances or a hold ends.
     changed: Condvar,
     holds: AtomicUsize,
@@ -53,16 +73,30 @@ impl SimClock {
         Self::default()
     }
 
-    /// Audio milliseconds delivered so far.
+    /// Audio milliseconds delivered so far (after the end: plus the wall
+    /// time since).
     pub fn now_ms(&self) -> u64 {
-        *self.0.ms.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0
+            .ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .now_ms()
     }
 
     /// The source delivered audio up to `ms`.
     pub fn advance_to(&self, ms: u64) {
         let mut now = self.0.ms.lock().unwrap_or_else(PoisonError::into_inner);
-        if ms > *now {
-            *now = ms;
+        if ms > now.ms {
+            now.ms = ms;
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// The source has no more audio: time goes on at wall-clock speed.
+    pub fn finish(&self) {
+        let mut now = self.0.ms.lock().unwrap_or_else(PoisonError::into_inner);
+        if now.ended_at.is_none() {
+            now.ended_at = Some(Instant::now());
             self.0.changed.notify_all();
         }
     }
@@ -71,10 +105,17 @@ impl SimClock {
     pub fn wait_until(&self, ms: u64, timeout: Duration) -> bool {
         let give_up = Instant::now() + timeout;
         let mut now = self.0.ms.lock().unwrap_or_else(PoisonError::into_inner);
-        while *now < ms {
-            let left = give_up.saturating_duration_since(Instant::now());
+        loop {
+            let at = now.now_ms();
+            if at >= ms {
+                return true;
+            }
+            let mut left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
+            }
+            if now.ended_at.is_some() {
+                left = left.min(Duration::from_millis(ms - at));
             }
             now = self
                 .0
@@ -83,7 +124,6 @@ impl SimClock {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
     }
 
     /// Pause the source until the returned guard is dropped.
@@ -135,6 +175,10 @@ mod tests {
         c.advance_to(500);
         assert!(waiter.join().unwrap());
         assert!(!c.wait_until(501, Duration::from_millis(1)), "times out");
+        // After the end of the audio, time goes on with the wall clock.
+        c.finish();
+        assert!(c.wait_until(520, Duration::from_secs(30)));
+        assert!(c.now_ms() >= 520);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `Authorization: Bearer <token>` or as the `talkie_session` cookie the
 //! login form sets. Failed attempts are rate-limited per client address.
 //!
-//! The cookie holds a SHA-256 derived from the token, never the token:
-//! a stolen browser profile does not reveal it, and changing the token
-//! (and reloading) logs every browser out.
+//! The cookie holds a random session id (32 bytes from the kernel's
+//! CSPRNG), kept server-side with an expiry: it says nothing about the
+//! token (no offline guessing), differs on every kiosk and every login,
+//! and is revoked by logout, by its expiry and by a token change (a reload
+//! builds a new [`Auth`] with no sessions).
 
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
@@ -16,12 +18,18 @@ use subtle::ConstantTimeEq;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "talkie_session";
+/// How long a login lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at once; a new login beyond this evicts the oldest.
+pub const MAX_SESSIONS: usize = 32;
 /// Failed attempts a client may make in a burst.
 pub const BURST: f64 = 5.0;
 /// One more failed attempt is allowed per this interval.
 pub const REFILL: Duration = Duration::from_secs(12);
 /// Client addresses tracked at once; beyond this, full (idle) buckets are
-/// forgotten, and if none is idle new clients are refused until one is.
+/// forgotten, and if none is idle the least recently used one is evicted:
+/// a full table must never refuse a new address, or filling it from many
+/// addresses would lock the real technician out.
 pub const MAX_CLIENTS: usize = 1_024;
 
 /// What a request may see.
@@ -75,7 +83,7 @@ impl Limiter {
                 b.refill(now);
                 b.tokens >= 1.0
             }
-            None => self.buckets.len() < MAX_CLIENTS || self.forget_idle(now),
+            None => true,
         }
     }
 
@@ -85,7 +93,7 @@ impl Limiter {
             && self.buckets.len() >= MAX_CLIENTS
             && !self.forget_idle(now)
         {
-            return;
+            self.evict_oldest();
         }
         let b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: BURST,
@@ -104,6 +112,17 @@ impl Limiter {
         self.buckets.len() < MAX_CLIENTS
     }
 
+    fn evict_oldest(&mut self) {
+        if let Some(ip) = self
+            .buckets
+            .iter()
+            .min_by_key(|(_, b)| b.at)
+            .map(|(ip, _)| *ip)
+        {
+            self.buckets.remove(&ip);
+        }
+    }
+
     pub fn tracked(&self) -> usize {
         self.buckets.len()
     }
@@ -115,9 +134,19 @@ pub struct Auth {
     /// SHA-256 of the token; `None` = no token configured, nobody is a
     /// technician.
     token: Option<[u8; 32]>,
-    /// The session cookie value that goes with the token.
-    session: Option<[u8; 32]>,
+    /// Live session ids (hex) and when each expires.
+    sessions: Mutex<HashMap<String, Instant>>,
     limiter: Mutex<Limiter>,
+}
+
+/// 32 random bytes from the kernel, as hex; `None` if it cannot be read.
+fn random_id() -> Option<String> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .ok()?;
+    Some(hex(&b))
 }
 
 impl Auth {
@@ -125,7 +154,7 @@ impl Auth {
         let token = token.map(str::trim).filter(|t| !t.is_empty());
         Self {
             token: token.map(|t| digest(&[t.as_bytes()])),
-            session: token.map(|t| digest(&[b"talkie-session-v1:", t.as_bytes()])),
+            sessions: Mutex::new(HashMap::new()),
             limiter: Mutex::new(Limiter::default()),
         }
     }
@@ -147,21 +176,50 @@ impl Auth {
         }
     }
 
-    fn session_matches(&self, candidate: &str) -> bool {
-        match &self.session {
-            Some(s) => bool::from(hex(s).as_bytes().ct_eq(candidate.as_bytes())),
-            None => false,
-        }
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `Set-Cookie` value for a successful login.
-    pub fn session_cookie(&self) -> Option<String> {
-        self.session.map(|s| {
-            format!(
-                "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
-                hex(&s)
-            )
+    fn session_matches(&self, candidate: &str) -> bool {
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, expires| *expires > now);
+        // Constant time per comparison; the ids are random, so which one
+        // matched (or how many there are) tells a guesser nothing.
+        sessions.keys().fold(false, |hit, id| {
+            hit | bool::from(id.as_bytes().ct_eq(candidate.as_bytes()))
         })
+    }
+
+    /// A new session (after a successful login): its `Set-Cookie` value.
+    /// `None` without a token, or if the kernel gives no random bytes.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.token?;
+        let id = random_id()?;
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, expires| *expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(id.clone(), now + SESSION_TTL);
+        Some(format!(
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            SESSION_TTL.as_secs()
+        ))
+    }
+
+    /// Revoke the session named in `headers`' cookie (logout).
+    pub fn end_session(&self, headers: &HeaderMap) {
+        if let Some(id) = session_of(headers) {
+            self.sessions().remove(&id);
+        }
     }
 
     /// Is `ip` allowed another attempt right now?
@@ -188,20 +246,24 @@ impl Auth {
                 Access::Denied
             };
         }
-        let session = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
-            .map(|(_, v)| v.to_owned());
-        match session {
+        match session_of(headers) {
             Some(v) if self.session_matches(&v) => Access::Technician,
             Some(_) => Access::Denied,
             None => Access::Anonymous,
         }
     }
+}
+
+/// The session id in a request's cookies.
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
 }
 
 #[cfg(test)]
@@ -243,6 +305,26 @@ mod tests {
             a.access(&headers(header::COOKIE, "talkie_session=00")),
             Access::Denied
         );
+        // Random per login, not derived from the token; logout revokes it;
+        // another Auth (a reload, another kiosk) does not know it.
+        let second = a.session_cookie().unwrap();
+        assert_ne!(second, cookie);
+        let id = value.split_once('=').unwrap().1;
+        assert_ne!(id, hex(&digest(&[b"talkie-session-v1:", b"s3cret"])));
+        assert_ne!(id, hex(&digest(&[b"s3cret"])));
+        let with = headers(header::COOKIE, value);
+        a.end_session(&with);
+        assert_eq!(a.access(&with), Access::Denied, "logged out");
+        let second_value = second.split(';').next().unwrap();
+        assert_eq!(
+            a.access(&headers(header::COOKIE, second_value)),
+            Access::Technician
+        );
+        let reloaded = Auth::new(Some("s3cret"));
+        assert_eq!(
+            reloaded.access(&headers(header::COOKIE, second_value)),
+            Access::Denied
+        );
     }
 
     #[test]
@@ -281,12 +363,22 @@ mod tests {
             l.failed(IpAddr::from(i.to_be_bytes()), t0);
         }
         assert_eq!(l.tracked(), MAX_CLIENTS);
+        // A full table of recent failures never locks out a new address
+        // (the real technician arriving from a laptop nobody has seen).
         let newcomer: IpAddr = [192, 168, 1, 1].into();
-        assert!(!l.allowed(newcomer, t0), "full of recent failures: refuse");
-        l.failed(newcomer, t0);
-        assert_eq!(l.tracked(), MAX_CLIENTS);
+        assert!(l.allowed(newcomer, t0), "a new address is never refused");
+        l.failed(newcomer, t0 + Duration::from_millis(1));
+        assert_eq!(
+            l.tracked(),
+            MAX_CLIENTS,
+            "still bounded: the oldest was evicted"
+        );
+        assert!(l.buckets.contains_key(&newcomer));
         let later = t0 + REFILL * 2;
-        assert!(l.allowed(newcomer, later), "idle buckets are forgotten");
-        assert!(l.tracked() < MAX_CLIENTS);
+        l.failed([10, 0, 0, 1].into(), later);
+        assert!(
+            l.tracked() < MAX_CLIENTS,
+            "idle buckets are forgotten first"
+        );
     }
 }

@@ -316,8 +316,9 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
             "delivered": g.delivered.load(Relaxed),
             "dead_lettered": g.dead_lettered.load(Relaxed),
             "retries": g.retries_total(),
-            "last_error": g.last_error(),
-            "last_reply": g.last_reply(),
+            // Error and reply texts can carry what a visitor said: technician only.
+            "last_error": if technician { g.last_error() } else { None },
+            "last_reply": if technician { g.last_reply() } else { None },
         })
     });
     let rtt = p.release_to_text.snapshot();
@@ -377,9 +378,25 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
     doc
 }
 
-async fn status_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let tech = s.auth().access(&headers) == Access::Technician;
+async fn status_handler(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let auth = s.auth();
+    let ip = peer(&req);
+    // A token on the anonymous endpoint goes through the same limiter and
+    // failure log as the technician endpoints: no free guessing here.
+    let tech = match auth.access(req.headers()) {
+        Access::Anonymous => false,
+        _ if !auth.allowed(ip) => return too_many(),
+        Access::Denied => return denied(&auth, ip, req.uri().path()),
+        Access::Technician => true,
+    };
     Json(status_json(&s, tech)).into_response()
+}
+
+/// A wrong token: counted against `ip`, logged once, 401.
+fn denied(auth: &Auth, ip: std::net::IpAddr, path: &str) -> Response {
+    auth.failed(ip);
+    tracing::warn!(client = %ip, path, "wrong technician token");
+    json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
 }
 
 /// A JSON error body: `{"error": "..."}`.
@@ -417,11 +434,7 @@ async fn require_technician(State(s): State<Arc<Shared>>, req: Request, next: Ne
             r
         }
         _ if !auth.allowed(ip) => too_many(),
-        Access::Denied => {
-            auth.failed(ip);
-            tracing::warn!(client = %ip, path = %req.uri().path(), "wrong technician token");
-            json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
-        }
+        Access::Denied => denied(&auth, ip, req.uri().path()),
         Access::Technician => next.run(req).await,
     }
 }
@@ -474,7 +487,8 @@ async fn login(
     r
 }
 
-async fn logout() -> Response {
+async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    s.auth().end_session(&headers);
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,

@@ -144,6 +144,9 @@ impl AudioSource for FileSource {
         let ch = usize::from(self.format.channels);
         let remaining = (self.samples.len() - self.pos) / ch;
         if remaining == 0 {
+            if let Some(clock) = &self.clock {
+                clock.finish();
+            }
             return Err(AudioError::EndOfStream);
         }
         let frames = self.format.period_frames.min(remaining).min(out.len() / ch);
