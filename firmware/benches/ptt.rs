@@ -60,9 +60,10 @@ fn main() {
         &cfg,
         format!(
             "[audio]\nbackend = \"file\"\nfile = {:?}\n[gpio]\nbackend = \"script\"\nscript = {:?}\n\
-             [stt]\nmodel_dir = {models:?}\n[status]\nlisten = \"127.0.0.1:0\"\n",
+             [stt]\nmodel_dir = {models:?}\ncalibration_file = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n",
             out_dir.join("session.wav"),
-            out_dir.join("buttons.toml")
+            out_dir.join("buttons.toml"),
+            out_dir.join("calibration.json")
         ),
     )
     .unwrap();

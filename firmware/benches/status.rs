@@ -67,8 +67,9 @@ fn main() {
         &cfg,
         format!(
             "[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n[stt]\nmodel_dir = {:?}\n\
-             [status]\nlisten = \"127.0.0.1:{port}\"\n",
-            root.join("models/build")
+             calibration_file = {:?}\n[status]\nlisten = \"127.0.0.1:{port}\"\n",
+            root.join("models/build"),
+            dir.join("calibration.json")
         ),
     )
     .unwrap();

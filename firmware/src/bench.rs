@@ -160,7 +160,7 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
     let auto = calibrate::decide(&eligible, &memory, low_memory);
     if args.json {
         let doc = serde_json::json!({
-            "talkie": crate::cli::VERSION,
+            "talkie": crate::VERSION,
             "tract": TRACT_VERSION,
             "cpu": cpu,
             "models": dir.display().to_string(),
@@ -251,7 +251,7 @@ fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &s
         cpu.cores,
         cpu.mem_total_mb.unwrap_or(0),
         cpu.features.join(" "),
-        crate::cli::VERSION
+        crate::VERSION
     );
     println!(
         "calibration input: {} mel frames + {} decoder steps\n",

@@ -4,13 +4,7 @@ use crate::config::{self, ConfigError, LogFormat, Overrides, EX_CONFIG};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// `talkie --version`: crate version plus git revision.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("TALKIE_GIT_REV"),
-    ")"
-);
+pub use crate::VERSION;
 
 /// Exit code for failures that are not configuration errors.
 pub const EX_FAILURE: i32 = 1;
@@ -255,7 +249,10 @@ pub fn main(cli: Cli) -> i32 {
                             .map(|l| l.config)
                             .map_err(|e| e.to_string())
                     });
-                    crate::run::run(cfg, args, loader).map_err(|e| e.to_string())
+                    let opts = crate::run::RunOptions {
+                        until_script_done: args.until_script_done,
+                    };
+                    crate::run::run(cfg, &opts, loader).map_err(|e| e.to_string())
                 }
                 _ => Ok(()),
             };

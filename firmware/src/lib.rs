@@ -1,16 +1,41 @@
 //! talkie: firmware for a push-to-talk voice kiosk.
 //!
-//! - [`config`]: the TOML file, overrides, validation, secrets.
-//! - [`audio`]: capture thread → SPSC queue → audio thread (downmix,
-//!   resample to 16 kHz, level meter, pre-roll) → a sink.
-//! - [`telemetry`]: the counters and gauges every loop publishes.
-//! - [`alloc_audit`]: a counting allocator that proves the audio path
-//!   allocates nothing in steady state (tests and benchmarks).
-//! - [`cli`]: the `talkie` command line.
+//! Layers, each importing only those below it (docs/architecture.md):
+//!
+//! - the binary: `main.rs` and [`cli`] (arguments, exit codes) and the
+//!   offline tools [`offline`] (`vad`, `transcribe`), [`bench`],
+//!   [`record`], [`scenario`];
+//! - the service: [`run`] (wiring, signals, shutdown), [`supervisor`]
+//!   (heartbeats, systemd notify and watchdog), [`reload`] (SIGHUP and
+//!   `POST /api/v1/reload`);
+//! - features: [`ptt`] (state machine, listener, recognition worker,
+//!   button, LEDs), [`agent`] (outbox, delivery link, breaker, mock agent,
+//!   `talkie outbox`), [`status`] (page, API, SSE, metrics, auth);
+//! - speech and audio: [`stt`] (Whisper on tract, calibration of precision
+//!   and threads), [`vad`] (Silero VAD, segmenter), [`models`] (manifest,
+//!   sha256 checks), [`audio`] (capture thread → SPSC queue → audio
+//!   thread: downmix, resample to 16 kHz, level meter, pre-roll);
+//! - foundations: [`config`] (the TOML file, overrides, validation,
+//!   secrets), [`telemetry`] (the counters and gauges every loop
+//!   publishes), [`logging`] and [`logring`] (tracing set-up, the ring the
+//!   status page shows), [`threads`] (named threads joined with a
+//!   deadline), [`alloc_audit`] (the counting allocator that proves the
+//!   audio path allocates nothing);
+//! - `talkie_hal` (its own crate): audio sources, button, LEDs, and the
+//!   simulation clock.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+
+/// `talkie --version`: crate version plus git revision. Here, at the root,
+/// so every layer can name the release without importing the command line.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("TALKIE_GIT_REV"),
+    ")"
+);
 
 pub mod agent;
 pub mod alloc_audit;

@@ -18,7 +18,6 @@
 
 use crate::agent::{AgentError, AgentStats};
 use crate::audio::{open_source, AudioPipeline, PipelineEnd, PipelineError, PipelineOptions};
-use crate::cli::RunArgs;
 use crate::config::{AudioBackend, Config, GpioBackend};
 use crate::offline::stt_model_dir;
 use crate::ptt::indicator::{self, LedMsg};
@@ -82,9 +81,18 @@ pub enum RunError {
     Blocking(String),
 }
 
+/// How `run` ends besides signals (the command line's `talkie run` flags,
+/// without clap types).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// With `gpio.backend = "script"`: exit once the last scripted event
+    /// has been fully handled.
+    pub until_script_done: bool,
+}
+
 /// Run the service until SIGINT/SIGTERM, until a simulated source ends, or
 /// (with `--until-script-done`) until the button script is fully handled.
-pub fn run(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), RunError> {
+pub fn run(config: &Config, args: &RunOptions, loader: Loader) -> Result<(), RunError> {
     if args.until_script_done && config.gpio.backend != GpioBackend::Script {
         return Err(RunError::NotScripted);
     }
@@ -108,7 +116,7 @@ struct Threads {
     leds_tx: mpsc::SyncSender<LedMsg>,
 }
 
-async fn serve(config: &Config, args: &RunArgs, loader: Loader) -> Result<(), RunError> {
+async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
@@ -537,8 +545,6 @@ fn stop_threads(t: Threads) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Log the audio counters: every second at debug level (the status page
-/// shows them live), once at info when the service stops.
 /// The heartbeats the watchdog checks (see [`crate::supervisor`]).
 fn beats(
     audio: &AudioStats,
@@ -609,6 +615,8 @@ fn outbox_drained(stats: &AgentStats, has_agent: bool) -> bool {
                     + stats.dead_lettered.load(Ordering::Relaxed))
 }
 
+/// Log the audio counters: every second at debug level (the status page
+/// shows them live), once at info when the service stops.
 fn report(stats: &AudioStats, last: bool) {
     let s = stats.snapshot();
     macro_rules! emit {

@@ -10,7 +10,7 @@
 //! | capture | every period, and on every reopen attempt | capture state is not `ended` |
 //! | audio | every frame or 100 ms | capture state is not `ended` |
 //! | listen | every 20 ms | always |
-//! | stt | every 500 ms idle, after each utterance | always (one inference is far below `stall_ms`) |
+//! | stt | every 500 ms idle, before every encoder window and decoder step while recognizing | always (a long recognition on a slow board keeps beating; a runaway one stops at `ptt::worker::RECOGNITION_LIMIT`) |
 //! | agent | every loop turn, ≤ 1 s idle | `agent.url` is set |
 //! | http | each 200 from `GET /healthz` over loopback, probed every `stall_ms / 4` (0.1–1 s) | always |
 //! | controller | is the loop that pings | — |
@@ -150,7 +150,6 @@ impl Notifier {
     }
 }
 
-/// The ping interval: half of `WATCHDOG_USEC`, if systemd asked for pings.
 /// How often the status server is probed: four probes per `stall_ms`,
 /// 0.1 s to 1 s apart.
 pub fn probe_interval(stall_ms: u32) -> Duration {
@@ -159,7 +158,10 @@ pub fn probe_interval(stall_ms: u32) -> Duration {
 
 /// Test hook for tests/e2e.rs: `TALKIE_TEST_WEDGE=LOOP:MS` makes that loop
 /// (`stt`) stop beating and working MS ms after it starts, as a wedged loop
-/// would. Unset in production; nothing else reads it.
+/// would. Only in builds with the `test-hooks` feature (`cargo test`
+/// enables it through the package's dev-dependency on itself); a release
+/// build does not contain it.
+#[cfg(feature = "test-hooks")]
 pub fn test_wedge(name: &str) -> Option<Duration> {
     let v = std::env::var("TALKIE_TEST_WEDGE").ok()?;
     let (loop_name, ms) = v.split_once(':')?;
@@ -169,6 +171,13 @@ pub fn test_wedge(name: &str) -> Option<Duration> {
     ms.parse().ok().map(Duration::from_millis)
 }
 
+/// Without `test-hooks`: never wedged.
+#[cfg(not(feature = "test-hooks"))]
+pub fn test_wedge(_name: &str) -> Option<Duration> {
+    None
+}
+
+/// The ping interval: half of `WATCHDOG_USEC`, if systemd asked for pings.
 pub fn watchdog_interval(enabled: bool) -> Option<Duration> {
     if !enabled {
         return None;

@@ -81,7 +81,7 @@ fn add(cfg: &Config, repeat: u32, texts: &[String]) -> Result<(), AgentError> {
                 speech_ms: 0,
                 stt_ms: 0,
                 avg_logprob: 0.0,
-                firmware_version: crate::cli::VERSION.to_owned(),
+                firmware_version: crate::VERSION.to_owned(),
             };
             let body =
                 serde_json::to_string(&p).map_err(|e| AgentError::Blocking(e.to_string()))?;

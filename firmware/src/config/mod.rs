@@ -55,7 +55,7 @@ impl fmt::Display for Origin {
             Origin::File { path, line, column } => {
                 write!(f, "{}:{line}:{column}", path.display())
             }
-            Origin::Set(arg) => write!(f, "--set {arg}"),
+            Origin::Set(arg) => write!(f, "--set {}", shorten(arg)),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::Default { path } => write!(f, "{} (built-in default)", path.display()),
         }
@@ -72,9 +72,27 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Longest message or `--set`/environment origin shown: a 1 MB value must
+/// not be echoed back whole.
+const MAX_SHOWN: usize = 200;
+
+fn shorten(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_SHOWN) {
+        Some((end, _)) => format!("{}… ({} bytes)", &s[..end], s.len()).into(),
+        None => s.into(),
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        let origin = self.origin.to_string();
+        write!(
+            f,
+            "{}: {}: {}",
+            shorten(&origin),
+            shorten(&self.key),
+            shorten(&self.message)
+        )
     }
 }
 

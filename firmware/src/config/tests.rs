@@ -227,3 +227,14 @@ fn token_and_config_files_are_bounded_regular_files() {
     assert!(err.contains("not a regular file"), "{err}");
     assert!(load(&fifo, &Overrides::default()).is_err());
 }
+
+#[test]
+fn a_huge_bad_value_is_not_echoed_whole() {
+    let huge = "x".repeat(1 << 20);
+    let e = load_text(&format!("[ptt]\nmode = \"{huge}\"\n"), &[], &[]).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.len() < 2_000, "{} bytes", shown.len());
+    assert!(shown.contains("ptt.mode"), "{shown}");
+    let e = load_text("", &[&format!("ptt.mode={huge}")], &[]).unwrap_err();
+    assert!(e.to_string().len() < 2_000);
+}

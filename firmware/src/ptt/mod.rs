@@ -365,7 +365,7 @@ impl Controller {
             speech_ms: rec.speech_ms,
             stt_ms: rec.stt_ms.round() as u64,
             avg_logprob: rec.avg_logprob,
-            firmware_version: crate::cli::VERSION.to_owned(),
+            firmware_version: crate::VERSION.to_owned(),
         };
         self.recent.push(rec);
         let Some(sink) = &self.outbox else {

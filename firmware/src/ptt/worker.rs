@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 /// more than one beyond the one being recognized).
 pub const QUEUE: usize = 2;
 
+/// Longest one utterance may take to recognize, whatever the board: past
+/// it, recognition stops at the next decoder step and the utterance counts
+/// as a recognition failure (the error blink), instead of the watchdog
+/// restarting the service. A 30 s press on a Zero 2 W with fp32 takes
+/// well under a minute.
+pub const RECOGNITION_LIMIT: Duration = Duration::from_secs(120);
+
 /// A finished recognition, for the controller.
 #[derive(Debug)]
 pub struct Recognized {
@@ -36,6 +43,21 @@ pub fn run(
     stats: Arc<PttStats>,
 ) {
     let wedge_at = crate::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
+    // The loop beats at every decoder step, so a long recognition on a slow
+    // board is not mistaken for a hung one; the deadline stops a runaway.
+    let deadline = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    {
+        let (stats, deadline) = (Arc::clone(&stats), Arc::clone(&deadline));
+        recognizer.set_step_hook(Some(Box::new(move || {
+            let now = now_ms();
+            stats.stt_beat_ms.store(now, Relaxed);
+            if now > deadline.load(Relaxed) {
+                Err("longer than the recognition time limit")
+            } else {
+                Ok(())
+            }
+        })));
+    }
     loop {
         if wedge_at.is_some_and(|t| Instant::now() >= t) {
             tracing::warn!("test hook TALKIE_TEST_WEDGE: the stt loop stops beating and working");
@@ -52,7 +74,10 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let limit_ms = u64::try_from(RECOGNITION_LIMIT.as_millis()).unwrap_or(u64::MAX);
+        deadline.store(now_ms().saturating_add(limit_ms), Relaxed);
         let outcome = recognizer.recognize(&utt.samples);
+        deadline.store(u64::MAX, Relaxed);
         let done_at = Instant::now();
         stats.stt_beat_ms.store(now_ms(), Relaxed);
         let Utterance {

@@ -59,7 +59,7 @@ pub fn render(s: &Shared) -> String {
     );
     o.sample(
         "talkie_build_info",
-        &format!("version=\"{}\"", crate::cli::VERSION.replace('"', "")),
+        &format!("version=\"{}\"", crate::VERSION.replace('"', "")),
         1.0,
     );
     if let Some(c) = s.calibration.get() {

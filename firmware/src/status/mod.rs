@@ -325,7 +325,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
     let last_press = p.last_press_unix_ms.load(Relaxed);
     let mut doc = serde_json::json!({
         "device_id": s.device_id,
-        "version": crate::cli::VERSION,
+        "version": crate::VERSION,
         "uptime_s": s.started.elapsed().as_secs(),
         "ready": why.is_empty(),
         "not_ready_because": why,
@@ -774,6 +774,46 @@ async fn security_headers(req: Request, next: Next) -> Response {
     r
 }
 
+/// Every error answer is JSON (`{"error": …}`), also those axum and its
+/// extractors make on their own (405, 413, 400 from a bad form or query):
+/// a plain-text or empty error body becomes JSON with its first 200
+/// characters.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let msg = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = json_error(status, msg);
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
 async fn not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -816,6 +856,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(technician)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(timeout))
         .with_state(shared)

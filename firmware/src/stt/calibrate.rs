@@ -70,6 +70,20 @@ pub struct CpuInfo {
     pub cores: usize,
     /// `MemTotal`, when readable.
     pub mem_total_mb: Option<u64>,
+    /// The instruction sets tract's kernel selection found on this CPU
+    /// (`aarch64+aarch64_dotprod`, `x86_64+avx+avx2+fma…`): which kernel
+    /// family runs (dot-product int8 kernels only with `dotprod`).
+    #[serde(default)]
+    pub tract_isa: String,
+}
+
+/// tract's own view of the CPU: the ISA set its kernel dispatch uses.
+pub fn tract_isa() -> String {
+    let names: Vec<&str> = tract_linalg::isa::native()
+        .iter()
+        .map(|i| i.name())
+        .collect();
+    names.join("+")
 }
 
 /// Arm core names by `CPU part` (implementer 0x41).
@@ -97,7 +111,10 @@ impl CpuInfo {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpuinfo = read_small("/proc/cpuinfo");
         let meminfo = read_small("/proc/meminfo");
-        Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
+        Self {
+            tract_isa: tract_isa(),
+            ..Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
+        }
     }
 
     /// The pure part of [`CpuInfo::read`].
@@ -136,6 +153,7 @@ impl CpuInfo {
             features,
             cores: cores.max(1),
             mem_total_mb,
+            tract_isa: String::new(),
         }
     }
 
@@ -299,6 +317,7 @@ pub struct CacheKey {
     pub cpu_model: String,
     pub arch: String,
     pub features: Vec<String>,
+    pub tract_isa: String,
     pub cores: usize,
     pub precision: String,
     pub threads: String,
@@ -327,11 +346,12 @@ impl CacheKey {
             .map(|e| (e.file, e.sha256))
             .collect();
         Self {
-            talkie: crate::cli::VERSION.to_owned(),
+            talkie: crate::VERSION.to_owned(),
             models,
             cpu_model: cpu.model.clone(),
             arch: cpu.arch.clone(),
             features: cpu.features.clone(),
+            tract_isa: cpu.tract_isa.clone(),
             cores: cpu.cores,
             precision: precision.as_str().to_owned(),
             threads: match threads {
@@ -429,6 +449,7 @@ impl Calibration {
                 "arch": self.cpu.arch,
                 "cores": self.cpu.cores,
                 "features": self.cpu.features,
+                "tract_isa": self.cpu.tract_isa,
                 "mem_total_mb": self.cpu.mem_total_mb,
             },
         })

@@ -12,4 +12,4 @@ pub mod whisper;
 
 pub use recognizer::{Recognition, RecognizeError, Recognizer, VAD_FILE};
 pub use vocab::Vocab;
-pub use whisper::{SttError, Transcript, Whisper};
+pub use whisper::{StepHook, SttError, Transcript, Whisper};

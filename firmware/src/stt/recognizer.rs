@@ -124,6 +124,7 @@ fn log_calibration(c: &Calibration, file: &Path) {
         calibration_ms = format_args!("{:.0}", c.calibration_ms),
         cpu = %c.cpu.model,
         features = %c.cpu.features.join(","),
+        tract_isa = %c.cpu.tract_isa,
         file = %file.display(),
         "{msg}"
     );
@@ -269,6 +270,12 @@ impl Recognizer {
         })
     }
 
+    /// Install a hook Whisper calls before every encoder window and decoder
+    /// step (see [`super::whisper::StepHook`]).
+    pub fn set_step_hook(&mut self, hook: Option<super::whisper::StepHook>) {
+        self.whisper.set_step_hook(hook);
+    }
+
     /// How the precision and threads in use were decided.
     pub fn calibration(&self) -> &Calibration {
         &self.calibration
@@ -342,5 +349,77 @@ impl Recognizer {
             total_ms: t0.elapsed().as_secs_f64() * 1000.0,
             transcript,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Precision, Threads};
+
+    /// Three dev clips in every precision give the transcripts of the
+    /// x86_64 fp32 run. `make cross-test` runs this test under qemu-aarch64
+    /// for several CPU models (`QEMU_CPU`), so every Arm kernel family
+    /// tract picks (with and without dot-product) is checked for
+    /// correctness; the ISA line it prints says which family ran.
+    #[test]
+    fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let models = root.join("models/build");
+        let eval = std::env::var_os("TALKIE_EVAL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/eval"))
+            .join("dev");
+        let expected = [
+            ("dev_00.wav", "Where is the nearest restroom?"),
+            ("dev_01.wav", "What time does the museum close today?"),
+            (
+                "dev_02.wav",
+                "Can you show me the way to the main entrance?",
+            ),
+        ];
+        eprintln!(
+            "cpu: {:?}; tract ISA: {}",
+            CpuInfo::read().model,
+            calibrate::tract_isa()
+        );
+        for precision in [Precision::Fp32, Precision::Int8] {
+            let mut cfg = Config::default();
+            cfg.stt.precision = precision;
+            cfg.stt.threads = Threads::Fixed(1);
+            let mut r = Recognizer::load(&models, &cfg).expect("models built (make models)");
+            for (file, text) in expected {
+                let samples = crate::audio::clip::load_pipeline_clip(&eval.join(file)).unwrap();
+                let got = r.recognize(&samples).unwrap();
+                eprintln!(
+                    "{precision:?} {file}: {:?} ({:.0} ms)",
+                    got.text, got.total_ms
+                );
+                assert_eq!(got.text, text, "{precision:?} {file}");
+            }
+            if precision == Precision::Fp32 {
+                // The step hook beats before every window and decoder step,
+                // and stops recognition when it says so.
+                let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let seen = std::sync::Arc::clone(&calls);
+                r.set_step_hook(Some(Box::new(move || {
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= 4 {
+                        Err("test limit")
+                    } else {
+                        Ok(())
+                    }
+                })));
+                let samples =
+                    crate::audio::clip::load_pipeline_clip(&eval.join(expected[2].0)).unwrap();
+                match r.recognize(&samples) {
+                    Err(RecognizeError::Stt(SttError::Stopped(why))) => {
+                        assert_eq!(why, "test limit")
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 5);
+            }
+        }
     }
 }

@@ -74,7 +74,14 @@ pub enum SttError {
     Model(#[from] ModelError),
     #[error("speech recognition failed: {0}")]
     Run(String),
+    #[error("speech recognition stopped: {0}")]
+    Stopped(&'static str),
 }
+
+/// Called before every encoder window and every decoder step: a heartbeat
+/// for the watchdog, and a way to stop (a time limit, a cancelled job).
+/// `Err(why)` stops recognition with [`SttError::Stopped`].
+pub type StepHook = Box<dyn FnMut() -> Result<(), &'static str> + Send>;
 
 fn run_err(e: impl std::fmt::Debug) -> SttError {
     SttError::Run(format!("{e:?}"))
@@ -111,6 +118,8 @@ pub struct Whisper {
     margin_frames: usize,
     layers: usize,
     width: usize,
+    /// See [`StepHook`].
+    hook: Option<StepHook>,
 }
 
 impl std::fmt::Debug for Whisper {
@@ -189,7 +198,20 @@ impl Whisper {
             margin_frames: margin_frames.clamp(2, MAX_FRAMES / 2),
             layers,
             width,
+            hook: None,
         })
+    }
+
+    /// Install (or remove) the [`StepHook`].
+    pub fn set_step_hook(&mut self, hook: Option<StepHook>) {
+        self.hook = hook;
+    }
+
+    fn step_hook(&mut self) -> Result<(), SttError> {
+        match self.hook.as_mut() {
+            Some(h) => h().map_err(SttError::Stopped),
+            None => Ok(()),
+        }
     }
 
     /// Transcribe 16 kHz mono audio; audio longer than one window is cut
@@ -322,6 +344,7 @@ impl Whisper {
     }
 
     fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        self.step_hook()?;
         let t0 = Instant::now();
         let cross = self.encode(audio, self.window_frames(audio.len()))?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -338,6 +361,7 @@ impl Whisper {
         let mut no_speech_prob = 0.0f32;
         let mut state = self.decoder.spawn().map_err(run_err)?;
         for step in 0..prompt.len() + cap {
+            self.step_hook()?;
             let token = match prompt.get(step) {
                 Some(&t) => t,
                 None => match out.last() {

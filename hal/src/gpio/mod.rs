@@ -50,7 +50,7 @@ pub enum ButtonPoll {
 
 /// What the indicators show; each backend renders it its own way (plain
 /// LEDs, PWM patterns, APA102 colours, a recorded timeline). The table in
-/// `docs/leds.md` is generated from [`IndicatorState::look`].
+/// `docs/ptt.md` ("LED vocabulary") describes [`IndicatorState::look`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndicatorState {
     Off,
