@@ -1157,6 +1157,104 @@ fn accepted(records: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
+/// A hand-written agent on loopback answering each request with the next
+/// of `answers` (raw HTTP responses); returns its port and the request
+/// lines it saw.
+fn raw_agent(answers: Vec<String>) -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for answer in answers {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut r = std::io::BufReader::new(stream);
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            tx.send(first.trim().to_owned()).unwrap();
+            r.get_mut().write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    (port, rx)
+}
+
+/// Issue 18 rows 2 and 12: a redirect is not followed (it would turn the
+/// POST into a GET or send the transcript elsewhere) but named in the
+/// error; a long reply_text is cut before it is stored.
+#[test]
+fn redirects_are_not_followed_and_long_replies_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let reply = format!("{{\"reply_text\": \"{}\"}}", "a".repeat(10_000));
+    let (port, seen) = raw_agent(vec![
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/elsewhere\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_owned(),
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{reply}",
+            reply.len()
+        ),
+    ]);
+    let cfg = agent_config(dir.path(), port);
+    outbox_add(&cfg, 1);
+    let out = deliver(&cfg);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("redirect to http://127.0.0.1:1/elsewhere"),
+        "the error names the Location"
+    );
+    let requests: Vec<String> = seen.try_iter().collect();
+    assert_eq!(
+        requests,
+        [
+            "POST /v1/utterances HTTP/1.1",
+            "POST /v1/utterances HTTP/1.1"
+        ],
+        "the same POST again, never a GET and never the redirect target"
+    );
+    let st = outbox_status(&cfg);
+    let stored = st["recent_delivered"][0]["reply_text"].as_str().unwrap();
+    assert_eq!(stored.chars().count(), 1001, "1000 characters and …");
+}
+
+/// Issue 18 row 10: no panic (exit 101) on input the process is handed.
+#[test]
+fn non_utf8_environment_and_nan_arguments_are_handled() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let out = run(talkie()
+        .env("FOO", bad)
+        .env("TALKIE_DEVICE__ID", bad)
+        .args([
+            "--config",
+            "/nonexistent.toml",
+            "--set",
+            "device.id=x",
+            "check-config",
+        ]));
+    assert_ne!(out.status.code(), Some(101), "no panic");
+    for wait in ["NaN", "inf", "-1"] {
+        let out = run(talkie().args(["health", &format!("--wait={wait}")]));
+        assert_eq!(out.status.code(), Some(64), "--wait {wait}");
+        assert!(text(&out.stderr).contains("--wait"));
+    }
+}
+
 #[test]
 fn agent_down_then_up_delivers_everything_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
