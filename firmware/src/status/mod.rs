@@ -1060,4 +1060,71 @@ mod tests {
         assert_eq!(beats, 0, "a server that does not answer must not beat");
         holder.abort();
     }
+
+    fn shared_with_agent() -> Arc<Shared> {
+        let agent = Arc::new(AgentStats::default());
+        agent.set_last_reply("You said: my name is Ada");
+        agent.set_last_error("HTTP 500: could not store 'my name is Ada'");
+        let mut cfg = crate::config::Config::default();
+        cfg.status.token = Some(crate::config::Secret::new("s3cret"));
+        Arc::new(Shared::new(
+            &cfg,
+            "test".into(),
+            Arc::new(AudioStats::default()),
+            Arc::new(PttStats::default()),
+            Some(agent),
+            crate::logring::global().clone(),
+            RecentTranscripts::default(),
+            CancellationToken::new(),
+        ))
+    }
+
+    /// Issue 18 row 3: what a visitor said never reaches the anonymous view.
+    #[test]
+    fn anonymous_status_has_no_reply_or_error_text() {
+        let s = shared_with_agent();
+        let anon = status_json(&s, false).to_string();
+        assert!(!anon.contains("Ada"), "{anon}");
+        let tech = status_json(&s, true);
+        assert_eq!(tech["agent"]["last_reply"], "You said: my name is Ada");
+        assert!(tech["agent"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500"));
+    }
+
+    /// Issue 18 row 19: errors axum makes itself (405, 413) are JSON too.
+    #[tokio::test]
+    async fn every_error_body_is_json() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let big = "x".repeat(BODY_LIMIT + 10);
+        for (req, code) in [
+            ("DELETE /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(), 405),
+            (
+                format!(
+                    "POST /login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\ntoken={big}",
+                    big.len() + 6
+                ),
+                413,
+            ),
+        ] {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = c.write_all(req.as_bytes()).await;
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with(&format!("HTTP/1.1 {code}")), "{text}");
+            assert!(text.to_ascii_lowercase().contains("content-type: application/json"), "{text}");
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(v["error"].is_string(), "{text}");
+        }
+        cancel.cancel();
+        let _ = server.await;
+    }
 }
