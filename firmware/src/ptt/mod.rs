@@ -161,7 +161,6 @@ impl Controller {
         self.machine.pending() > 0
     }
 
-    /// Tell the machine whether a component needed for utterances failed.
     /// A component failed (`fault`) or the agent is unreachable
     /// (`offline`: the breaker is open); the LEDs show it while idle.
     pub fn set_health(&mut self, fault: bool, offline: bool) {
@@ -438,5 +437,43 @@ pub fn button_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18 row 18: an open breaker shows the offline pattern while
+    /// idle (the controller used to send `offline: false` always).
+    #[test]
+    fn an_open_breaker_shows_offline_and_a_fault_wins() {
+        let (listener, _l) = std::sync::mpsc::sync_channel(16);
+        let (leds, _d) = std::sync::mpsc::sync_channel(32);
+        let (events, _e) = tokio::sync::mpsc::channel(8);
+        let mut c = Controller::new(
+            Machine::new(&crate::config::PttConfig::default()),
+            Instant::now(),
+            listener,
+            leds,
+            Arc::new(PttStats::default()),
+            RecentTranscripts::default(),
+            SinkWiring {
+                device_id: "t".into(),
+                outbox: None,
+                events,
+            },
+        );
+        assert_eq!(c.shown(), IndicatorState::Idle);
+        c.set_health(false, true);
+        assert_eq!(c.shown(), IndicatorState::Offline);
+        c.set_health(true, true);
+        assert_eq!(
+            c.shown(),
+            IndicatorState::Error,
+            "a fault wins over offline"
+        );
+        c.set_health(false, false);
+        assert_eq!(c.shown(), IndicatorState::Idle);
     }
 }
