@@ -302,15 +302,7 @@ impl Recognizer {
 
     fn warm_up_here(&mut self) -> Result<f64, RecognizeError> {
         let t0 = Instant::now();
-        let mut x: u32 = 0x1234_5678;
-        let noise: Vec<f32> = (0..PIPELINE_RATE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32 - 0.5) * 1e-3
-            })
-            .collect();
+        let noise = super::whisper::quiet_noise(PIPELINE_RATE as usize, 1e-3);
         vad::segments(&mut self.vad, &self.seg, &noise)?;
         self.whisper.transcribe(&noise)?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)

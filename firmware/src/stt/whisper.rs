@@ -319,15 +319,7 @@ impl Whisper {
         let frames = frames.clamp(2, MAX_FRAMES);
         let frames = frames + frames % 2;
         // Quiet noise over half the window, zeros after, like a short press.
-        let mut x: u32 = 0x1234_5678;
-        let audio: Vec<f32> = (0..frames * HOP / 2)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32 - 0.5) * 1e-2
-            })
-            .collect();
+        let audio = quiet_noise(frames * HOP / 2, 1e-2);
         let t0 = Instant::now();
         let cross = self.encode(&audio, frames)?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -417,6 +409,20 @@ impl Whisper {
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
+
+/// `n` samples of deterministic white noise of peak-to-peak `amplitude`
+/// (xorshift32): the fixed input of warm-up and calibration.
+pub fn quiet_noise(n: usize, amplitude: f32) -> Vec<f32> {
+    let mut x: u32 = 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 - 0.5) * amplitude
+        })
+        .collect()
 }
 
 /// Length to cut when decoding loops: a block of 4 or more tokens repeated
