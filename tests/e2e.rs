@@ -1306,6 +1306,64 @@ fn kill_9_during_delivery_then_restart_loses_nothing() {
     assert_eq!(outbox_status(&cfg)["depth"], 0);
 }
 
+/// Issue 18 row 17: queued transcripts were delivered only after the
+/// models had loaded, so a service restarting faster than its models load
+/// never emptied its outbox. Model loading is held here (test hook) until
+/// both queued items have arrived at the agent.
+#[test]
+fn queued_transcripts_are_delivered_while_the_models_load() {
+    use std::io::BufRead;
+    let (dir, mock, cfg) = agent_setup(&[]);
+    let ids = outbox_add(&cfg, 2);
+    let go = dir.path().join("models-may-load");
+    let mut child = talkie()
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--set",
+            "status.listen=127.0.0.1:0",
+        ])
+        .args(["--set", "audio.backend=file", "--set"])
+        .arg(format!(
+            "audio.file={}",
+            eval_dir().join("dev/dev_00.wav").display()
+        ))
+        .args([
+            "--set",
+            &format!("stt.model_dir={}", models_dir().display()),
+        ])
+        .env("TALKIE_TEST_HOLD_MODELS", &go)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        let line = lines.next().expect("talkie ended early").unwrap();
+        assert!(!line.contains("models loaded"), "models were held: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "delivered" {
+            delivered.push(line);
+        }
+    }
+    assert_eq!(
+        accepted(&mock.records()),
+        ids,
+        "both, in order, before any model"
+    );
+    std::fs::write(&go, b"").unwrap();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("models loaded"))),
+        "the service goes on to load its models"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn permanent_4xx_is_dead_lettered_and_429_retry_after_is_honoured() {
     let (_dir, mock, cfg) = agent_setup(&["--status", "400", "--fail-first", "1"]);

@@ -186,6 +186,7 @@ fn bench_one(
     quick: bool,
 ) -> Result<Row, OfflineError> {
     let mut c = cfg.clone();
+    c.vad.model = dir.join(crate::stt::VAD_FILE);
     c.stt.precision = match precision {
         ModelPrecision::Fp32 => Precision::Fp32,
         ModelPrecision::Int8 => Precision::Int8,

@@ -3,8 +3,9 @@
 //! report the rest as waiting for a restart.
 //!
 //! Applied live: `log.level`, `status.token`, `status.token_file` (the
-//! technician token; browsers logged in with the old one are logged out).
-//! Everything else (audio device, models, GPIO pins, agent URL, …) is held
+//! technician token; browsers logged in with the old one are logged out),
+//! `agent.token`, `agent.token_file` (the next request carries it; a
+//! delivery paused on 401/403 is retried at once). Everything else (audio device, models, GPIO pins, agent URL, …) is held
 //! by a running thread or connection and takes effect on the next start;
 //! the status page lists those keys under "pending restart".
 
@@ -13,7 +14,13 @@ use crate::status::ReloadReport;
 use serde_json::Value;
 
 /// Keys a running service applies at once.
-pub const LIVE: &[&str] = &["log.level", "status.token", "status.token_file"];
+pub const LIVE: &[&str] = &[
+    "log.level",
+    "status.token",
+    "status.token_file",
+    "agent.token",
+    "agent.token_file",
+];
 
 /// Reads the configuration again (the file with the start-up overrides).
 pub type Loader = std::sync::Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -77,6 +84,8 @@ pub fn plan(running: &Config, new: &Config) -> (ReloadReport, Config) {
     effective.log.level = new.log.level.clone();
     effective.status.token = new.status.token.clone();
     effective.status.token_file = new.status.token_file.clone();
+    effective.agent.token = new.agent.token.clone();
+    effective.agent.token_file = new.agent.token_file.clone();
     (
         ReloadReport {
             ok: true,
@@ -141,5 +150,11 @@ mod tests {
         let mut b = a.clone();
         b.agent.token = Some(Secret::new("two"));
         assert_eq!(changed_keys(&a, &b), ["agent.token"]);
+        let (report, effective) = plan(&a, &b);
+        assert_eq!(report.applied, ["agent.token"], "applied live");
+        assert_eq!(
+            effective.agent.token.as_ref().map(|t| t.expose()),
+            Some("two")
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::ptt::machine::Machine;
 use crate::ptt::{self, worker, ControlEvent, Controller, RecentTranscripts, SinkWiring};
 use crate::reload::Loader;
 use crate::status;
-use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
+use crate::stt::{RecognizeError, Recognizer};
 use crate::supervisor::{self, Beat, Notice, Notifier};
 use crate::telemetry::now_ms;
 use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
@@ -98,6 +98,9 @@ pub fn run(config: &Config, args: &RunOptions, loader: Loader) -> Result<(), Run
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Bounded (the unit's TasksMax=128): outbox writes and model
+        // loading are the only blocking work.
+        .max_blocking_threads(16)
         .thread_name("talkie-rt")
         .enable_all()
         .build()
@@ -155,7 +158,25 @@ async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(),
         cancel.clone(),
     ));
 
-    // Models first: verified, loaded and warmed before anything listens.
+    // The agent link before the models: transcripts already queued are
+    // delivered while the models load (seconds on a Pi), so a service that
+    // restarts faster than it loads still empties its outbox.
+    let outbox_sink = match &config.agent.url {
+        Some(url) => {
+            let (link, sink) = crate::agent::open(config, url, Arc::clone(&agent_stats)).await?;
+            tasks.spawn(link.run(cancel.clone()));
+            Some(sink)
+        }
+        None => {
+            tracing::info!("agent.url not set: transcripts are logged and kept in memory only");
+            None
+        }
+    };
+    if let Some(h) = &outbox_sink {
+        let _ = shared.outbox.set(h.clone());
+    }
+
+    // Models next: verified, loaded and warmed before anything listens.
     let notifier = Notifier::start();
     notifier.send(Notice {
         status: Some("loading models".into()),
@@ -163,9 +184,10 @@ async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(),
         ..Notice::default()
     });
     let dir = stt_model_dir(config, None);
-    let cfg = config.clone();
+    let cfg = crate::offline::with_vad_resolved(config, None);
     let models_shown = Arc::clone(&shared);
     let (recognizer, auto_stop_vad) = tokio::task::spawn_blocking(move || {
+        supervisor::test_hold_models();
         let t0 = Instant::now();
         let mut r = Recognizer::load(&dir, &cfg)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -175,7 +197,7 @@ async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(),
         let _ = models_shown.models.set(crate::models::in_use(&dir, chosen.as_str()));
         let _ = models_shown.calibration.set(r.calibration().clone());
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
-            Some(SileroVad::load(&dir.join(VAD_FILE))?)
+            Some(SileroVad::load(&cfg.vad.model)?)
         } else {
             None
         };
@@ -183,14 +205,6 @@ async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(),
     })
     .await
     .map_err(|e| RunError::Blocking(e.to_string()))??;
-
-    let link = match &config.agent.url {
-        Some(url) => Some(crate::agent::open(config, url, Arc::clone(&agent_stats)).await?),
-        None => {
-            tracing::info!("agent.url not set: transcripts are logged and kept in memory only");
-            None
-        }
-    };
 
     let epoch = Instant::now();
     // A simulated session's own clock (audio.sim_clock, file backend only).
@@ -272,10 +286,6 @@ async fn serve(config: &Config, args: &RunOptions, loader: Loader) -> Result<(),
         })
         .map_err(spawn_err)?
     };
-    let outbox_sink = link.map(|(link, sink)| {
-        tasks.spawn(link.run(cancel.clone()));
-        sink
-    });
     tasks.close();
     let mut controller = Controller::new(
         Machine::new(&config.ptt),
@@ -510,6 +520,17 @@ async fn reload(
                     tracing::warn!(error = %e, "log.level not applied");
                     report.applied.retain(|k| k != "log.level");
                     report.needs_restart.push("log.level".into());
+                }
+            }
+            if report.applied.iter().any(|k| k.starts_with("agent.token")) {
+                if let Some(h) = shared.outbox.get() {
+                    h.set_token(
+                        effective
+                            .agent
+                            .token
+                            .as_ref()
+                            .map(|t| t.expose().to_owned()),
+                    );
                 }
             }
             *running = effective;

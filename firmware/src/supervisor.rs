@@ -177,6 +177,26 @@ pub fn test_wedge(_name: &str) -> Option<Duration> {
     None
 }
 
+/// Test hook for tests/e2e.rs: `TALKIE_TEST_HOLD_MODELS=PATH` holds model
+/// loading until PATH exists (at most 120 s), so a test can see what the
+/// service does before its models are ready. `test-hooks` builds only.
+#[cfg(feature = "test-hooks")]
+pub fn test_hold_models() {
+    let Some(path) = std::env::var_os("TALKIE_TEST_HOLD_MODELS") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    tracing::warn!(until = %path.display(), "test hook TALKIE_TEST_HOLD_MODELS: model loading held");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Without `test-hooks`: nothing is held.
+#[cfg(not(feature = "test-hooks"))]
+pub fn test_hold_models() {}
+
 /// The ping interval: half of `WATCHDOG_USEC`, if systemd asked for pings.
 pub fn watchdog_interval(enabled: bool) -> Option<Duration> {
     if !enabled {

@@ -4,10 +4,18 @@
 //!
 //! Per response: 2xx → delivered (an optional `{"reply_text": …}` body is
 //! kept); 409 → the agent already has it (delivered); 429/503 → retry,
-//! honouring `Retry-After`; other 4xx → dead letter (never retried); 5xx,
-//! timeouts and connection errors → retry. Retries wait an exponential
-//! backoff with full jitter (reset after a success) and feed the circuit
-//! breaker; while the breaker is open nothing is sent.
+//! honouring `Retry-After`; 401/403/404 → delivery *pauses* (the agent
+//! rejects our token or URL: every item would fail the same way, so none
+//! is dead-lettered; retried with the backoff, at most every
+//! `agent.backoff_max_ms`, and at once after a reload changes
+//! `agent.token`); other 4xx → dead letter (never retried); 5xx, timeouts
+//! and connection errors → retry. Retries wait an exponential backoff with
+//! full jitter (reset after a success) and feed the circuit breaker; while
+//! the breaker is open nothing is sent.
+//!
+//! One item cannot block the rest: after `outbox.max_attempts` server
+//! errors (5xx but 503) on it, or once it is older than `outbox.max_age_h`,
+//! it moves to the dead-letter table and the next one is sent.
 
 use super::breaker::{Backoff, Breaker, BreakerState};
 use super::outbox::{unix_ms, Outbox, OutboxError, Pending};
@@ -54,6 +62,11 @@ pub enum Outcome {
         error: String,
     },
     Permanent {
+        status: u16,
+        reason: String,
+    },
+    /// 401/403/404: the agent rejects our credentials or URL.
+    Rejected {
         status: u16,
         reason: String,
     },
@@ -122,6 +135,10 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
             class: FailureClass::Server,
             retry_after: None,
             error: format!("HTTP {status}"),
+        },
+        401 | 403 | 404 => Outcome::Rejected {
+            status,
+            reason: truncate(body),
         },
         400..=499 => Outcome::Permanent {
             status,
@@ -304,7 +321,12 @@ pub struct Link {
     pub outbox: Arc<Mutex<Outbox>>,
     pub client: reqwest::Client,
     pub url: reqwest::Url,
-    pub token: Option<String>,
+    /// The bearer token; a reload may replace it (then `wake` is notified).
+    pub token: AgentToken,
+    /// Server errors one item may get before it is dead-lettered.
+    pub max_attempts: u32,
+    /// How long an item may wait before it is dead-lettered; None = ever.
+    pub max_age: Option<Duration>,
     pub backoff: Backoff,
     pub breaker: Breaker,
     pub stats: Arc<AgentStats>,
@@ -322,8 +344,11 @@ impl std::fmt::Debug for Link {
     }
 }
 
+/// The agent's bearer token, shared by the link and the reload path.
+pub type AgentToken = Arc<std::sync::RwLock<Option<String>>>;
+
 /// Run a blocking outbox operation off the async threads.
-async fn with_outbox<T: Send + 'static>(
+pub async fn with_outbox<T: Send + 'static>(
     outbox: &Arc<Mutex<Outbox>>,
     f: impl FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
 ) -> Result<T, OutboxError> {
@@ -350,14 +375,74 @@ impl Link {
     }
 
     async fn refresh_depth(&self) {
-        if let Ok((depth, oldest)) =
-            with_outbox(&self.outbox, |o| Ok((o.depth()?, o.oldest_ms()?))).await
+        if let Ok((depth, oldest, dead)) = with_outbox(&self.outbox, |o| {
+            Ok((o.depth()?, o.oldest_ms()?, o.dead_count()?))
+        })
+        .await
         {
             self.stats.outbox_depth.store(depth, Relaxed);
             self.stats
                 .oldest_created_ms
                 .store(oldest.unwrap_or(0), Relaxed);
+            self.stats.dead_letter_depth.store(dead, Relaxed);
         }
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Record a delivery the agent acknowledged; until it is on disk
+    /// (a full disk fails the write) nothing else is sent and the item is
+    /// not sent again: the write alone is retried with the backoff.
+    async fn record_delivered(
+        &mut self,
+        seq: i64,
+        reply: Option<String>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let r = reply.clone();
+            match with_outbox(&self.outbox, move |o| o.mark_delivered(seq, r.as_deref())).await {
+                Ok(()) => return false,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record a delivery the agent acknowledged; retrying the write (nothing is sent meanwhile)");
+                    self.stats.set_last_error(&e.to_string());
+                    if sleep_or_cancel(wait, cancel).await {
+                        return true;
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                    self.stats
+                        .beat_ms
+                        .store(crate::telemetry::now_ms(), Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Move `item` to the dead letters; true when cancelled while waiting.
+    async fn dead_letter(
+        &mut self,
+        item: &Pending,
+        status: u16,
+        reason: String,
+        cancel: &CancellationToken,
+    ) -> bool {
+        self.stats.dead_lettered.fetch_add(1, Relaxed);
+        self.stats
+            .set_last_error(&format!("{}: {reason}", item.id.get(..8).unwrap_or("")));
+        tracing::error!(target: "talkie::agent", id = %item.id, status, reason = %reason, "transcript moved to the dead-letter table (`talkie outbox dead-letter retry` sends it again)");
+        let seq = item.seq;
+        if let Err(e) = with_outbox(&self.outbox, move |o| o.mark_dead(seq, status, &reason)).await
+        {
+            tracing::error!(error = %e, "cannot move to dead letters");
+            return sleep_or_cancel(Duration::from_secs(1), cancel).await;
+        }
+        false
     }
 
     /// Deliver until `cancel`: the request in flight is abandoned (the item
@@ -391,6 +476,20 @@ impl Link {
                 }
                 continue;
             };
+            if let Some(max_age) = self.max_age {
+                let age = Duration::from_millis(unix_ms().saturating_sub(item.created_ms));
+                if age >= max_age {
+                    self.stats.expired.fetch_add(1, Relaxed);
+                    let reason = format!(
+                        "waited {} h, longer than outbox.max_age_h",
+                        age.as_secs() / 3600
+                    );
+                    if self.dead_letter(&item, 0, reason, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             if let Err(wait) = self.breaker.allow(Instant::now()) {
                 if sleep_or_cancel(wait, &cancel).await {
                     return;
@@ -400,8 +499,9 @@ impl Link {
             self.set_breaker();
             let t0 = Instant::now();
             tracing::debug!(target: "talkie::agent", id = %item.id, attempt = item.attempts + 1, "sending");
+            let token = self.token();
             let outcome = tokio::select! {
-                o = attempt(&self.client, &self.url, self.token.as_deref(), &item) => o,
+                o = attempt(&self.client, &self.url, token.as_deref(), &item) => o,
                 _ = cancel.cancelled() => {
                     tracing::info!(id = %item.id, "shutdown: request abandoned; the transcript stays in the outbox");
                     return;
@@ -442,31 +542,43 @@ impl Link {
                 if let Some(r) = &reply {
                     self.stats.set_last_reply(r);
                 }
-                let r = reply.clone();
-                if let Err(e) =
-                    with_outbox(&self.outbox, move |o| o.mark_delivered(seq, r.as_deref())).await
-                {
-                    tracing::error!(error = %e, id = %item.id, "cannot mark delivered; it will be sent again (the agent deduplicates)");
-                    return sleep_or_cancel(Duration::from_secs(1), cancel).await;
+                if self.stats.paused_status.swap(0, Relaxed) != 0 {
+                    tracing::info!(target: "talkie::agent", "the agent accepts transcripts again: delivery resumed");
                 }
-                false
+                self.record_delivered(seq, reply, cancel).await
             }
             Outcome::Permanent { status, reason } => {
                 // The agent answered: the link works.
                 self.breaker.success();
                 self.backoff.reset();
                 self.set_breaker();
-                self.stats.dead_lettered.fetch_add(1, Relaxed);
-                let msg = format!("HTTP {status}: {reason}");
+                self.dead_letter(&item, status, format!("HTTP {status}: {reason}"), cancel)
+                    .await
+            }
+            Outcome::Rejected { status, reason } => {
+                // The agent answered, so the breaker is not the tool: every
+                // item would be refused the same way until someone fixes
+                // the token or URL. Nothing moves; retry after the longest
+                // backoff, or when a reload brings a new token.
+                self.breaker.success();
+                self.set_breaker();
+                let what = if status == 404 {
+                    "the agent does not know agent.url's path (404): check agent.url"
+                } else {
+                    "the agent rejects our credentials: check agent.token"
+                };
+                let msg = format!("delivery paused: HTTP {status}: {what}");
                 self.stats.set_last_error(&msg);
-                tracing::error!(target: "talkie::agent", id = %item.id, status, reason = %reason, "agent refused the transcript; moved to the dead-letter table");
-                if let Err(e) =
-                    with_outbox(&self.outbox, move |o| o.mark_dead(seq, status, &reason)).await
-                {
-                    tracing::error!(error = %e, "cannot move to dead letters");
-                    return sleep_or_cancel(Duration::from_secs(1), cancel).await;
+                if self.stats.paused_status.swap(status, Relaxed) == 0 {
+                    self.stats.paused.fetch_add(1, Relaxed);
+                    tracing::error!(target: "talkie::agent", status, reason = %reason, waiting = %item.id, "{msg}; nothing is dead-lettered; retrying with the backoff (up to agent.backoff_max_ms)");
                 }
-                false
+                let wait = self.backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = self.wake.notified() => false,
+                    _ = cancel.cancelled() => true,
+                }
             }
             Outcome::Retry {
                 class,
@@ -485,9 +597,23 @@ impl Link {
                     tracing::warn!(target: "talkie::agent", open_s = ?self.breaker.allow(Instant::now()).err(), "circuit breaker open");
                 }
                 let e2 = error.clone();
-                if let Err(e) = with_outbox(&self.outbox, move |o| o.record_attempt(seq, &e2)).await
+                let server_error = class == FailureClass::Server;
+                if let Err(e) = with_outbox(&self.outbox, move |o| {
+                    o.record_attempt(seq, &e2, server_error)
+                })
+                .await
                 {
                     tracing::error!(error = %e, "cannot record the attempt");
+                }
+                if server_error && item.server_errors.saturating_add(1) >= self.max_attempts {
+                    // The agent is up and fails on this one item: let the
+                    // rest through (without the backoff's wait).
+                    self.stats.poisoned.fetch_add(1, Relaxed);
+                    let reason = format!(
+                        "the agent failed on it {} times (outbox.max_attempts); last: {error}",
+                        item.server_errors.saturating_add(1)
+                    );
+                    return self.dead_letter(&item, 0, reason, cancel).await;
                 }
                 sleep_or_cancel(wait, cancel).await
             }
@@ -513,6 +639,162 @@ impl BreakerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// An agent on loopback, in-process: `answer(authorization, body)`
+    /// gives the status; every request is reported as (status, body).
+    async fn agent(
+        answer: impl Fn(&str, &str) -> u16 + Clone + Send + Sync + 'static,
+    ) -> (reqwest::Url, UnboundedReceiver<(u16, String)>) {
+        let (tx, rx) = unbounded_channel();
+        let app =
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+                let (answer, tx) = (answer.clone(), tx.clone());
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let status = answer(auth, &body);
+                    let _ = tx.send((status, body));
+                    axum::http::StatusCode::from_u16(status).unwrap_or_default()
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (endpoint(&format!("http://{addr}")).unwrap(), rx)
+    }
+
+    fn link(dir: &std::path::Path, url: reqwest::Url, token: &str, bodies: &[&str]) -> Link {
+        let mut outbox = Outbox::open(&dir.join("outbox.db"), 100).unwrap().outbox;
+        for (i, b) in bodies.iter().enumerate() {
+            outbox.enqueue(&format!("id{i}"), b).unwrap();
+        }
+        Link {
+            outbox: Arc::new(Mutex::new(outbox)),
+            client: client(&AgentConfig::default()).unwrap(),
+            url,
+            token: Arc::new(std::sync::RwLock::new(Some(token.to_owned()))),
+            max_attempts: 3,
+            max_age: None,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(10)),
+            breaker: Breaker::new(1000, Duration::from_secs(1)),
+            stats: Arc::new(AgentStats::default()),
+            wake: Arc::new(Notify::new()),
+            exit_when_empty: true,
+        }
+    }
+
+    /// Bounds a test's wait; a hang fails instead of blocking the suite.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("did not finish within 60 s")
+    }
+
+    /// Issue 18 row 7: one transcript the agent always fails on (500)
+    /// blocked every later one forever. Now it is dead-lettered after
+    /// `max_attempts` server errors and the rest flow, in order.
+    #[tokio::test]
+    async fn an_item_the_agent_always_fails_on_does_not_block_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut seen) =
+            agent(|_, body| if body.contains("poison") { 500 } else { 200 }).await;
+        let l = link(
+            dir.path(),
+            url,
+            "t",
+            &["{\"n\":1}", "poison", "{\"n\":3}", "{\"n\":4}"],
+        );
+        let (outbox, stats) = (Arc::clone(&l.outbox), Arc::clone(&l.stats));
+        within(l.run(CancellationToken::new())).await;
+        let mut requests = Vec::new();
+        while let Ok(r) = seen.try_recv() {
+            requests.push(r);
+        }
+        let to = |st: u16, b: &str| (st, b.to_owned());
+        assert_eq!(
+            requests,
+            [
+                to(200, "{\"n\":1}"),
+                to(500, "poison"),
+                to(500, "poison"),
+                to(500, "poison"),
+                to(200, "{\"n\":3}"),
+                to(200, "{\"n\":4}"),
+            ]
+        );
+        let o = outbox.lock().unwrap();
+        let dead = o.dead_letters(10).unwrap();
+        assert_eq!((dead.len(), dead[0].body.as_str()), (1, "poison"));
+        assert!(
+            dead[0].reason.contains("outbox.max_attempts"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(o.depth().unwrap(), 0);
+        assert_eq!(stats.poisoned.load(Relaxed), 1);
+        assert_eq!(stats.delivered.load(Relaxed), 3);
+    }
+
+    /// Issue 18 row 7, the other half: 401/403/404 dead-lettered at once,
+    /// so a wrong token emptied the outbox into the dead letters. Now
+    /// delivery pauses (nothing moves) and a new token resumes it.
+    #[tokio::test]
+    async fn a_rejected_token_pauses_delivery_until_a_new_token_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut seen) = agent(|auth, _| if auth == "Bearer right" { 200 } else { 401 }).await;
+        let l = link(dir.path(), url, "wrong", &["a", "b"]);
+        let (outbox, stats, token, wake) = (
+            Arc::clone(&l.outbox),
+            Arc::clone(&l.stats),
+            Arc::clone(&l.token),
+            Arc::clone(&l.wake),
+        );
+        let run = tokio::spawn(l.run(CancellationToken::new()));
+        // Three refusals: the link keeps retrying the same first item.
+        for _ in 0..3 {
+            assert_eq!(within(seen.recv()).await, Some((401, "a".to_owned())));
+        }
+        assert_eq!(stats.paused_status.load(Relaxed), 401);
+        assert_eq!(
+            stats.paused.load(Relaxed),
+            1,
+            "one pause, however many retries"
+        );
+        {
+            let o = outbox.lock().unwrap();
+            assert_eq!((o.depth().unwrap(), o.dead_count().unwrap()), (2, 0));
+        }
+        // What a reload does (OutboxHandle::set_token).
+        *token.write().unwrap() = Some("right".into());
+        wake.notify_one();
+        within(run).await.unwrap();
+        let mut after = Vec::new();
+        while let Ok(r) = seen.try_recv() {
+            after.push(r);
+        }
+        after.retain(|r| r.0 == 200);
+        assert_eq!(after, [(200, "a".to_owned()), (200, "b".to_owned())]);
+        assert_eq!(stats.paused_status.load(Relaxed), 0, "resumed");
+        assert_eq!(outbox.lock().unwrap().dead_count().unwrap(), 0);
+    }
+
+    /// `outbox.max_age_h`: an item older than the limit is not sent.
+    #[tokio::test]
+    async fn an_item_past_the_age_limit_is_dead_lettered_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut seen) = agent(|_, _| 200).await;
+        let mut l = link(dir.path(), url, "t", &["old"]);
+        l.max_age = Some(Duration::ZERO);
+        let (outbox, stats) = (Arc::clone(&l.outbox), Arc::clone(&l.stats));
+        within(l.run(CancellationToken::new())).await;
+        assert!(seen.try_recv().is_err(), "nothing sent");
+        assert_eq!(stats.expired.load(Relaxed), 1);
+        let dead = outbox.lock().unwrap().dead_letters(1).unwrap();
+        assert!(dead[0].reason.contains("max_age_h"), "{}", dead[0].reason);
+    }
 
     #[test]
     fn statuses_are_classified_as_the_contract_says() {
@@ -570,9 +852,15 @@ mod tests {
                 reason: "bad".into()
             }
         );
+        for status in [401, 403, 404] {
+            assert!(
+                matches!(classify(status, None, ""), Outcome::Rejected { status: s, .. } if s == status),
+                "{status} pauses delivery"
+            );
+        }
         assert!(matches!(
-            classify(401, None, ""),
-            Outcome::Permanent { status: 401, .. }
+            classify(422, None, ""),
+            Outcome::Permanent { status: 422, .. }
         ));
     }
 

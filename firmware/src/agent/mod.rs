@@ -28,6 +28,10 @@ pub enum AgentError {
     Outbox(#[from] OutboxError),
     #[error("outbox task failed: {0}")]
     Blocking(String),
+    #[error("cannot start the async runtime or signal handling: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("agent.url is not set: there is no agent to deliver to")]
     NoUrl,
 }
@@ -40,6 +44,16 @@ pub struct OutboxHandle {
     /// Wakes the link when an item is added.
     pub wake: Arc<tokio::sync::Notify>,
     pub stats: Arc<AgentStats>,
+    /// The link's bearer token (a reload replaces it, then wakes the link).
+    pub token: link::AgentToken,
+}
+
+impl OutboxHandle {
+    /// Put in a new agent token (reload) and wake a paused link.
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
+        self.wake.notify_one();
+    }
 }
 
 /// Open the outbox (recovering a corrupt one) and build the delivery task
@@ -58,9 +72,20 @@ pub async fn open(
     if opened.recovered_from.is_some() {
         stats.corrupt_recovered.fetch_add(1, Relaxed);
     }
+    // Right from the start, not after the link's first turn.
+    stats
+        .outbox_depth
+        .store(opened.outbox.depth().unwrap_or(0), Relaxed);
+    stats.oldest_created_ms.store(
+        opened.outbox.oldest_ms().ok().flatten().unwrap_or(0),
+        Relaxed,
+    );
     let outbox = Arc::new(Mutex::new(opened.outbox));
     let wake = Arc::new(tokio::sync::Notify::new());
     let a = &config.agent;
+    let token: link::AgentToken = Arc::new(std::sync::RwLock::new(
+        a.token.as_ref().map(|t| t.expose().to_owned()),
+    ));
     tracing::info!(
         url = %endpoint,
         outbox = %config.outbox.path.display(),
@@ -71,7 +96,10 @@ pub async fn open(
         outbox: Arc::clone(&outbox),
         client,
         url: endpoint,
-        token: a.token.as_ref().map(|t| t.expose().to_owned()),
+        token: Arc::clone(&token),
+        max_attempts: config.outbox.max_attempts,
+        max_age: (config.outbox.max_age_h > 0)
+            .then(|| Duration::from_secs(u64::from(config.outbox.max_age_h) * 3600)),
         backoff: Backoff::new(
             Duration::from_millis(a.backoff_min_ms.into()),
             Duration::from_millis(a.backoff_max_ms.into()),
@@ -90,6 +118,7 @@ pub async fn open(
             outbox,
             wake,
             stats,
+            token,
         },
     ))
 }
@@ -126,7 +155,18 @@ pub struct AgentStats {
     pub delivered: AtomicU64,
     /// Of those, 409: the agent already had it (a duplicate on the wire).
     pub already_delivered: AtomicU64,
+    /// Items moved to the dead-letter table (any reason).
     pub dead_lettered: AtomicU64,
+    /// Of those: after `outbox.max_attempts` server errors.
+    pub poisoned: AtomicU64,
+    /// Of those: older than `outbox.max_age_h`.
+    pub expired: AtomicU64,
+    /// Dead letters kept now.
+    pub dead_letter_depth: AtomicU64,
+    /// The HTTP status delivery is paused on (401/403/404); 0 = flowing.
+    pub paused_status: std::sync::atomic::AtomicU16,
+    /// Times delivery paused.
+    pub paused: AtomicU64,
     /// Retried attempts by [`FailureClass`] (index = position in `ALL`).
     pub retries: [AtomicU64; 5],
     pub breaker_opened: AtomicU64,

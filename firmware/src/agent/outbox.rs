@@ -3,11 +3,20 @@
 //! survives a power cut.
 //!
 //! - `outbox`: items awaiting delivery, FIFO by `seq`. An item leaves it
-//!   only after the agent answered 2xx/409 (→ `delivered`) or a permanent
-//!   4xx (→ `dead_letter`).
+//!   only after the agent answered 2xx/409 (→ `delivered`), a permanent
+//!   4xx, or a limit of `[outbox]` ran out: the agent failed on it with a
+//!   5xx `max_attempts` times, or it waited longer than `max_age_h`
+//!   (→ `dead_letter`).
 //! - `delivered`: the most recent [`RECENT_DELIVERED`] deliveries, with the
 //!   agent's reply, for the status page.
-//! - `dead_letter`: refused items, the most recent [`DEAD_LETTER_KEPT`].
+//! - `dead_letter`: refused items, the most recent [`DEAD_LETTER_KEPT`];
+//!   [`Outbox::retry_dead`] puts them back in the queue,
+//!   [`Outbox::drop_dead`] deletes them (`talkie outbox dead-letter …`,
+//!   `/api/v1/dead-letters`).
+//! - `outbox_count`: the number of waiting items, kept by triggers in the
+//!   same transaction as every insert and delete, so the depth is read
+//!   without scanning and stays right when another process (the CLI)
+//!   changes the file; the oldest item is found through an index.
 //!
 //! **When full** (`outbox.max_items` waiting), new transcripts are refused
 //! with [`OutboxError::Full`]: the visitor sees the error blink and the
@@ -38,6 +47,9 @@ pub enum OutboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file's content is damaged (handled inside [`Outbox::open`]).
+    #[error("outbox {} is damaged: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
     #[error("outbox is full ({max} transcripts waiting for the agent); new transcripts are refused until it drains")]
     Full { max: u32 },
 }
@@ -53,6 +65,9 @@ pub struct Pending {
     pub body: String,
     pub created_ms: u64,
     pub attempts: u32,
+    /// Attempts the agent answered with a server error (5xx but 503):
+    /// counted against `outbox.max_attempts`.
+    pub server_errors: u32,
 }
 
 /// A recent delivery.
@@ -116,7 +131,23 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     status INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_ms);
+CREATE TABLE IF NOT EXISTS outbox_count (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    n INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO outbox_count (one, n) VALUES (1, (SELECT COUNT(*) FROM outbox));
+CREATE TRIGGER IF NOT EXISTS outbox_count_insert AFTER INSERT ON outbox
+    BEGIN UPDATE outbox_count SET n = n + 1 WHERE one = 1; END;
+CREATE TRIGGER IF NOT EXISTS outbox_count_delete AFTER DELETE ON outbox
+    BEGIN UPDATE outbox_count SET n = n - 1 WHERE one = 1; END;
 ";
+
+/// Columns added after the first release: added to an older file on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[(
+    "server_errors",
+    "ALTER TABLE outbox ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0",
+)];
 
 impl Outbox {
     /// Open (or create) the database at `path`, recovering from corruption.
@@ -132,10 +163,10 @@ impl Outbox {
                 outbox,
                 recovered_from: None,
             }),
-            Err(OutboxError::Sqlite { source, .. }) if is_corruption(&source) => {
+            Err(OutboxError::Corrupt { reason, .. }) if path.exists() => {
                 let aside =
                     PathBuf::from(format!("{}.corrupt-{}", path.display(), unix_ms() / 1000));
-                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %source, "outbox database is corrupt; moved aside, starting a fresh one");
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %reason, "outbox database is corrupt; moved aside, starting a fresh one");
                 std::fs::rename(path, &aside).map_err(|source| OutboxError::Io {
                     path: path.to_owned(),
                     source,
@@ -163,14 +194,16 @@ impl Outbox {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(err)?;
-        if check != "ok" {
-            return Err(err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(check),
-            )));
+        // Damage shows up here: in the header, the schema or the pages.
+        let corrupt = |reason: String| OutboxError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+            Ok(check) if check == "ok" => {}
+            Ok(check) => return Err(corrupt(check)),
+            Err(e) if is_corruption(&e) => return Err(corrupt(e.to_string())),
+            Err(e) => return Err(err(e)),
         }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -180,7 +213,22 @@ impl Outbox {
         }
         conn.execute_batch("PRAGMA synchronous=FULL;")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        for (column, add) in ADDED_COLUMNS {
+            let present: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+                .map_err(err)?;
+            if !present {
+                tx.execute_batch(add).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -233,7 +281,7 @@ impl Outbox {
     pub fn head(&self) -> Result<Option<Pending>, OutboxError> {
         self.conn
             .query_row(
-                "SELECT seq, id, body, created_ms, attempts FROM outbox ORDER BY seq LIMIT 1",
+                "SELECT seq, id, body, created_ms, attempts, server_errors FROM outbox ORDER BY seq LIMIT 1",
                 [],
                 |r| {
                     Ok(Pending {
@@ -242,6 +290,7 @@ impl Outbox {
                         body: r.get(2)?,
                         created_ms: r.get::<_, i64>(3)? as u64,
                         attempts: r.get(4)?,
+                        server_errors: r.get(5)?,
                     })
                 },
             )
@@ -249,15 +298,17 @@ impl Outbox {
             .map_err(|e| self.err(e))
     }
 
-    /// Items waiting.
+    /// Items waiting (kept by triggers: no scan).
     pub fn depth(&self) -> Result<u64, OutboxError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
+            .query_row("SELECT n FROM outbox_count WHERE one = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
             .map_err(|e| self.err(e))
     }
 
-    /// Creation time of the oldest waiting item.
+    /// Creation time of the oldest waiting item (through the index).
     pub fn oldest_ms(&self) -> Result<Option<u64>, OutboxError> {
         self.conn
             .query_row("SELECT MIN(created_ms) FROM outbox", [], |r| {
@@ -267,15 +318,72 @@ impl Outbox {
             .map_err(|e| self.err(e))
     }
 
-    /// Count a failed attempt on `seq`.
-    pub fn record_attempt(&mut self, seq: i64, error: &str) -> Result<(), OutboxError> {
+    /// Count a failed attempt on `seq`; `server_error`: the agent answered
+    /// it with a 5xx (counted against `outbox.max_attempts`).
+    pub fn record_attempt(
+        &mut self,
+        seq: i64,
+        error: &str,
+        server_error: bool,
+    ) -> Result<(), OutboxError> {
         self.conn
             .execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                params![seq, error],
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                 server_errors = server_errors + ?3 WHERE seq = ?1",
+                params![seq, error, i64::from(server_error)],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Dead letters kept (at most [`DEAD_LETTER_KEPT`]).
+    pub fn dead_count(&self) -> Result<u64, OutboxError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Put dead letters back at the end of the queue (their id, body and
+    /// so their `Idempotency-Key` unchanged): the one with `id`, or all
+    /// (oldest first) when `id` is `None`, as many as the outbox has room
+    /// for. Returns how many were put back.
+    pub fn retry_dead(&mut self, id: Option<&str>) -> Result<u64, OutboxError> {
+        let room = u64::from(self.max_items).saturating_sub(self.depth()?);
+        let room = i64::try_from(room).unwrap_or(i64::MAX);
+        let mut moved = 0;
+        self.in_tx(|tx| {
+            let picked = "SELECT seq FROM dead_letter WHERE (?1 IS NULL OR id = ?1)
+                          AND id NOT IN (SELECT id FROM outbox) ORDER BY seq LIMIT ?2";
+            moved = tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO outbox (id, body, created_ms)
+                     SELECT id, body, ?3 FROM dead_letter WHERE seq IN ({picked}) ORDER BY seq"
+                ),
+                params![id, room, unix_ms() as i64],
+            )? as u64;
+            tx.execute(
+                "DELETE FROM dead_letter WHERE (?1 IS NULL OR id = ?1)
+                 AND id IN (SELECT id FROM outbox)",
+                params![id],
+            )?;
+            Ok(())
+        })?;
+        Ok(moved)
+    }
+
+    /// Delete dead letters: the one with `id`, or all when `None`.
+    /// Returns how many were deleted.
+    pub fn drop_dead(&mut self, id: Option<&str>) -> Result<u64, OutboxError> {
+        self.conn
+            .execute(
+                "DELETE FROM dead_letter WHERE (?1 IS NULL OR id = ?1)",
+                params![id],
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// Run `f` in one transaction.
@@ -378,11 +486,35 @@ impl Outbox {
     }
 }
 
+/// Whether the first read of a file failed because of what is in it (moved
+/// aside and replaced) rather than where it is (permissions, I/O, a full
+/// disk, a lock: reported, the file left alone). Damage to the header shows
+/// up as `SQLITE_ERROR` too ("unsupported file format" for a bad schema
+/// format number at offset 44, a malformed schema), so every code that is
+/// not an environmental one counts. Only the integrity check is judged
+/// this way: a failure of talkie's own schema statements is an error.
 fn is_corruption(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-    )
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseCorrupt | C::NotADatabase | C::Unknown) => true,
+        Some(
+            C::CannotOpen
+            | C::PermissionDenied
+            | C::ReadOnly
+            | C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::DiskFull
+            | C::SystemIoFailure
+            | C::OutOfMemory
+            | C::FileLockingProtocolFailed
+            | C::OperationInterrupted
+            | C::NoLargeFileSupport
+            | C::AuthorizationForStatementDenied,
+        ) => false,
+        // Anything else the library reports about the file's content.
+        Some(_) => true,
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -406,7 +538,7 @@ mod tests {
         assert_eq!(o.depth().unwrap(), 3);
         let h = o.head().unwrap().unwrap();
         assert_eq!((h.id.as_str(), h.attempts), ("a", 0));
-        o.record_attempt(h.seq, "timeout").unwrap();
+        o.record_attempt(h.seq, "timeout", false).unwrap();
         assert_eq!(o.head().unwrap().unwrap().attempts, 1);
         o.mark_delivered(h.seq, Some("hello")).unwrap();
         let h = o.head().unwrap().unwrap();
@@ -465,5 +597,105 @@ mod tests {
         let mut o = opened.outbox;
         o.enqueue("a", "1").unwrap();
         assert_eq!(o.depth().unwrap(), 1);
+    }
+
+    /// Issue 18 row 6: a valid file whose header says schema format 9
+    /// (bytes 44-47) failed with "unsupported file format" on every start.
+    #[test]
+    fn a_damaged_header_is_moved_aside_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        {
+            let mut o = Outbox::open(&path, 10).unwrap().outbox;
+            o.enqueue("a", "1").unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[44..48].copy_from_slice(&[0, 0, 0, 9]);
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = Outbox::open(&path, 10).unwrap();
+        assert!(opened.recovered_from.is_some(), "moved aside");
+        assert_eq!(opened.outbox.depth().unwrap(), 0, "a fresh database");
+    }
+
+    /// An outbox that cannot be opened for a reason outside the file
+    /// (here: its directory is a file) is an error, and nothing is moved.
+    #[test]
+    fn an_unopenable_path_is_an_error_not_a_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").unwrap();
+        let e = Outbox::open(&blocker.join("outbox.db"), 10).unwrap_err();
+        assert!(matches!(e, OutboxError::Io { .. }), "{e}");
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+    }
+
+    /// Issue 18 row 16: the depth is kept by triggers, also for changes
+    /// made by another connection (the CLI beside the service), and an
+    /// older file without the counter gets one with the right value.
+    #[test]
+    fn depth_is_counted_without_scanning_and_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        {
+            // A file as the first release wrote it: no counter, no column.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                 body TEXT NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                 last_error TEXT);
+                 INSERT INTO outbox (id, body, created_ms) VALUES ('old1', '{}', 5), ('old2', '{}', 7);",
+            )
+            .unwrap();
+        }
+        let mut service = Outbox::open(&path, 100).unwrap().outbox;
+        assert_eq!(service.depth().unwrap(), 2);
+        assert_eq!(service.oldest_ms().unwrap(), Some(5));
+        let mut cli = Outbox::open(&path, 100).unwrap().outbox;
+        cli.enqueue("new", "{}").unwrap();
+        assert_eq!(service.depth().unwrap(), 3, "seen by the other connection");
+        let h = service.head().unwrap().unwrap();
+        assert_eq!((h.id.as_str(), h.server_errors), ("old1", 0));
+        service.mark_delivered(h.seq, None).unwrap();
+        assert_eq!(cli.depth().unwrap(), 2);
+        assert_eq!(service.oldest_ms().unwrap(), Some(7));
+        let plan: String = service
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT MIN(created_ms) FROM outbox",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("outbox_created"), "{plan}");
+    }
+
+    #[test]
+    fn dead_letters_can_be_retried_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), 3);
+        for id in ["a", "b", "c"] {
+            o.enqueue(id, &format!("{{\"id\":\"{id}\"}}")).unwrap();
+            let h = o.head().unwrap().unwrap();
+            o.record_attempt(h.seq, "HTTP 500", true).unwrap();
+            o.mark_dead(h.seq, 500, "agent failed on it").unwrap();
+        }
+        assert_eq!((o.depth().unwrap(), o.dead_count().unwrap()), (0, 3));
+        assert_eq!(o.retry_dead(Some("b")).unwrap(), 1);
+        assert_eq!(o.retry_dead(Some("nope")).unwrap(), 0);
+        let h = o.head().unwrap().unwrap();
+        assert_eq!((h.id.as_str(), h.body.as_str()), ("b", "{\"id\":\"b\"}"));
+        assert_eq!((h.attempts, h.server_errors), (0, 0), "a fresh start");
+        o.enqueue("x", "{}").unwrap();
+        // Room for one more: "a" goes back, "c" stays dead.
+        assert_eq!(o.retry_dead(None).unwrap(), 1);
+        let dead: Vec<String> = o
+            .dead_letters(10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(dead, ["c"]);
+        assert_eq!(o.drop_dead(None).unwrap(), 1);
+        assert_eq!((o.depth().unwrap(), o.dead_count().unwrap()), (3, 0));
     }
 }

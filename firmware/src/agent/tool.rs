@@ -26,6 +26,34 @@ pub enum OutboxCommand {
         #[arg(long)]
         until_empty: bool,
     },
+    /// Transcripts moved aside (refused by the agent, failed on too often,
+    /// too old): list them, send them again, or delete them.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeadLetterCommand {
+    /// The newest dead letters, one JSON object per line.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put dead letters back at the end of the queue (same id, so the
+    /// agent deduplicates); the running service sends them within a second.
+    Retry(DeadLetterPick),
+    /// Delete dead letters for good.
+    Drop(DeadLetterPick),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadLetterPick {
+    /// The dead letter's id (the transcript's id).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Run an outbox command.
@@ -38,10 +66,32 @@ pub fn run(cfg: &Config, cmd: &OutboxCommand) -> Result<(), AgentError> {
                 .worker_threads(2)
                 .enable_all()
                 .build()
-                .map_err(|e| AgentError::Blocking(e.to_string()))?;
+                .map_err(AgentError::Runtime)?;
             rt.block_on(deliver(cfg, *until_empty))
         }
+        OutboxCommand::DeadLetter(cmd) => dead_letter(cfg, cmd),
     }
+}
+
+fn dead_letter(cfg: &Config, cmd: &DeadLetterCommand) -> Result<(), AgentError> {
+    let mut o = Outbox::open(&cfg.outbox.path, cfg.outbox.max_items)?.outbox;
+    match cmd {
+        DeadLetterCommand::List { limit } => {
+            for d in o.dead_letters(*limit)? {
+                println!("{}", serde_json::to_string(&d)?);
+            }
+            eprintln!("{} dead letters kept", o.dead_count()?);
+        }
+        DeadLetterCommand::Retry(pick) => {
+            let n = o.retry_dead(pick.id.as_deref())?;
+            println!("{}", serde_json::json!({ "retried": n }));
+        }
+        DeadLetterCommand::Drop(pick) => {
+            let n = o.drop_dead(pick.id.as_deref())?;
+            println!("{}", serde_json::json!({ "dropped": n }));
+        }
+    }
+    Ok(())
 }
 
 fn status(cfg: &Config) -> Result<(), AgentError> {
@@ -83,8 +133,7 @@ fn add(cfg: &Config, repeat: u32, texts: &[String]) -> Result<(), AgentError> {
                 avg_logprob: 0.0,
                 firmware_version: crate::VERSION.to_owned(),
             };
-            let body =
-                serde_json::to_string(&p).map_err(|e| AgentError::Blocking(e.to_string()))?;
+            let body = serde_json::to_string(&p)?;
             items.push((p.id, body));
         }
     }
@@ -109,7 +158,7 @@ async fn deliver(cfg: &Config, until_empty: bool) -> Result<(), AgentError> {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(link.run(cancel.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| AgentError::Blocking(e.to_string()))?;
+        .map_err(AgentError::Runtime)?;
     tokio::pin!(task);
     tokio::select! {
         _ = &mut task => {}

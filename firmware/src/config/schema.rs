@@ -452,6 +452,14 @@ impl Default for AgentConfig {
 pub struct OutboxConfig {
     pub path: PathBuf,
     pub max_items: u32,
+    /// Times the agent may answer one item with a server error (5xx but
+    /// 503) before it moves to the dead-letter table, so the items behind
+    /// it keep flowing. Connection errors, timeouts, 429 and 503 do not
+    /// count: an agent that is down must not empty the outbox.
+    pub max_attempts: u32,
+    /// Hours an item may wait before it moves to the dead-letter table;
+    /// 0 = no limit (the default: an outage never empties the outbox).
+    pub max_age_h: u32,
 }
 
 impl Default for OutboxConfig {
@@ -459,6 +467,8 @@ impl Default for OutboxConfig {
         Self {
             path: PathBuf::from("/var/lib/talkie/outbox.db"),
             max_items: 10_000,
+            max_attempts: 10,
+            max_age_h: 0,
         }
     }
 }

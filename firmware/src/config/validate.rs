@@ -237,6 +237,13 @@ pub(super) fn validate(c: &Config) -> Problems {
         c.outbox.max_items,
         1..=1_000_000,
     );
+    range(
+        &mut p,
+        "outbox.max_attempts",
+        c.outbox.max_attempts,
+        1..=1_000_000,
+    );
+    range(&mut p, "outbox.max_age_h", c.outbox.max_age_h, 0..=87_600);
 
     range(
         &mut p,

@@ -225,6 +225,62 @@ pub fn render(s: &Shared) -> String {
         &p.stt.snapshot(),
     );
 
+    if let Some(rss) = crate::telemetry::resident_bytes() {
+        o.gauge(
+            "talkie_process_resident_memory_bytes",
+            "Resident memory of the talkie process.",
+            rss as f64,
+        );
+    }
+    if let Some(n) = super::server::open_fds() {
+        o.gauge(
+            "talkie_process_open_fds",
+            "Open file descriptors of the talkie process.",
+            n as f64,
+        );
+    }
+    o.gauge(
+        "talkie_process_max_fds",
+        "The process's open-file limit (RLIMIT_NOFILE, LimitNOFILE= in the unit).",
+        super::server::fd_limit() as f64,
+    );
+    let c = &s.conns;
+    o.gauge(
+        "talkie_status_connections",
+        "Connections to the status port open now.",
+        c.open.load(Relaxed) as f64,
+    );
+    o.gauge(
+        "talkie_status_connection_limit",
+        "Most LAN connections the status port keeps at once.",
+        c.limit.load(Relaxed) as f64,
+    );
+    o.counter(
+        "talkie_status_connections_refused_total",
+        "Connections closed at once because a connection cap was reached.",
+        c.refused.load(Relaxed),
+    );
+    o.counter(
+        "talkie_status_accept_errors_total",
+        "Failures to accept a connection (out of descriptors or buffers).",
+        c.accept_errors.load(Relaxed),
+    );
+    o.counter(
+        "talkie_status_auth_failures_total",
+        "Wrong technician tokens presented (Bearer or login).",
+        s.auth_failures.load(Relaxed),
+    );
+    if let Some(free) = s
+        .outbox_path
+        .as_deref()
+        .and_then(crate::telemetry::free_bytes)
+    {
+        o.gauge(
+            "talkie_outbox_filesystem_free_bytes",
+            "Free space on the outbox's filesystem.",
+            free as f64,
+        );
+    }
     if let Some(g) = &s.agent {
         o.counter(
             "talkie_outbox_enqueued_total",
@@ -269,8 +325,33 @@ pub fn render(s: &Shared) -> String {
         );
         o.counter(
             "talkie_agent_dead_letters_total",
-            "Transcripts the agent refused for good (4xx).",
+            "Transcripts moved to the dead-letter table (refused with a 4xx, too many server errors, too old).",
             g.dead_lettered.load(Relaxed),
+        );
+        o.counter(
+            "talkie_agent_dead_letters_max_attempts_total",
+            "Of those: the agent failed on them outbox.max_attempts times.",
+            g.poisoned.load(Relaxed),
+        );
+        o.counter(
+            "talkie_agent_dead_letters_expired_total",
+            "Of those: older than outbox.max_age_h.",
+            g.expired.load(Relaxed),
+        );
+        o.gauge(
+            "talkie_outbox_dead_letters",
+            "Dead letters kept (talkie outbox dead-letter list).",
+            g.dead_letter_depth.load(Relaxed) as f64,
+        );
+        o.gauge(
+            "talkie_agent_delivery_paused",
+            "The HTTP status delivery is paused on (401, 403, 404: token or URL rejected); 0 = delivering.",
+            f64::from(g.paused_status.load(Relaxed)),
+        );
+        o.counter(
+            "talkie_agent_paused_total",
+            "Times delivery paused because the agent rejected the token or URL.",
+            g.paused.load(Relaxed),
         );
         o.family(
             "talkie_agent_retries_total",

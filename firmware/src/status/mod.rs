@@ -15,6 +15,8 @@
 //! | `POST /api/v1/test/ptt` | technician | body: a WAV ≤ 10 s, run through recognition and delivery as if spoken during a press |
 //! | `POST /api/v1/capture?seconds=N` | technician | N ≤ 10 s of the live microphone after the audio path (16 kHz mono), as a WAV download |
 //! | `POST /api/v1/reload` | technician | re-read the config: what changed, what was applied, what needs a restart |
+//! | `GET /api/v1/dead-letters` | technician | the newest 100 dead letters and their count |
+//! | `POST /api/v1/dead-letters/retry`, `…/drop` | technician | body `{"id": "…"}` or `{"all": true}`: back into the queue (same id) or deleted |
 //!
 //! Technician = `Authorization: Bearer <status token>` or the session
 //! cookie ([`auth`]). Handlers only read atomics and snapshots: the server
@@ -24,6 +26,7 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod server;
 
 use crate::agent::breaker::BreakerState;
 use crate::agent::AgentStats;
@@ -118,6 +121,8 @@ pub struct Shared {
     pub control: OnceLock<tokio::sync::mpsc::Sender<ControlEvent>>,
     /// The listener's command queue, once it runs (captures).
     pub listener: OnceLock<std::sync::mpsc::SyncSender<crate::ptt::listener::Command>>,
+    /// The outbox, when an agent is configured (dead-letter endpoints).
+    pub outbox: OnceLock<crate::agent::OutboxHandle>,
     /// The service's reload queue, once it runs.
     pub reload: OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// Ends live-event streams when the service stops.
@@ -125,6 +130,12 @@ pub struct Shared {
     /// The HTTP loop's heartbeat (`telemetry::now_ms()`): the last time
     /// [`probe`] got a 200 from `/healthz` over loopback; 0 = never.
     pub http_beat_ms: AtomicU64,
+    /// The accept loop's counters ([`server`]).
+    pub conns: Arc<server::ConnStats>,
+    /// Wrong tokens presented (Bearer, login), every address.
+    pub auth_failures: AtomicU64,
+    /// The outbox file, for its filesystem's free space.
+    pub outbox_path: Option<std::path::PathBuf>,
     event_clients: AtomicUsize,
 }
 
@@ -162,6 +173,14 @@ impl Shared {
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
             listener: OnceLock::new(),
+            outbox: OnceLock::new(),
+            conns: Arc::default(),
+            auth_failures: AtomicU64::new(0),
+            outbox_path: config
+                .agent
+                .url
+                .is_some()
+                .then(|| config.outbox.path.clone()),
             reload: OnceLock::new(),
             shutdown,
             http_beat_ms: AtomicU64::new(0),
@@ -315,6 +334,9 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
             "outbox_oldest_age_s": (oldest > 0).then(|| now.saturating_sub(oldest) / 1000),
             "delivered": g.delivered.load(Relaxed),
             "dead_lettered": g.dead_lettered.load(Relaxed),
+            "dead_letters_kept": g.dead_letter_depth.load(Relaxed),
+            // 401/403/404 from the agent: token or URL rejected, nothing sent.
+            "paused_on_status": match g.paused_status.load(Relaxed) { 0 => None, st => Some(st) },
             "retries": g.retries_total(),
             // Error and reply texts can carry what a visitor said: technician only.
             "last_error": if technician { g.last_error() } else { None },
@@ -386,15 +408,16 @@ async fn status_handler(State(s): State<Arc<Shared>>, req: Request) -> Response 
     let tech = match auth.access(req.headers()) {
         Access::Anonymous => false,
         _ if !auth.allowed(ip) => return too_many(),
-        Access::Denied => return denied(&auth, ip, req.uri().path()),
+        Access::Denied => return denied(&s, &auth, ip, req.uri().path()),
         Access::Technician => true,
     };
     Json(status_json(&s, tech)).into_response()
 }
 
 /// A wrong token: counted against `ip`, logged once, 401.
-fn denied(auth: &Auth, ip: std::net::IpAddr, path: &str) -> Response {
+fn denied(s: &Shared, auth: &Auth, ip: std::net::IpAddr, path: &str) -> Response {
     auth.failed(ip);
+    s.auth_failures.fetch_add(1, Relaxed);
     tracing::warn!(client = %ip, path, "wrong technician token");
     json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
 }
@@ -434,7 +457,7 @@ async fn require_technician(State(s): State<Arc<Shared>>, req: Request, next: Ne
             r
         }
         _ if !auth.allowed(ip) => too_many(),
-        Access::Denied => denied(&auth, ip, req.uri().path()),
+        Access::Denied => denied(&s, &auth, ip, req.uri().path()),
         Access::Technician => next.run(req).await,
     }
 }
@@ -473,6 +496,7 @@ async fn login(
     };
     if !auth.token_matches(&login.token) {
         auth.failed(addr.ip());
+        s.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!(client = %addr.ip(), "failed technician login");
         return json_error(StatusCode::UNAUTHORIZED, "wrong technician token");
     }
@@ -577,6 +601,94 @@ async fn test_ptt(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Resp
             StatusCode::SERVICE_UNAVAILABLE,
             "the controller did not answer",
         ),
+    }
+}
+
+/// Dead letters listed by `GET /api/v1/dead-letters`.
+const DEAD_LETTERS_SHOWN: u32 = 100;
+
+fn no_outbox() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no agent configured: no outbox")
+}
+
+fn outbox_failed(e: &crate::agent::outbox::OutboxError) -> Response {
+    json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// `GET /api/v1/dead-letters`: the newest dead letters (transcripts:
+/// technician only, like every endpoint here).
+async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
+    let Some(h) = s.outbox.get().cloned() else {
+        return no_outbox();
+    };
+    match crate::agent::link::with_outbox(&h.outbox, |o| {
+        Ok((o.dead_count()?, o.dead_letters(DEAD_LETTERS_SHOWN)?))
+    })
+    .await
+    {
+        Ok((count, items)) => {
+            Json(serde_json::json!({ "count": count, "items": items })).into_response()
+        }
+        Err(e) => outbox_failed(&e),
+    }
+}
+
+/// Which dead letters a retry or drop acts on.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterPick {
+    id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl DeadLetterPick {
+    /// `Some(Some(id))`, `Some(None)` for all, `None` when malformed.
+    fn parse(body: &[u8]) -> Option<Option<String>> {
+        match serde_json::from_slice::<DeadLetterPick>(body) {
+            Ok(DeadLetterPick {
+                id: Some(id),
+                all: false,
+            }) if id.len() <= 64 => Some(Some(id)),
+            Ok(DeadLetterPick {
+                id: None,
+                all: true,
+            }) => Some(None),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/v1/dead-letters/retry` and `…/drop`.
+async fn dead_letter_action(s: Arc<Shared>, body: axum::body::Bytes, retry: bool) -> Response {
+    let Some(h) = s.outbox.get().cloned() else {
+        return no_outbox();
+    };
+    let Some(id) = DeadLetterPick::parse(&body) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            r#"give {"id": "<dead letter id>"} or {"all": true}"#,
+        );
+    };
+    let which = id.clone().unwrap_or_else(|| "all".into());
+    let r = crate::agent::link::with_outbox(&h.outbox, move |o| {
+        if retry {
+            o.retry_dead(id.as_deref())
+        } else {
+            o.drop_dead(id.as_deref())
+        }
+    })
+    .await;
+    match r {
+        Ok(n) => {
+            let verb = if retry { "retried" } else { "dropped" };
+            tracing::info!(target: "talkie::agent", which = %which, count = n, "dead letters {verb} by a technician");
+            if retry {
+                h.wake.notify_one();
+            }
+            Json(serde_json::json!({ verb: n })).into_response()
+        }
+        Err(e) => outbox_failed(&e),
     }
 }
 
@@ -829,6 +941,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/capture", post(capture))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/dead-letters", get(dead_letters))
+        .route(
+            "/api/v1/dead-letters/retry",
+            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
+                dead_letter_action(s, b, true)
+            }),
+        )
+        .route(
+            "/api/v1/dead-letters/drop",
+            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
+                dead_letter_action(s, b, false)
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_technician,
@@ -881,19 +1006,17 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((l, bound))
 }
 
-/// Serve until `cancel`.
+/// Serve until `cancel`, under the limits of [`server`] for this
+/// process's descriptor limit.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "status server failed");
-    }
+    let limits = server::Limits::for_fd_limit(server::fd_limit());
+    tracing::debug!(?limits, "status server limits");
+    let conns = Arc::clone(&shared.conns);
+    server::serve(listener, router(shared), limits, conns, cancel).await;
 }
 
 /// `http://ADDR{path}` for a request to the server listening on `listen`

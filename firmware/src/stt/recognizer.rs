@@ -199,7 +199,8 @@ impl std::fmt::Debug for Recognizer {
 }
 
 impl Recognizer {
-    /// Load both models from `dir` (each verified against the manifest).
+    /// Load Whisper from `dir` (verified against its manifest) and the VAD
+    /// from `cfg.vad.model` (see `offline::with_vad_resolved`).
     /// With `stt.precision` or `stt.threads` set to `auto`, the forms and
     /// thread counts are measured first (or the stored calibration in
     /// `stt.calibration_file` is reused): see [`calibrate`].
@@ -262,7 +263,7 @@ impl Recognizer {
         };
         log_calibration(&calibration, &cfg.stt.calibration_file);
         Ok(Self {
-            vad: SileroVad::load(&dir.join(VAD_FILE))?,
+            vad: SileroVad::load(&cfg.vad.model)?,
             whisper,
             seg: SegmenterConfig::from_config(&cfg.vad),
             executor: executor(calibration.chosen.threads)?,
@@ -379,6 +380,7 @@ mod tests {
             let mut cfg = Config::default();
             cfg.stt.precision = precision;
             cfg.stt.threads = Threads::Fixed(1);
+            cfg.vad.model = models.join(VAD_FILE);
             let mut r = Recognizer::load(&models, &cfg).expect("models built (make models)");
             for (file, text) in expected {
                 let samples = crate::audio::clip::load_pipeline_clip(&eval.join(file)).unwrap();

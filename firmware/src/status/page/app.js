@@ -79,9 +79,12 @@ function render(s) {
     ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`]]);
   items("models", s.models, (x) => `${x.file} (${x.precision || x.kind}) sha256 ${x.sha256.slice(0, 12)}…`);
   const a = s.agent;
-  rows("agent", a ? [["breaker", a.breaker], ["outbox depth", a.outbox_depth],
+  rows("agent", a ? [["breaker", a.breaker],
+    ["delivery", a.paused_on_status ? `PAUSED: the agent answers HTTP ${a.paused_on_status} (${a.paused_on_status === 404 ? "check agent.url" : "check agent.token"}); nothing is lost` : "flowing"],
+    ["outbox depth", a.outbox_depth],
     ["oldest waiting", a.outbox_oldest_age_s === null ? "–" : `${a.outbox_oldest_age_s} s`],
-    ["delivered", a.delivered], ["dead-lettered", a.dead_lettered], ["retries", a.retries],
+    ["delivered", a.delivered], ["dead-lettered", a.dead_lettered],
+    ["dead letters kept", a.dead_letters_kept], ["retries", a.retries],
     ["last error", a.last_error], ["last reply", a.last_reply]] : [["agent", "not configured"]]);
   const tech = s.access === "technician";
   $("tech").hidden = !tech;
