@@ -375,8 +375,16 @@ impl Link {
     }
 
     async fn refresh_depth(&self) {
+        // The dead letters are counted again only when another process
+        // (`talkie outbox dead-letter …`) changed the file; this process's
+        // own changes update the count where they happen.
         if let Ok((depth, oldest, dead)) = with_outbox(&self.outbox, |o| {
-            Ok((o.depth()?, o.oldest_ms()?, o.dead_count()?))
+            let dead = if o.changed_elsewhere()? {
+                Some(o.dead_count()?)
+            } else {
+                None
+            };
+            Ok((o.depth()?, o.oldest_ms()?, dead))
         })
         .await
         {
@@ -384,7 +392,9 @@ impl Link {
             self.stats
                 .oldest_created_ms
                 .store(oldest.unwrap_or(0), Relaxed);
-            self.stats.dead_letter_depth.store(dead, Relaxed);
+            if let Some(dead) = dead {
+                self.stats.dead_letter_depth.store(dead, Relaxed);
+            }
         }
     }
 
@@ -433,16 +443,24 @@ impl Link {
         cancel: &CancellationToken,
     ) -> bool {
         self.stats.dead_lettered.fetch_add(1, Relaxed);
-        self.stats
-            .set_last_error(&format!("{}: {reason}", item.id.get(..8).unwrap_or("")));
+        self.stats.set_last_error(&reason);
         tracing::error!(target: "talkie::agent", id = %item.id, status, reason = %reason, "transcript moved to the dead-letter table (`talkie outbox dead-letter retry` sends it again)");
         let seq = item.seq;
-        if let Err(e) = with_outbox(&self.outbox, move |o| o.mark_dead(seq, status, &reason)).await
+        match with_outbox(&self.outbox, move |o| {
+            o.mark_dead(seq, status, &reason)?;
+            o.dead_count()
+        })
+        .await
         {
-            tracing::error!(error = %e, "cannot move to dead letters");
-            return sleep_or_cancel(Duration::from_secs(1), cancel).await;
+            Ok(dead) => {
+                self.stats.dead_letter_depth.store(dead, Relaxed);
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move to dead letters");
+                sleep_or_cancel(Duration::from_secs(1), cancel).await
+            }
         }
-        false
     }
 
     /// Deliver until `cancel`: the request in flight is abandoned (the item

@@ -54,6 +54,35 @@ impl OutboxHandle {
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
         self.wake.notify_one();
     }
+
+    /// Put dead letters back in the queue (`id`, or all of them) and wake
+    /// the link; returns how many moved.
+    pub async fn retry_dead(&self, id: Option<String>) -> Result<u64, OutboxError> {
+        let n = self
+            .dead_letter_op(move |o| o.retry_dead(id.as_deref()))
+            .await?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Delete dead letters (`id`, or all of them); returns how many.
+    pub async fn drop_dead(&self, id: Option<String>) -> Result<u64, OutboxError> {
+        self.dead_letter_op(move |o| o.drop_dead(id.as_deref()))
+            .await
+    }
+
+    async fn dead_letter_op(
+        &self,
+        op: impl FnOnce(&mut Outbox) -> Result<u64, OutboxError> + Send + 'static,
+    ) -> Result<u64, OutboxError> {
+        let (n, left) = link::with_outbox(&self.outbox, move |o| {
+            let n = op(o)?;
+            Ok((n, o.dead_count()?))
+        })
+        .await?;
+        self.stats.dead_letter_depth.store(left, Relaxed);
+        Ok(n)
+    }
 }
 
 /// Open the outbox (recovering a corrupt one) and build the delivery task
@@ -80,6 +109,11 @@ pub async fn open(
         opened.outbox.oldest_ms().ok().flatten().unwrap_or(0),
         Relaxed,
     );
+    // Dead letters change only when one is added, retried or dropped: the
+    // count is read here and after each of those, not on every turn.
+    stats
+        .dead_letter_depth
+        .store(opened.outbox.dead_count().unwrap_or(0), Relaxed);
     let outbox = Arc::new(Mutex::new(opened.outbox));
     let wake = Arc::new(tokio::sync::Notify::new());
     let a = &config.agent;

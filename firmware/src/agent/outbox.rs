@@ -104,6 +104,8 @@ pub struct Outbox {
     conn: Connection,
     path: PathBuf,
     max_items: u32,
+    /// `PRAGMA data_version` when [`Outbox::changed_elsewhere`] last looked.
+    seen_version: i64,
 }
 
 const SCHEMA: &str = "
@@ -233,6 +235,7 @@ impl Outbox {
             conn,
             path: path.to_owned(),
             max_items,
+            seen_version: 0,
         })
     }
 
@@ -296,6 +299,19 @@ impl Outbox {
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// True the first time, then whenever another connection (the
+    /// `talkie outbox` command) committed since the last call: SQLite's
+    /// `data_version`, one page read, no scan.
+    pub fn changed_elsewhere(&mut self) -> Result<bool, OutboxError> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let changed = v != self.seen_version;
+        self.seen_version = v;
+        Ok(changed)
     }
 
     /// Items waiting (kept by triggers: no scan).
@@ -667,6 +683,19 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("outbox_created"), "{plan}");
+        // The link recounts dead letters only after another connection
+        // wrote: its own writes do not count as "elsewhere".
+        assert!(service.changed_elsewhere().unwrap(), "first call");
+        service.enqueue("own", "{}").unwrap();
+        assert!(!service.changed_elsewhere().unwrap(), "own write");
+        cli.drop_dead(None).unwrap();
+        assert!(
+            !service.changed_elsewhere().unwrap(),
+            "nothing to delete, no commit"
+        );
+        cli.enqueue("cli", "{}").unwrap();
+        assert!(service.changed_elsewhere().unwrap(), "the CLI committed");
+        assert!(!service.changed_elsewhere().unwrap());
     }
 
     #[test]

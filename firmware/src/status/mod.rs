@@ -671,21 +671,15 @@ async fn dead_letter_action(s: Arc<Shared>, body: axum::body::Bytes, retry: bool
         );
     };
     let which = id.clone().unwrap_or_else(|| "all".into());
-    let r = crate::agent::link::with_outbox(&h.outbox, move |o| {
-        if retry {
-            o.retry_dead(id.as_deref())
-        } else {
-            o.drop_dead(id.as_deref())
-        }
-    })
-    .await;
+    let r = if retry {
+        h.retry_dead(id).await
+    } else {
+        h.drop_dead(id).await
+    };
     match r {
         Ok(n) => {
             let verb = if retry { "retried" } else { "dropped" };
             tracing::info!(target: "talkie::agent", which = %which, count = n, "dead letters {verb} by a technician");
-            if retry {
-                h.wake.notify_one();
-            }
             Json(serde_json::json!({ verb: n })).into_response()
         }
         Err(e) => outbox_failed(&e),
