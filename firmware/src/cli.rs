@@ -247,7 +247,6 @@ pub fn main(cli: Cli) -> i32 {
                     let loader: crate::reload::Loader = std::sync::Arc::new(move || {
                         config::load(&path, &Overrides::from_process_env(sets.clone()))
                             .map(|l| l.config)
-                            .map_err(|e| e.to_string())
                     });
                     let opts = crate::run::RunOptions {
                         until_script_done: args.until_script_done,

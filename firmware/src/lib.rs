@@ -2,12 +2,14 @@
 //!
 //! Layers, each importing only those below it (docs/architecture.md):
 //!
-//! - the binary: `main.rs` and [`cli`] (arguments, exit codes) and the
-//!   offline tools [`offline`] (`vad`, `transcribe`), [`bench`],
-//!   [`record`], [`scenario`];
-//! - the service: [`run`] (wiring, signals, shutdown), [`supervisor`]
-//!   (heartbeats, systemd notify and watchdog), [`reload`] (SIGHUP and
-//!   `POST /api/v1/reload`);
+//! - the binary: `main.rs` and [`cli`] (arguments, exit codes), [`run`]
+//!   (`talkie run`: runtime, signal handlers) and the offline tools
+//!   [`offline`] (`vad`, `transcribe`), [`bench`], [`record`],
+//!   [`scenario`];
+//! - the service: [`service`] (`Service::start` → `ServiceHandle`: wiring,
+//!   control loop, watchdog, shutdown; in-process, no signals),
+//!   [`supervisor`] (heartbeats, systemd notify), [`reload`] (what a
+//!   reload applies);
 //! - features: [`ptt`] (state machine, listener, recognition worker,
 //!   button, LEDs), [`agent`] (outbox, delivery link, breaker, mock agent,
 //!   `talkie outbox`), [`status`] (page, API, SSE, metrics, auth);
@@ -52,9 +54,13 @@ pub mod record;
 pub mod reload;
 pub mod run;
 pub mod scenario;
+pub mod service;
 pub mod status;
 pub mod stt;
 pub mod supervisor;
 pub mod telemetry;
 pub mod threads;
 pub mod vad;
+
+#[cfg(test)]
+mod layering;

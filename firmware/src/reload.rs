@@ -10,8 +10,24 @@
 //! the status page lists those keys under "pending restart".
 
 use crate::config::Config;
-use crate::status::ReloadReport;
 use serde_json::Value;
+
+/// What a config reload did (`POST /api/v1/reload`, SIGHUP).
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct ReloadReport {
+    pub ok: bool,
+    /// Why the new file was refused (the running config stays).
+    pub error: Option<String>,
+    /// Keys whose value differs from the running configuration.
+    pub changed: Vec<String>,
+    /// Changed keys now in effect.
+    pub applied: Vec<String>,
+    /// Changed keys that take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// A reload asked for over HTTP; the service answers on the channel.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<ReloadReport>;
 
 /// Keys a running service applies at once.
 pub const LIVE: &[&str] = &[
@@ -23,7 +39,8 @@ pub const LIVE: &[&str] = &[
 ];
 
 /// Reads the configuration again (the file with the start-up overrides).
-pub type Loader = std::sync::Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+pub type Loader =
+    std::sync::Arc<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
@@ -49,8 +66,8 @@ fn secret(s: &Option<crate::config::Secret>) -> Option<&str> {
 /// JSON form is redacted).
 pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    flatten("", &crate::status::redacted(old), &mut a);
-    flatten("", &crate::status::redacted(new), &mut b);
+    flatten("", &crate::config::redacted(old), &mut a);
+    flatten("", &crate::config::redacted(new), &mut b);
     let mut keys: Vec<String> = b
         .iter()
         .filter(|(k, v)| a.iter().find(|(ka, _)| ka == k).map(|(_, va)| va) != Some(v))

@@ -9,7 +9,9 @@ use std::time::Duration;
 pub struct Tracked<T> {
     name: &'static str,
     handle: JoinHandle<T>,
-    done: mpsc::Receiver<()>,
+    /// In a mutex only so a `Tracked` is `Sync` (an async task holding one
+    /// across an await stays `Send`); only [`Tracked::join`] takes it.
+    done: std::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 /// Why a tracked thread could not be joined.
@@ -34,7 +36,11 @@ pub fn spawn<T: Send + 'static>(
             let _ = tx.send(());
             out
         })?;
-    Ok(Tracked { name, handle, done })
+    Ok(Tracked {
+        name,
+        handle,
+        done: std::sync::Mutex::new(done),
+    })
 }
 
 impl<T> Tracked<T> {
@@ -48,7 +54,11 @@ impl<T> Tracked<T> {
 
     /// Wait up to `timeout` for the thread to end (blocking).
     pub fn join(self, timeout: Duration) -> Result<T, JoinError> {
-        match self.done.recv_timeout(timeout) {
+        let done = self
+            .done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match done.recv_timeout(timeout) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(JoinError::Timeout(self.name, timeout))

@@ -452,3 +452,8 @@ impl Locator {
 
 #[cfg(test)]
 mod tests;
+
+/// The configuration as JSON with secrets shown as `<redacted>`.
+pub fn redacted(config: &crate::config::Config) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
+}

@@ -136,7 +136,7 @@ impl Default for VadConfig {
 pub enum Precision {
     /// Measured on the device at start-up: every available form is timed on
     /// a fixed warm-up input and the fastest kept (the default; see
-    /// [`crate::stt::calibrate`]). tract's int8 kernels are 16 times slower
+    /// `stt::calibrate`). tract's int8 kernels are 16 times slower
     /// than fp32 on an AVX2-only x86 and fast on a Cortex-A76, so no fixed
     /// choice is right for the whole fleet.
     #[default]

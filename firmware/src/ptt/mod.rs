@@ -70,22 +70,44 @@ pub struct TranscriptRecord {
     pub avg_logprob: f32,
 }
 
-/// The last transcripts, newest last, bounded.
-#[derive(Debug, Clone, Default)]
-pub struct RecentTranscripts(Arc<Mutex<VecDeque<TranscriptRecord>>>);
+/// The last transcripts, newest last, bounded; and how many there have
+/// been, to wait on.
+#[derive(Debug, Clone)]
+pub struct RecentTranscripts {
+    list: Arc<Mutex<VecDeque<TranscriptRecord>>>,
+    count: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for RecentTranscripts {
+    fn default() -> Self {
+        Self {
+            list: Arc::default(),
+            count: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl RecentTranscripts {
     pub fn push(&self, t: TranscriptRecord) {
-        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.len() == RECENT_TRANSCRIPTS {
-            q.pop_front();
+        {
+            let mut q = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+            if q.len() == RECENT_TRANSCRIPTS {
+                q.pop_front();
+            }
+            q.push_back(t);
         }
-        q.push_back(t);
+        self.count.send_modify(|n| *n += 1);
     }
 
     pub fn list(&self) -> Vec<TranscriptRecord> {
-        let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         q.iter().cloned().collect()
+    }
+
+    /// The number of transcripts so far, as a receiver that wakes on each
+    /// new one.
+    pub fn count(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.count.subscribe()
     }
 }
 

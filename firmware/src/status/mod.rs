@@ -32,6 +32,7 @@ use crate::agent::breaker::BreakerState;
 use crate::agent::AgentStats;
 use crate::logring::LogRing;
 use crate::ptt::{ControlEvent, RecentTranscripts};
+use crate::reload::ReloadRequest;
 use crate::telemetry::{unix_ms, AudioStats, CaptureState, PttStats};
 use auth::{Access, Auth};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
@@ -72,23 +73,6 @@ img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
-
-/// What a config reload did (`POST /api/v1/reload`, SIGHUP).
-#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
-pub struct ReloadReport {
-    pub ok: bool,
-    /// Why the new file was refused (the running config stays).
-    pub error: Option<String>,
-    /// Keys whose value differs from the running configuration.
-    pub changed: Vec<String>,
-    /// Changed keys now in effect.
-    pub applied: Vec<String>,
-    /// Changed keys that take effect after a restart.
-    pub needs_restart: Vec<String>,
-}
-
-/// A reload asked for over HTTP; the service answers on the channel.
-pub type ReloadRequest = tokio::sync::oneshot::Sender<ReloadReport>;
 
 /// What the handlers read.
 #[derive(Debug)]
@@ -169,7 +153,7 @@ impl Shared {
             format: OnceLock::new(),
             models: OnceLock::new(),
             calibration: OnceLock::new(),
-            config: RwLock::new(redacted(config)),
+            config: RwLock::new(crate::config::redacted(config)),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
             listener: OnceLock::new(),
@@ -209,17 +193,13 @@ impl Shared {
     pub fn reconfigured(&self, config: &crate::config::Config, pending: Vec<String>) {
         *self.auth.write().unwrap_or_else(PoisonError::into_inner) =
             Arc::new(Auth::new(config.status.token.as_ref().map(|t| t.expose())));
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = redacted(config);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) =
+            crate::config::redacted(config);
         *self
             .pending_restart
             .write()
             .unwrap_or_else(PoisonError::into_inner) = pending;
     }
-}
-
-/// The configuration as JSON with secrets shown as `<redacted>`.
-pub fn redacted(config: &crate::config::Config) -> serde_json::Value {
-    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
 /// Why the service is not ready; empty = ready.
