@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The `make demo` session: a fault-injecting mock agent on loopback (30 % of
 # requests fail with 503), then talkie on simulated hardware delivering to it.
-# Usage: board/demo/run-demo.sh TALKIE_BINARY DEMO_DIR
+# Usage: board/demo/run-demo.sh TALKIE_BINARY DEMO_DIR MOCK_AGENT_BINARY
+# (the mock agent is a development tool from mock-agent/, not shipped).
 set -euo pipefail
 talkie=$1
 dir=$2
+mock_agent=$3
 rm -f "$dir"/agent.jsonl "$dir"/agent.addr "$dir"/outbox.db*
-"$talkie" mock-agent --listen 127.0.0.1:0 --fail-first 1 --fail-rate 0.3 --seed 3 \
+"$mock_agent" --listen 127.0.0.1:0 --fail-first 1 --fail-rate 0.3 --seed 3 \
   --record "$dir/agent.jsonl" > "$dir/agent.addr" 2>/dev/null &
 agent=$!
 trap 'kill $agent 2>/dev/null || true' EXIT

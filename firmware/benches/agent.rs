@@ -1,6 +1,6 @@
 //! Agent-link benchmark: 10,000 transcripts through the real binaries —
 //! `talkie outbox add`, then `talkie outbox deliver --until-empty` against
-//! `talkie mock-agent --fail-rate 0.3 --drop-connection-rate 0.05` over
+//! `talkie-mock-agent --fail-rate 0.3 --drop-connection-rate 0.05` over
 //! loopback. Checks from the agent's own record: none lost, none accepted
 //! twice, order preserved; reports throughput, retries and duplicates on
 //! the wire. Writes `target/bench/agent.md` and `target/bench/agent.json`.
@@ -10,8 +10,7 @@ mod common;
 
 use common::{machine, write_report};
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 const N: usize = 10_000;
@@ -20,25 +19,25 @@ fn main() {
     let talkie = env!("CARGO_BIN_EXE_talkie");
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("agent.jsonl");
-    let mut mock = Command::new(talkie)
-        .args([
-            "mock-agent",
+    // The development mock agent, in this process on its own thread.
+    let mock = {
+        use clap::Parser;
+        let args = talkie_mock_agent::MockArgs::parse_from([
+            "talkie-mock-agent",
             "--listen",
             "127.0.0.1:0",
             "--fail-rate",
             "0.3",
-        ])
-        .args(["--drop-connection-rate", "0.05", "--seed", "7", "--record"])
-        .arg(&record)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(mock.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+            "--drop-connection-rate",
+            "0.05",
+            "--seed",
+            "7",
+            "--record",
+            record.to_str().unwrap(),
+        ]);
+        talkie_mock_agent::MockAgent::spawn(args).unwrap()
+    };
+    let port = mock.addr().port();
     let cfg = dir.path().join("talkie.toml");
     std::fs::write(
         &cfg,
@@ -83,8 +82,7 @@ fn main() {
         .output()
         .unwrap();
     let secs = t0.elapsed().as_secs_f64();
-    let _ = mock.kill();
-    let _ = mock.wait();
+    drop(mock);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let summary: serde_json::Value = stderr
@@ -133,7 +131,7 @@ fn main() {
     let md = format!(
         "# Agent-link benchmark\n\nMachine: {machine}; release build; loopback HTTP.\n\
          Input: {N} transcripts added with `talkie outbox add`, delivered by `talkie outbox deliver \
-         --until-empty` (backoff 10–20 ms, breaker at 1000 failures) to `talkie mock-agent --fail-rate 0.3 \
+         --until-empty` (backoff 10–20 ms, breaker at 1000 failures) to `talkie-mock-agent --fail-rate 0.3 \
          --drop-connection-rate 0.05 --seed 7`; outbox in SQLite, WAL, synchronous=FULL.\n\n\
          | measure | value |\n|---|---|\n\
          | time to deliver all | {secs:.1} s |\n\

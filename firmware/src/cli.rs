@@ -77,9 +77,6 @@ pub enum Command {
     /// Build a simulated session (WAV + button script) from speech clips,
     /// for `audio.backend = "file"` with `gpio.backend = "script"`.
     Scenario(crate::scenario::ScenarioArgs),
-    /// A fault-injecting agent for tests and demos: deduplicates by
-    /// Idempotency-Key and records every request as a JSON line.
-    MockAgent(crate::agent::mock::MockArgs),
     /// Exit 0 once the running service reports ready on its local API
     /// (`status.listen`), non-zero otherwise. For update systems.
     Health {
@@ -181,16 +178,6 @@ pub fn main(cli: Cli) -> i32 {
             };
             crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
             match crate::agent::tool::run(&cfg, cmd) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("talkie: {e}");
-                    EX_FAILURE
-                }
-            }
-        }
-        Command::MockAgent(args) => {
-            crate::logging::init("info", cli.log_format.unwrap_or_default());
-            match crate::agent::mock::run(args.clone()) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");

@@ -156,7 +156,7 @@ pub fn probe_interval(stall_ms: u32) -> Duration {
     Duration::from_millis((u64::from(stall_ms) / 4).clamp(100, 1000))
 }
 
-/// Test hook for tests/e2e.rs: `TALKIE_TEST_WEDGE=LOOP:MS` makes that loop
+/// Test hook for the end-to-end tests (tests/e2e/): `TALKIE_TEST_WEDGE=LOOP:MS` makes that loop
 /// (`stt`) stop beating and working MS ms after it starts, as a wedged loop
 /// would. Only in builds with the `test-hooks` feature (`cargo test`
 /// enables it through the package's dev-dependency on itself); a release
@@ -177,7 +177,7 @@ pub fn test_wedge(_name: &str) -> Option<Duration> {
     None
 }
 
-/// Test hook for tests/e2e.rs: `TALKIE_TEST_HOLD_MODELS=PATH` holds model
+/// Test hook for the end-to-end tests (tests/e2e/): `TALKIE_TEST_HOLD_MODELS=PATH` holds model
 /// loading until PATH exists (at most 120 s), so a test can see what the
 /// service does before its models are ready. `test-hooks` builds only.
 #[cfg(feature = "test-hooks")]

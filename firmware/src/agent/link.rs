@@ -238,7 +238,11 @@ pub fn endpoint(url: &str) -> Result<reqwest::Url, LinkError> {
         url: url.to_owned(),
         reason: e.to_string(),
     })?;
-    let joined = format!("{}/v1/utterances", base.as_str().trim_end_matches('/'));
+    let joined = format!(
+        "{}{}",
+        base.as_str().trim_end_matches('/'),
+        talkie_agent_api::UTTERANCES_PATH
+    );
     reqwest::Url::parse(&joined).map_err(|e| LinkError::Url {
         url: url.to_owned(),
         reason: e.to_string(),
@@ -255,7 +259,7 @@ pub async fn attempt(
     let mut req = client
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("Idempotency-Key", &item.id)
+        .header(talkie_agent_api::IDEMPOTENCY_KEY, &item.id)
         .body(item.body.clone());
     if let Some(t) = token {
         req = req.bearer_auth(t);

@@ -1,12 +1,11 @@
 //! The agent link: transcripts are committed to a durable outbox
 //! ([`outbox`]), then delivered in order by one tokio task ([`link`]) with
-//! retry, backoff and a circuit breaker ([`breaker`]). [`mock`] is the
-//! fault-injecting agent used by the demo, the tests and the benchmark.
-//! Contract: `docs/agent-api.md`.
+//! retry, backoff and a circuit breaker ([`breaker`]). The payload, path
+//! and headers come from `talkie-agent-api`, shared with the development
+//! mock agent (`mock-agent/`, not shipped). Contract: `docs/agent-api.md`.
 
 pub mod breaker;
 pub mod link;
-pub mod mock;
 pub mod outbox;
 pub mod tool;
 
@@ -18,6 +17,7 @@ use outbox::{Outbox, OutboxError};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+pub use talkie_agent_api::UtterancePayload;
 
 /// Errors setting up the agent link.
 #[derive(Debug, thiserror::Error)]
@@ -155,22 +155,6 @@ pub async fn open(
             token,
         },
     ))
-}
-
-/// The JSON body of `POST /v1/utterances`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct UtterancePayload {
-    /// UUIDv7: time-ordered, also the `Idempotency-Key`.
-    pub id: String,
-    pub device_id: String,
-    pub text: String,
-    /// RFC 3339 UTC time of the press.
-    pub started_at: String,
-    pub audio_ms: u64,
-    pub speech_ms: u64,
-    pub stt_ms: u64,
-    pub avg_logprob: f32,
-    pub firmware_version: String,
 }
 
 /// A new UUIDv7 as text.

@@ -1,9 +1,8 @@
-//! `talkie mock-agent`: a real HTTP/1.1 server speaking the agent contract,
+//! `talkie-mock-agent`: a real HTTP/1.1 server speaking the agent contract,
 //! with fault injection. It deduplicates by `Idempotency-Key` (a repeat of
 //! a delivered id gets 409) and records every request as a JSON line, so
 //! tests and the benchmark can count what arrived and how often.
 
-use super::UtterancePayload;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -16,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use talkie_agent_api::{UtterancePayload, IDEMPOTENCY_KEY, UTTERANCES_PATH};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -24,8 +24,12 @@ const MAX_BODY: usize = 64 * 1024;
 /// Most ids remembered for deduplication.
 const MAX_IDS: usize = 1_000_000;
 
-/// Options of `talkie mock-agent`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `talkie-mock-agent`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "talkie-mock-agent",
+    about = "A fault-injecting agent for talkie's tests, demo and benchmarks"
+)]
 pub struct MockArgs {
     /// Address to listen on; port 0 picks a free one (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8787")]
@@ -230,7 +234,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (auth, key) = (header("authorization"), header("idempotency-key"));
+    let (auth, key) = (header("authorization"), header(IDEMPOTENCY_KEY));
     let reply = |status: StatusCode, text: String| {
         let mut r = Response::new(Full::new(Bytes::from(text)));
         *r.status_mut() = status;
@@ -240,7 +244,7 @@ async fn handle(
         );
         r
     };
-    if parts.method != hyper::Method::POST || parts.uri.path() != "/v1/utterances" {
+    if parts.method != hyper::Method::POST || parts.uri.path() != UTTERANCES_PATH {
         return Ok(reply(
             StatusCode::NOT_FOUND,
             "{\"error\":\"POST /v1/utterances\"}".into(),
@@ -272,17 +276,122 @@ async fn handle(
     }
 }
 
-/// Serve until SIGINT/SIGTERM.
+/// Serve until SIGINT/SIGTERM (the `talkie-mock-agent` binary); prints
+/// `mock-agent listening on ADDR` on stdout once bound.
 pub fn run(args: MockArgs) -> Result<(), MockError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(MockError::Runtime)?;
+        let (listener, addr) = bind(&args).await?;
+        println!("mock-agent listening on {addr}");
+        let _ = std::io::stdout().flush();
+        serve(listener, args, async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+    })
+}
+
+/// A mock agent running in this process on its own thread and runtime
+/// (tests and benchmarks); stopped and joined on drop, which frees its
+/// port.
+#[derive(Debug)]
+pub struct MockAgent {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), MockError>>>,
+}
+
+impl MockAgent {
+    /// Bind and serve `args`; returns once the port is bound.
+    pub fn spawn(args: MockArgs) -> Result<Self, MockError> {
+        let (bound_tx, bound_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mock-agent".into())
+            .spawn(move || {
+                let rt = runtime()?;
+                rt.block_on(async move {
+                    let (listener, addr) = match bind(&args).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = bound_tx.send(Ok(addr));
+                    serve(listener, args, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                })
+            })
+            .map_err(MockError::Runtime)?;
+        let addr = match bound_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(MockError::Runtime(std::io::Error::other(
+                    "mock agent did not start",
+                )))
+            }
+        };
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MockAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, MockError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(MockError::Runtime)?;
-    rt.block_on(serve(args))
+        .map_err(MockError::Runtime)
 }
 
-async fn serve(args: MockArgs) -> Result<(), MockError> {
+async fn bind(args: &MockArgs) -> Result<(TcpListener, SocketAddr), MockError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| MockError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| MockError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    Ok((listener, addr))
+}
+
+/// Answer requests on `listener` until `stop` completes.
+pub async fn serve(
+    listener: TcpListener,
+    args: MockArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), MockError> {
     let record = match &args.record {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -296,22 +405,10 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
         ),
         None => None,
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| MockError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| MockError::Bind {
-        addr: args.listen,
-        source,
-    })?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
         _ => None,
     };
-    println!("mock-agent listening on {addr}");
-    let _ = std::io::stdout().flush();
     let state = Arc::new(Mutex::new(State {
         rng: fastrand::Rng::with_seed(args.seed),
         args,
@@ -321,9 +418,8 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
         record,
         started: Instant::now(),
     }));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(MockError::Runtime)?;
     let mut conns = JoinSet::new();
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -349,8 +445,7 @@ async fn serve(args: MockArgs) -> Result<(), MockError> {
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            () = &mut stop => break,
         }
     }
     conns.abort_all();

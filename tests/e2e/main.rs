@@ -1,0 +1,28 @@
+//! End-to-end tests, one file per feature; helpers in `support/`.
+//!
+//! Most run the real `talkie` binary (exit codes, signals, the notify
+//! socket, kill -9, the browser: what only a process shows); `service.rs`
+//! starts the service in-process through `talkie::service`.
+//!
+//! - `audio`: a real alsa-lib PCM of type `file` reads a raw tone; the
+//!   48 kHz stereo clips of `../shared/eval/dev` through the file backend.
+//! - `config`: exit code 78 and the file:line:column of the culprit.
+//! - `stt`, `ptt`, `agent`, `status`, `systemd`, `browser`, `service`.
+//!
+//! The eval data is looked up in `$TALKIE_EVAL_DIR`, else `../shared/eval`
+//! beside the repository.
+
+#[path = "../../firmware/tests/common/wer.rs"]
+mod wer;
+
+mod support;
+
+mod agent;
+mod audio;
+mod browser;
+mod config;
+mod ptt;
+mod service;
+mod status;
+mod stt;
+mod systemd;

@@ -1,0 +1,105 @@
+//! The service started in-process through `talkie::service` (no process spawned).
+
+use crate::support::*;
+use std::path::Path;
+
+/// A scripted one-clip session for an in-process service, played at real
+/// time on its own clock: the press and release come at the same audio
+/// time on any machine.
+fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Config {
+    let out = dir.join("session");
+    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+        out: out.clone(),
+        lead_ms: 1000,
+        gap_ms: 1000,
+        press_lead_ms: 300,
+        release_lag_ms: 400,
+        clips: vec![eval_dir().join("dev").join(clip)],
+    })
+    .unwrap();
+    let models = models_dir();
+    let path = write(
+        dir,
+        "talkie.toml",
+        &format!(
+            "[device]\nid = {clip:?}\n[audio]\nbackend = \"file\"\nfile = {:?}\nrealtime = true\n\
+             sim_clock = true\n[gpio]\nbackend = \"script\"\nscript = {:?}\n\
+             [stt]\nmodel_dir = {models:?}\nprecision = \"fp32\"\nthreads = 1\n[vad]\nmodel = {:?}\n\
+             [status]\nlisten = \"127.0.0.1:0\"\ntoken = {token:?}\n",
+            out.join("session.wav"),
+            out.join("buttons.toml"),
+            models.join("silero_vad.onnx")
+        ),
+    );
+    talkie::config::load(&path, &talkie::config::Overrides::default())
+        .unwrap()
+        .config
+}
+
+/// Issue 17: the service is a library. Two services start in one test
+/// process, each on its own port, each recognizes its own press, answers
+/// its own API, reloads, and both shut down cleanly through their handles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_in_one_process_each_recognize_their_own_press() {
+    use talkie::service::{Service, ServiceOptions};
+    let token = "in-process-technician-token-0123456789";
+    let cases = [
+        ("dev_01.wav", "What time does the museum close today?"),
+        (
+            "dev_02.wav",
+            "Can you show me the way to the main entrance?",
+        ),
+    ];
+    let dirs: Vec<tempfile::TempDir> = cases.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut handles = Vec::new();
+    for ((clip, _), dir) in cases.iter().zip(&dirs) {
+        let cfg = in_process_config(dir.path(), clip, token);
+        let options = ServiceOptions {
+            end_with_source: false,
+            ..ServiceOptions::fixed(&cfg)
+        };
+        let h = Service::start(cfg, options).await.unwrap();
+        handles.push(h);
+    }
+    let (a, b) = (handles[0].status_addr(), handles[1].status_addr());
+    assert_ne!(a.port(), b.port());
+    for h in &handles {
+        assert!(h.ready().await, "ready");
+    }
+    let http = reqwest::Client::new();
+    for (h, (clip, text)) in handles.iter().zip(cases) {
+        let url = format!("http://{}/api/v1/transcripts", h.status_addr());
+        // Wait for the transcript (bounded: a broken service fails here,
+        // a slow one only takes longer).
+        let mut seen = h.transcript_count();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(300),
+            seen.wait_for(|n| *n >= 1),
+        )
+        .await
+        .expect("a transcript within 5 minutes")
+        .unwrap();
+        let body = http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(body.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(&body.bytes().await.unwrap()).unwrap();
+        let got: Vec<&str> = body["transcripts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, [text], "{clip}");
+        let report = h.reload().await.expect("a running service reloads");
+        assert!(report.ok && report.changed.is_empty(), "{report:?}");
+    }
+    for h in &handles {
+        h.shutdown();
+    }
+    for h in handles {
+        h.wait().await.expect("a clean stop");
+    }
+    // Stopped: the ports are closed.
+    for addr in [a, b] {
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
