@@ -69,6 +69,9 @@ demo: deps models
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The HAL's hardware backends are features: the firmware must build
+	# without them (no libasound, no rppal; file audio and script GPIO).
+	$(CARGO) clippy -p talkie -p talkie-hal --no-default-features -- -D warnings
 
 # Every test: formatting, lints, the converter's self-check (models-check),
 # unit tests, the zero-allocation test, the

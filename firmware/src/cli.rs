@@ -254,6 +254,14 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
+/// Built without the `alsa` feature: there is nothing to list.
+#[cfg(not(feature = "alsa"))]
+fn devices() -> i32 {
+    eprintln!("talkie: this build has no ALSA support (cargo feature `alsa`)");
+    EX_FAILURE
+}
+
+#[cfg(feature = "alsa")]
 fn devices() -> i32 {
     match talkie_hal::audio::alsa::list_capture_devices() {
         Ok(talkie_hal::audio::alsa::DeviceList { usable, unusable }) => {

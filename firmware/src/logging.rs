@@ -68,12 +68,27 @@ pub fn init(level: &str, format: LogFormat) {
     }
 }
 
+/// Why `log.level` could not be changed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    #[error("log.level {level:?}: {source}")]
+    Parse {
+        level: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("RUST_LOG is set: the log level is fixed by the environment")]
+    FixedByEnvironment,
+    #[error("the log filter could not be replaced: {0}")]
+    Reload(#[from] tracing_subscriber::reload::Error),
+}
+
 /// Change the level filter (`log.level` syntax). Err when the filter does
 /// not parse, or when `RUST_LOG` fixed the level at start.
-pub fn set_level(level: &str) -> Result<(), String> {
-    let filter = parse_filter(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
-    let handle = FILTER
-        .get()
-        .ok_or_else(|| "RUST_LOG is set: the log level is fixed by the environment".to_owned())?;
-    handle.reload(filter).map_err(|e| e.to_string())
+pub fn set_level(level: &str) -> Result<(), LevelError> {
+    let filter = parse_filter(level).map_err(|source| LevelError::Parse {
+        level: level.to_owned(),
+        source,
+    })?;
+    let handle = FILTER.get().ok_or(LevelError::FixedByEnvironment)?;
+    Ok(handle.reload(filter)?)
 }

@@ -5,13 +5,18 @@
 //!
 //! | concern    | trait                        | real backend            | simulated backend        |
 //! |------------|------------------------------|-------------------------|--------------------------|
-//! | microphone | [`audio::AudioSource`]       | [`audio::alsa`] (ALSA)  | [`audio::file`] (WAV)    |
-//! | button     | [`gpio::Button`]             | rppal (push-to-talk issue) | script (push-to-talk issue) |
-//! | LEDs       | [`gpio::Indicators`]         | rppal (push-to-talk issue) | recorded timeline        |
+//! | microphone | [`audio::AudioSource`]       | `audio::alsa` (ALSA)    | [`audio::file`] (WAV)    |
+//! | button     | [`gpio::Button`]             | `gpio::rpi` (rppal)     | [`gpio::script`]         |
+//! | LEDs       | [`gpio::Indicators`]         | `gpio::rpi` (pins, APA102) | [`gpio::sim`] (recorded timeline) |
 //!
-//! Backends report typed errors ([`audio::AudioError`], [`gpio::GpioError`]);
-//! deciding what to do about them (count, retry, reopen, fail) is the
-//! firmware's job, not the HAL's.
+//! The real backends are cargo features, on by default: `alsa` (links
+//! libasound) and `rppal`. Without them the simulated backends remain.
+//!
+//! Backends report the HAL's own typed errors ([`audio::AudioError`],
+//! [`gpio::GpioError`]; a backend library's error becomes an
+//! [`audio::DeviceError`] with its message and errno), so nothing above the
+//! HAL names `alsa` or `rppal` types. Deciding what to do about an error
+//! (count, retry, reopen, fail) is the firmware's job, not the HAL's.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

@@ -26,8 +26,9 @@ pub enum AgentError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error("outbox task failed: {0}")]
-    Blocking(String),
+    /// The blocking task that opens the outbox panicked or was cancelled.
+    #[error("opening the outbox did not complete: {0}")]
+    OpenTask(tokio::task::JoinError),
     #[error("cannot start the async runtime or signal handling: {0}")]
     Runtime(std::io::Error),
     #[error("cannot encode JSON: {0}")]
@@ -53,6 +54,28 @@ impl OutboxHandle {
     pub fn set_token(&self, token: Option<String>) {
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
         self.wake.notify_one();
+    }
+
+    /// Commit one transcript to the outbox (blocking: SQLite waits for the
+    /// disk), count it and wake the link; a failure is counted and shown as
+    /// the last error.
+    pub fn enqueue_blocking(&self, id: &str, body: &str) -> Result<(), OutboxError> {
+        let res = self
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enqueue(id, body);
+        match &res {
+            Ok(()) => {
+                self.stats.enqueued.fetch_add(1, Relaxed);
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                self.stats.enqueue_failed.fetch_add(1, Relaxed);
+                self.stats.set_last_error(&e.to_string());
+            }
+        }
+        res
     }
 
     /// Put dead letters back in the queue (`id`, or all of them) and wake
@@ -97,7 +120,7 @@ pub async fn open(
     let (path, max) = (config.outbox.path.clone(), config.outbox.max_items);
     let opened = tokio::task::spawn_blocking(move || Outbox::open(&path, max))
         .await
-        .map_err(|e| AgentError::Blocking(e.to_string()))??;
+        .map_err(AgentError::OpenTask)??;
     if opened.recovered_from.is_some() {
         stats.corrupt_recovered.fetch_add(1, Relaxed);
     }

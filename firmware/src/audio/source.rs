@@ -1,7 +1,6 @@
 //! Opening the configured audio source.
 
 use crate::config::{AudioBackend, AudioConfig};
-use talkie_hal::audio::alsa::{AlsaSettings, AlsaSource};
 use talkie_hal::audio::file::{FileSettings, FileSource};
 use talkie_hal::audio::{AudioError, AudioSource};
 
@@ -11,12 +10,7 @@ pub fn open_source(
     clock: Option<talkie_hal::sim_clock::SimClock>,
 ) -> Result<Box<dyn AudioSource>, AudioError> {
     Ok(match cfg.backend {
-        AudioBackend::Alsa => Box::new(AlsaSource::open(AlsaSettings {
-            device: cfg.device.clone(),
-            rate: cfg.rate,
-            channels: cfg.channels,
-            period_ms: cfg.period_ms,
-        })?),
+        AudioBackend::Alsa => open_alsa(cfg)?,
         AudioBackend::File => {
             let path = cfg.file.clone().ok_or_else(|| AudioError::File {
                 path: String::new(),
@@ -29,5 +23,25 @@ pub fn open_source(
                 clock,
             })?)
         }
+    })
+}
+
+#[cfg(feature = "alsa")]
+fn open_alsa(cfg: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+    use talkie_hal::audio::alsa::{AlsaSettings, AlsaSource};
+    Ok(Box::new(AlsaSource::open(AlsaSettings {
+        device: cfg.device.clone(),
+        rate: cfg.rate,
+        channels: cfg.channels,
+        period_ms: cfg.period_ms,
+    })?))
+}
+
+/// Built without the `alsa` feature: the backend is not there to open.
+#[cfg(not(feature = "alsa"))]
+fn open_alsa(cfg: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+    Err(AudioError::Unsupported {
+        device: cfg.device.clone(),
+        what: "this build has no ALSA support (cargo feature `alsa`)".to_owned(),
     })
 }

@@ -45,10 +45,23 @@ fn existing_file(p: &mut Problems, key: &str, path: Option<&std::path::Path>, ne
 /// All problems in `c`, in file order.
 pub(super) fn validate(c: &Config) -> Problems {
     let mut p = Problems::new();
+    device(&mut p, c);
+    audio(&mut p, c);
+    vad(&mut p, c);
+    stt(&mut p, c);
+    ptt(&mut p, c);
+    gpio(&mut p, c);
+    agent(&mut p, c);
+    outbox(&mut p, c);
+    watchdog(&mut p, c);
+    log(&mut p, c);
+    p
+}
 
+fn device(p: &mut Problems, c: &Config) {
     let id = &c.device.id;
     check(
-        &mut p,
+        p,
         "device.id",
         !id.is_empty()
             && id.len() <= 64
@@ -57,32 +70,36 @@ pub(super) fn validate(c: &Config) -> Problems {
                 .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
         format!("{id:?} is not allowed (1 to 64 characters of A-Z a-z 0-9 - _ .)"),
     );
+}
 
+fn audio(p: &mut Problems, c: &Config) {
     let a = &c.audio;
     match a.backend {
         AudioBackend::Alsa => check(
-            &mut p,
+            p,
             "audio.device",
             !a.device.trim().is_empty(),
             "must name an ALSA PCM (e.g. \"default\", \"hw:1,0\"; see `talkie devices`)",
         ),
         AudioBackend::File => existing_file(
-            &mut p,
+            p,
             "audio.file",
             a.file.as_deref(),
             "when audio.backend = \"file\" (a WAV file)",
         ),
     }
-    range(&mut p, "audio.rate", a.rate, 8_000..=192_000);
-    range(&mut p, "audio.channels", a.channels, 1..=2);
-    range(&mut p, "audio.period_ms", a.period_ms, 5..=200);
-    range(&mut p, "audio.preroll_ms", a.preroll_ms, 0..=5_000);
-    range(&mut p, "audio.max_utterance_s", a.max_utterance_s, 1..=120);
-    range(&mut p, "audio.rt_priority", a.rt_priority, 0..=99);
+    range(p, "audio.rate", a.rate, 8_000..=192_000);
+    range(p, "audio.channels", a.channels, 1..=2);
+    range(p, "audio.period_ms", a.period_ms, 5..=200);
+    range(p, "audio.preroll_ms", a.preroll_ms, 0..=5_000);
+    range(p, "audio.max_utterance_s", a.max_utterance_s, 1..=120);
+    range(p, "audio.rt_priority", a.rt_priority, 0..=99);
+}
 
+fn vad(p: &mut Problems, c: &Config) {
     let v = &c.vad;
     check(
-        &mut p,
+        p,
         "vad.threshold",
         v.threshold > 0.0 && v.threshold < 1.0,
         format!(
@@ -90,48 +107,52 @@ pub(super) fn validate(c: &Config) -> Problems {
             v.threshold
         ),
     );
-    range(&mut p, "vad.min_speech_ms", v.min_speech_ms, 0..=10_000);
-    range(&mut p, "vad.min_silence_ms", v.min_silence_ms, 0..=10_000);
-    range(&mut p, "vad.speech_pad_ms", v.speech_pad_ms, 0..=1_000);
+    range(p, "vad.min_speech_ms", v.min_speech_ms, 0..=10_000);
+    range(p, "vad.min_silence_ms", v.min_silence_ms, 0..=10_000);
+    range(p, "vad.speech_pad_ms", v.speech_pad_ms, 0..=1_000);
     check(
-        &mut p,
+        p,
         "vad.model",
         !v.model.as_os_str().is_empty(),
         "must be a path",
     );
+}
 
+fn stt(p: &mut Problems, c: &Config) {
     check(
-        &mut p,
+        p,
         "stt.model_dir",
         !c.stt.model_dir.as_os_str().is_empty(),
         "must be a directory path",
     );
-    range(&mut p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
+    range(p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
     if let super::schema::Threads::Fixed(n) = c.stt.threads {
-        range(&mut p, "stt.threads", n, 1..=16);
+        range(p, "stt.threads", n, 1..=16);
     }
     check(
-        &mut p,
+        p,
         "stt.calibration_file",
         !c.stt.calibration_file.as_os_str().is_empty(),
         "must be a file path",
     );
     range(
-        &mut p,
+        p,
         "stt.encoder_margin_frames",
         c.stt.encoder_margin_frames,
         128..=2000,
     );
+}
 
-    range(&mut p, "ptt.min_press_ms", c.ptt.min_press_ms, 0..=5_000);
+fn ptt(p: &mut Problems, c: &Config) {
+    range(p, "ptt.min_press_ms", c.ptt.min_press_ms, 0..=5_000);
     range(
-        &mut p,
+        p,
         "ptt.finish_on_stop_ms",
         c.ptt.finish_on_stop_ms,
         0..=20_000,
     );
     check(
-        &mut p,
+        p,
         "ptt.vad_auto_stop_ms",
         c.ptt.vad_auto_stop_ms == 0 || (200..=10_000).contains(&c.ptt.vad_auto_stop_ms),
         format!(
@@ -139,20 +160,22 @@ pub(super) fn validate(c: &Config) -> Problems {
             c.ptt.vad_auto_stop_ms
         ),
     );
+}
 
+fn gpio(p: &mut Problems, c: &Config) {
     let g = &c.gpio;
     if g.backend == GpioBackend::Script {
         existing_file(
-            &mut p,
+            p,
             "gpio.script",
             g.script.as_deref(),
             "when gpio.backend = \"script\" (a TOML button timeline)",
         );
     }
-    range(&mut p, "gpio.button_pin", g.button_pin, 0..=27);
-    range(&mut p, "gpio.debounce_ms", g.debounce_ms, 0..=1_000);
+    range(p, "gpio.button_pin", g.button_pin, 0..=27);
+    range(p, "gpio.debounce_ms", g.debounce_ms, 0..=1_000);
     for (i, pin) in g.led_pins.iter().enumerate() {
-        range(&mut p, &format!("gpio.led_pins[{i}]"), *pin, 0..=27);
+        range(p, &format!("gpio.led_pins[{i}]"), *pin, 0..=27);
     }
     if g.leds == LedKind::Pins && g.backend == GpioBackend::Rppal {
         let mut all = g.led_pins.to_vec();
@@ -160,7 +183,7 @@ pub(super) fn validate(c: &Config) -> Problems {
         all.sort_unstable();
         all.dedup();
         check(
-            &mut p,
+            p,
             "gpio.led_pins",
             all.len() == 4,
             format!(
@@ -169,20 +192,17 @@ pub(super) fn validate(c: &Config) -> Problems {
             ),
         );
     }
-    range(&mut p, "gpio.apa102_spi_bus", g.apa102_spi_bus, 0..=1);
-    range(&mut p, "gpio.apa102_spi_cs", g.apa102_spi_cs, 0..=1);
-    range(&mut p, "gpio.apa102_count", g.apa102_count, 1..=64);
-    range(
-        &mut p,
-        "gpio.apa102_brightness",
-        g.apa102_brightness,
-        0..=31,
-    );
+    range(p, "gpio.apa102_spi_bus", g.apa102_spi_bus, 0..=1);
+    range(p, "gpio.apa102_spi_cs", g.apa102_spi_cs, 0..=1);
+    range(p, "gpio.apa102_count", g.apa102_count, 1..=64);
+    range(p, "gpio.apa102_brightness", g.apa102_brightness, 0..=31);
+}
 
+fn agent(p: &mut Problems, c: &Config) {
     let ag = &c.agent;
     if let Some(url) = &ag.url {
         check(
-            &mut p,
+            p,
             "agent.url",
             (url.starts_with("http://") || url.starts_with("https://"))
                 && url.len() > "https://".len()
@@ -191,67 +211,53 @@ pub(super) fn validate(c: &Config) -> Problems {
         );
     }
     if let Some(ca) = &ag.ca_file {
-        existing_file(&mut p, "agent.ca_file", Some(ca), "");
+        existing_file(p, "agent.ca_file", Some(ca), "");
     }
     range(
-        &mut p,
+        p,
         "agent.connect_timeout_ms",
         ag.connect_timeout_ms,
         100..=60_000,
     );
     range(
-        &mut p,
+        p,
         "agent.request_timeout_ms",
         ag.request_timeout_ms,
         100..=300_000,
     );
+    range(p, "agent.backoff_min_ms", ag.backoff_min_ms, 10..=600_000);
     range(
-        &mut p,
-        "agent.backoff_min_ms",
-        ag.backoff_min_ms,
-        10..=600_000,
-    );
-    range(
-        &mut p,
+        p,
         "agent.backoff_max_ms",
         ag.backoff_max_ms,
         ag.backoff_min_ms.min(3_600_000)..=3_600_000,
     );
-    range(
-        &mut p,
-        "agent.breaker_failures",
-        ag.breaker_failures,
-        1..=1_000,
-    );
-    range(&mut p, "agent.breaker_open_s", ag.breaker_open_s, 1..=3_600);
+    range(p, "agent.breaker_failures", ag.breaker_failures, 1..=1_000);
+    range(p, "agent.breaker_open_s", ag.breaker_open_s, 1..=3_600);
+}
 
+fn outbox(p: &mut Problems, c: &Config) {
     check(
-        &mut p,
+        p,
         "outbox.path",
         !c.outbox.path.as_os_str().is_empty(),
         "must be a file path",
     );
+    range(p, "outbox.max_items", c.outbox.max_items, 1..=1_000_000);
     range(
-        &mut p,
-        "outbox.max_items",
-        c.outbox.max_items,
-        1..=1_000_000,
-    );
-    range(
-        &mut p,
+        p,
         "outbox.max_attempts",
         c.outbox.max_attempts,
         1..=1_000_000,
     );
-    range(&mut p, "outbox.max_age_h", c.outbox.max_age_h, 0..=87_600);
+    range(p, "outbox.max_age_h", c.outbox.max_age_h, 0..=87_600);
+}
 
-    range(
-        &mut p,
-        "watchdog.stall_ms",
-        c.watchdog.stall_ms,
-        100..=600_000,
-    );
+fn watchdog(p: &mut Problems, c: &Config) {
+    range(p, "watchdog.stall_ms", c.watchdog.stall_ms, 100..=600_000);
+}
 
+fn log(p: &mut Problems, c: &Config) {
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
         p.push((
             "log.level".to_owned(),
@@ -261,5 +267,4 @@ pub(super) fn validate(c: &Config) -> Problems {
             ),
         ));
     }
-    p
 }

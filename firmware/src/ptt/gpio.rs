@@ -1,8 +1,7 @@
 //! Open the configured button and indicators.
 
-use crate::config::{GpioBackend, GpioConfig, LedKind, Pull};
+use crate::config::{GpioBackend, GpioConfig};
 use std::time::{Duration, Instant};
-use talkie_hal::gpio::rpi::{self, Apa102Leds, ButtonPins, PinLeds, RppalButton};
 use talkie_hal::gpio::script::ScriptButton;
 use talkie_hal::gpio::sim::{Timeline, TimelineIndicators};
 use talkie_hal::gpio::{Button, GpioError, Indicators, NoButton, NoIndicators};
@@ -50,32 +49,46 @@ pub fn open(
                 timeline: Some(timeline),
             })
         }
-        GpioBackend::Rppal => {
-            let button = RppalButton::open(ButtonPins {
-                pin: cfg.button_pin,
-                pull: match cfg.button_pull {
-                    Pull::Up => rpi::Pull::Up,
-                    Pull::Down => rpi::Pull::Down,
-                    Pull::Off => rpi::Pull::Off,
-                },
-                active_low: cfg.button_active_low,
-                debounce,
-            })?;
-            let indicators: Box<dyn Indicators> = match cfg.leds {
-                LedKind::Pins => Box::new(PinLeds::open(cfg.led_pins)?),
-                LedKind::Apa102 => Box::new(Apa102Leds::open(
-                    cfg.apa102_spi_bus,
-                    cfg.apa102_spi_cs,
-                    cfg.apa102_count.into(),
-                    cfg.apa102_brightness,
-                )?),
-                LedKind::None => Box::new(NoIndicators),
-            };
-            Ok(Gpio {
-                button: Box::new(button),
-                indicators,
-                timeline: None,
-            })
-        }
+        GpioBackend::Rppal => open_rppal(cfg, debounce),
     }
+}
+
+#[cfg(feature = "rppal")]
+fn open_rppal(cfg: &GpioConfig, debounce: Duration) -> Result<Gpio, GpioError> {
+    use crate::config::{LedKind, Pull};
+    use talkie_hal::gpio::rpi::{self, Apa102Leds, ButtonPins, PinLeds, RppalButton};
+    let button = RppalButton::open(ButtonPins {
+        pin: cfg.button_pin,
+        pull: match cfg.button_pull {
+            Pull::Up => rpi::Pull::Up,
+            Pull::Down => rpi::Pull::Down,
+            Pull::Off => rpi::Pull::Off,
+        },
+        active_low: cfg.button_active_low,
+        debounce,
+    })?;
+    let indicators: Box<dyn Indicators> = match cfg.leds {
+        LedKind::Pins => Box::new(PinLeds::open(cfg.led_pins)?),
+        LedKind::Apa102 => Box::new(Apa102Leds::open(
+            cfg.apa102_spi_bus,
+            cfg.apa102_spi_cs,
+            cfg.apa102_count.into(),
+            cfg.apa102_brightness,
+        )?),
+        LedKind::None => Box::new(NoIndicators),
+    };
+    Ok(Gpio {
+        button: Box::new(button),
+        indicators,
+        timeline: None,
+    })
+}
+
+/// Built without the `rppal` feature: no Raspberry Pi GPIO.
+#[cfg(not(feature = "rppal"))]
+fn open_rppal(_cfg: &GpioConfig, _debounce: Duration) -> Result<Gpio, GpioError> {
+    Err(GpioError::Open {
+        backend: "rppal",
+        reason: "this build has no Raspberry Pi GPIO support (cargo feature `rppal`)".into(),
+    })
 }

@@ -53,6 +53,83 @@ pub enum ControlEvent {
 /// Events queued for the controller.
 pub const EVENT_QUEUE: usize = 64;
 
+/// Why a [`PttControl`] request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("controller busy; try again")]
+    ControllerBusy,
+    #[error("listener busy; try again")]
+    ListenerBusy,
+    /// The state machine refused (a press or an utterance in progress).
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("another capture is running")]
+    CaptureRunning,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the status API may ask of push-to-talk: one narrow handle, so no
+/// other module builds the controller's or the listener's messages.
+#[derive(Debug, Clone)]
+pub struct PttControl {
+    events: tokio::sync::mpsc::Sender<ControlEvent>,
+    listener: SyncSender<Command>,
+}
+
+impl PttControl {
+    pub fn new(
+        events: tokio::sync::mpsc::Sender<ControlEvent>,
+        listener: SyncSender<Command>,
+    ) -> Self {
+        Self { events, listener }
+    }
+
+    /// Cycle every LED pattern once (never waits).
+    pub fn test_leds(&self) -> Result<(), ControlError> {
+        self.events
+            .try_send(ControlEvent::TestLeds)
+            .map_err(|_| ControlError::ControllerBusy)
+    }
+
+    /// Run 16 kHz mono `samples` through recognition and delivery as if
+    /// spoken during a press; returns once the controller took it.
+    pub async fn test_utterance(
+        &self,
+        samples: Vec<f32>,
+        wait: Duration,
+    ) -> Result<(), ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.events
+            .try_send(ControlEvent::TestUtterance { samples, reply })
+            .map_err(|_| ControlError::ControllerBusy)?;
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(ControlError::Refused(why)),
+            _ => Err(ControlError::Timeout(wait)),
+        }
+    }
+
+    /// The next `seconds` of the live microphone after the audio path
+    /// (16 kHz mono); waits at most `seconds` + `slack`.
+    pub async fn capture(&self, seconds: u32, slack: Duration) -> Result<Vec<f32>, ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let req = listener::RecordRequest {
+            buf: Vec::with_capacity(seconds as usize * crate::audio::PIPELINE_RATE as usize),
+            reply,
+        };
+        self.listener
+            .try_send(Command::Record(req))
+            .map_err(|_| ControlError::ListenerBusy)?;
+        let wait = Duration::from_secs(u64::from(seconds)) + slack;
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(samples)) => Ok(samples),
+            Ok(Err(_)) => Err(ControlError::CaptureRunning),
+            Err(_) => Err(ControlError::Timeout(wait)),
+        }
+    }
+}
+
 /// Transcripts kept in memory for the status page.
 pub const RECENT_TRANSCRIPTS: usize = 32;
 
@@ -405,21 +482,12 @@ impl Controller {
         // SQLite with synchronous=FULL waits for the disk: not on the
         // controller's task.
         tokio::task::spawn_blocking(move || {
-            let res = sink
-                .outbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .enqueue(&payload.id, &body);
-            let ok = match res {
+            let ok = match sink.enqueue_blocking(&payload.id, &body) {
                 Ok(()) => {
-                    sink.stats.enqueued.fetch_add(1, Relaxed);
-                    sink.wake.notify_one();
                     tracing::debug!(id = %payload.id, local_id, "transcript committed to the outbox");
                     true
                 }
                 Err(e) => {
-                    sink.stats.enqueue_failed.fetch_add(1, Relaxed);
-                    sink.stats.set_last_error(&e.to_string());
                     tracing::error!(error = %e, local_id, "transcript not stored; the visitor sees the error blink");
                     false
                 }

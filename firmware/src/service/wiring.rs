@@ -108,10 +108,12 @@ pub(super) fn start(
     let _ = ctx.shared.format.set(source.format().to_string());
 
     let (events_tx, events) = tokio::sync::mpsc::channel(ptt::EVENT_QUEUE);
-    let _ = ctx.shared.control.set(events_tx.clone());
     let (tap_sink, tap_rx) = listener::tap(Arc::clone(&ctx.ptt_stats));
     let (listener_tx, listener_rx) = mpsc::sync_channel(16);
-    let _ = ctx.shared.listener.set(listener_tx.clone());
+    let _ = ctx
+        .shared
+        .control
+        .set(ptt::PttControl::new(events_tx.clone(), listener_tx.clone()));
     let (stt_tx, stt_rx) = mpsc::sync_channel(worker::QUEUE);
     let (leds_tx, leds_rx) = mpsc::sync_channel(indicator::QUEUE);
     let (listener, pool) = Listener::new(

@@ -52,6 +52,18 @@ impl Out {
 /// The whole exposition.
 pub fn render(s: &Shared) -> String {
     let mut o = Out(String::with_capacity(8192));
+    service(&mut o, s);
+    audio(&mut o, s);
+    ptt(&mut o, s);
+    process(&mut o, s);
+    if let Some(g) = &s.agent {
+        agent(&mut o, g);
+    }
+    o.0
+}
+
+/// Build, recognition settings, uptime, readiness.
+fn service(o: &mut Out, s: &Shared) {
     o.family(
         "talkie_build_info",
         "gauge",
@@ -98,7 +110,10 @@ pub fn render(s: &Shared) -> String {
         "1 when models are loaded, audio is open and the outbox is open.",
         f64::from(u8::from(super::readiness(s).is_empty())),
     );
+}
 
+/// The audio path: frames, drops, xruns, level, capture state.
+fn audio(o: &mut Out, s: &Shared) {
     let a = s.audio.snapshot();
     o.counter(
         "talkie_audio_frames_captured_total",
@@ -152,7 +167,10 @@ pub fn render(s: &Shared) -> String {
             f64::from(u8::from(a.capture_state.as_str() == st)),
         );
     }
+}
 
+/// Push-to-talk: presses, utterances, outcomes, latencies.
+fn ptt(o: &mut Out, s: &Shared) {
     let p = &s.ptt;
     o.counter(
         "talkie_ptt_presses_total",
@@ -224,7 +242,11 @@ pub fn render(s: &Shared) -> String {
         "VAD + Whisper time per utterance.",
         &p.stt.snapshot(),
     );
+}
 
+/// The process and the status port: memory, descriptors, connections,
+/// the outbox filesystem.
+fn process(o: &mut Out, s: &Shared) {
     if let Some(rss) = crate::telemetry::resident_bytes() {
         o.gauge(
             "talkie_process_resident_memory_bytes",
@@ -281,105 +303,106 @@ pub fn render(s: &Shared) -> String {
             free as f64,
         );
     }
-    if let Some(g) = &s.agent {
-        o.counter(
-            "talkie_outbox_enqueued_total",
-            "Transcripts committed to the outbox.",
-            g.enqueued.load(Relaxed),
-        );
-        o.counter(
-            "talkie_outbox_refused_total",
-            "Transcripts the outbox refused (full or disk error).",
-            g.enqueue_failed.load(Relaxed),
-        );
-        o.counter(
-            "talkie_outbox_corrupt_recovered_total",
-            "Corrupt outbox files moved aside.",
-            g.corrupt_recovered.load(Relaxed),
-        );
-        o.gauge(
-            "talkie_outbox_depth",
-            "Transcripts waiting for the agent.",
-            g.outbox_depth.load(Relaxed) as f64,
-        );
-        let oldest = g.oldest_created_ms.load(Relaxed);
-        let age = if oldest == 0 {
-            0.0
-        } else {
-            crate::agent::outbox::unix_ms().saturating_sub(oldest) as f64 / 1000.0
-        };
-        o.gauge(
-            "talkie_outbox_oldest_age_seconds",
-            "Age of the oldest waiting transcript.",
-            age,
-        );
-        o.counter(
-            "talkie_agent_deliveries_total",
-            "Transcripts the agent acknowledged (2xx or 409).",
-            g.delivered.load(Relaxed),
-        );
-        o.counter(
-            "talkie_agent_duplicates_total",
-            "Acknowledgements that were 409 (already delivered).",
-            g.already_delivered.load(Relaxed),
-        );
-        o.counter(
-            "talkie_agent_dead_letters_total",
-            "Transcripts moved to the dead-letter table (refused with a 4xx, too many server errors, too old).",
-            g.dead_lettered.load(Relaxed),
-        );
-        o.counter(
-            "talkie_agent_dead_letters_max_attempts_total",
-            "Of those: the agent failed on them outbox.max_attempts times.",
-            g.poisoned.load(Relaxed),
-        );
-        o.counter(
-            "talkie_agent_dead_letters_expired_total",
-            "Of those: older than outbox.max_age_h.",
-            g.expired.load(Relaxed),
-        );
-        o.gauge(
-            "talkie_outbox_dead_letters",
-            "Dead letters kept (talkie outbox dead-letter list).",
-            g.dead_letter_depth.load(Relaxed) as f64,
-        );
-        o.gauge(
-            "talkie_agent_delivery_paused",
-            "The HTTP status delivery is paused on (401, 403, 404: token or URL rejected); 0 = delivering.",
-            f64::from(g.paused_status.load(Relaxed)),
-        );
-        o.counter(
-            "talkie_agent_paused_total",
-            "Times delivery paused because the agent rejected the token or URL.",
-            g.paused.load(Relaxed),
-        );
-        o.family(
+}
+
+/// The agent link and its outbox.
+fn agent(o: &mut Out, g: &crate::agent::AgentStats) {
+    o.counter(
+        "talkie_outbox_enqueued_total",
+        "Transcripts committed to the outbox.",
+        g.enqueued.load(Relaxed),
+    );
+    o.counter(
+        "talkie_outbox_refused_total",
+        "Transcripts the outbox refused (full or disk error).",
+        g.enqueue_failed.load(Relaxed),
+    );
+    o.counter(
+        "talkie_outbox_corrupt_recovered_total",
+        "Corrupt outbox files moved aside.",
+        g.corrupt_recovered.load(Relaxed),
+    );
+    o.gauge(
+        "talkie_outbox_depth",
+        "Transcripts waiting for the agent.",
+        g.outbox_depth.load(Relaxed) as f64,
+    );
+    let oldest = g.oldest_created_ms.load(Relaxed);
+    let age = if oldest == 0 {
+        0.0
+    } else {
+        crate::agent::outbox::unix_ms().saturating_sub(oldest) as f64 / 1000.0
+    };
+    o.gauge(
+        "talkie_outbox_oldest_age_seconds",
+        "Age of the oldest waiting transcript.",
+        age,
+    );
+    o.counter(
+        "talkie_agent_deliveries_total",
+        "Transcripts the agent acknowledged (2xx or 409).",
+        g.delivered.load(Relaxed),
+    );
+    o.counter(
+        "talkie_agent_duplicates_total",
+        "Acknowledgements that were 409 (already delivered).",
+        g.already_delivered.load(Relaxed),
+    );
+    o.counter(
+        "talkie_agent_dead_letters_total",
+        "Transcripts moved to the dead-letter table (refused with a 4xx, too many server errors, too old).",
+        g.dead_lettered.load(Relaxed),
+    );
+    o.counter(
+        "talkie_agent_dead_letters_max_attempts_total",
+        "Of those: the agent failed on them outbox.max_attempts times.",
+        g.poisoned.load(Relaxed),
+    );
+    o.counter(
+        "talkie_agent_dead_letters_expired_total",
+        "Of those: older than outbox.max_age_h.",
+        g.expired.load(Relaxed),
+    );
+    o.gauge(
+        "talkie_outbox_dead_letters",
+        "Dead letters kept (talkie outbox dead-letter list).",
+        g.dead_letter_depth.load(Relaxed) as f64,
+    );
+    o.gauge(
+        "talkie_agent_delivery_paused",
+        "The HTTP status delivery is paused on (401, 403, 404: token or URL rejected); 0 = delivering.",
+        f64::from(g.paused_status.load(Relaxed)),
+    );
+    o.counter(
+        "talkie_agent_paused_total",
+        "Times delivery paused because the agent rejected the token or URL.",
+        g.paused.load(Relaxed),
+    );
+    o.family(
+        "talkie_agent_retries_total",
+        "counter",
+        "Failed attempts that will be retried, by class.",
+    );
+    for (i, c) in FailureClass::ALL.iter().enumerate() {
+        o.sample(
             "talkie_agent_retries_total",
-            "counter",
-            "Failed attempts that will be retried, by class.",
-        );
-        for (i, c) in FailureClass::ALL.iter().enumerate() {
-            o.sample(
-                "talkie_agent_retries_total",
-                &format!("class=\"{}\"", c.as_str()),
-                g.retries[i].load(Relaxed) as f64,
-            );
-        }
-        o.counter(
-            "talkie_agent_breaker_opened_total",
-            "Times the circuit breaker opened.",
-            g.breaker_opened.load(Relaxed),
-        );
-        o.gauge(
-            "talkie_agent_breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-            f64::from(g.breaker_state.load(Relaxed)),
-        );
-        o.histogram(
-            "talkie_agent_request_seconds",
-            "Agent request latency.",
-            &g.latency.snapshot(),
+            &format!("class=\"{}\"", c.as_str()),
+            g.retries[i].load(Relaxed) as f64,
         );
     }
-    o.0
+    o.counter(
+        "talkie_agent_breaker_opened_total",
+        "Times the circuit breaker opened.",
+        g.breaker_opened.load(Relaxed),
+    );
+    o.gauge(
+        "talkie_agent_breaker_state",
+        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+        f64::from(g.breaker_state.load(Relaxed)),
+    );
+    o.histogram(
+        "talkie_agent_request_seconds",
+        "Agent request latency.",
+        &g.latency.snapshot(),
+    );
 }

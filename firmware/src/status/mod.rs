@@ -25,13 +25,19 @@
 //! `nosniff` and `no-store`; no CORS headers are sent (same origin only).
 
 pub mod auth;
+mod client;
+mod handlers;
 pub mod metrics;
+mod router;
 pub mod server;
+
+pub use client::{health, probe, HealthError};
+pub use router::{json_error, router};
 
 use crate::agent::breaker::BreakerState;
 use crate::agent::AgentStats;
 use crate::logring::LogRing;
-use crate::ptt::{ControlEvent, RecentTranscripts};
+use crate::ptt::{ControlError, RecentTranscripts};
 use crate::reload::ReloadRequest;
 use crate::telemetry::{unix_ms, AudioStats, CaptureState, PttStats};
 use auth::{Access, Auth};
@@ -69,11 +75,9 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 pub const CSP: &str =
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
 img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
-
 /// What the handlers read.
 #[derive(Debug)]
 pub struct Shared {
@@ -102,9 +106,7 @@ pub struct Shared {
     /// Keys changed in the file that wait for a restart.
     pub pending_restart: RwLock<Vec<String>>,
     /// The controller's event queue, once it runs (LED and PTT tests).
-    pub control: OnceLock<tokio::sync::mpsc::Sender<ControlEvent>>,
-    /// The listener's command queue, once it runs (captures).
-    pub listener: OnceLock<std::sync::mpsc::SyncSender<crate::ptt::listener::Command>>,
+    pub control: OnceLock<crate::ptt::PttControl>,
     /// The outbox, when an agent is configured (dead-letter endpoints).
     pub outbox: OnceLock<crate::agent::OutboxHandle>,
     /// The service's reload queue, once it runs.
@@ -122,7 +124,6 @@ pub struct Shared {
     pub outbox_path: Option<std::path::PathBuf>,
     event_clients: AtomicUsize,
 }
-
 impl Shared {
     /// Everything not yet known starts empty; `run` fills it in.
     #[allow(clippy::too_many_arguments)]
@@ -156,7 +157,6 @@ impl Shared {
             config: RwLock::new(crate::config::redacted(config)),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
-            listener: OnceLock::new(),
             outbox: OnceLock::new(),
             conns: Arc::default(),
             auth_failures: AtomicU64::new(0),
@@ -201,7 +201,6 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = pending;
     }
 }
-
 /// Why the service is not ready; empty = ready.
 pub fn readiness(s: &Shared) -> Vec<&'static str> {
     let mut why = Vec::new();
@@ -215,7 +214,6 @@ pub fn readiness(s: &Shared) -> Vec<&'static str> {
     }
     why
 }
-
 /// One line of the page's health list.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct Check {
@@ -224,7 +222,6 @@ pub struct Check {
     /// Why it fails (empty when ok).
     pub reason: String,
 }
-
 /// The health checks the page shows, each with the reason it fails.
 pub fn checks(s: &Shared) -> Vec<Check> {
     let check = |name, problem: Option<String>| Check {
@@ -272,33 +269,6 @@ pub fn checks(s: &Shared) -> Vec<Check> {
     }
     out
 }
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let why = readiness(&s);
-    let body = serde_json::json!({ "ready": why.is_empty(), "reasons": why }).to_string();
-    let code = if why.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&s),
-    )
-        .into_response()
-}
-
 /// The status document (`/api/v1/status`); `technician` adds the
 /// effective configuration and the recent warnings.
 pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
@@ -379,595 +349,12 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
     }
     doc
 }
-
-async fn status_handler(State(s): State<Arc<Shared>>, req: Request) -> Response {
-    let auth = s.auth();
-    let ip = peer(&req);
-    // A token on the anonymous endpoint goes through the same limiter and
-    // failure log as the technician endpoints: no free guessing here.
-    let tech = match auth.access(req.headers()) {
-        Access::Anonymous => false,
-        _ if !auth.allowed(ip) => return too_many(),
-        Access::Denied => return denied(&s, &auth, ip, req.uri().path()),
-        Access::Technician => true,
-    };
-    Json(status_json(&s, tech)).into_response()
-}
-
-/// A wrong token: counted against `ip`, logged once, 401.
-fn denied(s: &Shared, auth: &Auth, ip: std::net::IpAddr, path: &str) -> Response {
-    auth.failed(ip);
-    s.auth_failures.fetch_add(1, Relaxed);
-    tracing::warn!(client = %ip, path, "wrong technician token");
-    json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
-}
-
-/// A JSON error body: `{"error": "..."}`.
-pub fn json_error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
-}
-
-fn peer(req: &Request) -> std::net::IpAddr {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
-}
-
-fn too_many() -> Response {
-    let mut r = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many failed attempts from this address; try again later",
-    );
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(auth::REFILL.as_secs()),
-    );
-    r
-}
-
-/// Gate for the technician endpoints.
-async fn require_technician(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let auth = s.auth();
-    let ip = peer(&req);
-    match auth.access(req.headers()) {
-        Access::Anonymous => {
-            let mut r = json_error(StatusCode::UNAUTHORIZED, "technician token required");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        _ if !auth.allowed(ip) => too_many(),
-        Access::Denied => denied(&s, &auth, ip, req.uri().path()),
-        Access::Technician => next.run(req).await,
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct Login {
-    token: String,
-}
-
-async fn login(
-    State(s): State<Arc<Shared>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    form: Result<Form<Login>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let auth = s.auth();
-    if !auth.configured() {
-        return json_error(
-            StatusCode::CONFLICT,
-            "no technician token is configured (status.token_file or the status-token credential)",
-        );
-    }
-    if !auth.allowed(addr.ip()) {
-        return too_many();
-    }
-    let login = match form {
-        Ok(Form(login)) => login,
-        Err(rejection) => {
-            return json_error(
-                rejection.status(),
-                format!(
-                    "expected a form with a token field: {}",
-                    rejection.body_text()
-                ),
-            )
-        }
-    };
-    if !auth.token_matches(&login.token) {
-        auth.failed(addr.ip());
-        s.auth_failures.fetch_add(1, Relaxed);
-        tracing::warn!(client = %addr.ip(), "failed technician login");
-        return json_error(StatusCode::UNAUTHORIZED, "wrong technician token");
-    }
-    tracing::info!(client = %addr.ip(), "technician logged in");
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Some(c) = auth
-        .session_cookie()
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        r.headers_mut().insert(header::SET_COOKIE, c);
-    }
-    r
-}
-
-async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    s.auth().end_session(&headers);
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("talkie_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
-    r
-}
-
-async fn transcripts(State(s): State<Arc<Shared>>) -> Response {
-    let last_reply = s.agent.as_ref().and_then(|g| g.last_reply());
-    Json(serde_json::json!({
-        "transcripts": s.recent.list(),
-        "agent_last_reply": last_reply,
-    }))
-    .into_response()
-}
-
-async fn logs(State(s): State<Arc<Shared>>) -> Response {
-    let (warnings, errors) = s.logs.totals();
-    Json(serde_json::json!({
-        "lines": s.logs.lines(),
-        "problems": s.logs.problems(),
-        "warnings_total": warnings,
-        "errors_total": errors,
-    }))
-    .into_response()
-}
-
-async fn test_leds(State(s): State<Arc<Shared>>) -> Response {
-    let Some(tx) = s.control.get() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
-    };
-    match tx.try_send(ControlEvent::TestLeds) {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({
-                "patterns": IndicatorState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                "step_ms": crate::ptt::indicator::TEST_STEP.as_millis() as u64,
-            })),
-        )
-            .into_response(),
-        Err(_) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "controller busy; try again",
-        ),
-    }
-}
-
-async fn test_ptt(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    let Some(tx) = s.control.get() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
-    };
-    let decoded = tokio::task::spawn_blocking(move || {
-        crate::audio::clip::decode_pipeline_clip(&body, MAX_TEST_SECONDS)
-    })
-    .await;
-    let samples = match decoded {
-        Ok(Ok(s)) if !s.is_empty() => s,
-        Ok(Ok(_)) => return json_error(StatusCode::BAD_REQUEST, "the WAV holds no audio"),
-        Ok(Err(e)) => return json_error(StatusCode::BAD_REQUEST, format!("not a usable WAV: {e}")),
-        Err(_) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "decoding failed"),
-    };
-    let audio_ms = samples.len() as u64 * 1000 / u64::from(crate::audio::PIPELINE_RATE);
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if tx
-        .try_send(ControlEvent::TestUtterance { samples, reply })
-        .is_err()
-    {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "controller busy; try again",
-        );
-    }
-    match tokio::time::timeout(RELOAD_WAIT, answer).await {
-        Ok(Ok(Ok(()))) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({
-                "accepted": true,
-                "audio_ms": audio_ms,
-                "result": "see /api/v1/transcripts (and the agent) once recognized",
-            })),
-        )
-            .into_response(),
-        Ok(Ok(Err(why))) => json_error(StatusCode::CONFLICT, why),
-        _ => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller did not answer",
-        ),
-    }
-}
-
-/// Dead letters listed by `GET /api/v1/dead-letters`.
-const DEAD_LETTERS_SHOWN: u32 = 100;
-
-fn no_outbox() -> Response {
-    json_error(StatusCode::NOT_FOUND, "no agent configured: no outbox")
-}
-
-fn outbox_failed(e: &crate::agent::outbox::OutboxError) -> Response {
-    json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-}
-
-/// `GET /api/v1/dead-letters`: the newest dead letters (transcripts:
-/// technician only, like every endpoint here).
-async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
-    let Some(h) = s.outbox.get().cloned() else {
-        return no_outbox();
-    };
-    match crate::agent::link::with_outbox(&h.outbox, |o| {
-        Ok((o.dead_count()?, o.dead_letters(DEAD_LETTERS_SHOWN)?))
-    })
-    .await
-    {
-        Ok((count, items)) => {
-            Json(serde_json::json!({ "count": count, "items": items })).into_response()
-        }
-        Err(e) => outbox_failed(&e),
-    }
-}
-
-/// Which dead letters a retry or drop acts on.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeadLetterPick {
-    id: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
-
-impl DeadLetterPick {
-    /// `Some(Some(id))`, `Some(None)` for all, `None` when malformed.
-    fn parse(body: &[u8]) -> Option<Option<String>> {
-        match serde_json::from_slice::<DeadLetterPick>(body) {
-            Ok(DeadLetterPick {
-                id: Some(id),
-                all: false,
-            }) if id.len() <= 64 => Some(Some(id)),
-            Ok(DeadLetterPick {
-                id: None,
-                all: true,
-            }) => Some(None),
-            _ => None,
-        }
-    }
-}
-
-/// `POST /api/v1/dead-letters/retry` and `…/drop`.
-async fn dead_letter_action(s: Arc<Shared>, body: axum::body::Bytes, retry: bool) -> Response {
-    let Some(h) = s.outbox.get().cloned() else {
-        return no_outbox();
-    };
-    let Some(id) = DeadLetterPick::parse(&body) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            r#"give {"id": "<dead letter id>"} or {"all": true}"#,
-        );
-    };
-    let which = id.clone().unwrap_or_else(|| "all".into());
-    let r = if retry {
-        h.retry_dead(id).await
-    } else {
-        h.drop_dead(id).await
-    };
-    match r {
-        Ok(n) => {
-            let verb = if retry { "retried" } else { "dropped" };
-            tracing::info!(target: "talkie::agent", which = %which, count = n, "dead letters {verb} by a technician");
-            Json(serde_json::json!({ verb: n })).into_response()
-        }
-        Err(e) => outbox_failed(&e),
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct CaptureQuery {
-    seconds: u32,
-}
-
-async fn capture(
-    State(s): State<Arc<Shared>>,
-    query: Result<axum::extract::Query<CaptureQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let seconds = match query {
-        Ok(q) if (1..=MAX_TEST_SECONDS).contains(&q.seconds) => q.seconds,
-        _ => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("give ?seconds=N with N from 1 to {MAX_TEST_SECONDS}"),
-            )
-        }
-    };
-    let Some(tx) = s.listener.get() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
-    };
-    let rate = crate::audio::PIPELINE_RATE;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let req = crate::ptt::listener::RecordRequest {
-        buf: Vec::with_capacity(seconds as usize * rate as usize),
-        reply,
-    };
-    if tx
-        .try_send(crate::ptt::listener::Command::Record(req))
-        .is_err()
-    {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "listener busy; try again");
-    }
-    let wait = Duration::from_secs(u64::from(seconds) + 5);
-    let samples = match tokio::time::timeout(wait, answer).await {
-        Ok(Ok(samples)) => samples,
-        Ok(Err(_)) => return json_error(StatusCode::CONFLICT, "another capture is running"),
-        Err(_) => {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no audio arrived in time: is the microphone delivering? (see /api/v1/status)",
-            )
-        }
-    };
-    match wav_bytes(&samples, rate) {
-        Ok(bytes) => (
-            [
-                (header::CONTENT_TYPE, "audio/wav"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"talkie-capture.wav\"",
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// 16-bit PCM mono WAV of `samples`.
-fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, hound::Error> {
-    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::new(&mut out, spec)?;
-    for &x in samples {
-        w.write_sample((x.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-    }
-    w.finalize()?;
-    Ok(out.into_inner())
-}
-
-async fn reload(State(s): State<Arc<Shared>>) -> Response {
-    let Some(tx) = s.reload.get() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if tx.try_send(reply).is_err() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "a reload is already running",
-        );
-    }
-    match tokio::time::timeout(RELOAD_WAIT, answer).await {
-        Ok(Ok(report)) => {
-            let code = if report.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            (code, Json(report)).into_response()
-        }
-        _ => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the service did not answer",
-        ),
-    }
-}
-
-/// Decrements the live-client count when a stream ends.
-struct ClientSlot(Arc<Shared>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.event_clients.fetch_sub(1, Relaxed);
-    }
-}
-
-async fn events(State(s): State<Arc<Shared>>) -> Response {
-    if s.event_clients.fetch_add(1, Relaxed) >= MAX_EVENT_CLIENTS {
-        s.event_clients.fetch_sub(1, Relaxed);
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many live clients; the JSON status is still available",
-        );
-    }
-    let slot = ClientSlot(Arc::clone(&s));
-    let mut tick = tokio::time::interval(EVENTS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let stream = futures_util::stream::unfold(
-        (slot, tick, None::<IndicatorState>, Vec::<Event>::new()),
-        |(slot, mut tick, mut last, mut queued)| async move {
-            if let Some(ev) = queued.pop() {
-                return Some((Ok::<_, Infallible>(ev), (slot, tick, last, queued)));
-            }
-            let shared = Arc::clone(&slot.0);
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => return None,
-                _ = tick.tick() => {}
-            }
-            let a = shared.audio.snapshot();
-            let state = shared.led();
-            let level = Event::default().event("level").data(
-                serde_json::json!({
-                    "rms_dbfs": a.level_rms_dbfs,
-                    "peak_dbfs": a.level_peak_dbfs,
-                    "state": state.as_str(),
-                })
-                .to_string(),
-            );
-            if last != Some(state) {
-                last = Some(state);
-                queued.push(
-                    Event::default()
-                        .event("state")
-                        .data(serde_json::json!({ "state": state.as_str() }).to_string()),
-                );
-            }
-            Some((Ok(level), (slot, tick, last, queued)))
-        },
-    );
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
-/// Request timeout as a plain middleware (no extra crate).
-async fn timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
-    }
-}
-
-/// The same security headers on every response.
-async fn security_headers(req: Request, next: Next) -> Response {
-    let mut r = next.run(req).await;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// Every error answer is JSON (`{"error": …}`), also those axum and its
-/// extractors make on their own (405, 413, 400 from a bad form or query):
-/// a plain-text or empty error body becomes JSON with its first 200
-/// characters.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let r = next.run(req).await;
-    let status = r.status();
-    let is_json = r
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return r;
-    }
-    let (parts, body) = r.into_parts();
-    let text = axum::body::to_bytes(body, 4096)
-        .await
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .trim()
-                .chars()
-                .take(200)
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    let msg = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_lowercase()
-    } else {
-        text
-    };
-    let mut out = json_error(status, msg);
-    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
-        if let Some(v) = parts.headers.get(&name) {
-            out.headers_mut().insert(name, v.clone());
-        }
-    }
-    out
-}
-
-async fn not_found() -> Response {
-    json_error(StatusCode::NOT_FOUND, "no such endpoint")
-}
-
-pub fn router(shared: Arc<Shared>) -> Router {
-    let technician = Router::new()
-        .route("/api/v1/transcripts", get(transcripts))
-        .route("/api/v1/logs", get(logs))
-        .route("/api/v1/test/leds", post(test_leds))
-        .route(
-            "/api/v1/test/ptt",
-            post(test_ptt).layer(DefaultBodyLimit::max(WAV_LIMIT)),
-        )
-        .route("/api/v1/capture", post(capture))
-        .route("/api/v1/reload", post(reload))
-        .route("/api/v1/dead-letters", get(dead_letters))
-        .route(
-            "/api/v1/dead-letters/retry",
-            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
-                dead_letter_action(s, b, true)
-            }),
-        )
-        .route(
-            "/api/v1/dead-letters/drop",
-            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
-                dead_letter_action(s, b, false)
-            }),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            require_technician,
-        ));
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .route("/api/v1/status", get(status_handler))
-        .route("/api/v1/events", get(events))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .merge(technician)
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn(timeout))
-        .with_state(shared)
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (status.listen): {source}")]
 pub struct BindError {
     pub addr: SocketAddr,
     pub source: std::io::Error,
 }
-
 /// Bind `addr`; returns the listener (so a bind failure stops start-up)
 /// and the address actually bound.
 pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
@@ -979,7 +366,6 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
         .map_err(|source| BindError { addr, source })?;
     Ok((l, bound))
 }
-
 /// Serve until `cancel`, under the limits of [`server`] for this
 /// process's descriptor limit.
 pub async fn serve(
@@ -993,110 +379,9 @@ pub async fn serve(
     server::serve(listener, router(shared), limits, conns, cancel).await;
 }
 
-/// `http://ADDR{path}` for a request to the server listening on `listen`
-/// from this machine (an unspecified address is reached over loopback).
-fn local_url(listen: SocketAddr, path: &str) -> String {
-    let ip = if listen.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        listen.ip()
-    };
-    format!("http://{}{path}", SocketAddr::new(ip, listen.port()))
-}
-
-/// The HTTP loop's heartbeat for the watchdog: every `every`, `GET
-/// /healthz` on the bound address through the real server (2 s timeout);
-/// a 200 calls `beat` (in `run`: [`Shared::http_beat_ms`]). A server that
-/// stops accepting or answering stops the beat, and with it the watchdog
-/// pings. Ends on `cancel`.
-pub async fn probe(
-    bound: SocketAddr,
-    beat: impl Fn() + Send + 'static,
-    every: Duration,
-    cancel: CancellationToken,
-) {
-    let url = local_url(bound, "/healthz");
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "status server probe: no HTTP client; the http loop will not beat");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = client.get(&url).send() => match r {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(r.status().to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-        };
-        match outcome {
-            Ok(()) => {
-                beat();
-                if std::mem::take(&mut failing) {
-                    tracing::info!(url = %url, "status server probe answers again");
-                }
-            }
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(url = %url, error = %e, "status server probe failed");
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// `talkie health --wait S`: poll the running service's `/readyz` on
-/// `status.listen` until it answers 200 (Ok) or `wait` has passed (Err with
-/// the last reason). The hook an update system calls before committing a
-/// release.
-pub fn health(listen: SocketAddr, wait: Duration) -> Result<String, String> {
-    let url = local_url(listen, "/readyz");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let why = match client.get(&url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(format!("{url}: ready")),
-                Ok(r) => {
-                    let code = r.status();
-                    format!(
-                        "{url}: {code} {}",
-                        r.text().await.unwrap_or_default().trim()
-                    )
-                }
-                Err(e) => format!("{url}: {e}"),
-            };
-            if Instant::now() >= deadline {
-                return Err(why);
-            }
-            tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::handlers::*;
     use super::*;
     use std::sync::atomic::AtomicU64;
 

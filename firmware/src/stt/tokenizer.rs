@@ -1,6 +1,7 @@
 //! Decoding Whisper token ids to text with `tokenizer.json` (GPT-2
 //! byte-level BPE: every token is a string of byte-mapped characters).
 
+use crate::models::ModelError;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,9 +45,13 @@ fn byte_decoder() -> HashMap<char, u8> {
 
 impl Tokenizer {
     /// Load `tokenizer.json`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let tj: TokenizerJson = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let failed = |reason: String| ModelError::Load {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let tj: TokenizerJson = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
         let decoder = byte_decoder();
         let size = tj
             .model

@@ -173,10 +173,7 @@ impl Whisper {
         let decoder = load_plan(&dir.join(format!("whisper_decoder{suffix}.onnx")))?;
         let tok_path = dir.join("whisper_tokenizer.json");
         models::verify(&tok_path)?;
-        let tokenizer = Tokenizer::load(&tok_path).map_err(|reason| ModelError::Load {
-            path: tok_path.clone(),
-            reason,
-        })?;
+        let tokenizer = Tokenizer::load(&tok_path)?;
         let layers = encoder.model().outputs.len() / 2;
         let width = model_width(&decoder).ok_or_else(|| ModelError::Load {
             path: dir.join(format!("whisper_decoder{suffix}.onnx")),

@@ -8,7 +8,7 @@
 //! disappears is reported as [`AudioError::Disconnected`] and can be
 //! [`reopen`](AudioSource::reopen)ed.
 
-use super::{AudioError, AudioSource, SampleFormat, StreamFormat};
+use super::{AudioError, AudioSource, DeviceError, SampleFormat, StreamFormat};
 use ::alsa::pcm::{Access, Format, HwParams, PCM};
 use ::alsa::{Direction, ValueOr};
 
@@ -83,6 +83,15 @@ fn unsupported(device: &str, what: impl Into<String>) -> AudioError {
     }
 }
 
+/// ALSA's error as the HAL's [`DeviceError`] (the alsa crate's type stays
+/// in this module).
+fn device_error(e: &::alsa::Error) -> DeviceError {
+    DeviceError {
+        errno: Some(e.errno()),
+        message: e.to_string(),
+    }
+}
+
 fn hw_err(device: &str, step: &str, e: ::alsa::Error) -> AudioError {
     unsupported(device, format!("{step}: {e}"))
 }
@@ -93,7 +102,7 @@ fn open_pcm(settings: &AlsaSettings) -> Result<(PCM, StreamFormat), AudioError> 
     let pcm = PCM::new(dev, Direction::Capture, true).map_err(|e| AudioError::Open {
         device: dev.to_owned(),
         hint: open_hint(e.errno()),
-        source: e,
+        source: device_error(&e),
     })?;
     let sample;
     {
@@ -341,7 +350,7 @@ pub fn list_capture_devices() -> Result<DeviceList, AudioError> {
         ::alsa::device_name::HintIter::new_str(None, "pcm").map_err(|e| AudioError::Open {
             device: "(device list)".to_owned(),
             hint: "",
-            source: e,
+            source: device_error(&e),
         })?;
     let mut usable = Vec::new();
     let mut unusable = Vec::new();

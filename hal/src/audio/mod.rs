@@ -5,6 +5,7 @@
 //! Buffers are allocated when the source is opened; `read_period` allocates
 //! nothing.
 
+#[cfg(feature = "alsa")]
 pub mod alsa;
 pub mod file;
 
@@ -54,6 +55,25 @@ impl fmt::Display for StreamFormat {
     }
 }
 
+/// A backend's own error (ALSA's, for instance) as the HAL reports it:
+/// the message and, where the backend has one, the OS error number. The
+/// backend's error type stays private to its module, so code above the
+/// HAL does not depend on which backends were compiled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceError {
+    /// `errno` when the backend reported one.
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
 /// What went wrong while opening or reading a source.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
@@ -61,7 +81,7 @@ pub enum AudioError {
     #[error("cannot open capture device `{device}`: {source}{hint}")]
     Open {
         device: String,
-        source: ::alsa::Error,
+        source: DeviceError,
         hint: &'static str,
     },
     /// The device cannot deliver a format talkie accepts.

@@ -9,6 +9,7 @@
 //! Every backend's raw edges go through the same [`Debouncer`], so a bouncy
 //! contact in a script behaves exactly like one on a real pin.
 
+#[cfg(feature = "rppal")]
 pub mod rpi;
 pub mod script;
 pub mod sim;

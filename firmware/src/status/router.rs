@@ -1,0 +1,181 @@
+//! The router: routes, who may call them, and the middleware every answer
+//! passes (timeout, security headers, JSON errors, rate-limited refusals).
+
+use super::handlers::*;
+use super::*;
+
+/// A wrong token: counted against `ip`, logged once, 401.
+pub(super) fn denied(s: &Shared, auth: &Auth, ip: std::net::IpAddr, path: &str) -> Response {
+    auth.failed(ip);
+    s.auth_failures.fetch_add(1, Relaxed);
+    tracing::warn!(client = %ip, path, "wrong technician token");
+    json_error(StatusCode::UNAUTHORIZED, "wrong technician token")
+}
+/// A JSON error body: `{"error": "..."}`.
+pub fn json_error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+pub(super) fn peer(req: &Request) -> std::net::IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+pub(super) fn too_many() -> Response {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed attempts from this address; try again later",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(auth::REFILL.as_secs()),
+    );
+    r
+}
+/// Gate for the technician endpoints.
+pub(super) async fn require_technician(
+    State(s): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let auth = s.auth();
+    let ip = peer(&req);
+    match auth.access(req.headers()) {
+        Access::Anonymous => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "technician token required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        _ if !auth.allowed(ip) => too_many(),
+        Access::Denied => denied(&s, &auth, ip, req.uri().path()),
+        Access::Technician => next.run(req).await,
+    }
+}
+pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+/// Request timeout as a plain middleware (no extra crate).
+pub(super) async fn timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+    }
+}
+/// The same security headers on every response.
+pub(super) async fn security_headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+/// Every error answer is JSON (`{"error": …}`), also those axum and its
+/// extractors make on their own (405, 413, 400 from a bad form or query):
+/// a plain-text or empty error body becomes JSON with its first 200
+/// characters.
+pub(super) async fn json_errors(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let msg = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = json_error(status, msg);
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+pub(super) async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+pub fn router(shared: Arc<Shared>) -> Router {
+    let technician = Router::new()
+        .route("/api/v1/transcripts", get(transcripts))
+        .route("/api/v1/logs", get(logs))
+        .route("/api/v1/test/leds", post(test_leds))
+        .route(
+            "/api/v1/test/ptt",
+            post(test_ptt).layer(DefaultBodyLimit::max(WAV_LIMIT)),
+        )
+        .route("/api/v1/capture", post(capture))
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/dead-letters", get(dead_letters))
+        .route(
+            "/api/v1/dead-letters/retry",
+            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
+                dead_letter_action(s, b, true)
+            }),
+        )
+        .route(
+            "/api/v1/dead-letters/drop",
+            post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
+                dead_letter_action(s, b, false)
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_technician,
+        ));
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .route("/api/v1/status", get(status_handler))
+        .route("/api/v1/events", get(events))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .merge(technician)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(timeout))
+        .with_state(shared)
+}
