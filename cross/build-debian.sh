@@ -59,12 +59,12 @@ if [ "$mode" = test ]; then
   # tract's matrix kernels are assembly and run as fast at any level. The
   # tests check correctness under emulation, not speed.
   opt=${TALKIE_CROSS_OPT:-1}
-  std+=(--config "profile.dev.package.\"*\".opt-level=$opt" --config "profile.dev.package.talkie.opt-level=$opt")
+  std+=(--config "profile.dev.package.\"*\".opt-level=$opt" --config "profile.dev.package.talkie.opt-level=$opt" --config "profile.dev.package.talkie-speech.opt-level=$opt")
   # TALKIE_QEMU_RUN=0 only builds them (compile and link for the target).
   if [ "${TALKIE_QEMU_RUN:-1}" = 1 ]; then
     # Every unit test on qemu's default CPU model ("max": dot-product and
     # fp16, like a Pi 5's Cortex-A76), except the recognition check below.
-    cargo test "${std[@]}" --target "$triple" -p talkie -p talkie-hal --lib -- \
+    cargo test "${std[@]}" --target "$triple" -p talkie -p talkie-hal -p talkie-speech --lib -- \
       --skip three_dev_clips_give_the_reference_transcripts
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
@@ -74,12 +74,12 @@ if [ "$mode" = test ]; then
     if [ "$arch" = aarch64 ]; then
       for cpu in ${TALKIE_QEMU_CPUS:-}; do
         echo "== recognition under qemu-aarch64 -cpu $cpu =="
-        QEMU_CPU=$cpu cargo test "${std[@]}" --target "$triple" -p talkie --lib \
+        QEMU_CPU=$cpu cargo test "${std[@]}" --target "$triple" -p talkie-speech --lib \
           three_dev_clips_give_the_reference_transcripts -- --nocapture
       done
     fi
   else
-    cargo test "${std[@]}" --target "$triple" -p talkie -p talkie-hal --lib --no-run
+    cargo test "${std[@]}" --target "$triple" -p talkie -p talkie-hal -p talkie-speech --lib --no-run
   fi
   exit 0
 fi

@@ -133,7 +133,7 @@ def log_mel_whisper_padding(audio):
 
 
 def repeat_len(tokens):
-    """talkie's loop guard (firmware/src/stt/whisper.rs): tokens to cut when
+    """talkie's loop guard (speech/src/stt/whisper.rs): tokens to cut when
     a block of 4 or more repeats twice at the end, or one of 2-3 three
     times; None otherwise."""
     n = len(tokens)

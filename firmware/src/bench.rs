@@ -194,7 +194,7 @@ fn bench_one(
     c.stt.threads = Threads::Fixed(threads as u32);
     reset_peak_rss();
     let t0 = std::time::Instant::now();
-    let mut r = Recognizer::load(dir, &c)?;
+    let mut r = Recognizer::load(dir, &c.recognizer_options())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     // Warm-up, then the faster of two runs (one with --quick).
     r.time_fixed_work(calibrate::CAL_FRAMES / 4, 1)?;

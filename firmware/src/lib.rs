@@ -13,10 +13,11 @@
 //! - features: [`ptt`] (state machine, listener, recognition worker,
 //!   button, LEDs), [`agent`] (outbox, delivery link, breaker, mock agent,
 //!   `talkie outbox`), [`status`] (page, API, SSE, metrics, auth);
-//! - speech and audio: [`stt`] (Whisper on tract, calibration of precision
-//!   and threads), [`vad`] (Silero VAD, segmenter), [`models`] (manifest,
-//!   sha256 checks), [`audio`] (capture thread → SPSC queue → audio
-//!   thread: downmix, resample to 16 kHz, level meter, pre-roll);
+//! - speech and audio: [`stt`], [`vad`], [`models`] re-exported from the
+//!   `talkie-speech` crate (Whisper and Silero VAD on tract, calibration of
+//!   precision and threads, manifest and sha256 checks), [`audio`]
+//!   (capture thread → SPSC queue → audio thread: downmix, resample to
+//!   16 kHz, level meter, pre-roll);
 //! - foundations: [`config`] (the TOML file, overrides, validation,
 //!   secrets), [`telemetry`] (the counters and gauges every loop
 //!   publishes), [`logging`] and [`logring`] (tracing set-up, the ring the
@@ -47,7 +48,6 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod logring;
-pub mod models;
 pub mod offline;
 pub mod ptt;
 pub mod record;
@@ -56,11 +56,12 @@ pub mod run;
 pub mod scenario;
 pub mod service;
 pub mod status;
-pub mod stt;
 pub mod supervisor;
 pub mod telemetry;
 pub mod threads;
-pub mod vad;
+
+/// The speech crate's modules, under the names the firmware always used.
+pub use talkie_speech::{models, stt, vad};
 
 #[cfg(test)]
 mod layering;

@@ -7,7 +7,7 @@ use crate::audio::PIPELINE_RATE;
 use crate::config::Config;
 use crate::models::{self, ModelError};
 use crate::stt::{RecognizeError, Recognizer, VAD_FILE};
-use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
+use crate::vad::{self, SileroVad, VadError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -50,7 +50,7 @@ pub fn vad(
 ) -> Result<(), OfflineError> {
     let path = vad_model_path(cfg, models_dir);
     let mut model = SileroVad::load(&path)?;
-    let seg_cfg = SegmenterConfig::from_config(&cfg.vad);
+    let seg_cfg = cfg.vad.segmenter();
     for file in files {
         let samples = load_pipeline_clip(file).map_err(|source| OfflineError::Clip {
             path: file.clone(),
@@ -120,7 +120,10 @@ pub fn transcribe(
     json: bool,
 ) -> Result<(), OfflineError> {
     let dir = stt_model_dir(cfg, models_dir);
-    let mut recognizer = Recognizer::load(&dir, &with_vad_resolved(cfg, models_dir))?;
+    let mut recognizer = Recognizer::load(
+        &dir,
+        &with_vad_resolved(cfg, models_dir).recognizer_options(),
+    )?;
     for (n, file) in files.iter().enumerate() {
         if !json && files.len() > 1 {
             eprintln!("[{}/{}] {}", n + 1, files.len(), file.display());

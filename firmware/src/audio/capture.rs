@@ -143,6 +143,8 @@ impl CaptureContext<'_, '_> {
                     if matches!(e, AudioError::Stalled { .. }) {
                         self.stats.stalls.fetch_add(1, Relaxed);
                     }
+                    // State first: whoever reads the log line sees it.
+                    self.stats.set_capture_state(CaptureState::Degraded);
                     tracing::warn!(error = %e, "microphone lost; reopening");
                     if !self.reopen(source) {
                         return CaptureEnd::Stopped;
@@ -168,8 +170,9 @@ impl CaptureContext<'_, '_> {
             let attempt = self.stats.reopen_attempts.fetch_add(1, Relaxed) + 1;
             match source.reopen() {
                 Ok(()) => {
-                    tracing::info!(device = source.name(), attempt, "microphone reopened");
+                    // State first: whoever reads the log line sees it.
                     self.stats.set_capture_state(CaptureState::Running);
+                    tracing::info!(device = source.name(), attempt, "microphone reopened");
                     return true;
                 }
                 Err(e) => {

@@ -23,4 +23,4 @@ pub use preroll::PreRoll;
 pub use source::open_source;
 
 /// The rate everything after the resampler runs at (VAD and Whisper expect it).
-pub const PIPELINE_RATE: u32 = 16_000;
+pub const PIPELINE_RATE: u32 = talkie_speech::SAMPLE_RATE;

@@ -457,3 +457,33 @@ mod tests;
 pub fn redacted(config: &crate::config::Config) -> serde_json::Value {
     serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
+
+impl VadConfig {
+    /// The speech crate's segmenter settings for this `[vad]` section.
+    pub fn segmenter(&self) -> talkie_speech::vad::SegmenterConfig {
+        talkie_speech::vad::SegmenterConfig::from_ms(
+            self.threshold,
+            self.min_speech_ms,
+            self.min_silence_ms,
+            self.speech_pad_ms,
+        )
+    }
+}
+
+impl Config {
+    /// What the speech crate's `Recognizer::load` needs from `[stt]` and
+    /// `[vad]` (the VAD model path as configured: see
+    /// `offline::with_vad_resolved` for the source-checkout fallback).
+    pub fn recognizer_options(&self) -> talkie_speech::options::RecognizerOptions {
+        talkie_speech::options::RecognizerOptions {
+            precision: self.stt.precision,
+            threads: self.stt.threads,
+            max_tokens: self.stt.max_tokens,
+            encoder_margin_frames: self.stt.encoder_margin_frames,
+            calibration_file: self.stt.calibration_file.clone(),
+            vad_model: self.vad.model.clone(),
+            segmenter: self.vad.segmenter(),
+            release: crate::VERSION.to_owned(),
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! GPIO, the audio path and the push-to-talk threads.
 
 use super::{Context, ServiceError};
-use crate::audio::{open_source, AudioPipeline, PipelineOptions};
+use crate::audio::source::open_source_or_wait;
+use crate::audio::{AudioPipeline, PipelineOptions};
 use crate::config::{AudioBackend, Config};
 use crate::offline::stt_model_dir;
 use crate::ptt::indicator::{self, LedMsg};
@@ -59,7 +60,7 @@ pub(super) async fn load_models(
     let loaded = tokio::task::spawn_blocking(move || {
         supervisor::test_hold_models();
         let t0 = Instant::now();
-        let mut r = Recognizer::load(&dir, &cfg)?;
+        let mut r = Recognizer::load(&dir, &cfg.recognizer_options())?;
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
@@ -97,7 +98,7 @@ pub(super) fn start(
         .then(talkie_hal::sim_clock::SimClock::new);
     let gpio = ptt::gpio::open(&config.gpio, epoch, clock.clone())?;
     let timeline = gpio.timeline.clone();
-    let source = open_source(&config.audio, clock.clone())?;
+    let source = open_source_or_wait(&config.audio, clock.clone())?;
     tracing::info!(
         device_id = %config.device.id,
         source = source.name(),

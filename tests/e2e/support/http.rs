@@ -96,10 +96,16 @@ pub fn free_port() -> u16 {
 /// `talkie run` with `cfg`, JSON logs; returns once it logged "ready",
 /// with the rest of its log lines forwarded to the returned channel.
 pub fn start_service(cfg: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    start_service_with(talkie().arg("--config").arg(cfg))
+}
+
+/// [`start_service`] with a command the caller prepared (environment,
+/// `--set` overrides).
+pub fn start_service_with(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let mut child = talkie()
-        .arg("--config")
-        .arg(cfg)
+    let mut child = cmd
         .args(["--log-format", "json", "run"])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

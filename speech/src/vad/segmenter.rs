@@ -4,7 +4,6 @@
 //! kept ones are padded by `pad` on both sides. Pure logic, no model.
 
 use super::ms_to_samples;
-use crate::config::VadConfig;
 
 /// Segmenter settings, in 16 kHz samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,13 +15,22 @@ pub struct SegmenterConfig {
 }
 
 impl SegmenterConfig {
-    pub fn from_config(c: &VadConfig) -> Self {
+    /// From milliseconds: speech probability `threshold`, shortest speech
+    /// kept, silence that ends speech, padding added on each side.
+    pub fn from_ms(threshold: f32, min_speech_ms: u32, min_silence_ms: u32, pad_ms: u32) -> Self {
         Self {
-            threshold: c.threshold,
-            min_speech: ms_to_samples(c.min_speech_ms),
-            min_silence: ms_to_samples(c.min_silence_ms),
-            pad: ms_to_samples(c.speech_pad_ms),
+            threshold,
+            min_speech: ms_to_samples(min_speech_ms),
+            min_silence: ms_to_samples(min_silence_ms),
+            pad: ms_to_samples(pad_ms),
         }
+    }
+}
+
+impl Default for SegmenterConfig {
+    /// The firmware's `[vad]` defaults: 0.5, 250 ms, 300 ms, 100 ms.
+    fn default() -> Self {
+        Self::from_ms(0.5, 250, 300, 100)
     }
 }
 

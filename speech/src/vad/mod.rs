@@ -7,7 +7,7 @@ pub mod silero;
 pub use segmenter::{Segment, Segmenter, SegmenterConfig};
 pub use silero::{SileroVad, VadError, CHUNK};
 
-use crate::audio::PIPELINE_RATE;
+use crate::SAMPLE_RATE as PIPELINE_RATE;
 
 /// Run the VAD over 16 kHz mono `samples` and return the speech segments.
 pub fn segments(

@@ -4,10 +4,10 @@
 
 use super::calibrate::{self, CacheKey, Calibration, Choice, CpuInfo};
 use super::{SttError, Transcript, Whisper};
-use crate::audio::PIPELINE_RATE;
-use crate::config::{Config, ModelPrecision};
 use crate::models::ModelError;
+use crate::options::{ModelPrecision, RecognizerOptions};
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
+use crate::SAMPLE_RATE as PIPELINE_RATE;
 use std::path::Path;
 use std::time::Instant;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -200,34 +200,34 @@ impl std::fmt::Debug for Recognizer {
 
 impl Recognizer {
     /// Load Whisper from `dir` (verified against its manifest) and the VAD
-    /// from `cfg.vad.model` (see `offline::with_vad_resolved`).
-    /// With `stt.precision` or `stt.threads` set to `auto`, the forms and
-    /// thread counts are measured first (or the stored calibration in
-    /// `stt.calibration_file` is reused): see [`calibrate`].
-    pub fn load(dir: &Path, cfg: &Config) -> Result<Self, RecognizeError> {
+    /// from `opts.vad_model`. With `precision` or `threads` set to `auto`,
+    /// the forms and thread counts are measured first (or the stored
+    /// calibration in `opts.calibration_file` is reused): see [`calibrate`].
+    pub fn load(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
         let cpu = CpuInfo::read();
-        let precisions = calibrate::precision_candidates(cfg.stt.precision, dir);
-        let threads = calibrate::thread_candidates(cfg.stt.threads, cpu.cores);
-        let key = CacheKey::new(
+        let precisions = calibrate::precision_candidates(opts.precision, dir);
+        let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
+        let mut key = CacheKey::new(
             &cpu,
             &precisions,
-            cfg.stt.precision,
-            cfg.stt.threads,
-            cfg.stt.encoder_margin_frames,
+            opts.precision,
+            opts.threads,
+            opts.encoder_margin_frames,
         );
+        key.talkie.clone_from(&opts.release);
         let load_whisper = |p: ModelPrecision| {
             Whisper::load(
                 dir,
                 p.suffix(),
-                cfg.stt.max_tokens as usize,
-                cfg.stt.encoder_margin_frames as usize,
+                opts.max_tokens as usize,
+                opts.encoder_margin_frames as usize,
             )
         };
         let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
             // Both fixed, or only one form installed with one core.
             (&[precision], &[threads]) => {
                 let choice = Choice { precision, threads };
-                let c = if cfg.stt.precision.fixed().is_some() {
+                let c = if opts.precision.fixed().is_some() {
                     Calibration::fixed(key, cpu, choice)
                 } else {
                     Calibration {
@@ -245,14 +245,14 @@ impl Recognizer {
                     RecognizeError::from,
                 ))
             }
-            _ => match calibrate::load_cache(&cfg.stt.calibration_file, &key) {
+            _ => match calibrate::load_cache(&opts.calibration_file, &key) {
                 Some(c) => (load_whisper(c.chosen.precision)?, c),
                 None => {
                     let (w, c) =
                         run_calibration(dir, &precisions, &threads, key, cpu, &load_whisper)?;
-                    if let Err(e) = calibrate::save_cache(&cfg.stt.calibration_file, &c) {
+                    if let Err(e) = calibrate::save_cache(&opts.calibration_file, &c) {
                         tracing::warn!(
-                            file = %cfg.stt.calibration_file.display(),
+                            file = %opts.calibration_file.display(),
                             error = %e,
                             "cannot store the calibration; the next start measures again"
                         );
@@ -261,11 +261,11 @@ impl Recognizer {
                 }
             },
         };
-        log_calibration(&calibration, &cfg.stt.calibration_file);
+        log_calibration(&calibration, &opts.calibration_file);
         Ok(Self {
-            vad: SileroVad::load(&cfg.vad.model)?,
+            vad: SileroVad::load(&opts.vad_model)?,
             whisper,
-            seg: SegmenterConfig::from_config(&cfg.vad),
+            seg: opts.segmenter.clone(),
             executor: executor(calibration.chosen.threads)?,
             calibration,
         })
@@ -348,7 +348,28 @@ impl Recognizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Precision, Threads};
+    use crate::options::{Precision, Threads};
+
+    /// A 16 kHz mono dev clip as samples.
+    fn read_clip(path: &Path) -> Vec<f32> {
+        let mut r = hound::WavReader::open(path).unwrap();
+        let spec = r.spec();
+        assert_eq!(
+            (spec.sample_rate, spec.channels),
+            (16_000, 1),
+            "{}",
+            path.display()
+        );
+        match spec.sample_format {
+            hound::SampleFormat::Int => {
+                let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
+                r.samples::<i32>()
+                    .map(|x| x.unwrap() as f32 / scale)
+                    .collect()
+            }
+            hound::SampleFormat::Float => r.samples::<f32>().map(|x| x.unwrap()).collect(),
+        }
+    }
 
     /// Three dev clips in every precision give the transcripts of the
     /// x86_64 fp32 run. `make cross-test` runs this test under qemu-aarch64
@@ -377,13 +398,15 @@ mod tests {
             calibrate::tract_isa()
         );
         for precision in [Precision::Fp32, Precision::Int8] {
-            let mut cfg = Config::default();
-            cfg.stt.precision = precision;
-            cfg.stt.threads = Threads::Fixed(1);
-            cfg.vad.model = models.join(VAD_FILE);
-            let mut r = Recognizer::load(&models, &cfg).expect("models built (make models)");
+            let opts = RecognizerOptions {
+                precision,
+                threads: Threads::Fixed(1),
+                vad_model: models.join(VAD_FILE),
+                ..RecognizerOptions::default()
+            };
+            let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
             for (file, text) in expected {
-                let samples = crate::audio::clip::load_pipeline_clip(&eval.join(file)).unwrap();
+                let samples = read_clip(&eval.join(file));
                 let got = r.recognize(&samples).unwrap();
                 eprintln!(
                     "{precision:?} {file}: {:?} ({:.0} ms)",
@@ -404,8 +427,7 @@ mod tests {
                         Ok(())
                     }
                 })));
-                let samples =
-                    crate::audio::clip::load_pipeline_clip(&eval.join(expected[2].0)).unwrap();
+                let samples = read_clip(&eval.join(expected[2].0));
                 match r.recognize(&samples) {
                     Err(RecognizeError::Stt(SttError::Stopped(why))) => {
                         assert_eq!(why, "test limit")

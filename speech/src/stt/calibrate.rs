@@ -17,8 +17,8 @@
 //! more: the band is 25 %. Within a form, the fewest threads within 5 % of
 //! its best time are kept, so cores are not taken for nothing.
 
-use crate::config::{ModelPrecision, Precision, Threads};
 use crate::models;
+use crate::options::{ModelPrecision, Precision, Threads};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -346,7 +346,7 @@ impl CacheKey {
             .map(|e| (e.file, e.sha256))
             .collect();
         Self {
-            talkie: crate::VERSION.to_owned(),
+            talkie: env!("CARGO_PKG_VERSION").to_owned(),
             models,
             cpu_model: cpu.model.clone(),
             arch: cpu.arch.clone(),

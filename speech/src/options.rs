@@ -1,0 +1,158 @@
+//! The recognition settings the firmware's `[stt]` section carries, as
+//! the speech crate's own types (serde: the config file names them), and
+//! [`RecognizerOptions`], everything [`crate::stt::Recognizer::load`] needs.
+
+use crate::vad::SegmenterConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which Whisper weights `stt` loads (`stt.precision`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Measured on the device at start-up: every available form is timed on
+    /// a fixed warm-up input and the fastest kept (the default; see
+    /// `stt::calibrate`). tract's int8 kernels are 16 times slower
+    /// than fp32 on an AVX2-only x86 and fast on a Cortex-A76, so no fixed
+    /// choice is right for the whole fleet.
+    #[default]
+    Auto,
+    /// float32 (`whisper_encoder.onnx`, `whisper_decoder.onnx`).
+    Fp32,
+    /// int8 weights (`whisper_*_int8.onnx`): about 60 MB less memory than
+    /// fp32.
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The model form this setting fixes, or `None` for `auto`.
+    pub fn fixed(self) -> Option<ModelPrecision> {
+        match self {
+            Precision::Auto => None,
+            Precision::Fp32 => Some(ModelPrecision::Fp32),
+            Precision::Int8 => Some(ModelPrecision::Int8),
+        }
+    }
+}
+
+/// One concrete form of the Whisper model files.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    Fp32,
+    Int8,
+}
+
+impl ModelPrecision {
+    /// Every form, in the order calibration tries them.
+    pub const ALL: [ModelPrecision; 2] = [ModelPrecision::Fp32, ModelPrecision::Int8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelPrecision::Fp32 => "fp32",
+            ModelPrecision::Int8 => "int8",
+        }
+    }
+
+    /// File-name suffix of the model files.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ModelPrecision::Fp32 => "",
+            ModelPrecision::Int8 => "_int8",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `stt.threads`: `"auto"` (measured with the precision) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// 1 to the online cores (cores − 1 with 4 or more), the fastest kept.
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+impl Serialize for Threads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Threads::Auto => s.serialize_str("auto"),
+            Threads::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected \"auto\" or a number of threads"))?
+        {
+            Raw::S(s) if s == "auto" => Ok(Threads::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "`{}` is not \"auto\" or a number of threads",
+                s.chars().take(40).collect::<String>()
+            ))),
+            Raw::N(n) => u32::try_from(n)
+                .map(Threads::Fixed)
+                .map_err(|_| serde::de::Error::custom(format!("{n} threads is out of range"))),
+        }
+    }
+}
+
+/// How a [`crate::stt::Recognizer`] loads and runs. The firmware fills it
+/// from its `[stt]` and `[vad]` sections; nothing here knows the firmware's
+/// configuration types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecognizerOptions {
+    /// `auto` (measured), `fp32` or `int8`.
+    pub precision: Precision,
+    /// Matrix-product threads, or `auto` (measured with the precision).
+    pub threads: Threads,
+    /// Most tokens decoded for one utterance.
+    pub max_tokens: u32,
+    /// Zero-padded mel frames after the speech.
+    pub encoder_margin_frames: u32,
+    /// Where an `auto` calibration is stored and reused.
+    pub calibration_file: PathBuf,
+    /// The Silero VAD model file.
+    pub vad_model: PathBuf,
+    /// How VAD probabilities become speech segments.
+    pub segmenter: SegmenterConfig,
+    /// The release that measured a calibration (part of its cache key: a
+    /// new release measures again).
+    pub release: String,
+}
+
+impl Default for RecognizerOptions {
+    fn default() -> Self {
+        Self {
+            precision: Precision::Auto,
+            threads: Threads::Auto,
+            max_tokens: 96,
+            encoder_margin_frames: 512,
+            calibration_file: PathBuf::from("calibration.json"),
+            vad_model: PathBuf::from(crate::stt::VAD_FILE),
+            segmenter: SegmenterConfig::default(),
+            release: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
