@@ -103,3 +103,54 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
+
+/// Issue 18 row 5, the outbox half: an outbox that cannot be opened at
+/// start (its directory is a file) no longer ends the service. It comes
+/// up, `/readyz` says why it is not ready, the health list names the
+/// outbox, and it stops cleanly. (Healing once the path is writable:
+/// `a_closed_outbox_opens_on_the_next_use`, unit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
+    use talkie::service::{Service, ServiceOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let token = "in-process-technician-token-0123456789";
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
+    let blocker = write(dir.path(), "not-a-dir", "");
+    cfg.agent.url = Some("http://127.0.0.1:9".into());
+    cfg.outbox.path = blocker.join("outbox.db");
+    let options = ServiceOptions {
+        end_with_source: false,
+        ..ServiceOptions::fixed(&cfg)
+    };
+    let h = Service::start(cfg, options).await.expect("starts degraded");
+    assert!(h.ready().await);
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", h.status_addr());
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("outbox cannot be opened"), "{why}");
+    let body = http
+        .get(format!("{base}/api/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let outbox = status["health"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbox")
+        .cloned()
+        .unwrap_or_else(|| panic!("no outbox check in {status}"));
+    assert_eq!(outbox["ok"], false, "{outbox}");
+    assert!(
+        outbox["reason"].as_str().unwrap().contains("not-a-dir"),
+        "{outbox}"
+    );
+    h.shutdown();
+    h.wait().await.expect("a clean stop");
+}

@@ -18,12 +18,12 @@
 //! it moves to the dead-letter table and the next one is sent.
 
 use super::breaker::{Backoff, Breaker, BreakerState};
-use super::outbox::{unix_ms, Outbox, OutboxError, Pending};
+use super::outbox::{unix_ms, Outbox, OutboxError, Pending, SharedOutbox};
 use super::AgentStats;
 use crate::config::AgentConfig;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -322,7 +322,7 @@ pub async fn attempt(
 
 /// Everything the delivery task needs.
 pub struct Link {
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: Arc<SharedOutbox>,
     pub client: reqwest::Client,
     pub url: reqwest::Url,
     /// The bearer token; a reload may replace it (then `wake` is notified).
@@ -353,16 +353,11 @@ pub type AgentToken = Arc<std::sync::RwLock<Option<String>>>;
 
 /// Run a blocking outbox operation off the async threads.
 pub async fn with_outbox<T: Send + 'static>(
-    outbox: &Arc<Mutex<Outbox>>,
+    outbox: &Arc<SharedOutbox>,
     f: impl FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
 ) -> Result<T, OutboxError> {
     let outbox = Arc::clone(outbox);
-    match tokio::task::spawn_blocking(move || {
-        let mut o = outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut o)
-    })
-    .await
-    {
+    match tokio::task::spawn_blocking(move || outbox.with(f)).await {
         Ok(r) => r,
         Err(e) => Err(OutboxError::Io {
             path: PathBuf::from("outbox"),
@@ -694,7 +689,7 @@ mod tests {
             outbox.enqueue(&format!("id{i}"), b).unwrap();
         }
         Link {
-            outbox: Arc::new(Mutex::new(outbox)),
+            outbox: Arc::new(SharedOutbox::from_outbox(outbox)),
             client: client(&AgentConfig::default()).unwrap(),
             url,
             token: Arc::new(std::sync::RwLock::new(Some(token.to_owned()))),
@@ -747,15 +742,16 @@ mod tests {
                 to(200, "{\"n\":4}"),
             ]
         );
-        let o = outbox.lock().unwrap();
-        let dead = o.dead_letters(10).unwrap();
+        let (dead, depth) = outbox
+            .with(|o| Ok((o.dead_letters(10)?, o.depth()?)))
+            .unwrap();
         assert_eq!((dead.len(), dead[0].body.as_str()), (1, "poison"));
         assert!(
             dead[0].reason.contains("outbox.max_attempts"),
             "{}",
             dead[0].reason
         );
-        assert_eq!(o.depth().unwrap(), 0);
+        assert_eq!(depth, 0);
         assert_eq!(stats.poisoned.load(Relaxed), 1);
         assert_eq!(stats.delivered.load(Relaxed), 3);
     }
@@ -785,10 +781,10 @@ mod tests {
             1,
             "one pause, however many retries"
         );
-        {
-            let o = outbox.lock().unwrap();
-            assert_eq!((o.depth().unwrap(), o.dead_count().unwrap()), (2, 0));
-        }
+        assert_eq!(
+            outbox.with(|o| Ok((o.depth()?, o.dead_count()?))).unwrap(),
+            (2, 0)
+        );
         // What a reload does (OutboxHandle::set_token).
         *token.write().unwrap() = Some("right".into());
         wake.notify_one();
@@ -800,7 +796,7 @@ mod tests {
         after.retain(|r| r.0 == 200);
         assert_eq!(after, [(200, "a".to_owned()), (200, "b".to_owned())]);
         assert_eq!(stats.paused_status.load(Relaxed), 0, "resumed");
-        assert_eq!(outbox.lock().unwrap().dead_count().unwrap(), 0);
+        assert_eq!(outbox.with(|o| o.dead_count()).unwrap(), 0);
     }
 
     /// `outbox.max_age_h`: an item older than the limit is not sent.
@@ -814,7 +810,7 @@ mod tests {
         within(l.run(CancellationToken::new())).await;
         assert!(seen.try_recv().is_err(), "nothing sent");
         assert_eq!(stats.expired.load(Relaxed), 1);
-        let dead = outbox.lock().unwrap().dead_letters(1).unwrap();
+        let dead = outbox.with(|o| o.dead_letters(1)).unwrap();
         assert!(dead[0].reason.contains("max_age_h"), "{}", dead[0].reason);
     }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::telemetry::Histogram;
 use breaker::{Backoff, Breaker};
 use link::{FailureClass, Link, LinkError};
-use outbox::{Outbox, OutboxError};
+use outbox::{Outbox, OutboxError, SharedOutbox};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub enum AgentError {
 /// (which delivers).
 #[derive(Debug, Clone)]
 pub struct OutboxHandle {
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: Arc<SharedOutbox>,
     /// Wakes the link when an item is added.
     pub wake: Arc<tokio::sync::Notify>,
     pub stats: Arc<AgentStats>,
@@ -60,11 +60,7 @@ impl OutboxHandle {
     /// disk), count it and wake the link; a failure is counted and shown as
     /// the last error.
     pub fn enqueue_blocking(&self, id: &str, body: &str) -> Result<(), OutboxError> {
-        let res = self
-            .outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .enqueue(id, body);
+        let res = self.outbox.with(|o| o.enqueue(id, body));
         match &res {
             Ok(()) => {
                 self.stats.enqueued.fetch_add(1, Relaxed);
@@ -118,26 +114,26 @@ pub async fn open(
     let endpoint = link::endpoint(url)?;
     let client = link::client(&config.agent)?;
     let (path, max) = (config.outbox.path.clone(), config.outbox.max_items);
-    let opened = tokio::task::spawn_blocking(move || Outbox::open(&path, max))
+    let (shared, recovered) = tokio::task::spawn_blocking(move || SharedOutbox::open(&path, max))
         .await
-        .map_err(AgentError::OpenTask)??;
-    if opened.recovered_from.is_some() {
+        .map_err(AgentError::OpenTask)?;
+    if recovered.is_some() {
         stats.corrupt_recovered.fetch_add(1, Relaxed);
     }
-    // Right from the start, not after the link's first turn.
-    stats
-        .outbox_depth
-        .store(opened.outbox.depth().unwrap_or(0), Relaxed);
-    stats.oldest_created_ms.store(
-        opened.outbox.oldest_ms().ok().flatten().unwrap_or(0),
-        Relaxed,
-    );
-    // Dead letters change only when one is added, retried or dropped: the
-    // count is read here and after each of those, not on every turn.
-    stats
-        .dead_letter_depth
-        .store(opened.outbox.dead_count().unwrap_or(0), Relaxed);
-    let outbox = Arc::new(Mutex::new(opened.outbox));
+    // Right from the start, not after the link's first turn. Dead letters
+    // change only when one is added, retried or dropped: counted here and
+    // after each of those, not on every turn. A closed outbox (unwritable)
+    // shows zeros until it opens.
+    let outbox = Arc::new(shared);
+    if let Ok((depth, oldest, dead)) = link::with_outbox(&outbox, |o| {
+        Ok((o.depth()?, o.oldest_ms()?, o.dead_count()?))
+    })
+    .await
+    {
+        stats.outbox_depth.store(depth, Relaxed);
+        stats.oldest_created_ms.store(oldest.unwrap_or(0), Relaxed);
+        stats.dead_letter_depth.store(dead, Relaxed);
+    }
     let wake = Arc::new(tokio::sync::Notify::new());
     let a = &config.agent;
     let token: link::AgentToken = Arc::new(std::sync::RwLock::new(

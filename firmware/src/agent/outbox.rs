@@ -151,6 +151,131 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[(
     "ALTER TABLE outbox ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0",
 )];
 
+/// The outbox as the service shares it between the controller (which
+/// adds), the link (which delivers) and the status API. Opened at start;
+/// when that fails (an unwritable directory, a read-only or full
+/// filesystem) the service still runs, degraded, and the next use opens it
+/// again, so delivery heals without a restart.
+#[derive(Debug)]
+pub struct SharedOutbox {
+    path: PathBuf,
+    max_items: u32,
+    inner: std::sync::Mutex<Option<Outbox>>,
+    /// Why it could not be opened the last time (shown while closed).
+    last_open_error: std::sync::Mutex<Option<String>>,
+    /// A corrupt file was moved aside by an open after start.
+    recovered: std::sync::atomic::AtomicU64,
+    /// Mirrors `inner.is_some()` for readers that must not wait on a write.
+    is_open: std::sync::atomic::AtomicBool,
+}
+
+impl SharedOutbox {
+    /// Try to open `path` now; a failure leaves it closed (see [`Self::with`]).
+    pub fn open(path: &Path, max_items: u32) -> (Self, Option<PathBuf>) {
+        let shared = Self {
+            path: path.to_owned(),
+            max_items,
+            inner: std::sync::Mutex::new(None),
+            last_open_error: std::sync::Mutex::new(None),
+            recovered: std::sync::atomic::AtomicU64::new(0),
+            is_open: std::sync::atomic::AtomicBool::new(false),
+        };
+        let recovered = match Outbox::open(path, max_items) {
+            Ok(o) => {
+                *shared.lock() = Some(o.outbox);
+                shared
+                    .is_open
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                o.recovered_from
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "outbox cannot be opened: running degraded (transcripts are refused with the error blink) and trying again on each use");
+                shared.set_open_error(Some(e.to_string()));
+                None
+            }
+        };
+        (shared, recovered)
+    }
+
+    /// An already open outbox (tests, the CLI).
+    pub fn from_outbox(o: Outbox) -> Self {
+        Self {
+            path: o.path.clone(),
+            max_items: o.max_items,
+            inner: std::sync::Mutex::new(Some(o)),
+            last_open_error: std::sync::Mutex::new(None),
+            recovered: std::sync::atomic::AtomicU64::new(0),
+            is_open: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outbox>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_open_error(&self, e: Option<String>) {
+        *self
+            .last_open_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+    }
+
+    /// Why the outbox is closed, `None` while it is open. Never waits on
+    /// a write in progress.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.is_open.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.last_open_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .or_else(|| Some("not opened yet".to_owned()))
+    }
+
+    /// Corrupt files moved aside by opens after start.
+    pub fn recovered_later(&self) -> u64 {
+        self.recovered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Run `f` on the outbox, opening it first if it is closed (blocking:
+    /// call it off the async threads).
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Outbox) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let mut guard = self.lock();
+        if guard.is_none() {
+            match Outbox::open(&self.path, self.max_items) {
+                Ok(o) => {
+                    if o.recovered_from.is_some() {
+                        self.recovered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tracing::info!(path = %self.path.display(), "outbox opened: delivery resumes");
+                    self.set_open_error(None);
+                    *guard = Some(o.outbox);
+                    self.is_open
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.set_open_error(Some(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        match guard.as_mut() {
+            Some(o) => f(o),
+            None => Err(OutboxError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("outbox not open"),
+            }),
+        }
+    }
+}
+
 impl Outbox {
     /// Open (or create) the database at `path`, recovering from corruption.
     pub fn open(path: &Path, max_items: u32) -> Result<Opened, OutboxError> {
@@ -696,6 +821,28 @@ mod tests {
         cli.enqueue("cli", "{}").unwrap();
         assert!(service.changed_elsewhere().unwrap(), "the CLI committed");
         assert!(!service.changed_elsewhere().unwrap());
+    }
+
+    /// Issue 18 row 5: an outbox that cannot be opened (its directory is a
+    /// file) is closed, says why, refuses work with that error, and opens
+    /// on the first use after the path became writable, with no restart.
+    #[test]
+    fn a_closed_outbox_opens_on_the_next_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("spool");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("outbox.db");
+        let (shared, recovered) = SharedOutbox::open(&path, 10);
+        assert!(recovered.is_none());
+        let why = shared.unavailable().expect("closed");
+        assert!(why.contains("spool"), "{why}");
+        assert!(shared.with(|o| o.enqueue("a", "{}")).is_err());
+        assert!(shared.unavailable().is_some(), "still closed");
+        std::fs::remove_file(&blocker).unwrap();
+        shared.with(|o| o.enqueue("a", "{}")).unwrap();
+        assert_eq!(shared.unavailable(), None);
+        assert_eq!(shared.with(|o| o.depth()).unwrap(), 1);
+        assert!(path.is_file());
     }
 
     #[test]

@@ -212,6 +212,12 @@ pub fn readiness(s: &Shared) -> Vec<&'static str> {
         CaptureState::Failed => why.push("microphone failed"),
         _ => {}
     }
+    if s.outbox
+        .get()
+        .is_some_and(|h| h.outbox.unavailable().is_some())
+    {
+        why.push("outbox cannot be opened: transcripts are refused");
+    }
     why
 }
 /// One line of the page's health list.
@@ -255,6 +261,14 @@ pub fn checks(s: &Shared) -> Vec<Check> {
             },
         ),
     ];
+    if let Some(h) = s.outbox.get() {
+        out.push(check(
+            "outbox",
+            h.outbox
+                .unavailable()
+                .map(|e| format!("cannot be opened, retried on each use: {e}")),
+        ));
+    }
     if let Some(g) = &s.agent {
         let breaker = BreakerState::from_u8(g.breaker_state.load(Relaxed));
         out.push(check(
