@@ -11,21 +11,27 @@
 //!   [`supervisor`] (heartbeats, systemd notify), [`reload`] (what a
 //!   reload applies);
 //! - features: [`ptt`] (state machine, listener, recognition worker,
-//!   button, LEDs), [`agent`] (outbox, delivery link, breaker, mock agent,
-//!   `talkie outbox`), [`status`] (page, API, SSE, metrics, auth);
+//!   button, LEDs; `PttControl` for the status API), [`agent`] (outbox,
+//!   delivery link, breaker, `talkie outbox`; the mock agent is the
+//!   `talkie-mock-agent` development crate), [`status`] (page, router,
+//!   handlers, SSE, metrics, auth, the accept loop, the loopback client);
 //! - speech and audio: [`stt`], [`vad`], [`models`] re-exported from the
 //!   `talkie-speech` crate (Whisper and Silero VAD on tract, calibration of
 //!   precision and threads, manifest and sha256 checks), [`audio`]
 //!   (capture thread → SPSC queue → audio thread: downmix, resample to
 //!   16 kHz, level meter, pre-roll);
-//! - foundations: [`config`] (the TOML file, overrides, validation,
+//! - foundations: [`board`] (board health from `/proc` and `/sys`),
+//!   [`config`] (the TOML file, overrides, validation,
 //!   secrets), [`telemetry`] (the counters and gauges every loop
 //!   publishes), [`logging`] and [`logring`] (tracing set-up, the ring the
 //!   status page shows), [`threads`] (named threads joined with a
 //!   deadline), [`alloc_audit`] (the counting allocator that proves the
 //!   audio path allocates nothing);
 //! - `talkie_hal` (its own crate): audio sources, button, LEDs, and the
-//!   simulation clock.
+//!   simulation clock; `talkie_agent_api`: the agent contract's types.
+//!
+//! `layering` (tests only) reads these sources and fails on an import
+//! cycle between modules.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -44,6 +50,7 @@ pub mod agent;
 pub mod alloc_audit;
 pub mod audio;
 pub mod bench;
+pub mod board;
 pub mod cli;
 pub mod config;
 pub mod logging;

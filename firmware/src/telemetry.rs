@@ -302,6 +302,12 @@ pub fn resident_bytes() -> Option<u64> {
 /// Bytes free to an unprivileged writer on the filesystem holding `path`
 /// (or its nearest existing ancestor).
 pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    disk_space(path).map(|(free, _)| free)
+}
+
+/// Bytes available to this user and total bytes of the filesystem holding
+/// `path` (or its nearest existing ancestor).
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let existing = path.ancestors().find(|p| p.exists())?;
     let existing = if existing.as_os_str().is_empty() {
@@ -317,7 +323,12 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
     }
     // The fields are 32 bits wide on armv7: widen before multiplying.
     #[allow(clippy::useless_conversion)]
-    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    let (avail, blocks, frsize) = (
+        u64::from(st.f_bavail),
+        u64::from(st.f_blocks),
+        u64::from(st.f_frsize),
+    );
+    Some((avail.saturating_mul(frsize), blocks.saturating_mul(frsize)))
 }
 
 #[cfg(test)]

@@ -154,3 +154,95 @@ async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
     h.shutdown();
     h.wait().await.expect("a clean stop");
 }
+
+/// Issue 20 item 1: board health from a fake `/proc` + `/sys` tree (a Pi
+/// at 85 °C that saw under-voltage): two warnings with reasons in
+/// `/api/v1/status` and the matching figures on `/metrics`; warnings do
+/// not fail readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
+    use talkie::service::{Service, ServiceOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for (rel, text) in [
+        ("sys/class/thermal/thermal_zone0/temp", "85000\n"),
+        (talkie::board::THROTTLED_FILE, "0x50000\n"),
+        (
+            "proc/meminfo",
+            "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",
+        ),
+        ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
+        ("proc/uptime", "120.00 200.00\n"),
+    ] {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let token = "in-process-technician-token-0123456789";
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
+    cfg.board.root = root;
+    let options = ServiceOptions {
+        end_with_source: false,
+        ..ServiceOptions::fixed(&cfg)
+    };
+    let h = Service::start(cfg, options).await.unwrap();
+    assert!(h.ready().await);
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", h.status_addr());
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (_, body) = get("/api/v1/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let board = &status["board"];
+    assert_eq!(board["cpu_temp_c"], 85.0, "{board}");
+    assert_eq!(
+        board["throttled"]["under_voltage_since_boot"], true,
+        "{board}"
+    );
+    let names: Vec<&str> = board["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["temperature", "power"], "{board}");
+    assert!(board["warnings"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("under-voltage since boot"));
+    let (_, metrics) = get("/metrics").await;
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("talkie_board_cpu_temperature_celsius", None),
+        Some(85.0)
+    );
+    assert_eq!(
+        value("talkie_board_warning", Some(("name", "power"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("talkie_board_warning", Some(("name", "temperature"))),
+        Some(1.0)
+    );
+    assert_eq!(value("talkie_board_uptime_seconds", None), Some(120.0));
+    let (code, why) = get("/readyz").await;
+    assert_eq!(code, 200, "warnings are not readiness failures: {why}");
+    h.shutdown();
+    h.wait().await.unwrap();
+}

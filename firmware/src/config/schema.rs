@@ -24,6 +24,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub status: StatusConfig,
     pub watchdog: WatchdogConfig,
+    pub board: BoardConfig,
     pub log: LogConfig,
 }
 
@@ -398,6 +399,36 @@ impl Default for WatchdogConfig {
         Self {
             enabled: true,
             stall_ms: 5_000,
+        }
+    }
+}
+
+/// `[board]`: the board health the status page shows (`crate::board`).
+/// Figures past these limits are warnings, not readiness failures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BoardConfig {
+    /// Where `/proc` and `/sys` are read from (`/` on a device; tests point
+    /// it at a fake tree).
+    pub root: PathBuf,
+    /// CPU temperature that is a warning, °C.
+    pub temp_warn_c: f64,
+    /// Free space on the outbox's filesystem under which it is a warning, %.
+    pub disk_warn_pct: f64,
+    /// Available memory under which it is a warning, %.
+    pub mem_warn_pct: f64,
+    /// Share of the open-file limit in use over which it is a warning, %.
+    pub fd_warn_pct: f64,
+}
+
+impl Default for BoardConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            temp_warn_c: 80.0,
+            disk_warn_pct: 10.0,
+            mem_warn_pct: 10.0,
+            fd_warn_pct: 80.0,
         }
     }
 }

@@ -54,6 +54,7 @@ pub(super) fn validate(c: &Config) -> Problems {
     agent(&mut p, c);
     outbox(&mut p, c);
     watchdog(&mut p, c);
+    board(&mut p, c);
     log(&mut p, c);
     p
 }
@@ -255,6 +256,29 @@ fn outbox(p: &mut Problems, c: &Config) {
 
 fn watchdog(p: &mut Problems, c: &Config) {
     range(p, "watchdog.stall_ms", c.watchdog.stall_ms, 100..=600_000);
+}
+
+fn board(p: &mut Problems, c: &Config) {
+    let b = &c.board;
+    check(
+        p,
+        "board.root",
+        b.root.is_absolute(),
+        "must be an absolute path (\"/\" on a device)",
+    );
+    for (key, v, max) in [
+        ("board.temp_warn_c", b.temp_warn_c, 150.0),
+        ("board.disk_warn_pct", b.disk_warn_pct, 100.0),
+        ("board.mem_warn_pct", b.mem_warn_pct, 100.0),
+        ("board.fd_warn_pct", b.fd_warn_pct, 100.0),
+    ] {
+        check(
+            p,
+            key,
+            v.is_finite() && (0.0..=max).contains(&v),
+            format!("{v} is out of range (allowed: 0 to {max})"),
+        );
+    }
 }
 
 fn log(p: &mut Problems, c: &Config) {

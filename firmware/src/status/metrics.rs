@@ -56,6 +56,7 @@ pub fn render(s: &Shared) -> String {
     audio(&mut o, s);
     ptt(&mut o, s);
     process(&mut o, s);
+    board(&mut o, s);
     if let Some(g) = &s.agent {
         agent(&mut o, g);
     }
@@ -302,6 +303,79 @@ fn process(o: &mut Out, s: &Shared) {
             "Free space on the outbox's filesystem.",
             free as f64,
         );
+    }
+}
+
+/// The board ([`crate::board`]); a figure the board does not offer is
+/// left out, not reported as 0.
+fn board(o: &mut Out, s: &Shared) {
+    let h = s.board_health();
+    if let Some(t) = h.cpu_temp_c {
+        o.gauge(
+            "talkie_board_cpu_temperature_celsius",
+            "Hottest thermal zone.",
+            t,
+        );
+    }
+    if let Some(t) = h.throttled {
+        o.family(
+            "talkie_board_throttled",
+            "gauge",
+            "Raspberry Pi firmware flags (get_throttled): 1 when set, now or since boot.",
+        );
+        for (flag, now, since) in [
+            (
+                "under_voltage",
+                t.under_voltage_now,
+                t.under_voltage_since_boot,
+            ),
+            ("freq_capped", t.freq_capped_now, t.freq_capped_since_boot),
+            ("throttled", t.throttled_now, t.throttled_since_boot),
+            (
+                "soft_temp_limit",
+                t.soft_temp_limit_now,
+                t.soft_temp_limit_since_boot,
+            ),
+        ] {
+            o.sample(
+                "talkie_board_throttled",
+                &format!("flag=\"{flag}\",when=\"now\""),
+                f64::from(u8::from(now)),
+            );
+            o.sample(
+                "talkie_board_throttled",
+                &format!("flag=\"{flag}\",when=\"since_boot\""),
+                f64::from(u8::from(since)),
+            );
+        }
+    }
+    if let Some(v) = h.mem_available_bytes {
+        o.gauge(
+            "talkie_board_memory_available_bytes",
+            "MemAvailable of /proc/meminfo.",
+            v as f64,
+        );
+    }
+    if let Some(v) = h.mem_total_bytes {
+        o.gauge(
+            "talkie_board_memory_total_bytes",
+            "MemTotal of /proc/meminfo.",
+            v as f64,
+        );
+    }
+    if let Some([l1, _, _]) = h.load_avg {
+        o.gauge("talkie_board_load1", "1-minute load average.", l1);
+    }
+    if let Some(v) = h.uptime_s {
+        o.gauge("talkie_board_uptime_seconds", "Seconds since boot.", v);
+    }
+    o.family(
+        "talkie_board_warning",
+        "gauge",
+        "1 for each board figure past its [board] limit (temperature, power, throttling, disk, memory, file descriptors).",
+    );
+    for w in &h.warnings {
+        o.sample("talkie_board_warning", &format!("name=\"{}\"", w.name), 1.0);
     }
 }
 

@@ -78,6 +78,8 @@ img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
+/// How long a board reading is reused.
+pub const BOARD_EVERY: Duration = Duration::from_secs(2);
 /// What the handlers read.
 #[derive(Debug)]
 pub struct Shared {
@@ -122,6 +124,11 @@ pub struct Shared {
     pub auth_failures: AtomicU64,
     /// The outbox file, for its filesystem's free space.
     pub outbox_path: Option<std::path::PathBuf>,
+    /// `[board]`: where the board is read from and its warning limits.
+    pub board: crate::config::BoardConfig,
+    /// The last board reading and when it was taken (read at most every
+    /// [`BOARD_EVERY`], however many clients ask).
+    board_cache: std::sync::Mutex<Option<(Instant, crate::board::BoardHealth)>>,
     event_clients: AtomicUsize,
 }
 impl Shared {
@@ -168,8 +175,45 @@ impl Shared {
             reload: OnceLock::new(),
             shutdown,
             http_beat_ms: AtomicU64::new(0),
+            board: config.board.clone(),
+            board_cache: std::sync::Mutex::new(None),
             event_clients: AtomicUsize::new(0),
         }
+    }
+
+    /// The board's health ([`crate::board`]), read at most every
+    /// [`BOARD_EVERY`]: a handful of small kernel files, never the disk.
+    pub fn board_health(&self) -> crate::board::BoardHealth {
+        let mut cache = self
+            .board_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, h)) = cache.as_ref() {
+            if at.elapsed() < BOARD_EVERY {
+                return h.clone();
+            }
+        }
+        let b = &self.board;
+        let facts = crate::board::ProcessFacts {
+            disk: self
+                .outbox_path
+                .as_deref()
+                .and_then(crate::telemetry::disk_space),
+            fds_open: server::open_fds(),
+            fds_max: Some(server::fd_limit()),
+        };
+        let h = crate::board::read(
+            &b.root,
+            &facts,
+            &crate::board::Thresholds {
+                temp_c: b.temp_warn_c,
+                disk_free_pct: b.disk_warn_pct,
+                mem_available_pct: b.mem_warn_pct,
+                fd_used_pct: b.fd_warn_pct,
+            },
+        );
+        *cache = Some((Instant::now(), h.clone()));
+        h
     }
 
     pub fn set_led(&self, s: IndicatorState) {
@@ -316,6 +360,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         "ready": why.is_empty(),
         "not_ready_because": why,
         "health": checks(s),
+        "board": s.board_health(),
         "state": s.led().as_str(),
         "access": if technician { "technician" } else { "anonymous" },
         "login_available": s.auth().configured(),

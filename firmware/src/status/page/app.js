@@ -78,6 +78,19 @@ function render(s) {
     ["last release → text", p.release_to_text_ms_last === null ? null : `${p.release_to_text_ms_last} ms`],
     ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`]]);
   items("models", s.models, (x) => `${x.file} (${x.precision || x.kind}) sha256 ${x.sha256.slice(0, 12)}…`);
+  const b = s.board || {};
+  const na = "not available";
+  const gib = (x) => x === null || x === undefined ? na : `${(x / 1073741824).toFixed(2)} GiB`;
+  items("board-warnings", b.warnings || [], (w) => `⚠ ${w.name}: ${w.reason}`);
+  [...$("board-warnings").children].forEach((li) => li.className = "bad");
+  const t = b.throttled;
+  rows("board", [["CPU temperature", b.cpu_temp_c == null ? na : `${b.cpu_temp_c.toFixed(1)} °C`],
+    ["power / throttling", t ? `under-voltage ${t.under_voltage_now ? "NOW" : t.under_voltage_since_boot ? "since boot" : "no"}, throttled ${t.throttled_now ? "NOW" : t.throttled_since_boot ? "since boot" : "no"} (${"0x" + t.raw.toString(16)})` : na],
+    ["memory available", b.mem_available_bytes == null ? na : `${gib(b.mem_available_bytes)} of ${gib(b.mem_total_bytes)}`],
+    ["outbox disk free", b.disk_free_bytes == null ? na : `${gib(b.disk_free_bytes)} of ${gib(b.disk_total_bytes)}`],
+    ["open files", b.fds_open == null ? na : `${b.fds_open} of ${b.fds_max}`],
+    ["load average", b.load_avg ? b.load_avg.map((x) => x.toFixed(2)).join(" ") : na],
+    ["board up", b.uptime_s == null ? na : duration(b.uptime_s)]]);
   const a = s.agent;
   rows("agent", a ? [["breaker", a.breaker],
     ["delivery", a.paused_on_status ? `PAUSED: the agent answers HTTP ${a.paused_on_status} (${a.paused_on_status === 404 ? "check agent.url" : "check agent.token"}); nothing is lost` : "flowing"],
