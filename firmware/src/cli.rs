@@ -238,7 +238,17 @@ pub fn main(cli: Cli) -> i32 {
                     let opts = crate::run::RunOptions {
                         until_script_done: args.until_script_done,
                     };
-                    crate::run::run(cfg, &opts, loader).map_err(|e| e.to_string())
+                    match crate::run::run(cfg, &opts, loader) {
+                        Ok(crate::service::Ended::Restart) => {
+                            tracing::warn!(
+                                exit_status = crate::service::EXIT_RESTART,
+                                "exiting for the requested restart"
+                            );
+                            return crate::service::EXIT_RESTART;
+                        }
+                        Ok(crate::service::Ended::Stopped) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
                 _ => Ok(()),
             };

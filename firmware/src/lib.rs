@@ -46,6 +46,12 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Exit status of `talkie run` after `POST /api/v1/restart` (sysexits'
+/// EX_TEMPFAIL); `talkie.service` has `RestartForceExitStatus=75`. At the
+/// root so the status API and the service name it without importing each
+/// other.
+pub const EXIT_RESTART: i32 = 75;
+
 pub mod agent;
 pub mod alloc_audit;
 pub mod audio;

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::reload::Loader;
-use crate::service::{Service, ServiceError, ServiceOptions, StartError};
+use crate::service::{Ended, Service, ServiceError, ServiceOptions, StartError};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -36,7 +36,7 @@ pub struct RunOptions {
 
 /// Run the service until SIGINT/SIGTERM, until a simulated source ends, or
 /// (with `--until-script-done`) until the button script is fully handled.
-pub fn run(config: &Config, args: &RunOptions, loader: Loader) -> Result<(), RunError> {
+pub fn run(config: &Config, args: &RunOptions, loader: Loader) -> Result<Ended, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Bounded (the unit's TasksMax=128): outbox writes and model
@@ -58,7 +58,7 @@ pub fn run(config: &Config, args: &RunOptions, loader: Loader) -> Result<(), Run
     result
 }
 
-async fn serve(config: Config, options: ServiceOptions) -> Result<(), RunError> {
+async fn serve(config: Config, options: ServiceOptions) -> Result<Ended, RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;

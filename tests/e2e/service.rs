@@ -246,3 +246,40 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
     h.shutdown();
     h.wait().await.unwrap();
 }
+
+/// Issue 20 item 7, the guard: a restart is refused (429 with
+/// Retry-After) until the service has run `status.restart_min_uptime_s`,
+/// so a script cannot restart it into systemd's start limit; once allowed,
+/// the service ends with `Ended::Restart` (the binary exits 75).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_is_refused_right_after_start_then_ends_the_service() {
+    use talkie::service::{Ended, Service, ServiceOptions};
+    let token = "in-process-technician-token-0123456789";
+    let mut ended = Vec::new();
+    for min_uptime in [3600, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
+        cfg.status.restart_min_uptime_s = min_uptime;
+        let options = ServiceOptions {
+            end_with_source: false,
+            ..ServiceOptions::fixed(&cfg)
+        };
+        let h = Service::start(cfg, options).await.unwrap();
+        assert!(h.ready().await);
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/restart", h.status_addr()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if min_uptime > 0 {
+            assert_eq!(r.status(), 429);
+            assert!(r.headers().get("retry-after").is_some());
+            h.shutdown();
+        } else {
+            assert_eq!(r.status(), 202);
+        }
+        ended.push(h.wait().await.unwrap());
+    }
+    assert_eq!(ended, [Ended::Stopped, Ended::Restart]);
+}

@@ -68,6 +68,7 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
         ("POST", "/api/v1/test/ptt"),
         ("POST", "/api/v1/capture?seconds=1"),
         ("POST", "/api/v1/reload"),
+        ("POST", "/api/v1/restart"),
     ];
     for (method, path) in protected {
         let (code, h, body) = http(port, method, path, &[], b"");

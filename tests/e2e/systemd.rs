@@ -339,3 +339,41 @@ fn sigterm_during_transcription_and_during_delivery_loses_nothing() {
     assert!(got.contains("Where is the nearest restroom?"), "{got}");
     assert_eq!(outbox_status(&cfg)["depth"], 0);
 }
+
+/// Issue 20 item 7: a technician's `POST /api/v1/restart` stops the
+/// service cleanly and it exits 75, which `talkie.service` restarts
+/// (`RestartForceExitStatus=75`); a second request while stopping is a
+/// conflict. The unit file carries the setting.
+#[test]
+fn a_technicians_restart_stops_cleanly_and_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // dev_long plays for a minute at real time: the service is still
+    // running when the request comes, on any machine.
+    let cfg = file_service_config(dir.path(), "dev_long.wav", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ntoken = \"restart-test-token-0123456789\"\nrestart_min_uptime_s = 0"
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (mut child, logs) = start_service(&cfg);
+    let bearer = [("Authorization", "Bearer restart-test-token-0123456789")];
+    let (code, _, body) = http(port, "POST", "/api/v1/restart", &bearer, b"");
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["exit_status"], 75);
+    let line = wait_log(&logs, "restart requested by a technician");
+    assert!(
+        line.contains("127.0.0.1"),
+        "logs the client address: {line}"
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(75));
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/systemd/talkie.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("RestartForceExitStatus=75"));
+}

@@ -372,6 +372,9 @@ pub struct StatusConfig {
     /// Technician token. Prefer `token_file` or the `status-token` credential.
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
+    /// `POST /api/v1/restart` is refused until the service has run this
+    /// long (so a script cannot restart it into systemd's start limit).
+    pub restart_min_uptime_s: u32,
 }
 
 impl Default for StatusConfig {
@@ -380,6 +383,7 @@ impl Default for StatusConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             token: None,
             token_file: None,
+            restart_min_uptime_s: 60,
         }
     }
 }

@@ -53,6 +53,7 @@ pub(super) fn validate(c: &Config) -> Problems {
     gpio(&mut p, c);
     agent(&mut p, c);
     outbox(&mut p, c);
+    restart_limit(&mut p, c);
     watchdog(&mut p, c);
     board(&mut p, c);
     log(&mut p, c);
@@ -252,6 +253,15 @@ fn outbox(p: &mut Problems, c: &Config) {
         1..=1_000_000,
     );
     range(p, "outbox.max_age_h", c.outbox.max_age_h, 0..=87_600);
+}
+
+fn restart_limit(p: &mut Problems, c: &Config) {
+    range(
+        p,
+        "status.restart_min_uptime_s",
+        c.status.restart_min_uptime_s,
+        0..=86_400,
+    );
 }
 
 fn watchdog(p: &mut Problems, c: &Config) {

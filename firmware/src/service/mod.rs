@@ -55,6 +55,19 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long each thread and task gets to stop at shutdown.
 const STOP_BUDGET: Duration = Duration::from_secs(5);
 
+pub use crate::EXIT_RESTART;
+
+/// How a service ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shut down (a signal, [`ServiceControl::shutdown`], the end of a
+    /// simulated session).
+    Stopped,
+    /// A technician asked for a restart (`POST /api/v1/restart`); the
+    /// binary exits with [`EXIT_RESTART`].
+    Restart,
+}
+
 /// Failures before a [`ServiceHandle`] exists.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -188,7 +201,7 @@ impl ServiceControl {
 #[derive(Debug)]
 pub struct ServiceHandle {
     control: ServiceControl,
-    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+    task: tokio::task::JoinHandle<Result<Ended, ServiceError>>,
 }
 
 impl std::ops::Deref for ServiceHandle {
@@ -206,7 +219,7 @@ impl ServiceHandle {
 
     /// Wait for the service to end (after [`ServiceControl::shutdown`], or
     /// by itself when a simulated source or script ends).
-    pub async fn wait(self) -> Result<(), ServiceError> {
+    pub async fn wait(self) -> Result<Ended, ServiceError> {
         match self.task.await {
             Ok(r) => r,
             Err(source) => Err(ServiceError::Task {
@@ -307,6 +320,7 @@ impl Service {
         };
         let recent_for_handle = recent.clone();
         let stop = CancellationToken::new();
+        let _ = shared.stop.set(stop.clone());
         let (reload_tx, reloads) = mpsc::channel(1);
         let (ready_tx, ready) = watch::channel(false);
         let ctx = Context {
@@ -341,7 +355,7 @@ impl Service {
 }
 
 /// Models → threads → the control loop → shutdown.
-async fn lifecycle(mut ctx: Context) -> Result<(), ServiceError> {
+async fn lifecycle(mut ctx: Context) -> Result<Ended, ServiceError> {
     let notifier = Notifier::start();
     let loaded = tokio::select! {
         r = wiring::load_models(&ctx.config, &ctx.shared, &notifier) => Some(r),
@@ -357,7 +371,7 @@ async fn lifecycle(mut ctx: Context) -> Result<(), ServiceError> {
             tracing::info!("stopped while the models were loading");
             shutdown::end_tasks(&ctx).await;
             shutdown::finish_notifier(notifier).await;
-            return Ok(());
+            return Ok(ctx.ended());
         }
     };
     let started = match wiring::start(&ctx, recognizer, auto_stop_vad) {
@@ -464,10 +478,18 @@ async fn lifecycle(mut ctx: Context) -> Result<(), ServiceError> {
         crate::audio::PipelineEnd::SourceEnded => tracing::info!("audio source ended"),
         other => tracing::info!(end = ?other, "stopped"),
     }
-    Ok(())
+    Ok(ctx.ended())
 }
 
 impl Context {
+    fn ended(&self) -> Ended {
+        if self.shared.restart_requested.load(Ordering::Relaxed) {
+            Ended::Restart
+        } else {
+            Ended::Stopped
+        }
+    }
+
     fn has_agent(&self) -> bool {
         self.config.agent.url.is_some()
     }

@@ -389,3 +389,41 @@ pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+/// `POST /api/v1/restart`: stop cleanly; the process then exits with
+/// [`crate::EXIT_RESTART`], which the unit restarts.
+pub(super) async fn restart(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let ip = peer(&req);
+    let up = s.started.elapsed();
+    if up < s.restart_min_uptime {
+        let wait = (s.restart_min_uptime - up).as_secs() + 1;
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the service started {} s ago; a restart is accepted {} s after start (status.restart_min_uptime_s)",
+                up.as_secs(),
+                s.restart_min_uptime.as_secs()
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let Some(stop) = s.stop.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "still starting");
+    };
+    if s.restart_requested.swap(true, Relaxed) {
+        return json_error(StatusCode::CONFLICT, "a restart is already under way");
+    }
+    tracing::warn!(client = %ip, "restart requested by a technician: stopping cleanly, systemd starts the service again");
+    stop.cancel();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "restarting": true,
+            "exit_status": crate::EXIT_RESTART,
+        })),
+    )
+        .into_response()
+}

@@ -15,6 +15,7 @@
 //! | `POST /api/v1/test/ptt` | technician | body: a WAV ≤ 10 s, run through recognition and delivery as if spoken during a press |
 //! | `POST /api/v1/capture?seconds=N` | technician | N ≤ 10 s of the live microphone after the audio path (16 kHz mono), as a WAV download |
 //! | `POST /api/v1/reload` | technician | re-read the config: what changed, what was applied, what needs a restart |
+//! | `POST /api/v1/restart` | technician | stop cleanly and exit 75 (`RestartForceExitStatus=75`: systemd starts it again); refused for `status.restart_min_uptime_s` after start |
 //! | `GET /api/v1/dead-letters` | technician | the newest 100 dead letters and their count |
 //! | `POST /api/v1/dead-letters/retry`, `…/drop` | technician | body `{"id": "…"}` or `{"all": true}`: back into the queue (same id) or deleted |
 //!
@@ -124,6 +125,13 @@ pub struct Shared {
     pub auth_failures: AtomicU64,
     /// The outbox file, for its filesystem's free space.
     pub outbox_path: Option<std::path::PathBuf>,
+    /// Stops the service for `POST /api/v1/restart` (set by the service).
+    pub stop: OnceLock<CancellationToken>,
+    /// A technician asked for a restart: the service ends with
+    /// [`crate::service::Ended::Restart`].
+    pub restart_requested: AtomicBool,
+    /// `status.restart_min_uptime_s`.
+    pub restart_min_uptime: Duration,
     /// `[board]`: where the board is read from and its warning limits.
     pub board: crate::config::BoardConfig,
     /// The last board reading and when it was taken (read at most every
@@ -175,6 +183,9 @@ impl Shared {
             reload: OnceLock::new(),
             shutdown,
             http_beat_ms: AtomicU64::new(0),
+            stop: OnceLock::new(),
+            restart_requested: AtomicBool::new(false),
+            restart_min_uptime: Duration::from_secs(config.status.restart_min_uptime_s.into()),
             board: config.board.clone(),
             board_cache: std::sync::Mutex::new(None),
             event_clients: AtomicUsize::new(0),

@@ -134,6 +134,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/capture", post(capture))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/restart", post(restart))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route(
             "/api/v1/dead-letters/retry",

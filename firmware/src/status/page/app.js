@@ -154,6 +154,12 @@ $("login").addEventListener("submit", async (ev) => {
 });
 $("logout").addEventListener("click", async () => { await fetch("/logout", { method: "POST" }); poll(); });
 $("test-leds").addEventListener("click", async () => { await fetch("/api/v1/test/leds", { method: "POST" }); });
+$("restart").addEventListener("click", async () => {
+  if (!window.confirm("Restart the talkie service now? A press in progress is finished first; the kiosk is back in a few seconds.")) return;
+  const r = await fetch("/api/v1/restart", { method: "POST" });
+  const body = await r.json().catch(() => ({}));
+  $("restart-result").textContent = r.ok ? "restarting…" : (body.error || `HTTP ${r.status}`);
+});
 
 poll();
 setInterval(poll, 2000);
