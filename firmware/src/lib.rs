@@ -9,7 +9,7 @@
 //! - the service: [`service`] (`Service::start` → `ServiceHandle`: wiring,
 //!   control loop, watchdog, shutdown; in-process, no signals),
 //!   [`supervisor`] (heartbeats, systemd notify), [`reload`] (what a
-//!   reload applies);
+//!   reload applies), [`runs`] (the run history in the state directory);
 //! - features: [`ptt`] (state machine, listener, recognition worker,
 //!   button, LEDs; `PttControl` for the status API), [`agent`] (outbox,
 //!   delivery link, breaker, `talkie outbox`; the mock agent is the
@@ -66,6 +66,7 @@ pub mod ptt;
 pub mod record;
 pub mod reload;
 pub mod run;
+pub mod runs;
 pub mod scenario;
 pub mod service;
 pub mod status;

@@ -150,10 +150,13 @@ fn a_microphone_missing_at_start_is_waited_for_not_an_exit() {
     std::fs::write(&config, cfg).unwrap();
     let (tone, later) = (dir.path().join("tone.raw"), dir.path().join("tone.later"));
     std::fs::rename(&tone, &later).unwrap();
-    let (mut child, logs) =
-        start_service_with(alsa_env(talkie().arg("--config").arg(&config), dir.path()));
-    // Logged before "ready": the service came up without its microphone.
-    // The capture thread then marks it lost and keeps reopening it.
+    let (mut child, logs) = start_service_lines(
+        alsa_env(talkie().arg("--config").arg(&config), dir.path()),
+        true,
+    );
+    // The service came up without its microphone; the capture thread marks
+    // it lost (before or after "ready") and keeps reopening it.
+    wait_log(&logs, "microphone not available at start");
     wait_log(&logs, "microphone lost; reopening");
     let (code, body) = http_get(port, "/readyz");
     assert_eq!(code, 503, "{body}");

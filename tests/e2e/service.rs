@@ -31,9 +31,11 @@ fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Con
             models.join("silero_vad.onnx")
         ),
     );
-    talkie::config::load(&path, &talkie::config::Overrides::default())
+    let mut cfg = talkie::config::load(&path, &talkie::config::Overrides::default())
         .unwrap()
-        .config
+        .config;
+    cfg.device.state_dir = dir.join("state");
+    cfg
 }
 
 /// Issue 17: the service is a library. Two services start in one test
@@ -282,4 +284,57 @@ async fn a_restart_is_refused_right_after_start_then_ends_the_service() {
         ended.push(h.wait().await.unwrap());
     }
     assert_eq!(ended, [Ended::Stopped, Ended::Restart]);
+}
+
+/// Issue 20 item 3, the run history: a second start in the same state
+/// directory says the first ended cleanly and counts two starts in 24 h
+/// (status API and metrics). Killed runs are covered by the unit tests of
+/// `talkie::runs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_shows_how_the_previous_run_ended() {
+    use talkie::service::{Service, ServiceOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let token = "in-process-technician-token-0123456789";
+    let cfg = in_process_config(dir.path(), "dev_01.wav", token);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let options = ServiceOptions {
+            end_with_source: false,
+            ..ServiceOptions::fixed(&cfg)
+        };
+        let h = Service::start(cfg.clone(), options).await.unwrap();
+        let base = format!("http://{}", h.status_addr());
+        let body = reqwest::get(format!("{base}/api/v1/status"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push((status["runs"].clone(), metrics));
+        h.shutdown();
+        h.wait().await.unwrap();
+    }
+    assert_eq!(seen[0].0["starts_24h"], 1, "{}", seen[0].0);
+    assert!(seen[0].0["previous_end"].is_null(), "{}", seen[0].0);
+    assert_eq!(seen[1].0["starts_24h"], 2, "{}", seen[1].0);
+    assert_eq!(seen[1].0["previous_end"], "clean", "{}", seen[1].0);
+    assert!(
+        seen[1].1.contains("talkie_service_starts_24h 2"),
+        "{}",
+        seen[1].1
+    );
+    assert!(
+        seen[1]
+            .1
+            .contains("talkie_previous_run_end{how=\"clean\"} 1"),
+        "{}",
+        seen[1].1
+    );
 }

@@ -34,12 +34,16 @@ pub struct Config {
 pub struct DeviceConfig {
     /// Identifier sent with every transcript and shown on the status page.
     pub id: String,
+    /// Where the service keeps its run history (`runs.json`: starts, how
+    /// the previous run ended). `StateDirectory=talkie` in the unit.
+    pub state_dir: PathBuf,
 }
 
 impl Default for DeviceConfig {
     fn default() -> Self {
         Self {
             id: "talkie".to_owned(),
+            state_dir: PathBuf::from("/var/lib/talkie"),
         }
     }
 }

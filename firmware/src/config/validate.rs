@@ -46,6 +46,7 @@ fn existing_file(p: &mut Problems, key: &str, path: Option<&std::path::Path>, ne
 pub(super) fn validate(c: &Config) -> Problems {
     let mut p = Problems::new();
     device(&mut p, c);
+    state_dir(&mut p, c);
     audio(&mut p, c);
     vad(&mut p, c);
     stt(&mut p, c);
@@ -253,6 +254,15 @@ fn outbox(p: &mut Problems, c: &Config) {
         1..=1_000_000,
     );
     range(p, "outbox.max_age_h", c.outbox.max_age_h, 0..=87_600);
+}
+
+fn state_dir(p: &mut Problems, c: &Config) {
+    check(
+        p,
+        "device.state_dir",
+        !c.device.state_dir.as_os_str().is_empty(),
+        "must be a directory path",
+    );
 }
 
 fn restart_limit(p: &mut Problems, c: &Config) {

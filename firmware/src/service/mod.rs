@@ -252,6 +252,8 @@ struct Context {
     reloads: mpsc::Receiver<ReloadRequest>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     ready: watch::Sender<bool>,
+    /// This run's entry in `runs.json`, ended when the service ends.
+    history: Option<crate::runs::RunHistory>,
 }
 
 impl Service {
@@ -318,6 +320,16 @@ impl Service {
                 None
             }
         };
+        // Recorded once start-up can no longer fail before the handle.
+        let state_dir = config.device.state_dir.clone();
+        let history = tokio::task::spawn_blocking(move || {
+            crate::runs::RunHistory::begin(&state_dir, crate::telemetry::unix_ms())
+        })
+        .await
+        .ok();
+        if let Some(h) = &history {
+            let _ = shared.runs.set(h.summary().clone());
+        }
         let recent_for_handle = recent.clone();
         let stop = CancellationToken::new();
         let _ = shared.stop.set(stop.clone());
@@ -339,6 +351,7 @@ impl Service {
             reloads,
             reload_tx: reload_tx.clone(),
             ready: ready_tx,
+            history,
         };
         let task = tokio::spawn(lifecycle(ctx));
         Ok(ServiceHandle {
@@ -354,8 +367,23 @@ impl Service {
     }
 }
 
-/// Models → threads → the control loop → shutdown.
+/// The service task: [`run_service`], then this run's end in the history.
 async fn lifecycle(mut ctx: Context) -> Result<Ended, ServiceError> {
+    let history = ctx.history.take();
+    let result = run_service(ctx).await;
+    if let Some(h) = history {
+        let kind = match &result {
+            Ok(Ended::Stopped) => crate::runs::EndKind::Clean,
+            Ok(Ended::Restart) => crate::runs::EndKind::Restart,
+            Err(_) => crate::runs::EndKind::Failed,
+        };
+        let _ = tokio::task::spawn_blocking(move || h.end(kind, crate::telemetry::unix_ms())).await;
+    }
+    result
+}
+
+/// Models → threads → the control loop → shutdown.
+async fn run_service(mut ctx: Context) -> Result<Ended, ServiceError> {
     let notifier = Notifier::start();
     let loaded = tokio::select! {
         r = wiring::load_models(&ctx.config, &ctx.shared, &notifier) => Some(r),

@@ -106,6 +106,25 @@ fn service(o: &mut Out, s: &Shared) {
         "Seconds since the service started.",
         s.started.elapsed().as_secs_f64(),
     );
+    if let Some(r) = s.runs.get() {
+        o.gauge(
+            "talkie_service_starts_24h",
+            "Starts of the service in the last 24 h, this one included (runs.json).",
+            r.starts_24h as f64,
+        );
+        if let Some(end) = r.previous_end {
+            o.family(
+                "talkie_previous_run_end",
+                "gauge",
+                "How the previous run ended: clean, restart, failed, or killed (no end recorded: watchdog, OOM, kill -9, power).",
+            );
+            o.sample(
+                "talkie_previous_run_end",
+                &format!("how=\"{}\"", end.as_str()),
+                1.0,
+            );
+        }
+    }
     o.gauge(
         "talkie_ready",
         "1 when models are loaded, audio is open and the outbox is open.",

@@ -125,6 +125,8 @@ pub struct Shared {
     pub auth_failures: AtomicU64,
     /// The outbox file, for its filesystem's free space.
     pub outbox_path: Option<std::path::PathBuf>,
+    /// Starts in the last 24 h and how the previous run ended.
+    pub runs: OnceLock<crate::runs::RunSummary>,
     /// Stops the service for `POST /api/v1/restart` (set by the service).
     pub stop: OnceLock<CancellationToken>,
     /// A technician asked for a restart: the service ends with
@@ -183,6 +185,7 @@ impl Shared {
             reload: OnceLock::new(),
             shutdown,
             http_beat_ms: AtomicU64::new(0),
+            runs: OnceLock::new(),
             stop: OnceLock::new(),
             restart_requested: AtomicBool::new(false),
             restart_min_uptime: Duration::from_secs(config.status.restart_min_uptime_s.into()),
@@ -372,6 +375,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         "not_ready_because": why,
         "health": checks(s),
         "board": s.board_health(),
+        "runs": s.runs.get(),
         "state": s.led().as_str(),
         "access": if technician { "technician" } else { "anonymous" },
         "login_available": s.auth().configured(),

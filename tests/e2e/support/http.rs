@@ -104,7 +104,18 @@ pub fn start_service(cfg: &Path) -> (std::process::Child, std::sync::mpsc::Recei
 pub fn start_service_with(
     cmd: &mut std::process::Command,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    start_service_lines(cmd, false)
+}
+
+/// [`start_service_with`], and with `keep_early` the log lines from before
+/// "ready" stay in the channel too (for what happens during start-up, in
+/// whatever order the threads log it).
+pub fn start_service_lines(
+    cmd: &mut std::process::Command,
+    keep_early: bool,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
     let mut child = cmd
         .args(["--log-format", "json", "run"])
         .stderr(std::process::Stdio::piped())
@@ -117,11 +128,14 @@ pub fn start_service_with(
             .next()
             .expect("talkie ended before it was ready")
             .unwrap();
-        if l.contains("\"message\":\"ready\"") {
+        let ready = l.contains("\"message\":\"ready\"");
+        if keep_early {
+            let _ = tx.send(l);
+        }
+        if ready {
             break;
         }
     }
-    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in lines.map_while(Result::ok) {
             let _ = tx.send(l);

@@ -90,7 +90,9 @@ function render(s) {
     ["outbox disk free", b.disk_free_bytes == null ? na : `${gib(b.disk_free_bytes)} of ${gib(b.disk_total_bytes)}`],
     ["open files", b.fds_open == null ? na : `${b.fds_open} of ${b.fds_max}`],
     ["load average", b.load_avg ? b.load_avg.map((x) => x.toFixed(2)).join(" ") : na],
-    ["board up", b.uptime_s == null ? na : duration(b.uptime_s)]]);
+    ["board up", b.uptime_s == null ? na : duration(b.uptime_s)],
+    ["service starts (24 h)", s.runs ? s.runs.starts_24h : na],
+    ["previous run ended", s.runs ? (s.runs.previous_end || "first start") : na]]);
   const a = s.agent;
   rows("agent", a ? [["breaker", a.breaker],
     ["delivery", a.paused_on_status ? `PAUSED: the agent answers HTTP ${a.paused_on_status} (${a.paused_on_status === 404 ? "check agent.url" : "check agent.token"}); nothing is lost` : "flowing"],
