@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 //! Board health for the technician: what the kernel says about the board
 //! the service runs on, read from `/proc` and `/sys` under a root that
 //! tests point at a fake tree (`board.root`).

@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 //! The service's run history, kept in the state directory
 //! (`device.state_dir`/`runs.json`): when it started and how the previous
 //! run ended, so the page can say "started 14 times in 24 h" and "the last
