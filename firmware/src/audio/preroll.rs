@@ -1,5 +1,7 @@
 //! Pre-roll: the last few hundred milliseconds of 16 kHz audio, always kept,
 //! so the syllable spoken just before the button press is not lost.
+//! Real-time code: no indexing that could panic (split and zip instead).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 /// A fixed-capacity ring of the most recent samples.
 #[derive(Debug)]
@@ -39,11 +41,13 @@ impl PreRoll {
         if cap == 0 {
             return;
         }
-        let samples = &samples[samples.len().saturating_sub(cap)..];
-        let first = samples.len().min(cap - self.head);
-        self.buf[self.head..self.head + first].copy_from_slice(&samples[..first]);
-        let rest = samples.len() - first;
-        self.buf[..rest].copy_from_slice(&samples[first..]);
+        // Only the newest `cap` samples can be kept.
+        let (_, samples) = samples.split_at(samples.len().saturating_sub(cap));
+        // From the write position to the end, then wrapping to the start.
+        let (front, back) = self.buf.split_at_mut(self.head.min(cap));
+        let (into_back, into_front) = samples.split_at(samples.len().min(back.len()));
+        back.iter_mut().zip(into_back).for_each(|(d, s)| *d = *s);
+        front.iter_mut().zip(into_front).for_each(|(d, s)| *d = *s);
         self.head = (self.head + samples.len()) % cap;
         self.len = (self.len + samples.len()).min(cap);
     }
@@ -53,10 +57,15 @@ impl PreRoll {
     pub fn copy_into(&self, out: &mut [f32]) -> usize {
         let n = self.len.min(out.len());
         let cap = self.buf.len();
-        let start = (self.head + cap - n) % cap.max(1);
-        let first = n.min(cap - start);
-        out[..first].copy_from_slice(&self.buf[start..start + first]);
-        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        if n == 0 || cap == 0 {
+            return 0;
+        }
+        // The n newest samples start n before the write position, wrapping.
+        let start = (self.head + cap - n) % cap;
+        let (wrapped, from_start) = self.buf.split_at(start);
+        out.iter_mut()
+            .zip(from_start.iter().chain(wrapped).take(n))
+            .for_each(|(d, s)| *d = *s);
         n
     }
 }
@@ -84,6 +93,34 @@ mod tests {
         let mut short = [0.0; 2];
         assert_eq!(p.copy_into(&mut short), 2);
         assert_eq!(short, [13.0, 14.0]);
+    }
+
+    /// Against a plain model (a Vec keeping the newest `cap`), over many
+    /// pushes of every length, including longer than the ring.
+    #[test]
+    fn matches_a_simple_model_for_any_push_lengths() {
+        for cap in [1usize, 2, 7, 64] {
+            let mut p = PreRoll::new(cap);
+            let mut model: Vec<f32> = Vec::new();
+            let mut x = 0.0f32;
+            for round in 0..200usize {
+                let len = (round * 7 + cap) % (2 * cap + 3);
+                let chunk: Vec<f32> = (0..len)
+                    .map(|_| {
+                        x += 1.0;
+                        x
+                    })
+                    .collect();
+                p.push(&chunk);
+                model.extend_from_slice(&chunk);
+                let keep = model.len().saturating_sub(cap);
+                model.drain(..keep);
+                assert_eq!(held(&p), model, "cap {cap}, round {round}");
+                let mut short = vec![0.0; cap / 2];
+                let n = p.copy_into(&mut short);
+                assert_eq!(&short[..n], &model[model.len() - n..]);
+            }
+        }
     }
 
     #[test]
