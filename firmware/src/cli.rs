@@ -217,49 +217,52 @@ pub fn main(cli: Cli) -> i32 {
             },
             Err(e) => config_failed(&e),
         },
-        Command::Run(_) | Command::Record { .. } => {
-            let loaded = match load_config(&cli) {
-                Ok(l) => l,
-                Err(e) => return config_failed(&e),
+        Command::Run(_) | Command::Record { .. } => run_or_record(&cli),
+    }
+}
+
+/// `talkie run` and `talkie record`: the commands that log through
+/// tracing and touch the hardware.
+fn run_or_record(cli: &Cli) -> i32 {
+    let loaded = match load_config(cli) {
+        Ok(l) => l,
+        Err(e) => return config_failed(&e),
+    };
+    let cfg = &loaded.config;
+    crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+    tracing::info!(version = VERSION, config = %loaded.path.display(), "talkie starting");
+    let result = match &cli.command {
+        Command::Record { seconds, out } => {
+            crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
+        }
+        Command::Run(args) => {
+            let (path, sets) = (cli.config.clone(), cli.sets.clone());
+            let loader: crate::reload::Loader = std::sync::Arc::new(move || {
+                config::load(&path, &Overrides::from_process_env(sets.clone())).map(|l| l.config)
+            });
+            let opts = crate::run::RunOptions {
+                until_script_done: args.until_script_done,
             };
-            let cfg = &loaded.config;
-            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
-            tracing::info!(version = VERSION, config = %loaded.path.display(), "talkie starting");
-            let result = match &cli.command {
-                Command::Record { seconds, out } => {
-                    crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
+            match crate::run::run(cfg, &opts, loader) {
+                Ok(crate::service::Ended::Restart) => {
+                    tracing::warn!(
+                        exit_status = crate::service::EXIT_RESTART,
+                        "exiting for the requested restart"
+                    );
+                    return crate::service::EXIT_RESTART;
                 }
-                Command::Run(args) => {
-                    let (path, sets) = (cli.config.clone(), cli.sets.clone());
-                    let loader: crate::reload::Loader = std::sync::Arc::new(move || {
-                        config::load(&path, &Overrides::from_process_env(sets.clone()))
-                            .map(|l| l.config)
-                    });
-                    let opts = crate::run::RunOptions {
-                        until_script_done: args.until_script_done,
-                    };
-                    match crate::run::run(cfg, &opts, loader) {
-                        Ok(crate::service::Ended::Restart) => {
-                            tracing::warn!(
-                                exit_status = crate::service::EXIT_RESTART,
-                                "exiting for the requested restart"
-                            );
-                            return crate::service::EXIT_RESTART;
-                        }
-                        Ok(crate::service::Ended::Stopped) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                _ => Ok(()),
-            };
-            match result {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!(error = %e, "talkie failed");
-                    eprintln!("talkie: {e}");
-                    EX_FAILURE
-                }
+                Ok(crate::service::Ended::Stopped) => Ok(()),
+                Err(e) => Err(e.to_string()),
             }
+        }
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "talkie failed");
+            eprintln!("talkie: {e}");
+            EX_FAILURE
         }
     }
 }
