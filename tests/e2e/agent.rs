@@ -89,11 +89,7 @@ fn redirects_are_not_followed_and_long_replies_are_cut() {
 #[test]
 fn agent_down_then_up_delivers_everything_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = agent_config(dir.path(), port);
     let ids = outbox_add(&cfg, 20);
     assert_eq!(ids.len(), 20);

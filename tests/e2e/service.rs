@@ -38,12 +38,23 @@ fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Con
     cfg
 }
 
+/// Start an in-process service that stays up when its simulated source
+/// ends (its API answers until the test shuts it down).
+async fn start(
+    cfg: talkie::config::Config,
+) -> Result<talkie::service::ServiceHandle, talkie::service::StartError> {
+    let options = talkie::service::ServiceOptions {
+        end_with_source: false,
+        ..talkie::service::ServiceOptions::fixed(&cfg)
+    };
+    talkie::service::Service::start(cfg, options).await
+}
+
 /// Issue 17: the service is a library. Two services start in one test
 /// process, each on its own port, each recognizes its own press, answers
 /// its own API, reloads, and both shut down cleanly through their handles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_in_one_process_each_recognize_their_own_press() {
-    use talkie::service::{Service, ServiceOptions};
     let token = "in-process-technician-token-0123456789";
     let cases = [
         ("dev_01.wav", "What time does the museum close today?"),
@@ -56,11 +67,7 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
     let mut handles = Vec::new();
     for ((clip, _), dir) in cases.iter().zip(&dirs) {
         let cfg = in_process_config(dir.path(), clip, token);
-        let options = ServiceOptions {
-            end_with_source: false,
-            ..ServiceOptions::fixed(&cfg)
-        };
-        let h = Service::start(cfg, options).await.unwrap();
+        let h = start(cfg).await.unwrap();
         handles.push(h);
     }
     let (a, b) = (handles[0].status_addr(), handles[1].status_addr());
@@ -113,18 +120,13 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
 /// `a_closed_outbox_opens_on_the_next_use`, unit.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
-    use talkie::service::{Service, ServiceOptions};
     let dir = tempfile::tempdir().unwrap();
     let token = "in-process-technician-token-0123456789";
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
     let blocker = write(dir.path(), "not-a-dir", "");
     cfg.agent.url = Some("http://127.0.0.1:9".into());
     cfg.outbox.path = blocker.join("outbox.db");
-    let options = ServiceOptions {
-        end_with_source: false,
-        ..ServiceOptions::fixed(&cfg)
-    };
-    let h = Service::start(cfg, options).await.expect("starts degraded");
+    let h = start(cfg).await.expect("starts degraded");
     assert!(h.ready().await);
     let http = reqwest::Client::new();
     let base = format!("http://{}", h.status_addr());
@@ -163,7 +165,6 @@ async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
 /// not fail readiness.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
-    use talkie::service::{Service, ServiceOptions};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     for (rel, text) in [
@@ -183,11 +184,7 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
     let token = "in-process-technician-token-0123456789";
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
     cfg.board.root = root;
-    let options = ServiceOptions {
-        end_with_source: false,
-        ..ServiceOptions::fixed(&cfg)
-    };
-    let h = Service::start(cfg, options).await.unwrap();
+    let h = start(cfg).await.unwrap();
     assert!(h.ready().await);
     let http = reqwest::Client::new();
     let base = format!("http://{}", h.status_addr());
@@ -255,18 +252,14 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
 /// the service ends with `Ended::Restart` (the binary exits 75).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_is_refused_right_after_start_then_ends_the_service() {
-    use talkie::service::{Ended, Service, ServiceOptions};
+    use talkie::service::Ended;
     let token = "in-process-technician-token-0123456789";
     let mut ended = Vec::new();
     for min_uptime in [3600, 0] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
         cfg.status.restart_min_uptime_s = min_uptime;
-        let options = ServiceOptions {
-            end_with_source: false,
-            ..ServiceOptions::fixed(&cfg)
-        };
-        let h = Service::start(cfg, options).await.unwrap();
+        let h = start(cfg).await.unwrap();
         assert!(h.ready().await);
         let r = reqwest::Client::new()
             .post(format!("http://{}/api/v1/restart", h.status_addr()))
@@ -292,17 +285,12 @@ async fn a_restart_is_refused_right_after_start_then_ends_the_service() {
 /// `talkie::runs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_shows_how_the_previous_run_ended() {
-    use talkie::service::{Service, ServiceOptions};
     let dir = tempfile::tempdir().unwrap();
     let token = "in-process-technician-token-0123456789";
     let cfg = in_process_config(dir.path(), "dev_01.wav", token);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let options = ServiceOptions {
-            end_with_source: false,
-            ..ServiceOptions::fixed(&cfg)
-        };
-        let h = Service::start(cfg.clone(), options).await.unwrap();
+        let h = start(cfg.clone()).await.unwrap();
         let base = format!("http://{}", h.status_addr());
         let body = reqwest::get(format!("{base}/api/v1/status"))
             .await

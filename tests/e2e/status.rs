@@ -289,11 +289,7 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
 fn status_api_health_readiness_metrics_and_the_health_command() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mock = MockAgent::start(dir.path(), "127.0.0.1:0", &[]);
     let input = eval_dir().join("dev/real_beckett.wav");
     let cfg = write(

@@ -125,7 +125,11 @@ pub async fn open(
     // after each of those, not on every turn. A closed outbox (unwritable)
     // shows zeros until it opens.
     let outbox = Arc::new(shared);
-    if let Ok((depth, oldest, dead)) = link::with_outbox(&outbox, |o| {
+    // A closed outbox is not opened a second time here: the link's first
+    // turn tries again.
+    if let Some(why) = outbox.unavailable() {
+        stats.set_last_error(&why);
+    } else if let Ok((depth, oldest, dead)) = link::with_outbox(&outbox, |o| {
         Ok((o.depth()?, o.oldest_ms()?, o.dead_count()?))
     })
     .await

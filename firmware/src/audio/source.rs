@@ -28,13 +28,20 @@ pub fn open_source(
 
 #[cfg(feature = "alsa")]
 fn open_alsa(cfg: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
-    use talkie_hal::audio::alsa::{AlsaSettings, AlsaSource};
-    Ok(Box::new(AlsaSource::open(AlsaSettings {
+    Ok(Box::new(talkie_hal::audio::alsa::AlsaSource::open(
+        alsa_settings(cfg),
+    )?))
+}
+
+/// What the ALSA backend is asked for, from `[audio]`.
+#[cfg(feature = "alsa")]
+fn alsa_settings(cfg: &AudioConfig) -> talkie_hal::audio::alsa::AlsaSettings {
+    talkie_hal::audio::alsa::AlsaSettings {
         device: cfg.device.clone(),
         rate: cfg.rate,
         channels: cfg.channels,
         period_ms: cfg.period_ms,
-    })?))
+    }
 }
 
 /// Built without the `alsa` feature: the backend is not there to open.
@@ -92,7 +99,7 @@ mod late {
         let rate = cfg.rate;
         let frames = (u64::from(rate) * u64::from(cfg.period_ms) / 1000).max(1) as usize;
         Ok(Box::new(LateAlsa {
-            settings: settings(cfg),
+            settings: super::alsa_settings(cfg),
             format: StreamFormat {
                 rate,
                 channels: cfg.channels,
@@ -102,15 +109,6 @@ mod late {
             inner: None,
             last_error: first.to_string(),
         }))
-    }
-
-    fn settings(cfg: &AudioConfig) -> AlsaSettings {
-        AlsaSettings {
-            device: cfg.device.clone(),
-            rate: cfg.rate,
-            channels: cfg.channels,
-            period_ms: cfg.period_ms,
-        }
     }
 
     impl AudioSource for LateAlsa {
