@@ -438,4 +438,89 @@ mod tests {
             }
         }
     }
+
+    /// Issue 19: a speculative run on the capture cut at the listener's
+    /// pause gives the same words as the whole capture after release,
+    /// when no speech follows the cut. Over every dev clip, followed by
+    /// 800 ms of silence (a release 800 ms after the clip ends), cut where
+    /// the listener's [`crate::vad::SpeechSpan`] cuts.
+    #[test]
+    fn a_prefix_cut_at_the_pause_gives_the_whole_captures_words_on_every_dev_clip() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let models = root.join("models/build");
+        let dev = std::env::var_os("TALKIE_EVAL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/eval"))
+            .join("dev");
+        let opts = RecognizerOptions {
+            precision: Precision::Fp32,
+            threads: Threads::Fixed(1),
+            vad_model: models.join(VAD_FILE),
+            ..RecognizerOptions::default()
+        };
+        let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
+        let mut vad = SileroVad::load(&opts.vad_model).unwrap();
+        let after = crate::vad::ms_to_samples(250);
+        let mut clips: Vec<_> = std::fs::read_dir(&dev)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+            // 60 s: longer than any press (audio.max_utterance_s).
+            .filter(|p| !p.ends_with("dev_long.wav"))
+            .collect();
+        clips.sort();
+        assert!(clips.len() >= 31, "dev clips in {}", dev.display());
+        let (mut resumed, mut cuts_total) = (0, 0);
+        for clip in &clips {
+            let mut full = read_clip(clip);
+            full.resize(full.len() + 12_800, 0.0);
+            // As the listener does: cut at each pause; a cut whose span
+            // changes (speech came back) is dropped and a later pause cuts again.
+            vad.reset();
+            let mut span = crate::vad::SpeechSpan::new(opts.segmenter.clone());
+            let mut cut: Option<(u64, crate::vad::Span)> = None;
+            let mut chunk = [0.0f32; crate::vad::CHUNK];
+            for block in full.chunks(crate::vad::CHUNK) {
+                chunk[..block.len()].copy_from_slice(block);
+                chunk[block.len()..].fill(0.0);
+                span.push(vad.prob(&chunk).unwrap());
+                if cut.is_some_and(|(_, s)| span.span() != Some(s)) {
+                    cut = None;
+                    resumed += 1;
+                }
+                if cut.is_none() {
+                    cut = span.pause(after);
+                    cuts_total += usize::from(cut.is_some());
+                }
+            }
+            let (at, s) = cut.unwrap_or_else(|| panic!("{}: no pause found", clip.display()));
+            assert_eq!(
+                span.span_at(full.len() as u64),
+                Some(s),
+                "{}",
+                clip.display()
+            );
+            let prefix = r.recognize(&full[..at as usize]).unwrap();
+            let whole = r.recognize(&full).unwrap();
+            eprintln!(
+                "{}: cut at {} of {} samples: {:?}",
+                clip.file_name().unwrap().to_string_lossy(),
+                at,
+                full.len(),
+                prefix.text
+            );
+            assert!(prefix.has_text(), "{}", clip.display());
+            assert_eq!(prefix.text, whole.text, "{}", clip.display());
+            assert_eq!(
+                prefix.speech_samples,
+                whole.speech_samples,
+                "{}",
+                clip.display()
+            );
+        }
+        eprintln!(
+            "{} clips, {cuts_total} cuts, {resumed} resumed",
+            clips.len()
+        );
+    }
 }

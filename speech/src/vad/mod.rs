@@ -1,11 +1,14 @@
 //! Voice activity detection: Silero VAD on tract, plus a hysteresis
-//! segmenter that turns per-chunk probabilities into speech segments.
+//! segmenter that turns per-chunk probabilities into speech segments, and
+//! [`SpeechSpan`], which follows the trim a stream would get as it grows.
 
 pub mod segmenter;
 pub mod silero;
+pub mod span;
 
 pub use segmenter::{Segment, Segmenter, SegmenterConfig};
 pub use silero::{SileroVad, VadError, CHUNK};
+pub use span::{Span, SpeechSpan};
 
 use crate::SAMPLE_RATE as PIPELINE_RATE;
 

@@ -15,6 +15,11 @@ pub struct SegmenterConfig {
 }
 
 impl SegmenterConfig {
+    /// The probability below which speech is silence again (hysteresis).
+    pub fn low(&self) -> f32 {
+        (self.threshold - 0.15).max(0.01)
+    }
+
     /// From milliseconds: speech probability `threshold`, shortest speech
     /// kept, silence that ends speech, padding added on each side.
     pub fn from_ms(threshold: f32, min_speech_ms: u32, min_silence_ms: u32, pad_ms: u32) -> Self {
@@ -85,7 +90,7 @@ impl Segmenter {
     /// The probability `p` of the chunk starting at sample `at`. Returns a
     /// segment when one ends.
     pub fn push(&mut self, p: f32, at: u64) -> Option<Segment> {
-        let low = (self.cfg.threshold - 0.15).max(0.01);
+        let low = self.cfg.low();
         match self.speech_start {
             None => {
                 if p >= self.cfg.threshold {
@@ -109,11 +114,26 @@ impl Segmenter {
 
     /// End of stream at sample `end`: close any open segment.
     pub fn finish(&mut self, end: u64) -> Option<Segment> {
+        let seg = self.pending(end);
+        self.speech_start = None;
+        self.silence_start = None;
+        if let Some(s) = seg {
+            self.last_end = s.end;
+        }
+        seg
+    }
+
+    /// What [`finish`](Self::finish) would return at `end`, without
+    /// ending anything: the open segment as the stream stands.
+    pub fn pending(&self, end: u64) -> Option<Segment> {
         let start = self.speech_start?;
         let stop = self.silence_start.unwrap_or(end);
-        self.close(start, stop).map(|mut s| {
-            s.end = s.end.min(end);
-            s
+        if stop.saturating_sub(start) < self.cfg.min_speech {
+            return None;
+        }
+        Some(Segment {
+            start: start.saturating_sub(self.cfg.pad).max(self.last_end),
+            end: (stop + self.cfg.pad).min(end),
         })
     }
 }
