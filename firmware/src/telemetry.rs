@@ -248,6 +248,17 @@ pub struct PttStats {
     /// LED commands dropped because the indicator thread was behind.
     pub led_dropped: AtomicU64,
     pub button_errors: AtomicU64,
+    /// Speculative recognition (issue 19): runs started while the button
+    /// was held; hits (used at release), misses (finished, then discarded
+    /// because speech came back), abandoned (stopped at a decoder step
+    /// because speech came back), and the recognition time spent on runs
+    /// whose result was not used, microseconds.
+    pub spec_on: std::sync::atomic::AtomicBool,
+    pub spec_runs: AtomicU64,
+    pub spec_hits: AtomicU64,
+    pub spec_misses: AtomicU64,
+    pub spec_abandoned: AtomicU64,
+    pub spec_wasted_us: AtomicU64,
     /// Debounced press → indicators show "listening".
     pub press_to_led: Histogram,
     /// Release (or auto stop) → transcript ready.

@@ -247,3 +247,66 @@ fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
         .map_or_else(|| t["audio_ms"].as_u64().unwrap(), |s| s.parse().unwrap());
     assert_eq!(audio_ms, 1500, "1 s limit + 500 ms pre-roll");
 }
+
+/// Issue 19: SIGTERM while a speculative run is going (the visitor still
+/// holds the button after a pause) shuts down cleanly: exit 0, every
+/// thread joined within the stop budget, and the utterance submitted
+/// before it (a hit) was delivered. The signal is sent when the run's log
+/// line appears, so the run is in progress or just finished: both must
+/// stop cleanly.
+#[test]
+fn sigterm_during_a_speculative_run_stops_cleanly_and_keeps_what_was_submitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = eval_dir().join("dev");
+    let out = run(talkie()
+        .args([
+            "scenario",
+            "--gap-ms",
+            "2000",
+            "--release-lag-ms",
+            "800",
+            "--out",
+        ])
+        .arg(dir.path())
+        .args([dev.join("dev_01.wav"), dev.join("real_beckett.wav")]));
+    assert_eq!(out.status.code(), Some(0));
+    // The second press is held 20 s past its clip: the signal comes first.
+    let script = std::fs::read_to_string(dir.path().join("buttons.toml")).unwrap();
+    let last = script.rfind("at_ms = ").unwrap();
+    let release: u64 = script[last + 8..]
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let script = format!(
+        "{}at_ms = {}\naction = \"release\"\n",
+        &script[..last],
+        release + 20_000
+    );
+    let script_path = write(dir.path(), "script.toml", &script);
+    let cfg = scripted_config(dir.path(), &dir.path().join("session.wav"), &script_path);
+    let mut c = std::fs::read_to_string(&cfg).unwrap();
+    c.push_str("[log]\nlevel = \"info,talkie::ptt::listener=debug\"\n");
+    std::fs::write(&cfg, c).unwrap();
+    let (mut child, logs) = start_service(&cfg);
+    let hit = wait_log_for(&logs, "\"speculative\":\"hit\"", FIVE_MIN);
+    assert!(
+        hit.contains("What time does the museum close today?"),
+        "{hit}"
+    );
+    // real_beckett pauses between its sentences: its first run.
+    wait_log_for(&logs, "speculative run started", FIVE_MIN);
+    let status = sigterm_and_wait(&mut child);
+    let rest: Vec<String> = logs.try_iter().collect();
+    assert!(status.success(), "{status:?}: {rest:?}");
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.contains("did not stop") || l.contains("\"level\":\"ERROR\"")),
+        "{rest:?}"
+    );
+}
+
+const FIVE_MIN: std::time::Duration = std::time::Duration::from_secs(300);

@@ -207,6 +207,11 @@ pub struct PttConfig {
     /// On SIGTERM, how long an utterance already submitted may take to be
     /// recognized and committed to the outbox before shutdown goes on.
     pub finish_on_stop_ms: u32,
+    /// Recognize while the button is still held, from the first pause
+    /// after speech (issue 19): the transcript is ready at release.
+    pub speculative: bool,
+    /// Silence after speech before a speculative run starts.
+    pub speculate_after_ms: u32,
 }
 
 impl Default for PttConfig {
@@ -217,6 +222,8 @@ impl Default for PttConfig {
             busy: BusyPolicy::Queue,
             vad_auto_stop_ms: 0,
             finish_on_stop_ms: 5_000,
+            speculative: true,
+            speculate_after_ms: 250,
         }
     }
 }

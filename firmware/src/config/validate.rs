@@ -163,6 +163,12 @@ fn ptt(p: &mut Problems, c: &Config) {
             c.ptt.vad_auto_stop_ms
         ),
     );
+    range(
+        p,
+        "ptt.speculate_after_ms",
+        c.ptt.speculate_after_ms,
+        100..=5_000,
+    );
 }
 
 fn gpio(p: &mut Problems, c: &Config) {

@@ -145,6 +145,8 @@ pub struct TranscriptRecord {
     pub stt_ms: f64,
     pub release_to_text_ms: f64,
     pub avg_logprob: f32,
+    /// Speculative recognition: `hit`, `miss`, `none` or `off`.
+    pub speculative: listener::Speculative,
 }
 
 /// The last transcripts, newest last, bounded; and how many there have
@@ -442,6 +444,7 @@ impl Controller {
             stt_ms: r.result.total_ms,
             release_to_text_ms,
             avg_logprob: r.result.transcript.avg_logprob,
+            speculative: r.speculative,
         };
         tracing::info!(
             target: "talkie::transcript",
@@ -452,6 +455,7 @@ impl Controller {
             stt_ms = format_args!("{:.0}", rec.stt_ms),
             release_to_text_ms = format_args!("{:.0}", rec.release_to_text_ms),
             auto_stopped = r.auto_stopped,
+            speculative = r.speculative.as_str(),
             "transcript"
         );
         let payload = UtterancePayload {

@@ -2,18 +2,20 @@
 //! queue, runs VAD trim + Whisper, reports to the controller and returns
 //! the utterance buffer to the listener's pool.
 
-use super::listener::Utterance;
+use super::listener::{Job, SpecShared, Speculative, Utterance, UtteranceInfo};
 use super::ControlEvent;
-use crate::stt::{Recognition, Recognizer};
+use crate::stt::{Recognition, RecognizeError, Recognizer};
 use crate::telemetry::{now_ms, PttStats};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Utterances waiting for recognition (the state machine never submits
-/// more than one beyond the one being recognized).
-pub const QUEUE: usize = 2;
+/// Jobs waiting for the worker: the state machine never submits more than
+/// one utterance beyond the one being recognized; a dropped or committed
+/// speculative run adds one message before them.
+pub const QUEUE: usize = 4;
 
 /// Longest one utterance may take to recognize, whatever the board: past
 /// it, recognition stops at the next decoder step and the utterance counts
@@ -31,33 +33,88 @@ pub struct Recognized {
     pub ended_at: Instant,
     pub done_at: Instant,
     pub auto_stopped: bool,
+    pub speculative: Speculative,
+}
+
+/// Why a job gave no transcript.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error(transparent)]
+    Recognize(#[from] RecognizeError),
+    #[error("the speculative result was not there at release")]
+    SpeculationMissing,
+}
+
+/// A speculative run's outcome, kept until the listener commits or drops it.
+struct Parked {
+    spec: u64,
+    outcome: Result<Recognition, RecognizeError>,
+    /// Stopped at a decoder step because the listener no longer wanted it.
+    abandoned: bool,
+    samples: Vec<f32>,
+    run_us: u64,
+}
+
+/// The worker's state between jobs.
+struct Worker {
+    recognizer: Recognizer,
+    pool: SyncSender<Vec<f32>>,
+    events: tokio::sync::mpsc::Sender<ControlEvent>,
+    stats: Arc<PttStats>,
+    shared: Arc<SpecShared>,
+    /// Recognition stops at the next decoder step past this (ms since epoch).
+    deadline: Arc<AtomicU64>,
+    /// The speculative job being run (0: a real utterance).
+    running: Arc<AtomicU64>,
+    parked: Option<Parked>,
 }
 
 /// The worker thread body. Ends when the listener (the queue's sender) is
 /// gone.
 pub fn run(
     mut recognizer: Recognizer,
-    queue: Receiver<Utterance>,
+    queue: Receiver<Job>,
     pool: SyncSender<Vec<f32>>,
     events: tokio::sync::mpsc::Sender<ControlEvent>,
     stats: Arc<PttStats>,
+    shared: Arc<SpecShared>,
 ) {
     let wedge_at = crate::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
     // The loop beats at every decoder step, so a long recognition on a slow
-    // board is not mistaken for a hung one; the deadline stops a runaway.
-    let deadline = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    // board is not mistaken for a hung one; the deadline stops a runaway,
+    // and a speculative run stops once the listener no longer wants it.
+    let deadline = Arc::new(AtomicU64::new(u64::MAX));
+    let running = Arc::new(AtomicU64::new(0));
     {
-        let (stats, deadline) = (Arc::clone(&stats), Arc::clone(&deadline));
+        let (stats, deadline, running, shared) = (
+            Arc::clone(&stats),
+            Arc::clone(&deadline),
+            Arc::clone(&running),
+            Arc::clone(&shared),
+        );
         recognizer.set_step_hook(Some(Box::new(move || {
             let now = now_ms();
             stats.stt_beat_ms.store(now, Relaxed);
+            let spec = running.load(Ordering::Acquire);
             if now > deadline.load(Relaxed) {
                 Err("longer than the recognition time limit")
+            } else if spec != 0 && shared.wanted.load(Relaxed) != spec {
+                Err("speculative run abandoned: speech came back")
             } else {
                 Ok(())
             }
         })));
     }
+    let mut w = Worker {
+        recognizer,
+        pool,
+        events,
+        stats,
+        shared,
+        deadline,
+        running,
+        parked: None,
+    };
     loop {
         if wedge_at.is_some_and(|t| Instant::now() >= t) {
             tracing::warn!("test hook TALKIE_TEST_WEDGE: the stt loop stops beating and working");
@@ -68,31 +125,142 @@ pub fn run(
             ) {}
             return;
         }
-        stats.stt_beat_ms.store(now_ms(), Relaxed);
-        let utt = match queue.recv_timeout(Duration::from_millis(500)) {
-            Ok(u) => u,
+        w.stats.stt_beat_ms.store(now_ms(), Relaxed);
+        let job = match queue.recv_timeout(Duration::from_millis(500)) {
+            Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let go_on = match job {
+            Job::Recognize(utt) => w.recognize(utt),
+            Job::Speculate { spec, samples } => {
+                w.speculate(spec, samples);
+                true
+            }
+            Job::Commit {
+                spec,
+                info,
+                audio_samples,
+            } => w.commit(spec, info, audio_samples),
+            Job::Drop { spec } => {
+                w.drop_spec(spec);
+                true
+            }
+        };
+        if !go_on {
+            return;
+        }
+    }
+}
+
+impl Worker {
+    /// Recognize with the time limit; the step hook beats meanwhile.
+    fn timed(&mut self, samples: &[f32]) -> Result<Recognition, RecognizeError> {
         let limit_ms = u64::try_from(RECOGNITION_LIMIT.as_millis()).unwrap_or(u64::MAX);
-        deadline.store(now_ms().saturating_add(limit_ms), Relaxed);
-        let outcome = recognizer.recognize(&utt.samples);
-        deadline.store(u64::MAX, Relaxed);
-        let done_at = Instant::now();
-        stats.stt_beat_ms.store(now_ms(), Relaxed);
-        let Utterance {
-            id,
+        self.deadline
+            .store(now_ms().saturating_add(limit_ms), Relaxed);
+        let outcome = self.recognizer.recognize(samples);
+        self.deadline.store(u64::MAX, Relaxed);
+        self.stats.stt_beat_ms.store(now_ms(), Relaxed);
+        outcome
+    }
+
+    fn recognize(&mut self, utt: Utterance) -> bool {
+        let outcome = self.timed(&utt.samples);
+        let Utterance { info, samples } = utt;
+        // Cannot fail: the pool has room for every buffer.
+        let _ = self.pool.try_send(samples);
+        self.report(info, outcome.map_err(JobError::from))
+    }
+
+    fn speculate(&mut self, spec: u64, samples: Vec<f32>) {
+        if let Some(old) = self.parked.take() {
+            // The listener resolves every run before the next; a bug if not.
+            tracing::error!(spec = old.spec, "speculative run never resolved; dropped");
+            self.settle(old, false);
+        }
+        self.stats.spec_runs.fetch_add(1, Relaxed);
+        let t0 = Instant::now();
+        self.running.store(spec, Ordering::Release);
+        let outcome = self.timed(&samples);
+        self.running.store(0, Ordering::Release);
+        let abandoned = outcome.is_err() && self.shared.wanted.load(Relaxed) != spec;
+        self.parked = Some(Parked {
+            spec,
+            outcome,
+            abandoned,
             samples,
+            run_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// The speculative run `spec` is the utterance `info`.
+    fn commit(&mut self, spec: u64, info: UtteranceInfo, audio_samples: usize) -> bool {
+        let outcome = match self.parked.take() {
+            Some(p) if p.spec == spec && !p.abandoned => {
+                let Parked {
+                    outcome, samples, ..
+                } = p;
+                let _ = self.pool.try_send(samples);
+                self.stats.spec_hits.fetch_add(1, Relaxed);
+                outcome
+                    .map(|mut r| {
+                        r.audio_samples = audio_samples;
+                        r
+                    })
+                    .map_err(JobError::from)
+            }
+            other => {
+                tracing::error!(spec, id = info.id, "speculative result missing at release");
+                if let Some(p) = other {
+                    self.settle(p, false);
+                }
+                Err(JobError::SpeculationMissing)
+            }
+        };
+        self.report(info, outcome)
+    }
+
+    fn drop_spec(&mut self, spec: u64) {
+        match self.parked.take() {
+            Some(p) if p.spec == spec => self.settle(p, true),
+            other => {
+                tracing::error!(spec, "dropped speculative run was not parked");
+                self.parked = other;
+            }
+        }
+    }
+
+    /// A speculative run whose result is not used: count it, give its
+    /// buffer back.
+    fn settle(&mut self, p: Parked, resolved: bool) {
+        let counter = if p.abandoned {
+            &self.stats.spec_abandoned
+        } else {
+            &self.stats.spec_misses
+        };
+        counter.fetch_add(1, Relaxed);
+        self.stats.spec_wasted_us.fetch_add(p.run_us, Relaxed);
+        let _ = self.pool.try_send(p.samples);
+        if resolved {
+            self.shared.finished();
+        }
+    }
+
+    /// Tell the controller; false when it is gone.
+    fn report(&mut self, info: UtteranceInfo, outcome: Result<Recognition, JobError>) -> bool {
+        let done_at = Instant::now();
+        let UtteranceInfo {
+            id,
             pressed_at,
             ended_at,
             auto_stopped,
             hold,
-        } = utt;
-        // Cannot fail: the pool has room for every buffer.
-        let _ = pool.try_send(samples);
+            speculative,
+        } = info;
         let ev = match outcome {
             Ok(result) => {
-                stats.stt.observe_ms(result.total_ms);
+                self.stats.stt.observe_ms(result.total_ms);
                 ControlEvent::Recognized(Box::new(Recognized {
                     id,
                     result,
@@ -100,19 +268,19 @@ pub fn run(
                     ended_at,
                     done_at,
                     auto_stopped,
+                    speculative,
                 }))
             }
             Err(e) => {
-                stats.stt_failures.fetch_add(1, Relaxed);
+                self.stats.stt_failures.fetch_add(1, Relaxed);
                 tracing::error!(id, error = %e, "recognition failed");
                 ControlEvent::RecognitionFailed
             }
         };
-        let sent = events.blocking_send(ev);
+        let sent = self.events.blocking_send(ev);
+        self.shared.finished();
         // A simulated microphone resumes once the controller has the result.
         drop(hold);
-        if sent.is_err() {
-            return;
-        }
+        sent.is_ok()
     }
 }

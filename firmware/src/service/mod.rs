@@ -389,7 +389,7 @@ async fn run_service(mut ctx: Context) -> Result<Ended, ServiceError> {
         r = wiring::load_models(&ctx.config, &ctx.shared, &notifier) => Some(r),
         () = ctx.stop.cancelled() => None,
     };
-    let (recognizer, auto_stop_vad) = match loaded {
+    let (recognizer, capture_vad) = match loaded {
         Some(Ok(m)) => m,
         Some(Err(e)) => {
             shutdown::end_tasks(&ctx).await;
@@ -402,7 +402,7 @@ async fn run_service(mut ctx: Context) -> Result<Ended, ServiceError> {
             return Ok(ctx.ended());
         }
     };
-    let started = match wiring::start(&ctx, recognizer, auto_stop_vad) {
+    let started = match wiring::start(&ctx, recognizer, capture_vad) {
         Ok(s) => s,
         Err(e) => {
             shutdown::end_tasks(&ctx).await;

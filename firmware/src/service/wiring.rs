@@ -43,7 +43,7 @@ pub(super) struct Started {
 }
 
 /// Verify, load and warm the models (off the async threads); the
-/// auto-stop VAD too when `ptt.vad_auto_stop_ms` asks for one.
+/// capture VAD too when `ptt.vad_auto_stop_ms` or `ptt.speculative` asks for one.
 pub(super) async fn load_models(
     config: &Config,
     shared: &Arc<status::Shared>,
@@ -67,7 +67,7 @@ pub(super) async fn load_models(
         let chosen = r.calibration().chosen.precision;
         let _ = shown.models.set(crate::models::in_use(&dir, chosen.as_str()));
         let _ = shown.calibration.set(r.calibration().clone());
-        let vad = if cfg.ptt.vad_auto_stop_ms > 0 {
+        let vad = if cfg.ptt.vad_auto_stop_ms > 0 || cfg.ptt.speculative {
             Some(SileroVad::load(&cfg.vad.model)?)
         } else {
             None
@@ -89,7 +89,7 @@ pub(super) async fn load_models(
 pub(super) fn start(
     ctx: &Context,
     recognizer: Recognizer,
-    auto_stop_vad: Option<SileroVad>,
+    capture_vad: Option<SileroVad>,
 ) -> Result<Started, ServiceError> {
     let config = &ctx.config;
     let epoch = Instant::now();
@@ -116,6 +116,10 @@ pub(super) fn start(
         .control
         .set(ptt::PttControl::new(events_tx.clone(), listener_tx.clone()));
     let (stt_tx, stt_rx) = mpsc::sync_channel(worker::QUEUE);
+    let spec = Arc::new(listener::SpecShared::default());
+    ctx.ptt_stats
+        .spec_on
+        .store(config.ptt.speculative, std::sync::atomic::Ordering::Relaxed);
     let (leds_tx, leds_rx) = mpsc::sync_channel(indicator::QUEUE);
     let (listener, pool) = Listener::new(
         &ListenerOptions {
@@ -123,15 +127,21 @@ pub(super) fn start(
             max_utterance_s: config.audio.max_utterance_s,
             vad_auto_stop_ms: config.ptt.vad_auto_stop_ms,
             vad_threshold: config.vad.threshold,
+            segmenter: config.vad.segmenter(),
+            speculate_after_ms: config
+                .ptt
+                .speculative
+                .then_some(config.ptt.speculate_after_ms),
         },
         ListenerWiring {
             tap: tap_rx,
             commands: listener_rx,
             events: events_tx.clone(),
             recognizer: stt_tx,
+            spec: Arc::clone(&spec),
             clock,
         },
-        auto_stop_vad,
+        capture_vad,
         Arc::clone(&ctx.ptt_stats),
     );
     let spawn_err = ServiceError::Spawn;
@@ -144,7 +154,7 @@ pub(super) fn start(
     let stt = {
         let (events, stats) = (events_tx.clone(), Arc::clone(&ctx.ptt_stats));
         threads::spawn("talkie-stt", move || {
-            worker::run(recognizer, stt_rx, pool, events, stats)
+            worker::run(recognizer, stt_rx, pool, events, stats, spec)
         })
         .map_err(spawn_err)?
     };

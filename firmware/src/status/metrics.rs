@@ -26,8 +26,12 @@ impl Out {
     }
 
     fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.counter_f64(name, help, v as f64);
+    }
+
+    fn counter_f64(&mut self, name: &str, help: &str, v: f64) {
         self.family(name, "counter", help);
-        self.sample(name, "", v as f64);
+        self.sample(name, "", v);
     }
 
     fn gauge(&mut self, name: &str, help: &str, v: f64) {
@@ -236,6 +240,31 @@ fn ptt(o: &mut Out, s: &Shared) {
         "talkie_ptt_auto_stopped_total",
         "Utterances ended by length or trailing silence.",
         p.auto_stopped.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_speculative_runs_total",
+        "Speculative recognitions started while the button was held.",
+        p.spec_runs.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_speculative_hits_total",
+        "Speculative results used as the transcript at release.",
+        p.spec_hits.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_speculative_misses_total",
+        "Speculative results discarded (speech came back after the cut).",
+        p.spec_misses.load(Relaxed),
+    );
+    o.counter(
+        "talkie_ptt_speculative_abandoned_total",
+        "Speculative runs stopped at a decoder step (speech came back).",
+        p.spec_abandoned.load(Relaxed),
+    );
+    o.counter_f64(
+        "talkie_ptt_speculative_wasted_seconds_total",
+        "Recognition time spent on speculative runs whose result was not used.",
+        p.spec_wasted_us.load(Relaxed) as f64 / 1e6,
     );
     o.counter(
         "talkie_led_commands_dropped_total",

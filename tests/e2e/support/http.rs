@@ -146,7 +146,17 @@ pub fn start_service_lines(
 
 /// Wait (bounded) for a log line containing `needle`.
 pub fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    wait_log_for(rx, needle, std::time::Duration::from_secs(30))
+}
+
+/// [`wait_log`] with a bound of the caller's (room for recognition on a
+/// slow CPU).
+pub fn wait_log_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: std::time::Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {

@@ -76,7 +76,8 @@ function render(s) {
     ["CPU", c ? `${c.cpu.model} · ${c.cpu.cores} cores · ${c.cpu.features.join(" ") || "no SIMD features known"} · tract ${c.cpu.tract_isa}` : undefined],
     ["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
     ["last release → text", p.release_to_text_ms_last === null ? null : `${p.release_to_text_ms_last} ms`],
-    ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`]]);
+    ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`],
+    ["speculative recognition", ((q) => q.enabled ? `${q.hits} hits, ${q.misses} misses, ${q.abandoned} abandoned of ${q.runs} runs; ${q.wasted_ms} ms spent on unused runs` : "off")(p.speculative)]]);
   items("models", s.models, (x) => `${x.file} (${x.precision || x.kind}) sha256 ${x.sha256.slice(0, 12)}…`);
   const b = s.board || {};
   const na = "not available";
