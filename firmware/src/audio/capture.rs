@@ -6,6 +6,7 @@
 //! read as fast as possible) waits instead, so simulations lose nothing.
 //! Lost devices are reopened with capped exponential backoff while the state
 //! reads `degraded`; the loop keeps beating its heartbeat meanwhile.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::frame::{CaptureEnds, FRAME_SAMPLES};
 use crate::telemetry::{now_ms, AudioStats, CaptureState};
@@ -121,7 +122,8 @@ impl CaptureContext<'_, '_> {
                     };
                     captured += frames as u64;
                     self.stats.frames_captured.fetch_add(frames as u64, Relaxed);
-                    if !self.push_period(&period[..frames * channels], channels, source.is_live()) {
+                    let data = period.get(..frames * channels).unwrap_or(period);
+                    if !self.push_period(data, channels, source.is_live()) {
                         return CaptureEnd::Stopped;
                     }
                     if self.max_input_frames.is_some_and(|max| captured >= max) {

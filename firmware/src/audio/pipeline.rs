@@ -6,6 +6,7 @@
 //! Both threads are scoped inside the `talkie-audio` thread, so the queue
 //! and every buffer live exactly as long as the pipeline. Waiting is
 //! `park_timeout` with a bound; the threads wake each other with `unpark`.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::capture::{set_realtime_priority, CaptureContext, CaptureEnd};
 use super::frame::{FrameQueues, FRAME_SAMPLES};
@@ -150,10 +151,14 @@ impl<S: AudioSink> AudioLoop<S> {
         interleaved: &[f32],
         channels: usize,
     ) -> Result<SinkControl, PipelineError> {
-        let n = interleaved.len() / channels;
-        let mono = &mut self.mono[..n];
+        let n = (interleaved.len() / channels).min(self.mono.len());
+        let Some(mono) = self.mono.get_mut(..n) else {
+            return Ok(self.down.control);
+        };
         if channels == 1 {
-            mono.copy_from_slice(&interleaved[..n]);
+            for (m, x) in mono.iter_mut().zip(interleaved) {
+                *m = *x;
+            }
         } else {
             let scale = 1.0 / channels as f32;
             for (m, f) in mono.iter_mut().zip(interleaved.chunks_exact(channels)) {

@@ -3,6 +3,7 @@
 //!
 //! The resampler's own delay is removed: the first output sample corresponds
 //! to the first input sample, so pre-roll and timestamps line up.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::PIPELINE_RATE;
 use audioadapter_buffers::direct::InterleavedSlice;
@@ -99,17 +100,20 @@ impl To16k {
         let chunk = self.input.len();
         while !mono.is_empty() {
             let take = (chunk - self.filled).min(mono.len());
-            self.input[self.filled..self.filled + take].copy_from_slice(&mono[..take]);
+            let (head, rest) = mono.split_at(take);
+            if let Some(dst) = self.input.get_mut(self.filled..self.filled + take) {
+                dst.copy_from_slice(head);
+            }
             self.filled += take;
-            mono = &mono[take..];
+            mono = rest;
             if self.filled < chunk {
                 break;
             }
             self.filled = 0;
             let out_len = self.output.len();
-            let inp = InterleavedSlice::new(&self.input[..], 1, chunk)
+            let inp = InterleavedSlice::new(self.input.as_slice(), 1, chunk)
                 .map_err(|e| ResampleError::Process(e.to_string()))?;
-            let mut out = InterleavedSlice::new_mut(&mut self.output[..], 1, out_len)
+            let mut out = InterleavedSlice::new_mut(self.output.as_mut_slice(), 1, out_len)
                 .map_err(|e| ResampleError::Process(e.to_string()))?;
             let (_, produced) = fft
                 .process_into_buffer(&inp, &mut out, None)
@@ -118,7 +122,7 @@ impl To16k {
             self.skip -= skipped;
             if produced > skipped {
                 self.emitted += (produced - skipped) as u64;
-                emit(&self.output[skipped..produced]);
+                emit(self.output.get(skipped..produced).unwrap_or_default());
             }
         }
         Ok(())
@@ -139,8 +143,8 @@ impl To16k {
             self.push(&zeros, &mut |out: &[f32]| {
                 let n = (out.len() as u64).min(remaining) as usize;
                 remaining -= n as u64;
-                if n > 0 {
-                    emit(&out[..n]);
+                if let Some(part) = out.get(..n).filter(|p| !p.is_empty()) {
+                    emit(part);
                 }
             })?;
             // Count only what was emitted, not the padding.

@@ -223,7 +223,7 @@ impl Default for PttConfig {
             vad_auto_stop_ms: 0,
             finish_on_stop_ms: 5_000,
             speculative: true,
-            speculate_after_ms: 250,
+            speculate_after_ms: 100,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! span has not changed since the cut (no speech came back), otherwise it
 //! is dropped (and cancelled at the worker's next decoder step as soon as
 //! the span changes) and the whole capture is recognized as usual.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::ControlEvent;
 use crate::audio::frame::{Frame, FrameBox, FRAME_SAMPLES, QUEUE_FRAMES};

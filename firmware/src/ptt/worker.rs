@@ -1,6 +1,7 @@
 //! The recognition worker (`talkie-stt`): takes utterances from a bounded
 //! queue, runs VAD trim + Whisper, reports to the controller and returns
 //! the utterance buffer to the listener's pool.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::listener::{Job, SpecShared, Speculative, Utterance, UtteranceInfo};
 use super::ControlEvent;

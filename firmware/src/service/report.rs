@@ -75,6 +75,9 @@ pub(super) fn summary(s: &PttStats) {
         tap_dropped = s.tap_dropped.load(r),
         press_to_led = %fmt(&s.press_to_led.snapshot()),
         release_to_text = %fmt(&s.release_to_text.snapshot()),
+        speculative_runs = s.spec_runs.load(r),
+        speculative_hits = s.spec_hits.load(r),
+        speculative_discarded = s.spec_misses.load(r) + s.spec_abandoned.load(r),
         "push-to-talk summary"
     );
 }

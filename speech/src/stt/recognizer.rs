@@ -460,7 +460,7 @@ mod tests {
         };
         let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
         let mut vad = SileroVad::load(&opts.vad_model).unwrap();
-        let after = crate::vad::ms_to_samples(250);
+        let after = crate::vad::ms_to_samples(100); // ptt.speculate_after_ms
         let mut clips: Vec<_> = std::fs::read_dir(&dev)
             .unwrap()
             .map(|e| e.unwrap().path())

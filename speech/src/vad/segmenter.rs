@@ -2,6 +2,7 @@
 //! reaches `threshold` and ends after `min_silence` below
 //! `threshold - 0.15`; segments shorter than `min_speech` are dropped and
 //! kept ones are padded by `pad` on both sides. Pure logic, no model.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::ms_to_samples;
 

@@ -11,6 +11,7 @@
 //! prefix equals the span of the whole buffer, both trim to the same
 //! samples and Whisper gets the same input: the prefix's transcript *is*
 //! the whole buffer's.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::{Segment, Segmenter, SegmenterConfig, CHUNK};
 
