@@ -11,6 +11,8 @@
 //!
 //! The eval data is looked up in `$TALKIE_EVAL_DIR`, else `../shared/eval`
 //! beside the repository.
+// A test crate: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
 
 #[path = "../../firmware/tests/common/wer.rs"]
 mod wer;

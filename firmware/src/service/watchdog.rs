@@ -21,7 +21,7 @@ pub(super) struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn new(config: &Config) -> Self {
+    pub(super) fn new(config: &Config) -> Self {
         let every = supervisor::watchdog_interval(config.watchdog.enabled);
         let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,17 +35,17 @@ impl Watchdog {
     }
 
     /// The ping interval, `None` when systemd asked for none.
-    pub fn every(&self) -> Option<Duration> {
+    pub(super) fn every(&self) -> Option<Duration> {
         self.every
     }
 
     /// The service became ready at `ms`: loops are judged from then on.
-    pub fn started(&mut self, ms: u64) {
+    pub(super) fn started(&mut self, ms: u64) {
         self.ready_ms = ms;
     }
 
     /// The next check; never completes without a watchdog.
-    pub async fn tick(&mut self) {
+    pub(super) async fn tick(&mut self) {
         if self.every.is_none() {
             return std::future::pending().await;
         }
@@ -54,7 +54,7 @@ impl Watchdog {
 
     /// Ping systemd if every loop beat, withhold the ping and say which
     /// loops are wedged otherwise.
-    pub fn check(&mut self, ctx: &Context, notifier: &Notifier, status_line: &str) {
+    pub(super) fn check(&mut self, ctx: &Context, notifier: &Notifier, status_line: &str) {
         let stale = supervisor::stale(
             &beats(
                 &ctx.audio_stats,

@@ -1,5 +1,7 @@
 //! Shared by the zero-allocation test and the audio-path benchmark.
 #![allow(dead_code)]
+// Test and bench helpers: `pub` for the crates that include this file.
+#![allow(unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! Lower case, hyphens and punctuation to spaces, then words. Whisper's
 //! full English normalizer also maps spellings and numbers; this one counts
 //! "4th" against "fourth" as an error, so it overstates the WER.
+#![allow(unreachable_pub)] // `pub` for the test and bench crates that include it
 
 /// The normalized words of `text`.
 pub fn words(text: &str) -> Vec<String> {

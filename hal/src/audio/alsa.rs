@@ -62,18 +62,18 @@ fn open_hint(errno: i32) -> &'static str {
 /// The errno values this module reacts to. Spelled out so the HAL needs no
 /// libc dependency of its own; they are the Linux values on every target.
 mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const EIO: i32 = 5;
-    pub const ENXIO: i32 = 6;
-    pub const EAGAIN: i32 = 11;
-    pub const EACCES: i32 = 13;
-    pub const EBUSY: i32 = 16;
-    pub const ENODEV: i32 = 19;
-    pub const EPIPE: i32 = 32;
-    pub const ESTRPIPE: i32 = 86;
-    pub const EBADFD: i32 = 77;
-    pub const ESHUTDOWN: i32 = 108;
+    pub(super) const EPERM: i32 = 1;
+    pub(super) const ENOENT: i32 = 2;
+    pub(super) const EIO: i32 = 5;
+    pub(super) const ENXIO: i32 = 6;
+    pub(super) const EAGAIN: i32 = 11;
+    pub(super) const EACCES: i32 = 13;
+    pub(super) const EBUSY: i32 = 16;
+    pub(super) const ENODEV: i32 = 19;
+    pub(super) const EPIPE: i32 = 32;
+    pub(super) const ESTRPIPE: i32 = 86;
+    pub(super) const EBADFD: i32 = 77;
+    pub(super) const ESHUTDOWN: i32 = 108;
 }
 
 fn unsupported(device: &str, what: impl Into<String>) -> AudioError {
