@@ -62,6 +62,19 @@ async fn start(
     talkie::service::Service::start(cfg, options).await
 }
 
+/// Wait until `h` has delivered `n` transcripts (bounded: a broken
+/// service fails here, a slow one only takes longer).
+async fn wait_transcripts(h: &talkie::service::ServiceHandle, n: u64) {
+    let mut count = h.transcript_count();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        count.wait_for(|c| *c >= n),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{n} transcript(s) within 5 minutes"))
+    .unwrap();
+}
+
 /// Issue 17: the service is a library. Two services start in one test
 /// process, each on its own port, each recognizes its own press, answers
 /// its own API, reloads, and both shut down cleanly through their handles.
@@ -90,16 +103,7 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
     let http = reqwest::Client::new();
     for (h, (clip, text)) in handles.iter().zip(cases) {
         let url = format!("http://{}/api/v1/transcripts", h.status_addr());
-        // Wait for the transcript (bounded: a broken service fails here,
-        // a slow one only takes longer).
-        let mut seen = h.transcript_count();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(300),
-            seen.wait_for(|n| *n >= 1),
-        )
-        .await
-        .expect("a transcript within 5 minutes")
-        .unwrap();
+        wait_transcripts(h, 1).await;
         let body = http.get(&url).bearer_auth(token).send().await.unwrap();
         assert_eq!(body.status(), 200);
         let body: serde_json::Value = serde_json::from_slice(&body.bytes().await.unwrap()).unwrap();
@@ -394,14 +398,7 @@ async fn speculation_hits_on_a_long_hold_misses_when_speech_comes_back_and_keeps
     }
     let mut seen = Vec::new();
     for (_, h) in &runs {
-        let mut count = h.transcript_count();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(300),
-            count.wait_for(|n| *n >= 2),
-        )
-        .await
-        .expect("two transcripts within 5 minutes")
-        .unwrap();
+        wait_transcripts(h, 2).await;
         let list = h.transcripts();
         let texts: Vec<String> = list.iter().map(|t| t.text.clone()).collect();
         let how: Vec<&str> = list.iter().map(|t| t.speculative.as_str()).collect();

@@ -342,7 +342,6 @@ struct Cut {
 /// Speculative recognition's state in the listener.
 struct Speculation {
     after: u64,
-    shared: Arc<SpecShared>,
     next_spec: u64,
     current: Option<Cut>,
     /// A speculative run was made for this capture.
@@ -423,7 +422,6 @@ impl Listener {
         let speculation = match (opts.speculate_after_ms, &capture_vad) {
             (Some(ms), Some(_)) => Some(Speculation {
                 after: u64::from(ms) * rate as u64 / 1000,
-                shared: Arc::clone(&wiring.spec),
                 next_spec: 1,
                 current: None,
                 ran: false,
@@ -550,10 +548,10 @@ impl Listener {
             }
             tracing::debug!(spec = cut.spec, "speech came back; speculative run dropped");
             spec.current = None;
-            spec.shared.wanted.store(0, Relaxed);
+            self.shared.wanted.store(0, Relaxed);
             send_job(&self.recognizer, Job::Drop { spec: cut.spec });
         }
-        if spec.shared.outstanding.load(Relaxed) != 0 {
+        if self.shared.outstanding.load(Relaxed) != 0 {
             return;
         }
         let Some((at, span)) = vad.span.pause(spec.after) else {
@@ -570,8 +568,8 @@ impl Listener {
         copy.extend_from_slice(prefix);
         let id = spec.next_spec;
         spec.next_spec += 1;
-        spec.shared.wanted.store(id, Relaxed);
-        spec.shared.outstanding.fetch_add(1, Relaxed);
+        self.shared.wanted.store(id, Relaxed);
+        self.shared.outstanding.fetch_add(1, Relaxed);
         match self.recognizer.try_send(Job::Speculate {
             spec: id,
             samples: copy,
@@ -582,8 +580,8 @@ impl Listener {
                 tracing::debug!(spec = id, cut_samples = at, "speculative run started");
             }
             Err(e) => {
-                spec.shared.finished();
-                spec.shared.wanted.store(0, Relaxed);
+                self.shared.finished();
+                self.shared.wanted.store(0, Relaxed);
                 if let mpsc::TrySendError::Full(Job::Speculate { samples, .. })
                 | mpsc::TrySendError::Disconnected(Job::Speculate { samples, .. }) = e
                 {
@@ -717,7 +715,7 @@ impl Listener {
         if whole == Some(cut.span) {
             return (Speculative::Hit, Some(cut.spec));
         }
-        s.shared.wanted.store(0, Relaxed);
+        self.shared.wanted.store(0, Relaxed);
         send_job(&self.recognizer, Job::Drop { spec: cut.spec });
         (Speculative::Miss, None)
     }

@@ -371,6 +371,17 @@ mod tests {
         }
     }
 
+    /// The built models and the dev clips (`$TALKIE_EVAL_DIR/dev`, else
+    /// `../shared/eval/dev` beside the repository).
+    fn models_and_dev() -> (std::path::PathBuf, std::path::PathBuf) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dev = std::env::var_os("TALKIE_EVAL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/eval"))
+            .join("dev");
+        (root.join("models/build"), dev)
+    }
+
     /// Three dev clips in every precision give the transcripts of the
     /// x86_64 fp32 run. `make cross-test` runs this test under qemu-aarch64
     /// for several CPU models (`QEMU_CPU`), so every Arm kernel family
@@ -378,12 +389,7 @@ mod tests {
     /// correctness; the ISA line it prints says which family ran.
     #[test]
     fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let models = root.join("models/build");
-        let eval = std::env::var_os("TALKIE_EVAL_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/eval"))
-            .join("dev");
+        let (models, eval) = models_and_dev();
         let expected = [
             ("dev_00.wav", "Where is the nearest restroom?"),
             ("dev_01.wav", "What time does the museum close today?"),
@@ -446,12 +452,7 @@ mod tests {
     /// the listener's [`crate::vad::SpeechSpan`] cuts.
     #[test]
     fn a_prefix_cut_at_the_pause_gives_the_whole_captures_words_on_every_dev_clip() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let models = root.join("models/build");
-        let dev = std::env::var_os("TALKIE_EVAL_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/eval"))
-            .join("dev");
+        let (models, dev) = models_and_dev();
         let opts = RecognizerOptions {
             precision: Precision::Fp32,
             threads: Threads::Fixed(1),
