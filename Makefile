@@ -80,12 +80,18 @@ lint: deps
 # run builds the dependencies for aarch64: 26 min on a 2-core AMD EPYC
 # (AVX2, no AVX-512), measured as `make cross-test` in a fresh clone on
 # 2026-11-30; the tests themselves then take 9 s under qemu).
+# Each stage prints how long the run has taken so far, so a CI log shows
+# where its budget went.
 CROSS_TEST ?= 1
-test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
-test: deps lint models models-check
-	$(CARGO) test --workspace --doc
-	$(CARGO) test --workspace --lib --bins --tests
-	@if [ "$(CROSS_TEST)" = 1 ]; then $(MAKE) --no-print-directory cross-test; \
+test:
+	@start=$$(date +%s); \
+	stage() { echo "== make test: $$1 done after $$(( $$(date +%s) - start )) s =="; }; \
+	$(MAKE) --no-print-directory deps EXTRA_APT_PACKAGES="$(TEST_APT_PACKAGES)" && stage deps && \
+	$(MAKE) --no-print-directory lint && stage lint && \
+	$(MAKE) --no-print-directory models-check && stage models-check && \
+	$(CARGO) test --workspace --doc && stage doc-tests && \
+	$(CARGO) test --workspace --lib --bins --tests && stage tests && \
+	if [ "$(CROSS_TEST)" = 1 ]; then $(MAKE) --no-print-directory cross-test && stage cross-test; \
 	else echo "make test: aarch64 tests under qemu skipped (CROSS_TEST=0)"; fi
 
 # The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
