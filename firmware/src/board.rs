@@ -37,6 +37,18 @@ pub struct Thresholds {
     pub fd_used_pct: f64,
 }
 
+impl Thresholds {
+    /// The `[board]` section's warning limits.
+    pub fn from_config(b: &crate::config::BoardConfig) -> Self {
+        Self {
+            temp_c: b.temp_warn_c,
+            disk_free_pct: b.disk_warn_pct,
+            mem_available_pct: b.mem_warn_pct,
+            fd_used_pct: b.fd_warn_pct,
+        }
+    }
+}
+
 /// The Raspberry Pi firmware's throttling flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Throttled {

@@ -84,6 +84,13 @@ pub enum Command {
         #[arg(long, default_value_t = 0.0)]
         wait: f64,
     },
+    /// Write a support bundle (.tar.gz): the running service's (status,
+    /// metrics, logs, config, board health, versions; secrets scrubbed), or
+    /// what the disk and the journal say when the service gives none.
+    SupportBundle {
+        /// Output file, e.g. support.tar.gz.
+        out: PathBuf,
+    },
     /// Inspect the outbox, add transcripts by hand, or deliver them.
     #[command(subcommand)]
     Outbox(crate::agent::tool::OutboxCommand),
@@ -167,6 +174,33 @@ pub fn main(cli: Cli) -> i32 {
                 }
                 Err(why) => {
                     eprintln!("talkie: not healthy: {why}");
+                    EX_FAILURE
+                }
+            }
+        }
+        Command::SupportBundle { out } => {
+            let cfg = match optional_config(&cli) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            match crate::support_tool::run(&cfg, out) {
+                Ok(crate::support_tool::Written::Live) => {
+                    eprintln!(
+                        "talkie: wrote the running service's support bundle to {}",
+                        out.display()
+                    );
+                    0
+                }
+                Ok(crate::support_tool::Written::Offline(why)) => {
+                    eprintln!(
+                        "talkie: the service gave no bundle ({why});\n\
+                         talkie: wrote what the disk and the journal say to {}",
+                        out.display()
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("talkie: {e}");
                     EX_FAILURE
                 }
             }

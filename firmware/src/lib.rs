@@ -5,7 +5,7 @@
 //! - the binary: `main.rs` and [`cli`] (arguments, exit codes), [`run`]
 //!   (`talkie run`: runtime, signal handlers) and the offline tools
 //!   [`offline`] (`vad`, `transcribe`), [`bench`], [`record`],
-//!   [`scenario`];
+//!   [`scenario`], [`support_tool`] (`talkie support-bundle`);
 //! - the service: [`service`] (`Service::start` → `ServiceHandle`: wiring,
 //!   control loop, watchdog, shutdown; in-process, no signals),
 //!   [`supervisor`] (heartbeats, systemd notify), [`reload`] (what a
@@ -25,7 +25,8 @@
 //!   secrets), [`telemetry`] (the counters and gauges every loop
 //!   publishes), [`logging`] and [`logring`] (tracing set-up, the ring the
 //!   status page shows), [`threads`] (named threads joined with a
-//!   deadline), [`alloc_audit`] (the counting allocator that proves the
+//!   deadline), [`support`] (the support bundle's archive, secrets
+//!   scrubbed), [`alloc_audit`] (the counting allocator that proves the
 //!   audio path allocates nothing);
 //! - `talkie_hal` (its own crate): audio sources, button, LEDs, and the
 //!   simulation clock; `talkie_agent_api`: the agent contract's types.
@@ -71,6 +72,8 @@ pub mod scenario;
 pub mod service;
 pub mod status;
 pub mod supervisor;
+pub mod support;
+pub mod support_tool;
 pub mod telemetry;
 pub mod threads;
 

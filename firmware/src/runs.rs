@@ -21,6 +21,8 @@ pub const MAX_STARTS: usize = 200;
 /// Largest history file read.
 const MAX_FILE: u64 = 64 * 1024;
 const DAY_MS: u64 = 86_400_000;
+/// The history's file name in `device.state_dir`.
+pub const FILE_NAME: &str = "runs.json";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +108,7 @@ fn write(path: &Path, file: &HistoryFile) -> std::io::Result<()> {
 impl RunHistory {
     /// Record a start at `now_ms` in `state_dir`/runs.json.
     pub fn begin(state_dir: &Path, now_ms: u64) -> Self {
-        let path = state_dir.join("runs.json");
+        let path = state_dir.join(FILE_NAME);
         let mut file = read(&path);
         let previous_end = match (file.running_since_ms, file.last_end) {
             (Some(_), _) => Some(EndKind::Killed),

@@ -456,3 +456,166 @@ async fn speculation_hits_on_a_long_hold_misses_when_speech_comes_back_and_keeps
     assert_eq!(off.2["enabled"], false);
     assert_eq!(off.2["runs"], 0);
 }
+
+/// The files of a support bundle (`talkie-support/` stripped) and their bytes.
+fn unpack_bundle(gz: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+    tar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let name = path.strip_prefix("talkie-support/").unwrap().to_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// No secret and none of the visitor's words anywhere in a bundle, in the
+/// archive's bytes or unpacked.
+fn assert_clean(gz: &[u8], files: &[(String, Vec<u8>)], secrets: &[&str]) {
+    let all: Vec<u8> = files.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    for needle in secrets {
+        for hay in [gz, all.as_slice()] {
+            assert!(
+                !hay.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle:?} is in the bundle"
+            );
+        }
+    }
+}
+
+/// Issue 20 item 4: the support bundle. Technician only (401 without the
+/// token); one archive with status, metrics, logs, config, transcripts'
+/// metadata, outbox, board, calibration, runs and versions, in which
+/// neither token, the agent's token nor what the visitor said appears.
+/// `talkie support-bundle` (the real binary, as over SSH) fetches the same
+/// from the running service, and writes a disk-only bundle saying why when
+/// the service is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "in-process-technician-token-0123456789";
+    let agent_token = "agent-bearer-secret-9876543210";
+    let mock = MockAgent::start(dir.path(), "127.0.0.1:0", &["--token", agent_token]);
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
+    cfg.agent.url = Some(format!("http://127.0.0.1:{}", mock.port));
+    cfg.agent.token = Some(talkie::config::Secret::new(agent_token));
+    cfg.outbox.path = dir.path().join("outbox.db");
+    let (state_dir, outbox) = (cfg.device.state_dir.clone(), cfg.outbox.path.clone());
+    let h = start(cfg).await.unwrap();
+    assert!(h.ready().await);
+    wait_transcripts(&h, 1).await;
+    let url = format!("http://{}/api/v1/support-bundle", h.status_addr());
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/gzip");
+    let disposition = r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.starts_with("attachment; filename=\"talkie-support-dev_01_wav-"),
+        "{disposition}"
+    );
+    let gz = r.bytes().await.unwrap();
+    let files = unpack_bundle(&gz);
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    let live = [
+        "MANIFEST.txt",
+        "status.json",
+        "metrics.txt",
+        "board.json",
+        "logs.json",
+        "config.json",
+        "transcripts.json",
+        "outbox.json",
+        "calibration.json",
+        "runs.json",
+        "versions.json",
+    ];
+    assert_eq!(names, live);
+    let words = "museum close today";
+    assert_clean(&gz, &files, &[token, agent_token, words]);
+    let file = |name: &str| -> serde_json::Value {
+        let (_, b) = files.iter().find(|(n, _)| n == name).unwrap();
+        serde_json::from_slice(b).unwrap()
+    };
+    let transcripts = file("transcripts.json");
+    assert_eq!(transcripts[0]["text_chars"], 38, "{transcripts}");
+    assert!(transcripts[0]["release_to_text_ms"].is_number());
+    // (An in-process service has no log subscriber: its ring stays empty.
+    // The words' omission from log lines: unit tests in talkie::support and
+    // talkie::status::bundle.)
+    assert!(file("logs.json")["lines"].is_array());
+    assert_eq!(file("status.json")["access"], "technician");
+    assert_eq!(
+        file("config.json")["effective"]["agent"]["token"],
+        "<redacted>"
+    );
+    assert!(file("outbox.json")["dead_letters"].is_array());
+    assert_eq!(file("runs.json")["starts_24h"], 1);
+
+    // The command a technician runs over SSH, against the running service.
+    let token_file = write(dir.path(), "status-token", token);
+    let cli_cfg = write(
+        dir.path(),
+        "cli.toml",
+        &format!(
+            "[device]\nstate_dir = {state_dir:?}\n[status]\nlisten = \"{}\"\ntoken_file = {token_file:?}\n\
+             [agent]\nurl = \"http://127.0.0.1:{}\"\ntoken = {agent_token:?}\n[outbox]\npath = {outbox:?}\n",
+            h.status_addr(),
+            mock.port
+        ),
+    );
+    let bundle_cmd = |out: std::path::PathBuf| {
+        let cli_cfg = cli_cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let o = run(talkie()
+                .arg("--config")
+                .arg(&cli_cfg)
+                .arg("support-bundle")
+                .arg(&out));
+            assert!(o.status.success());
+            (text(&o.stderr), std::fs::read(&out).unwrap())
+        })
+    };
+    let (said, gz) = bundle_cmd(dir.path().join("live.tar.gz")).await.unwrap();
+    assert!(said.contains("running service's support bundle"), "{said}");
+    let files = unpack_bundle(&gz);
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, live);
+    assert_clean(&gz, &files, &[token, agent_token, words]);
+
+    // The service is gone: what the disk says, and why.
+    h.shutdown();
+    h.wait().await.unwrap();
+    let (said, gz) = bundle_cmd(dir.path().join("offline.tar.gz")).await.unwrap();
+    assert!(said.contains("the service gave no bundle"), "{said}");
+    let files = unpack_bundle(&gz);
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "MANIFEST.txt",
+            "service.txt",
+            "config.json",
+            "calibration.json",
+            "runs.json",
+            "board.json",
+            "outbox.json",
+            "journal.txt",
+            "versions.json"
+        ]
+    );
+    assert_clean(&gz, &files, &[token, agent_token, words]);
+    let runs: serde_json::Value = serde_json::from_slice(&files[4].1).unwrap();
+    assert!(runs.to_string().contains("clean"), "{runs}");
+    assert!(files[6].1.starts_with(b"{"));
+}

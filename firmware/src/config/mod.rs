@@ -471,6 +471,27 @@ impl VadConfig {
 }
 
 impl Config {
+    /// Every secret this configuration holds: the technician and agent
+    /// tokens and a password in the agent URL. The support bundle scrubs
+    /// them from everything it writes.
+    pub fn secret_values(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = [&self.status.token, &self.agent.token]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if let Some(password) = self
+            .agent
+            .url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .and_then(|u| u.password().map(str::to_owned))
+        {
+            out.push(Secret::new(password));
+        }
+        out
+    }
+
     /// What the speech crate's `Recognizer::load` needs from `[stt]` and
     /// `[vad]` (the VAD model path as configured: see
     /// `offline::with_vad_resolved` for the source-checkout fallback).

@@ -5,7 +5,7 @@ use super::*;
 
 /// `http://ADDR{path}` for a request to the server listening on `listen`
 /// from this machine (an unspecified address is reached over loopback).
-pub(super) fn local_url(listen: SocketAddr, path: &str) -> String {
+pub fn local_url(listen: SocketAddr, path: &str) -> String {
     let ip = if listen.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {

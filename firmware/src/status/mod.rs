@@ -26,13 +26,14 @@
 //! `nosniff` and `no-store`; no CORS headers are sent (same origin only).
 
 pub mod auth;
+mod bundle;
 mod client;
 mod handlers;
 pub mod metrics;
 mod router;
 pub mod server;
 
-pub use client::{health, probe, HealthError};
+pub use client::{health, local_url, probe, HealthError};
 pub use router::{json_error, router};
 
 use crate::agent::breaker::BreakerState;
@@ -106,6 +107,9 @@ pub struct Shared {
     pub calibration: OnceLock<crate::stt::calibrate::Calibration>,
     /// The running configuration, secrets redacted.
     pub config: RwLock<serde_json::Value>,
+    /// The configuration's secrets ([`crate::config::Config::secret_values`]),
+    /// scrubbed from the support bundle.
+    pub secrets: RwLock<Vec<crate::config::Secret>>,
     /// Keys changed in the file that wait for a restart.
     pub pending_restart: RwLock<Vec<String>>,
     /// The controller's event queue, once it runs (LED and PTT tests).
@@ -172,6 +176,7 @@ impl Shared {
             models: OnceLock::new(),
             calibration: OnceLock::new(),
             config: RwLock::new(crate::config::redacted(config)),
+            secrets: RwLock::new(config.secret_values()),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
             outbox: OnceLock::new(),
@@ -216,16 +221,7 @@ impl Shared {
             fds_open: server::open_fds(),
             fds_max: Some(server::fd_limit()),
         };
-        let h = crate::board::read(
-            &b.root,
-            &facts,
-            &crate::board::Thresholds {
-                temp_c: b.temp_warn_c,
-                disk_free_pct: b.disk_warn_pct,
-                mem_available_pct: b.mem_warn_pct,
-                fd_used_pct: b.fd_warn_pct,
-            },
-        );
+        let h = crate::board::read(&b.root, &facts, &crate::board::Thresholds::from_config(b));
         *cache = Some((Instant::now(), h.clone()));
         h
     }
@@ -253,6 +249,7 @@ impl Shared {
             Arc::new(Auth::new(config.status.token.as_ref().map(|t| t.expose())));
         *self.config.write().unwrap_or_else(PoisonError::into_inner) =
             crate::config::redacted(config);
+        *self.secrets.write().unwrap_or_else(PoisonError::into_inner) = config.secret_values();
         *self
             .pending_restart
             .write()

@@ -127,6 +127,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let technician = Router::new()
         .route("/api/v1/transcripts", get(transcripts))
         .route("/api/v1/logs", get(logs))
+        .route("/api/v1/support-bundle", get(super::bundle::support_bundle))
         .route("/api/v1/test/leds", post(test_leds))
         .route(
             "/api/v1/test/ptt",
