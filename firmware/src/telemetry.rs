@@ -223,12 +223,51 @@ impl Histogram {
     }
 }
 
+/// One debounced button edge, as the page's live button view shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ButtonEvent {
+    /// Pressed (true) or released.
+    pub down: bool,
+    pub unix_ms: u64,
+    /// Presses and releases counted so far, this one included.
+    pub presses: u64,
+    pub releases: u64,
+}
+
+/// The button's edges for live viewers (`/api/v1/events`): a bounded
+/// broadcast, so a slow viewer loses old edges (and is told how many),
+/// never slows the controller.
+#[derive(Debug)]
+pub struct ButtonFeed(tokio::sync::broadcast::Sender<ButtonEvent>);
+
+/// Edges a live viewer may fall behind by.
+const BUTTON_FEED: usize = 64;
+
+impl Default for ButtonFeed {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(BUTTON_FEED).0)
+    }
+}
+
+impl ButtonFeed {
+    /// Every edge from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ButtonEvent> {
+        self.0.subscribe()
+    }
+}
+
 /// Counters of the push-to-talk path (button, capture of utterances,
 /// recognition, delivery to the sink).
 #[derive(Debug, Default)]
 pub struct PttStats {
     /// Debounced presses.
     pub presses: AtomicU64,
+    /// Debounced releases.
+    pub releases: AtomicU64,
+    /// The button is held now.
+    pub button_down: std::sync::atomic::AtomicBool,
+    /// Each debounced edge, for the page's live button view.
+    pub button_feed: ButtonFeed,
     /// Unix time of the last press, milliseconds (0 = none yet).
     pub last_press_unix_ms: AtomicU64,
     /// Presses since local midnight (UTC day), and which day that is.
@@ -274,13 +313,33 @@ impl PttStats {
     /// Count a debounced press at `unix_ms`.
     pub fn note_press(&self, unix_ms: u64) {
         let r = std::sync::atomic::Ordering::Relaxed;
-        self.presses.fetch_add(1, r);
+        let presses = self.presses.fetch_add(1, r) + 1;
         self.last_press_unix_ms.store(unix_ms, r);
         let day = unix_ms / 86_400_000;
         if self.presses_day.swap(day, r) != day {
             self.presses_today.store(0, r);
         }
         self.presses_today.fetch_add(1, r);
+        self.button_down.store(true, r);
+        self.edge(true, unix_ms, presses, self.releases.load(r));
+    }
+
+    /// Count a debounced release at `unix_ms`.
+    pub fn note_release(&self, unix_ms: u64) {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        let releases = self.releases.fetch_add(1, r) + 1;
+        self.button_down.store(false, r);
+        self.edge(false, unix_ms, self.presses.load(r), releases);
+    }
+
+    fn edge(&self, down: bool, unix_ms: u64, presses: u64, releases: u64) {
+        // No viewer is not an error.
+        let _ = self.button_feed.0.send(ButtonEvent {
+            down,
+            unix_ms,
+            presses,
+            releases,
+        });
     }
 
     /// Presses on the UTC day of `unix_ms` (0 once that day has passed).

@@ -284,7 +284,10 @@ impl Controller {
                         self.last_press = Some(e.at);
                         Input::Pressed { at_ms }
                     }
-                    Edge::Released => Input::Released { at_ms },
+                    Edge::Released => {
+                        self.stats.note_release(crate::telemetry::unix_ms());
+                        Input::Released { at_ms }
+                    }
                 };
                 self.input(input, e.at);
             }

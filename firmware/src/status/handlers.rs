@@ -353,15 +353,34 @@ pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
     let slot = ClientSlot(Arc::clone(&s));
     let mut tick = tokio::time::interval(EVENTS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let button = s.ptt.button_feed.subscribe();
     let stream = futures_util::stream::unfold(
-        (slot, tick, None::<IndicatorState>, Vec::<Event>::new()),
-        |(slot, mut tick, mut last, mut queued)| async move {
+        (
+            slot,
+            tick,
+            None::<IndicatorState>,
+            Vec::<Event>::new(),
+            button,
+        ),
+        |(slot, mut tick, mut last, mut queued, mut button)| async move {
             if let Some(ev) = queued.pop() {
-                return Some((Ok::<_, Infallible>(ev), (slot, tick, last, queued)));
+                return Some((Ok::<_, Infallible>(ev), (slot, tick, last, queued, button)));
             }
             let shared = Arc::clone(&slot.0);
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return None,
+                // Every debounced edge as it happens (the live button view).
+                edge = button.recv() => {
+                    use tokio::sync::broadcast::error::RecvError;
+                    let data = match edge {
+                        Ok(e) => serde_json::json!(e),
+                        Err(RecvError::Lagged(n)) => serde_json::json!({ "lagged": n }),
+                        // The service is stopping.
+                        Err(RecvError::Closed) => return None,
+                    };
+                    let ev = Event::default().event("button").data(data.to_string());
+                    return Some((Ok(ev), (slot, tick, last, queued, button)));
+                }
                 _ = tick.tick() => {}
             }
             let a = shared.audio.snapshot();
@@ -382,7 +401,7 @@ pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
                         .data(serde_json::json!({ "state": state.as_str() }).to_string()),
                 );
             }
-            Some((Ok(level), (slot, tick, last, queued)))
+            Some((Ok(level), (slot, tick, last, queued, button)))
         },
     );
     Sse::new(stream)

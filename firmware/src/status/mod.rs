@@ -389,6 +389,8 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         },
         "push_to_talk": {
             "presses": p.presses.load(Relaxed),
+            "releases": p.releases.load(Relaxed),
+            "button_down": p.button_down.load(Relaxed),
             "presses_today": p.presses_on(now),
             "last_press_unix_ms": (last_press > 0).then_some(last_press),
             "too_short": p.too_short.load(Relaxed),
@@ -552,6 +554,68 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("HTTP 500"));
+    }
+
+    /// Issue 20 item 7, the live button view: every debounced edge reaches
+    /// an open `/api/v1/events` stream as a `button` event, in order, with
+    /// the counts (event-driven: the edges are made after the stream is
+    /// open, no timing involved).
+    #[tokio::test]
+    async fn button_edges_reach_the_live_event_stream_in_order() {
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let mut r = reqwest::get(format!("http://{addr}/api/v1/events"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The handler subscribed before answering: edges from now on count.
+        s.ptt.note_press(1_000);
+        s.ptt.note_release(1_250);
+        s.ptt.note_press(2_000);
+        let mut text = String::new();
+        let buttons = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let chunk = r.chunk().await.unwrap().expect("stream stays open");
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                let found: Vec<serde_json::Value> = text
+                    .split("\n\n")
+                    .filter(|f| f.contains("event: button"))
+                    .filter_map(|f| f.lines().find_map(|l| l.strip_prefix("data: ")))
+                    .filter_map(|d| serde_json::from_str(d).ok())
+                    .collect();
+                if found.len() >= 3 {
+                    return found;
+                }
+            }
+        })
+        .await
+        .expect("three button events");
+        let seen: Vec<(bool, u64, u64, u64)> = buttons
+            .iter()
+            .map(|b| {
+                (
+                    b["down"].as_bool().unwrap(),
+                    b["unix_ms"].as_u64().unwrap(),
+                    b["presses"].as_u64().unwrap(),
+                    b["releases"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (true, 1_000, 1, 0),
+                (false, 1_250, 1, 1),
+                (true, 2_000, 2, 1)
+            ]
+        );
+        let status = status_json(&s, false);
+        assert_eq!(status["push_to_talk"]["button_down"], true);
+        assert_eq!(status["push_to_talk"]["releases"], 1);
+        cancel.cancel();
+        let _ = server.await;
     }
 
     /// Issue 18 row 19: errors axum makes itself (405, 413) are JSON too.

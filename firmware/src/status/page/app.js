@@ -146,6 +146,16 @@ function live() {
     if (d.state) showState(d.state);
   });
   es.addEventListener("state", (ev) => showState(JSON.parse(ev.data).state));
+  // Every debounced edge as it happens: press the button with the page open.
+  es.addEventListener("button", (ev) => {
+    const d = JSON.parse(ev.data);
+    if (d.lagged) { $("button-edges").textContent = `(${d.lagged} edges not shown)`; return; }
+    $("button-now").textContent = d.down ? "PRESSED" : "released";
+    $("button-now").dataset.down = String(d.down);
+    $("button-edges").textContent =
+      `${d.presses} presses, ${d.releases} releases since start; last edge ${new Date(d.unix_ms).toLocaleTimeString()}`;
+    document.body.dataset.buttonEdges = String(d.presses + d.releases);
+  });
 }
 
 $("login").addEventListener("submit", async (ev) => {
