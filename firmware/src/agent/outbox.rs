@@ -52,7 +52,21 @@ pub enum OutboxError {
     Corrupt { path: PathBuf, reason: String },
     #[error("outbox is full ({max} transcripts waiting for the agent); new transcripts are refused until it drains")]
     Full { max: u32 },
+    /// Less than [`DISK_RESERVE`] free on the outbox's filesystem.
+    #[error("outbox {}: only {free} bytes free on its filesystem (talkie keeps {reserve} free so waiting transcripts can still be delivered); new transcripts are refused until space is freed", path.display())]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
 }
+
+/// Bytes the outbox leaves free on its filesystem: below this, new items
+/// are refused ([`OutboxError::DiskFull`]). Moving an item to `delivered`
+/// writes too (WAL pages, up to SQLite's 1,000-page auto-checkpoint:
+/// about 4 MiB), so an outbox that filled its disk to the last byte could
+/// never drain (found by the chaos suite's disk-full case).
+pub const DISK_RESERVE: u64 = 8 << 20;
 
 pub use crate::telemetry::unix_ms;
 
@@ -371,8 +385,37 @@ impl Outbox {
         }
     }
 
+    /// [`OutboxError::DiskFull`] when the filesystem's free bytes plus the
+    /// database's own free pages (delivered items leave those, and new
+    /// items reuse them) are less than [`DISK_RESERVE`]. Not knowing is not
+    /// refusing.
+    fn check_space(&self) -> Result<(), OutboxError> {
+        let Some(fs_free) = crate::telemetry::free_bytes(&self.path) else {
+            return Ok(());
+        };
+        if fs_free >= DISK_RESERVE {
+            return Ok(());
+        }
+        let pages = |pragma: &str| {
+            self.conn
+                .query_row(pragma, [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .unwrap_or(0)
+        };
+        let free = fs_free + pages("PRAGMA freelist_count") * pages("PRAGMA page_size");
+        match free {
+            free if free < DISK_RESERVE => Err(OutboxError::DiskFull {
+                path: self.path.clone(),
+                free,
+                reserve: DISK_RESERVE,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Commit a new item. Returns only once it is on disk.
     pub fn enqueue(&mut self, id: &str, body: &str) -> Result<(), OutboxError> {
+        self.check_space()?;
         let depth = self.depth()?;
         if depth >= u64::from(self.max_items) {
             return Err(OutboxError::Full {
@@ -391,6 +434,7 @@ impl Outbox {
     /// Commit several items in one transaction (one disk sync), as many as
     /// fit; returns how many were added.
     pub fn enqueue_many(&mut self, items: &[(String, String)]) -> Result<usize, OutboxError> {
+        self.check_space()?;
         let room = u64::from(self.max_items).saturating_sub(self.depth()?);
         let n = items.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let now = unix_ms() as i64;
