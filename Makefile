@@ -74,12 +74,12 @@ lint: deps
 	$(CARGO) clippy -p talkie -p talkie-hal --no-default-features -- -D warnings
 
 # Every test: formatting, lints, the converter's self-check (models-check),
-# unit tests, the zero-allocation test, the
-# end-to-end tests that run the real binary, then the unit tests built for
-# aarch64 and run under qemu-user (CROSS_TEST=0 skips that part; its first
-# run builds the dependencies for aarch64: 26 min on a 2-core AMD EPYC
-# (AVX2, no AVX-512), measured as `make cross-test` in a fresh clone on
-# 2026-11-30; the tests themselves then take 9 s under qemu).
+# unit tests, the zero-allocation test, the chaos suite at its small size,
+# the end-to-end tests that run the real binary, then the speech and HAL
+# unit tests built for aarch64 and run under qemu-user (CROSS_TEST=0 skips
+# that part; with the firmware crate too it took 26 min on a 2-core AMD
+# EPYC, AVX2, no AVX-512, measured as `make cross-test` in a fresh clone,
+# most of it Debian's rustc building the dependencies).
 # Each stage prints how long the run has taken so far, so a CI log shows
 # where its budget went.
 CROSS_TEST ?= 1
@@ -116,8 +116,10 @@ chaos: deps models
 	  echo "| case | input | result | time |"; echo "|---|---|---|---|"; cat target/chaos/*.md; } > target/chaos-report.md
 	@cat target/chaos-report.md
 
-# The libraries' unit tests built for aarch64 (Debian's rustc + cross gcc)
-# and run under qemu-user (TALKIE_QEMU_RUN=0 only builds them).
+# The unit tests of the architecture-specific crates (talkie-speech,
+# talkie-hal) built for aarch64 (Debian's rustc + cross gcc) and run under
+# qemu-user (TALKIE_QEMU_RUN=0 only builds them; TALKIE_CROSS_CRATES adds
+# the firmware crate).
 cross-test: models
 	cross/build-debian.sh aarch64 test
 

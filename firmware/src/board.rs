@@ -367,3 +367,33 @@ mod tests {
         assert_eq!(names, ["throttling", "disk", "memory", "file descriptors"]);
     }
 }
+
+/// The kernel's view of the system clock (`adjtimex` with no change
+/// requested: read only). NTP/chrony/timesyncd set "synchronized"; a board
+/// without an RTC that never reached a time server is not, and TLS to the
+/// agent fails on certificate dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClockSync {
+    pub synchronized: bool,
+    /// The kernel's bound on the clock's error, microseconds.
+    pub max_error_us: i64,
+    pub est_error_us: i64,
+}
+
+/// Read the clock's synchronization state; `None` if the kernel refuses.
+// `timex` fields are C longs: i64 here, i32 on armv7.
+#[allow(clippy::useless_conversion)]
+pub fn clock_sync() -> Option<ClockSync> {
+    // SAFETY: a zeroed `timex` with `modes = 0` asks for no change; the
+    // kernel only fills it in.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return None;
+    }
+    Some(ClockSync {
+        synchronized: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0,
+        max_error_us: i64::from(tx.maxerror),
+        est_error_us: i64::from(tx.esterror),
+    })
+}

@@ -516,6 +516,45 @@ async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
     wait_transcripts(&h, 1).await;
     let url = format!("http://{}/api/v1/support-bundle", h.status_addr());
     let http = reqwest::Client::new();
+    // Issue 20 item 2: the agent's reachability, step by step (checked at
+    // start, then every minute), and the clock.
+    let status_url = format!("http://{}/api/v1/status", h.status_addr());
+    let reach = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let body = http
+                .get(&status_url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            // The transcript delivered (its answer's status and Date) and
+            // the first check done.
+            if !s["agent"]["reachability"].is_null() && s["agent"]["delivered"] == 1 {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a delivery and a reachability check within 60 s");
+    let r = &reach["agent"]["reachability"];
+    assert!(r["failed_step"].is_null(), "{r}");
+    assert!(
+        r["dns_ms"].is_number() && r["connect_ms"].is_number() && r["request_ms"].is_number(),
+        "{r}"
+    );
+    assert!(r["http_status"].is_number(), "{r}");
+    assert_eq!(r["tls"], false);
+    assert_eq!(
+        reach["agent"]["last_http_status"], 200,
+        "{}",
+        reach["agent"]
+    );
+    assert!(reach["agent"]["clock_offset_s"].as_f64().unwrap().abs() < 5.0);
+    assert!(reach["time"]["synchronized"].is_boolean() || reach["time"]["synchronized"].is_null());
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = http.get(&url).bearer_auth(token).send().await.unwrap();

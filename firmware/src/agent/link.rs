@@ -183,7 +183,7 @@ fn truncate(s: &str) -> String {
 
 /// The full error chain of a reqwest error, e.g. "error sending request:
 /// … invalid peer certificate: UnknownIssuer".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
@@ -201,6 +201,13 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Build the HTTP client: rustls with the system roots plus `agent.ca_file`.
 pub fn client(cfg: &AgentConfig) -> Result<reqwest::Client, LinkError> {
+    client_builder(cfg)?
+        .build()
+        .map_err(|e| LinkError::Client(e.to_string()))
+}
+
+/// The client's settings, for [`client`] and the reachability probe.
+pub fn client_builder(cfg: &AgentConfig) -> Result<reqwest::ClientBuilder, LinkError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms.into()))
         .timeout(Duration::from_millis(cfg.request_timeout_ms.into()))
@@ -229,7 +236,7 @@ pub fn client(cfg: &AgentConfig) -> Result<reqwest::Client, LinkError> {
             b = b.add_root_certificate(c);
         }
     }
-    b.build().map_err(|e| LinkError::Client(e.to_string()))
+    Ok(b)
 }
 
 /// The endpoint for `agent.url`.
@@ -255,6 +262,7 @@ pub async fn attempt(
     url: &reqwest::Url,
     token: Option<&str>,
     item: &Pending,
+    stats: &AgentStats,
 ) -> Outcome {
     let mut req = client
         .post(url.clone())
@@ -273,6 +281,7 @@ pub async fn attempt(
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
             };
+            stats.note_answer(status, header(reqwest::header::DATE).as_deref());
             let retry_after = header(reqwest::header::RETRY_AFTER);
             if (300..400).contains(&status) {
                 let to = header(reqwest::header::LOCATION).unwrap_or_else(|| "nowhere".into());
@@ -518,7 +527,7 @@ impl Link {
             tracing::debug!(target: "talkie::agent", id = %item.id, attempt = item.attempts + 1, "sending");
             let token = self.token();
             let outcome = tokio::select! {
-                o = attempt(&self.client, &self.url, token.as_deref(), &item) => o,
+                o = attempt(&self.client, &self.url, token.as_deref(), &item, &self.stats) => o,
                 _ = cancel.cancelled() => {
                     tracing::info!(id = %item.id, "shutdown: request abandoned; the transcript stays in the outbox");
                     return;

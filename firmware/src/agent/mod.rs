@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod link;
 pub mod outbox;
+pub mod reach;
 pub mod tool;
 
 use crate::config::Config;
@@ -224,6 +225,13 @@ pub struct AgentStats {
     pub beat_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_reply: Mutex<Option<String>>,
+    /// The last HTTP status the agent answered a delivery with; 0 = none.
+    pub last_http_status: std::sync::atomic::AtomicU16,
+    /// The agent's clock minus ours, ms, from its last `Date` header
+    /// (whole seconds on the wire, so ±1 s); valid once `clock_seen`.
+    pub clock_offset_ms: std::sync::atomic::AtomicI64,
+    pub clock_seen: std::sync::atomic::AtomicBool,
+    reach: Mutex<Option<reach::Reachability>>,
 }
 
 impl AgentStats {
@@ -263,6 +271,41 @@ impl AgentStats {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// An answer from the agent: its status, and its clock's offset from
+    /// ours when it sent a `Date`.
+    pub fn note_answer(&self, status: u16, date: Option<&str>) {
+        self.last_http_status.store(status, Relaxed);
+        let theirs = date.and_then(|d| httpdate::parse_http_date(d).ok());
+        if let Some(theirs) = theirs {
+            let ms = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            };
+            let offset = ms(theirs) - ms(std::time::SystemTime::now());
+            self.clock_offset_ms.store(offset, Relaxed);
+            self.clock_seen.store(true, Relaxed);
+        }
+    }
+
+    /// The agent's clock minus ours, seconds, once a `Date` was seen.
+    pub fn clock_offset_s(&self) -> Option<f64> {
+        self.clock_seen
+            .load(Relaxed)
+            .then(|| self.clock_offset_ms.load(Relaxed) as f64 / 1000.0)
+    }
+
+    pub fn set_reachability(&self, r: reach::Reachability) {
+        *self.reach.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+    }
+
+    /// The last reachability check, if one ran.
+    pub fn reachability(&self) -> Option<reach::Reachability> {
+        self.reach
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

@@ -312,6 +312,27 @@ impl Service {
                     }
                 };
                 tasks.spawn(link.run(cancel.clone()));
+                // DNS, connect, TLS and the certificate, checked apart from
+                // delivery (issue 20 item 2). A URL the link accepted parses.
+                match (
+                    crate::agent::reach::probe_client(&config.agent),
+                    reqwest::Url::parse(url),
+                ) {
+                    (Ok(client), Ok(base)) => {
+                        tasks.spawn(crate::agent::reach::run(
+                            client,
+                            base,
+                            Arc::clone(&agent_stats),
+                            cancel.clone(),
+                        ));
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "agent reachability checks off: no client");
+                    }
+                    (_, Err(e)) => {
+                        tracing::warn!(error = %e, "agent reachability checks off: bad URL");
+                    }
+                }
                 let _ = shared.outbox.set(handle.clone());
                 Some(handle)
             }

@@ -61,6 +61,7 @@ pub fn render(s: &Shared) -> String {
     ptt(&mut o, s);
     process(&mut o, s);
     board(&mut o, s);
+    clock(&mut o);
     if let Some(g) = &s.agent {
         agent(&mut o, g);
     }
@@ -527,4 +528,67 @@ fn agent(o: &mut Out, g: &crate::agent::AgentStats) {
         "Agent request latency.",
         &g.latency.snapshot(),
     );
+    o.gauge(
+        "talkie_agent_last_http_status",
+        "HTTP status of the agent's last answer to a delivery (0: none yet).",
+        f64::from(g.last_http_status.load(Relaxed)),
+    );
+    if let Some(off) = g.clock_offset_s() {
+        o.gauge(
+            "talkie_agent_clock_offset_seconds",
+            "The agent's clock minus this board's, from its last Date header.",
+            off,
+        );
+    }
+    if let Some(r) = g.reachability() {
+        o.gauge(
+            "talkie_agent_reachable",
+            "1 when the last reachability check (DNS, connect, request) passed every step.",
+            if r.failed_step.is_none() { 1.0 } else { 0.0 },
+        );
+        for (name, help, v) in [
+            (
+                "talkie_agent_dns_seconds",
+                "DNS resolution of the agent's host in the last check.",
+                r.dns_ms,
+            ),
+            (
+                "talkie_agent_connect_seconds",
+                "TCP connect to the agent in the last check.",
+                r.connect_ms,
+            ),
+            (
+                "talkie_agent_probe_request_seconds",
+                "The check's HEAD request (TLS handshake included).",
+                r.request_ms,
+            ),
+        ] {
+            if let Some(ms) = v {
+                o.gauge(name, help, ms / 1000.0);
+            }
+        }
+        if let Some(t) = r.cert_not_after_unix_s {
+            o.gauge(
+                "talkie_agent_cert_expiry_timestamp_seconds",
+                "End of validity of the agent's TLS certificate (Unix time).",
+                t as f64,
+            );
+        }
+    }
+}
+
+/// The system clock as the kernel sees it.
+fn clock(o: &mut Out) {
+    if let Some(c) = crate::board::clock_sync() {
+        o.gauge(
+            "talkie_clock_synchronized",
+            "1 when the kernel says the system clock is synchronized (NTP).",
+            if c.synchronized { 1.0 } else { 0.0 },
+        );
+        o.gauge(
+            "talkie_clock_max_error_seconds",
+            "The kernel's bound on the system clock's error.",
+            c.max_error_us as f64 / 1e6,
+        );
+    }
 }

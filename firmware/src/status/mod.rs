@@ -256,6 +256,44 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = pending;
     }
 }
+/// Days of certificate validity under which the page warns.
+pub const CERT_WARN_DAYS: i64 = 14;
+
+fn cert_warning(days_left: Option<i64>) -> Option<String> {
+    match days_left? {
+        d if d < 0 => Some(format!(
+            "the agent's TLS certificate expired {} day(s) ago: deliveries fail until it is renewed",
+            -d
+        )),
+        d if d < CERT_WARN_DAYS => Some(format!(
+            "the agent's TLS certificate expires in {d} day(s): have it renewed"
+        )),
+        _ => None,
+    }
+}
+
+/// The system clock: synchronized or not, and the agent's view of it.
+fn time_json(s: &Shared) -> serde_json::Value {
+    let clock = crate::board::clock_sync();
+    let offset = s.agent.as_ref().and_then(|g| g.clock_offset_s());
+    let warning = if clock.is_some_and(|c| !c.synchronized) {
+        Some("the system clock is not synchronized (no NTP): TLS certificates and timestamps may be wrong; check network time (timedatectl)".to_owned())
+    } else {
+        offset.filter(|o| o.abs() > 60.0).map(|o| {
+            format!(
+                "the clock differs from the agent's by {o:.0} s: check network time (timedatectl)"
+            )
+        })
+    };
+    serde_json::json!({
+        "now_unix_ms": unix_ms(),
+        "synchronized": clock.map(|c| c.synchronized),
+        "max_error_ms": clock.map(|c| c.max_error_us as f64 / 1000.0),
+        "agent_offset_s": offset,
+        "warning": warning,
+    })
+}
+
 /// Why the service is not ready; empty = ready.
 pub fn readiness(s: &Shared) -> Vec<&'static str> {
     let mut why = Vec::new();
@@ -357,6 +395,18 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
             // 401/403/404 from the agent: token or URL rejected, nothing sent.
             "paused_on_status": match g.paused_status.load(Relaxed) { 0 => None, st => Some(st) },
             "retries": g.retries_total(),
+            "last_http_status": match g.last_http_status.load(Relaxed) { 0 => None, st => Some(st) },
+            // The agent's clock minus ours, from its last `Date` header.
+            "clock_offset_s": g.clock_offset_s(),
+            "reachability": g.reachability().map(|r| {
+                let days = r.cert_days_left(i64::try_from(now / 1000).unwrap_or(i64::MAX));
+                let mut v = serde_json::json!(r);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("cert_days_left".into(), days.into());
+                    o.insert("cert_warning".into(), cert_warning(days).into());
+                }
+                v
+            }),
             // Error and reply texts can carry what a visitor said: technician only.
             "last_error": if technician { g.last_error() } else { None },
             "last_reply": if technician { g.last_reply() } else { None },
@@ -372,6 +422,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         "not_ready_because": why,
         "health": checks(s),
         "board": s.board_health(),
+        "time": time_json(s),
         "runs": s.runs.get(),
         "state": s.led().as_str(),
         "access": if technician { "technician" } else { "anonymous" },

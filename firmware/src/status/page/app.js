@@ -82,7 +82,11 @@ function render(s) {
   const b = s.board || {};
   const na = "not available";
   const gib = (x) => x === null || x === undefined ? na : `${(x / 1073741824).toFixed(2)} GiB`;
-  items("board-warnings", b.warnings || [], (w) => `⚠ ${w.name}: ${w.reason}`);
+  const extra = [];
+  if (s.time && s.time.warning) extra.push({ name: "clock", reason: s.time.warning });
+  const reach = s.agent && s.agent.reachability;
+  if (reach && reach.cert_warning) extra.push({ name: "certificate", reason: reach.cert_warning });
+  items("board-warnings", (b.warnings || []).concat(extra), (w) => `⚠ ${w.name}: ${w.reason}`);
   [...$("board-warnings").children].forEach((li) => li.className = "bad");
   const t = b.throttled;
   rows("board", [["CPU temperature", b.cpu_temp_c == null ? na : `${b.cpu_temp_c.toFixed(1)} °C`],
@@ -92,10 +96,19 @@ function render(s) {
     ["open files", b.fds_open == null ? na : `${b.fds_open} of ${b.fds_max}`],
     ["load average", b.load_avg ? b.load_avg.map((x) => x.toFixed(2)).join(" ") : na],
     ["board up", b.uptime_s == null ? na : duration(b.uptime_s)],
+    ["clock", !s.time || s.time.synchronized == null ? na : (s.time.synchronized ? `synchronized (±${s.time.max_error_ms.toFixed(0)} ms)` : "NOT synchronized")],
     ["service starts (24 h)", s.runs ? s.runs.starts_24h : na],
     ["previous run ended", s.runs ? (s.runs.previous_end || "first start") : na]]);
   const a = s.agent;
-  rows("agent", a ? [["breaker", a.breaker],
+  const ms = (v) => v == null ? "–" : `${v.toFixed(0)} ms`;
+  const r = a && a.reachability;
+  const reachRow = !r ? "not checked yet" : r.failed_step
+    ? `FAILS at ${r.failed_step}: ${r.error}`
+    : `ok: DNS ${ms(r.dns_ms)}, connect ${ms(r.connect_ms)}, ${r.tls ? "TLS + " : ""}request ${ms(r.request_ms)} (HTTP ${r.http_status})`;
+  rows("agent", a ? [["breaker", a.breaker], ["reachability", reachRow],
+    ["certificate", !r || !r.tls ? "–" : r.cert_days_left == null ? "unknown" : `valid for ${r.cert_days_left} more days`],
+    ["last HTTP status", a.last_http_status == null ? "–" : a.last_http_status],
+    ["clock vs agent", a.clock_offset_s == null ? "–" : `${a.clock_offset_s.toFixed(0)} s`],
     ["delivery", a.paused_on_status ? `PAUSED: the agent answers HTTP ${a.paused_on_status} (${a.paused_on_status === 404 ? "check agent.url" : "check agent.token"}); nothing is lost` : "flowing"],
     ["outbox depth", a.outbox_depth],
     ["oldest waiting", a.outbox_oldest_age_s === null ? "–" : `${a.outbox_oldest_age_s} s`],
