@@ -62,6 +62,17 @@ async fn start(
     talkie::service::Service::start(cfg, options).await
 }
 
+/// `GET /api/v1/status` of an in-process service, anonymously.
+async fn status_of(addr: std::net::SocketAddr) -> serde_json::Value {
+    let body = reqwest::get(format!("http://{addr}/api/v1/status"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// Wait until `h` has delivered `n` transcripts (bounded: a broken
 /// service fails here, a slow one only takes longer).
 async fn wait_transcripts(h: &talkie::service::ServiceHandle, n: u64) {
@@ -150,15 +161,7 @@ async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
     assert_eq!(r.status(), 503);
     let why = r.text().await.unwrap();
     assert!(why.contains("outbox cannot be opened"), "{why}");
-    let body = http
-        .get(format!("{base}/api/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let status = status_of(h.status_addr()).await;
     let outbox = status["health"]
         .as_array()
         .unwrap()
@@ -308,13 +311,7 @@ async fn a_restart_shows_how_the_previous_run_ended() {
     for _ in 0..2 {
         let h = start(cfg.clone()).await.unwrap();
         let base = format!("http://{}", h.status_addr());
-        let body = reqwest::get(format!("{base}/api/v1/status"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let status = status_of(h.status_addr()).await;
         let metrics = reqwest::get(format!("{base}/metrics"))
             .await
             .unwrap()
@@ -518,18 +515,9 @@ async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
     let http = reqwest::Client::new();
     // Issue 20 item 2: the agent's reachability, step by step (checked at
     // start, then every minute), and the clock.
-    let status_url = format!("http://{}/api/v1/status", h.status_addr());
     let reach = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         loop {
-            let body = http
-                .get(&status_url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let s = status_of(h.status_addr()).await;
             // The transcript delivered (its answer's status and Date) and
             // the first check done.
             if !s["agent"]["reachability"].is_null() && s["agent"]["delivered"] == 1 {
