@@ -114,7 +114,9 @@ pub struct ProcessFacts {
     pub fds_max: Option<u64>,
 }
 
-fn read_small(path: &Path) -> Option<String> {
+/// A small kernel or system file as text (at most [`MAX_FILE`] bytes);
+/// `None` when it is missing, not a regular file or unreadable.
+pub fn read_small(path: &Path) -> Option<String> {
     let f = std::fs::File::open(path).ok()?;
     if !f.metadata().ok()?.is_file() {
         return None;

@@ -21,6 +21,8 @@
 //!   (capture thread → SPSC queue → audio thread: downmix, resample to
 //!   16 kHz, level meter, pre-roll);
 //! - foundations: [`board`] (board health from `/proc` and `/sys`),
+//!   [`updates`] (RAUC's slots, Mender's artifact), [`tool`] (system tools
+//!   run with a deadline and bounded output),
 //!   [`config`] (the TOML file, overrides, validation,
 //!   secrets), [`telemetry`] (the counters and gauges every loop
 //!   publishes), [`logging`] and [`logring`] (tracing set-up, the ring the
@@ -76,6 +78,8 @@ pub mod support;
 pub mod support_tool;
 pub mod telemetry;
 pub mod threads;
+pub mod tool;
+pub mod updates;
 
 /// The speech crate's modules, under the names the firmware always used.
 pub use talkie_speech::{models, stt, vad};

@@ -22,6 +22,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Journal lines in an offline bundle.
 const JOURNAL_LINES: &str = "2000";
+/// Bytes of journal kept (2000 lines of a few hundred bytes fit).
+const MAX_JOURNAL: u64 = 2 * 1024 * 1024;
 /// Bytes read of each small state file.
 const MAX_STATE_FILE: u64 = 1024 * 1024;
 
@@ -161,8 +163,7 @@ fn small_file(path: &Path) -> Vec<u8> {
 
 /// The unit's last journal lines (transcript words omitted), or why not.
 async fn journal() -> Vec<u8> {
-    let mut cmd = tokio::process::Command::new("journalctl");
-    cmd.args([
+    let args = [
         "-u",
         "talkie.service",
         "-n",
@@ -170,18 +171,16 @@ async fn journal() -> Vec<u8> {
         "--no-pager",
         "-o",
         "short-iso",
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    match tokio::time::timeout(JOURNAL_TIMEOUT, cmd.output()).await {
-        Ok(Ok(out)) => {
+    ];
+    match crate::tool::run("journalctl", &args, JOURNAL_TIMEOUT, MAX_JOURNAL).await {
+        Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
             let mut lines: String = text
                 .lines()
                 .map(|l| crate::support::omit_transcript_text(l).unwrap_or_else(|| l.to_owned()))
                 .collect::<Vec<_>>()
                 .join("\n");
-            if !out.status.success() {
+            if !out.success {
                 lines.push_str(&format!(
                     "\n[journalctl {}: {}]\n",
                     out.status,
@@ -190,7 +189,6 @@ async fn journal() -> Vec<u8> {
             }
             lines.into_bytes()
         }
-        Ok(Err(e)) => format!("journalctl: {e}\n").into_bytes(),
-        Err(_) => format!("journalctl: no answer within {JOURNAL_TIMEOUT:?}\n").into_bytes(),
+        Err(e) => format!("{e}\n").into_bytes(),
     }
 }

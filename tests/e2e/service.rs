@@ -195,6 +195,10 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
         ),
         ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
         ("proc/uptime", "120.00 200.00\n"),
+        (
+            talkie::updates::MENDER_ARTIFACT_INFO,
+            "artifact_name=talkie-2026.12.0\n",
+        ),
     ] {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -261,6 +265,26 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
     assert_eq!(value("talkie_board_uptime_seconds", None), Some(120.0));
     let (code, why) = get("/readyz").await;
     assert_eq!(code, 200, "warnings are not readiness failures: {why}");
+    // Item 3: the update system's view, read in the background after start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let updates = loop {
+        let (_, body) = get("/api/v1/status").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["updates"]["checked_ms"].as_u64().unwrap_or(0) > 0 {
+            break status["updates"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "updates never read: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(updates["mender_artifact"], "talkie-2026.12.0", "{updates}");
+    assert_eq!(
+        updates["rauc"],
+        serde_json::Value::Null,
+        "no rauc here: {updates}"
+    );
     h.shutdown();
     h.wait().await.unwrap();
 }

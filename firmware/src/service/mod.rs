@@ -351,6 +351,12 @@ impl Service {
         if let Some(h) = &history {
             let _ = shared.runs.set(h.summary().clone());
         }
+        // RAUC's slot and Mender's artifact for the page (issue 20 item 3).
+        tasks.spawn(crate::updates::run(
+            shared.board.root.clone(),
+            Arc::clone(&shared.updates),
+            cancel.clone(),
+        ));
         let recent_for_handle = recent.clone();
         let stop = CancellationToken::new();
         let _ = shared.stop.set(stop.clone());

@@ -155,6 +155,7 @@ fn versions(s: &Shared) -> serde_json::Value {
     serde_json::json!({
         "talkie": crate::VERSION,
         "models": s.models.get(),
+        "updates": s.updates.read().map(|u| u.clone()).unwrap_or_default(),
         "kernel": read("proc/sys/kernel/osrelease"),
         "os_release": read("etc/os-release"),
         "device_tree_model": read("proc/device-tree/model").map(|m| m.trim_end_matches('\0').to_owned()),

@@ -138,6 +138,9 @@ pub struct Shared {
     pub restart_requested: AtomicBool,
     /// `status.restart_min_uptime_s`.
     pub restart_min_uptime: Duration,
+    /// The update system's view (RAUC, Mender), kept current by
+    /// [`crate::updates::run`]; `None` until first read.
+    pub updates: Arc<RwLock<Option<crate::updates::UpdateState>>>,
     /// `[board]`: where the board is read from and its warning limits.
     pub board: crate::config::BoardConfig,
     /// The last board reading and when it was taken (read at most every
@@ -194,6 +197,7 @@ impl Shared {
             stop: OnceLock::new(),
             restart_requested: AtomicBool::new(false),
             restart_min_uptime: Duration::from_secs(config.status.restart_min_uptime_s.into()),
+            updates: Arc::new(RwLock::new(None)),
             board: config.board.clone(),
             board_cache: std::sync::Mutex::new(None),
             event_clients: AtomicUsize::new(0),
@@ -424,6 +428,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         "board": s.board_health(),
         "time": time_json(s),
         "runs": s.runs.get(),
+        "updates": s.updates.read().map(|u| u.clone()).unwrap_or_default(),
         "state": s.led().as_str(),
         "access": if technician { "technician" } else { "anonymous" },
         "login_available": s.auth().configured(),

@@ -98,7 +98,9 @@ function render(s) {
     ["board up", b.uptime_s == null ? na : duration(b.uptime_s)],
     ["clock", !s.time || s.time.synchronized == null ? na : (s.time.synchronized ? `synchronized (±${s.time.max_error_ms.toFixed(0)} ms)` : "NOT synchronized")],
     ["service starts (24 h)", s.runs ? s.runs.starts_24h : na],
-    ["previous run ended", s.runs ? (s.runs.previous_end || "first start") : na]]);
+    ["previous run ended", s.runs ? (s.runs.previous_end || "first start") : na],
+    ["update slot (RAUC)", ((u) => u.rauc ? `${u.rauc.booted_slot || "?"} booted, ${u.rauc.booted_boot_status || "status unknown"}, bundle ${u.rauc.booted_bundle_version || "unknown"}${u.rauc.next_boot ? `; next boot from ${u.rauc.next_boot}` : ""}` : u.rauc_error ? `error: ${u.rauc_error}` : na)(s.updates || {})],
+    ["artifact (Mender)", ((u) => u.mender_artifact || (u.mender_error ? `error: ${u.mender_error}` : na))(s.updates || {})]]);
   const a = s.agent;
   const ms = (v) => v == null ? "–" : `${v.toFixed(0)} ms`;
   const r = a && a.reachability;
