@@ -67,6 +67,7 @@ pub mod logring;
 pub mod offline;
 pub mod ptt;
 pub mod record;
+pub mod recordings;
 pub mod reload;
 pub mod run;
 pub mod runs;

@@ -102,9 +102,49 @@ impl Browser {
     fn eval(&mut self, js: &str) -> serde_json::Value {
         let r = self.call(
             "Runtime.evaluate",
-            serde_json::json!({ "expression": js, "returnByValue": true }),
+            serde_json::json!({ "expression": js, "returnByValue": true, "awaitPromise": true }),
         );
         r["result"]["value"].clone()
+    }
+
+    /// The page's `<body data-*>` record of what it saw.
+    fn dataset(&mut self) -> serde_json::Value {
+        let seen = self.eval("JSON.stringify(document.body.dataset)");
+        serde_json::from_str(seen.as_str().unwrap_or("{}")).unwrap()
+    }
+
+    /// Poll the dataset until `done` holds (bounded: 60 s); the last one.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let d = self.dataset();
+            if done(&d) {
+                return d;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: page saw {d}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// A PNG of the page as it is now, into `target/<name>`.
+    fn screenshot(&mut self, name: &str) {
+        use base64::Engine as _;
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png", "captureBeyondViewport": true }),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(name);
+        std::fs::write(&out, &png).unwrap();
     }
 }
 
@@ -115,9 +155,11 @@ impl Drop for Browser {
     }
 }
 
+/// The technician token of the browser test's service.
+const TOKEN: &str = "browser-technician-token-0123456789";
+
 #[test]
 fn status_page_in_a_real_browser_shows_live_state_and_level() {
-    use base64::Engine as _;
     let Some(mut browser) = Browser::start() else {
         return;
     };
@@ -134,9 +176,10 @@ fn status_page_in_a_real_browser_shows_live_state_and_level() {
         dir.path(),
         "talkie.toml",
         &format!(
-            "[device]\nid = \"browser-test\"\n[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n\
+            "[device]\nid = \"browser-test\"\nstate_dir = {:?}\n[audio]\nbackend = \"file\"\nfile = {input:?}\nrealtime = true\n\
              [stt]\nmodel_dir = {:?}\n[gpio]\nbackend = \"script\"\nscript = {script:?}\n\
-             [status]\nlisten = \"127.0.0.1:{port}\"\n",
+             [status]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n",
+            dir.path().join("state"),
             models_dir(),
         ),
     );
@@ -148,8 +191,7 @@ fn status_page_in_a_real_browser_shows_live_state_and_level() {
     // The page's script records what it saw on <body data-*>; poll it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     let seen = loop {
-        let seen = browser.eval("JSON.stringify(document.body.dataset)");
-        let d: serde_json::Value = serde_json::from_str(seen.as_str().unwrap_or("{}")).unwrap();
+        let d = browser.dataset();
         let events: u32 = d["levelEvents"].as_str().unwrap_or("0").parse().unwrap();
         let range: f64 = d["levelRange"].as_str().unwrap_or("0").parse().unwrap();
         let states = d["statesSeen"].as_str().unwrap_or("").to_owned();
@@ -176,16 +218,66 @@ fn status_page_in_a_real_browser_shows_live_state_and_level() {
     assert_eq!(device, "browser-test");
     let overall = browser.eval("document.getElementById('overall').dataset.ok");
     assert_eq!(overall, "true", "healthy");
-    let shot = browser.call(
-        "Page.captureScreenshot",
-        serde_json::json!({ "format": "png" }),
-    );
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
-    std::fs::write(&out, &png).unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
     wait_log(&logs, "transcript");
+    // Issue 20 item 6: the pictures, drawn from the API's JSON. Anyone
+    // sees the level history and release → text; a technician (logged in
+    // through the page's own form endpoint) the last utterance's waveform.
+    let d = browser.wait_for("level history and a release → text bar", |d| {
+        d["levelPoints"]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap()
+            >= 4
+            && d["rttBars"] == "1"
+    });
+    assert!(d.get("wavePeaks").is_none(), "no waveform anonymously: {d}");
+    let login = browser.eval(&format!(
+        "fetch('/login', {{method: 'POST', body: new URLSearchParams({{token: '{TOKEN}'}})}}).then(r => r.status)"
+    ));
+    assert_eq!(login, 204, "logged in");
+    browser.call(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("http://127.0.0.1:{port}/") }),
+    );
+    let wave = talkie::ptt::trace::WAVE_POINTS.to_string();
+    browser.wait_for("the waveform drawn", |d| d["wavePeaks"] == wave.as_str());
+    let caption = browser.eval("document.getElementById('wave-caption').textContent");
+    assert!(
+        caption.as_str().unwrap().contains("region(s) shaded"),
+        "{caption}"
+    );
+    let board = browser.eval("document.getElementById('board').textContent");
+    assert!(
+        board.as_str().unwrap().contains("memory available"),
+        "{board}"
+    );
+    browser.screenshot("status-page.png");
+    // Phone width: the panels reflow into one column and nothing is wider
+    // than the screen; the charts redraw at the new width.
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+    );
+    let drawn: u32 = browser.dataset()["chartsDrawn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    browser.wait_for("charts redrawn at phone width", |d| {
+        d["chartsDrawn"]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap()
+            > drawn + 1
+    });
+    let widths = browser.eval(
+        "JSON.stringify([document.documentElement.scrollWidth, document.getElementById('wave').width])",
+    );
+    let widths: Vec<u32> = serde_json::from_str(widths.as_str().unwrap()).unwrap();
+    assert!(widths[0] <= 390, "the page fits a 390 px phone: {widths:?}");
+    assert!(widths[1] > 0 && widths[1] <= 2 * 390, "{widths:?}");
+    browser.screenshot("status-page-phone.png");
     assert!(sigterm_and_wait(&mut child).success());
 }

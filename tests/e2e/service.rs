@@ -64,12 +64,12 @@ async fn start(
 
 /// `GET /api/v1/status` of an in-process service, anonymously.
 async fn status_of(addr: std::net::SocketAddr) -> serde_json::Value {
-    let body = reqwest::get(format!("http://{addr}/api/v1/status"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    json_of(reqwest::Client::new().get(format!("http://{addr}/api/v1/status"))).await
+}
+
+/// Send `req` and read its body as JSON.
+async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    let body = req.send().await.unwrap().bytes().await.unwrap();
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -125,6 +125,48 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
             .map(|t| t["text"].as_str().unwrap())
             .collect();
         assert_eq!(got, [text], "{clip}");
+        // Issue 20 item 6: the pictures' data. The waveform only for a
+        // technician; the level history and release → text for anyone.
+        let charts = format!("http://{}/api/v1/charts", h.status_addr());
+        let anon: serde_json::Value = json_of(http.get(&charts)).await;
+        assert!(anon["last_utterance"].is_null(), "{anon}");
+        assert_eq!(
+            anon["release_to_text"].as_array().unwrap().len(),
+            1,
+            "{anon}"
+        );
+        assert!(anon["level_history"].is_array());
+        let tech: serde_json::Value = json_of(http.get(&charts).bearer_auth(token)).await;
+        let t = &tech["last_utterance"];
+        assert_eq!(
+            t["peaks"].as_array().unwrap().len(),
+            talkie::ptt::trace::WAVE_POINTS
+        );
+        assert!(
+            t["peaks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p.as_f64().unwrap() > 0.05),
+            "{t}"
+        );
+        let speech = t["speech_ms"].as_array().unwrap();
+        assert!(!speech.is_empty(), "the VAD heard the question: {t}");
+        let (press, release) = (
+            t["press_ms"].as_u64().unwrap(),
+            t["release_ms"].as_u64().unwrap(),
+        );
+        assert!(
+            press > 0 && press < release && release == t["audio_ms"].as_u64().unwrap(),
+            "{t}"
+        );
+        assert!(speech
+            .iter()
+            .all(|s| s[0].as_u64() < s[1].as_u64() && s[1].as_u64().unwrap() <= release));
+        // Item 5: recordings are off by default: nothing on disk, 404.
+        let recs = format!("http://{}/api/v1/recordings", h.status_addr());
+        let r = http.get(&recs).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 404);
         let report = h.reload().await.expect("a running service reloads");
         assert!(report.ok && report.changed.is_empty(), "{report:?}");
     }
@@ -134,10 +176,108 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
     for h in handles {
         h.wait().await.expect("a clean stop");
     }
+    for dir in &dirs {
+        assert!(
+            !dir.path().join("state").join("recordings").exists(),
+            "no audio kept by default"
+        );
+    }
     // Stopped: the ports are closed.
     for addr in [a, b] {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
+}
+
+/// Issue 20 item 5: with `debug.keep_utterances = 1`, a two-press session
+/// keeps only the newest utterance (WAV + its facts), technician only; the
+/// status says recordings are on (the page's banner); delete removes it.
+/// (Age and byte limits with an injected clock: `talkie::recordings`
+/// unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_when_turned_on_keep_the_newest_utterances_for_a_technician() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "in-process-technician-token-0123456789";
+    let clips: Vec<_> = ["dev_01.wav", "dev_02.wav"]
+        .iter()
+        .map(|c| eval_dir().join("dev").join(c))
+        .collect();
+    let mut cfg = session_config(dir.path(), "two", &clips, token);
+    cfg.debug.keep_utterances = 1;
+    let h = start(cfg).await.unwrap();
+    assert!(h.ready().await);
+    wait_transcripts(&h, 2).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/recordings", h.status_addr());
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    // The second recording is written off the controller's task just
+    // after its transcript: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let list = loop {
+        let r: serde_json::Value = json_of(http.get(&url).bearer_auth(token)).await;
+        let list = r["recordings"].as_array().unwrap().clone();
+        if list
+            .first()
+            .is_some_and(|e| e["meta"]["transcript"]["id"] == 2)
+        {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(list.len(), 1, "keep_utterances = 1: {list:?}");
+    let e = &list[0];
+    assert_eq!(
+        e["meta"]["transcript"]["text"],
+        "Can you show me the way to the main entrance?"
+    );
+    assert!(!e["meta"]["vad_speech_ms"].as_array().unwrap().is_empty());
+    let status = status_of(h.status_addr()).await;
+    assert_eq!(status["recordings"]["enabled"], true, "{status}");
+    assert_eq!(status["recordings"]["kept"], 1);
+    let name = e["name"].as_str().unwrap();
+    let wav = http
+        .get(format!("{url}/{name}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wav.status(), 200);
+    assert_eq!(wav.headers()["content-type"], "audio/wav");
+    let bytes = wav.bytes().await.unwrap();
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    assert_eq!(
+        (reader.spec().sample_rate, reader.spec().channels),
+        (16_000, 1)
+    );
+    let ms = u64::from(reader.duration()) * 1000 / 16_000;
+    let audio_ms = e["meta"]["transcript"]["audio_ms"].as_u64().unwrap();
+    assert!(ms > 1000 && ms <= audio_ms, "{ms} ms of {audio_ms}");
+    let files = std::fs::read_dir(dir.path().join("state/recordings"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 2, "one WAV and its JSON");
+    assert_eq!(
+        http.get(format!("{url}/..%2Fruns"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let del = http
+        .delete(format!("{url}/{name}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    let files = std::fs::read_dir(dir.path().join("state/recordings"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 0);
+    h.shutdown();
+    h.wait().await.unwrap();
 }
 
 /// Issue 18 row 5, the outbox half: an outbox that cannot be opened at

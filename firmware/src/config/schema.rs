@@ -25,6 +25,7 @@ pub struct Config {
     pub status: StatusConfig,
     pub watchdog: WatchdogConfig,
     pub board: BoardConfig,
+    pub debug: DebugConfig,
     pub log: LogConfig,
 }
 
@@ -444,6 +445,30 @@ impl Default for BoardConfig {
             disk_warn_pct: 10.0,
             mem_warn_pct: 10.0,
             fd_warn_pct: 80.0,
+        }
+    }
+}
+
+/// `[debug]`: opt-in recordings for debugging (`crate::recordings`). Off
+/// by default: with it on, what visitors say is kept on the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Keep the last N utterances' audio (16 kHz WAV) with transcript, VAD
+    /// segments and timings in `device.state_dir`/recordings; 0 = off.
+    pub keep_utterances: u32,
+    /// Recordings older than this are deleted, hours.
+    pub keep_hours: u32,
+    /// The recordings' total size never passes this, MiB (oldest go first).
+    pub keep_max_mb: u32,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        Self {
+            keep_utterances: 0,
+            keep_hours: 24,
+            keep_max_mb: 64,
         }
     }
 }

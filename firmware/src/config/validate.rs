@@ -57,6 +57,7 @@ pub(super) fn validate(c: &Config) -> Problems {
     restart_limit(&mut p, c);
     watchdog(&mut p, c);
     board(&mut p, c);
+    debug(&mut p, c);
     log(&mut p, c);
     p
 }
@@ -282,6 +283,13 @@ fn restart_limit(p: &mut Problems, c: &Config) {
 
 fn watchdog(p: &mut Problems, c: &Config) {
     range(p, "watchdog.stall_ms", c.watchdog.stall_ms, 100..=600_000);
+}
+
+fn debug(p: &mut Problems, c: &Config) {
+    let d = &c.debug;
+    range(p, "debug.keep_utterances", d.keep_utterances, 0..=1000);
+    range(p, "debug.keep_hours", d.keep_hours, 1..=720);
+    range(p, "debug.keep_max_mb", d.keep_max_mb, 1..=4096);
 }
 
 fn board(p: &mut Problems, c: &Config) {

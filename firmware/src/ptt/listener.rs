@@ -218,6 +218,9 @@ pub struct UtteranceInfo {
     /// recognition (see [`talkie_hal::sim_clock`]); `None` with real audio.
     pub hold: Option<talkie_hal::sim_clock::Hold>,
     pub speculative: Speculative,
+    /// Samples of pre-roll at the start of the capture (where the press
+    /// falls, for the technician's waveform).
+    pub preroll_samples: usize,
 }
 
 /// Listener settings.
@@ -753,6 +756,7 @@ impl Listener {
                 .as_ref()
                 .map(talkie_hal::sim_clock::SimClock::hold),
             speculative,
+            preroll_samples: self.preroll.len(),
         };
         if let Some(spec) = hit {
             let audio_samples = buf.len();

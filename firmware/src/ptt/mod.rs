@@ -12,6 +12,7 @@ pub mod gpio;
 pub mod indicator;
 pub mod listener;
 pub mod machine;
+pub mod trace;
 pub mod worker;
 
 use crate::agent::{new_id, OutboxHandle, UtterancePayload};
@@ -131,7 +132,7 @@ impl PttControl {
 }
 
 /// Transcripts kept in memory for the status page.
-pub const RECENT_TRANSCRIPTS: usize = 32;
+pub const RECENT_TRANSCRIPTS: usize = 50;
 
 /// One transcript as delivered.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -155,6 +156,8 @@ pub struct TranscriptRecord {
 pub struct RecentTranscripts {
     list: Arc<Mutex<VecDeque<TranscriptRecord>>>,
     count: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The last utterance's picture (waveform, VAD regions, marks).
+    trace: Arc<Mutex<Option<Arc<trace::UtteranceTrace>>>>,
 }
 
 impl Default for RecentTranscripts {
@@ -162,11 +165,24 @@ impl Default for RecentTranscripts {
         Self {
             list: Arc::default(),
             count: Arc::new(tokio::sync::watch::channel(0).0),
+            trace: Arc::default(),
         }
     }
 }
 
 impl RecentTranscripts {
+    /// The last recognized utterance as a picture.
+    pub fn last_trace(&self) -> Option<Arc<trace::UtteranceTrace>> {
+        self.trace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_trace(&self, t: trace::UtteranceTrace) {
+        *self.trace.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(t));
+    }
+
     pub fn push(&self, t: TranscriptRecord) {
         {
             let mut q = self.list.lock().unwrap_or_else(PoisonError::into_inner);
@@ -208,6 +224,7 @@ pub struct Controller {
     device_id: String,
     outbox: Option<OutboxHandle>,
     events: tokio::sync::mpsc::Sender<ControlEvent>,
+    recordings: Option<Arc<crate::recordings::Recordings>>,
 }
 
 /// Where the controller's transcripts go and how it hears back.
@@ -217,6 +234,8 @@ pub struct SinkWiring {
     /// `None`: log and keep in memory only (no `agent.url`).
     pub outbox: Option<OutboxHandle>,
     pub events: tokio::sync::mpsc::Sender<ControlEvent>,
+    /// `debug.keep_utterances`: where each utterance's audio is kept.
+    pub recordings: Option<Arc<crate::recordings::Recordings>>,
 }
 
 impl Controller {
@@ -243,6 +262,7 @@ impl Controller {
             device_id: sink.device_id,
             outbox: sink.outbox,
             events: sink.events,
+            recordings: sink.recordings,
         };
         let first = c.machine.start();
         let _ = c.act(first, Instant::now());
@@ -421,11 +441,40 @@ impl Controller {
         }
     }
 
+    /// The utterance's picture for the page, and its audio when recordings
+    /// are on (written off the controller's task).
+    fn keep(&self, r: &mut Recognized, rec: &TranscriptRecord) {
+        let trace = r.trace.take();
+        if let (Some(recs), Some(audio)) = (&self.recordings, r.audio.take()) {
+            let meta = serde_json::json!({
+                "transcript": rec,
+                "auto_stopped": r.auto_stopped,
+                "vad_speech_ms": trace.as_ref().map(|t| &t.speech_ms),
+                "press_ms": trace.as_ref().map(|t| t.press_ms),
+                "release_ms": trace.as_ref().map(|t| t.release_ms),
+                "firmware_version": crate::VERSION,
+            });
+            let (recs, id, at) = (Arc::clone(recs), rec.id, rec.started_at_ms);
+            tokio::task::spawn_blocking(move || {
+                let now = crate::telemetry::unix_ms();
+                match recs.save(id, at, &audio, &meta, now) {
+                    Ok(name) => {
+                        tracing::info!(id, recording = %name, "utterance kept (debug.keep_utterances)")
+                    }
+                    Err(e) => tracing::warn!(id, error = %e, "utterance not kept"),
+                }
+            });
+        }
+        if let Some(t) = trace {
+            self.recent.set_trace(t);
+        }
+    }
+
     /// The transcript sink until the agent link lands: log and keep.
     /// Log and keep the transcript, then hand it to the sink. Returns the
     /// outcome when it is known at once (log sink); the outbox reports
     /// back with [`ControlEvent::Stored`].
-    fn deliver(&mut self, r: Recognized) -> Option<Input> {
+    fn deliver(&mut self, mut r: Recognized) -> Option<Input> {
         let release_to_text_ms = r
             .done_at
             .saturating_duration_since(r.ended_at)
@@ -472,6 +521,7 @@ impl Controller {
             avg_logprob: rec.avg_logprob,
             firmware_version: crate::VERSION.to_owned(),
         };
+        self.keep(&mut r, &rec);
         self.recent.push(rec);
         let Some(sink) = &self.outbox else {
             return Some(Input::Delivered);
@@ -559,6 +609,7 @@ mod tests {
                 device_id: "t".into(),
                 outbox: None,
                 events,
+                recordings: None,
             },
         );
         assert_eq!(c.shown(), IndicatorState::Idle);

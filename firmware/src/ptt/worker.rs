@@ -35,6 +35,18 @@ pub struct Recognized {
     pub done_at: Instant,
     pub auto_stopped: bool,
     pub speculative: Speculative,
+    /// The utterance as a picture for the page.
+    pub trace: Option<super::trace::UtteranceTrace>,
+    /// The audio recognized, 16-bit, when `debug.keep_utterances` is on.
+    pub audio: Option<Vec<i16>>,
+}
+
+/// What the worker keeps of an utterance once it is recognized (copied
+/// before its buffer goes back to the pool).
+#[derive(Default)]
+struct Kept {
+    trace: Option<super::trace::UtteranceTrace>,
+    audio: Option<Vec<i16>>,
 }
 
 /// Why a job gave no transcript.
@@ -68,6 +80,8 @@ struct Worker {
     /// The speculative job being run (0: a real utterance).
     running: Arc<AtomicU64>,
     parked: Option<Parked>,
+    /// Copy each utterance's audio for `debug.keep_utterances`.
+    keep_audio: bool,
 }
 
 /// The worker thread body. Ends when the listener (the queue's sender) is
@@ -79,6 +93,7 @@ pub fn run(
     events: tokio::sync::mpsc::Sender<ControlEvent>,
     stats: Arc<PttStats>,
     shared: Arc<SpecShared>,
+    keep_audio: bool,
 ) {
     let wedge_at = crate::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
     // The loop beats at every decoder step, so a long recognition on a slow
@@ -115,6 +130,7 @@ pub fn run(
         deadline,
         running,
         parked: None,
+        keep_audio,
     };
     loop {
         if wedge_at.is_some_and(|t| Instant::now() >= t) {
@@ -169,9 +185,40 @@ impl Worker {
     fn recognize(&mut self, utt: Utterance) -> bool {
         let outcome = self.timed(&utt.samples);
         let Utterance { info, samples } = utt;
+        let kept = self.keep(&info, &samples, samples.len(), outcome.as_ref().ok());
         // Cannot fail: the pool has room for every buffer.
         let _ = self.pool.try_send(samples);
-        self.report(info, outcome.map_err(JobError::from))
+        self.report(info, outcome.map_err(JobError::from), kept)
+    }
+
+    /// The picture (and, when recordings are on, the audio) of a recognized
+    /// utterance.
+    fn keep(
+        &self,
+        info: &UtteranceInfo,
+        samples: &[f32],
+        audio_samples: usize,
+        result: Option<&Recognition>,
+    ) -> Kept {
+        let Some(r) = result else {
+            return Kept::default();
+        };
+        Kept {
+            trace: Some(super::trace::UtteranceTrace::new(
+                info.id,
+                samples,
+                audio_samples,
+                info.preroll_samples,
+                info.auto_stopped,
+                &r.segments,
+            )),
+            audio: self.keep_audio.then(|| {
+                samples
+                    .iter()
+                    .map(|x| (x.clamp(-1.0, 1.0) * 32767.0) as i16)
+                    .collect()
+            }),
+        }
     }
 
     fn speculate(&mut self, spec: u64, samples: Vec<f32>) {
@@ -197,11 +244,13 @@ impl Worker {
 
     /// The speculative run `spec` is the utterance `info`.
     fn commit(&mut self, spec: u64, info: UtteranceInfo, audio_samples: usize) -> bool {
+        let mut kept = Kept::default();
         let outcome = match self.parked.take() {
             Some(p) if p.spec == spec && !p.abandoned => {
                 let Parked {
                     outcome, samples, ..
                 } = p;
+                kept = self.keep(&info, &samples, audio_samples, outcome.as_ref().ok());
                 let _ = self.pool.try_send(samples);
                 self.stats.spec_hits.fetch_add(1, Relaxed);
                 outcome
@@ -219,7 +268,7 @@ impl Worker {
                 Err(JobError::SpeculationMissing)
             }
         };
-        self.report(info, outcome)
+        self.report(info, outcome, kept)
     }
 
     fn drop_spec(&mut self, spec: u64) {
@@ -249,7 +298,12 @@ impl Worker {
     }
 
     /// Tell the controller; false when it is gone.
-    fn report(&mut self, info: UtteranceInfo, outcome: Result<Recognition, JobError>) -> bool {
+    fn report(
+        &mut self,
+        info: UtteranceInfo,
+        outcome: Result<Recognition, JobError>,
+        kept: Kept,
+    ) -> bool {
         let done_at = Instant::now();
         let UtteranceInfo {
             id,
@@ -258,6 +312,7 @@ impl Worker {
             auto_stopped,
             hold,
             speculative,
+            preroll_samples: _,
         } = info;
         let ev = match outcome {
             Ok(result) => {
@@ -270,6 +325,8 @@ impl Worker {
                     done_at,
                     auto_stopped,
                     speculative,
+                    trace: kept.trace,
+                    audio: kept.audio,
                 }))
             }
             Err(e) => {

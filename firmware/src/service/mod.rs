@@ -351,6 +351,15 @@ impl Service {
         if let Some(h) = &history {
             let _ = shared.runs.set(h.summary().clone());
         }
+        // The page's level chart and the recordings' age limit.
+        tasks.spawn(status::charts::sample_levels(
+            Arc::clone(&shared),
+            cancel.clone(),
+        ));
+        tasks.spawn(status::recordings::prune(
+            Arc::clone(&shared),
+            cancel.clone(),
+        ));
         // RAUC's slot and Mender's artifact for the page (issue 20 item 3).
         tasks.spawn(crate::updates::run(
             shared.board.root.clone(),

@@ -153,8 +153,9 @@ pub(super) fn start(
     };
     let stt = {
         let (events, stats) = (events_tx.clone(), Arc::clone(&ctx.ptt_stats));
+        let keep_audio = ctx.shared.recordings.is_some();
         threads::spawn("talkie-stt", move || {
-            worker::run(recognizer, stt_rx, pool, events, stats, spec)
+            worker::run(recognizer, stt_rx, pool, events, stats, spec, keep_audio)
         })
         .map_err(spawn_err)?
     };
@@ -193,6 +194,7 @@ pub(super) fn start(
             device_id: config.device.id.clone(),
             outbox: ctx.outbox.clone(),
             events: events_tx,
+            recordings: ctx.shared.recordings.clone(),
         },
     );
     Ok(Started {

@@ -142,6 +142,19 @@ pub(super) fn bundle(s: &Shared, dead_letters: Option<DeadLetters>) -> Bundle {
     b.json("calibration.json", &s.calibration.get());
     b.json("runs.json", &s.runs.get());
     b.json("versions.json", &versions(s));
+    // Opt-in recordings (debug.keep_utterances), when on: they are what the
+    // technician turned them on for.
+    if let Some(r) = &s.recordings {
+        for e in r.list(unix_ms()) {
+            if let Ok(bytes) = r.wav_path(&e.name).and_then(|p| {
+                std::fs::read(&p)
+                    .map_err(|source| crate::recordings::RecordingError::Read { path: p, source })
+            }) {
+                b.file(&format!("recordings/{}.wav", e.name), bytes);
+                b.json(&format!("recordings/{}.json", e.name), &e.meta);
+            }
+        }
+    }
     b
 }
 

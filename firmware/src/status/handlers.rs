@@ -30,17 +30,23 @@ pub(super) async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 pub(super) async fn status_handler(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    match technician_or_anonymous(&s, &req) {
+        Ok(tech) => Json(status_json(&s, tech)).into_response(),
+        Err(r) => *r,
+    }
+}
+/// For an endpoint anyone may read that shows more to a technician:
+/// whether the caller is one. A token presented goes through the same
+/// limiter and failure log as the technician endpoints (no free guessing).
+pub(super) fn technician_or_anonymous(s: &Shared, req: &Request) -> Result<bool, Box<Response>> {
     let auth = s.auth();
-    let ip = peer(&req);
-    // A token on the anonymous endpoint goes through the same limiter and
-    // failure log as the technician endpoints: no free guessing here.
-    let tech = match auth.access(req.headers()) {
-        Access::Anonymous => false,
-        _ if !auth.allowed(ip) => return too_many(),
-        Access::Denied => return denied(&s, &auth, ip, req.uri().path()),
-        Access::Technician => true,
-    };
-    Json(status_json(&s, tech)).into_response()
+    let ip = peer(req);
+    match auth.access(req.headers()) {
+        Access::Anonymous => Ok(false),
+        _ if !auth.allowed(ip) => Err(Box::new(too_many())),
+        Access::Denied => Err(Box::new(denied(s, &auth, ip, req.uri().path()))),
+        Access::Technician => Ok(true),
+    }
 }
 #[derive(serde::Deserialize)]
 pub(super) struct Login {

@@ -27,9 +27,11 @@
 
 pub mod auth;
 mod bundle;
+pub mod charts;
 mod client;
 mod handlers;
 pub mod metrics;
+pub mod recordings;
 mod router;
 pub mod server;
 
@@ -80,6 +82,7 @@ img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
+pub use charts::LEVEL_POINTS;
 /// How long a board reading is reused.
 pub const BOARD_EVERY: Duration = Duration::from_secs(2);
 /// What the handlers read.
@@ -141,6 +144,11 @@ pub struct Shared {
     /// The update system's view (RAUC, Mender), kept current by
     /// [`crate::updates::run`]; `None` until first read.
     pub updates: Arc<RwLock<Option<crate::updates::UpdateState>>>,
+    /// `debug.keep_utterances`: the kept recordings, when on.
+    pub recordings: Option<Arc<crate::recordings::Recordings>>,
+    /// The microphone level twice a second for the last minute
+    /// ([`LEVEL_POINTS`] of `[unix ms, rms dBFS, peak dBFS]`).
+    pub level_history: std::sync::Mutex<std::collections::VecDeque<[f64; 3]>>,
     /// `[board]`: where the board is read from and its warning limits.
     pub board: crate::config::BoardConfig,
     /// The last board reading and when it was taken (read at most every
@@ -198,6 +206,11 @@ impl Shared {
             restart_requested: AtomicBool::new(false),
             restart_min_uptime: Duration::from_secs(config.status.restart_min_uptime_s.into()),
             updates: Arc::new(RwLock::new(None)),
+            recordings: crate::recordings::Recordings::new(&config.device.state_dir, &config.debug)
+                .map(Arc::new),
+            level_history: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
+                LEVEL_POINTS,
+            )),
             board: config.board.clone(),
             board_cache: std::sync::Mutex::new(None),
             event_clients: AtomicUsize::new(0),
@@ -429,6 +442,7 @@ pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
         "time": time_json(s),
         "runs": s.runs.get(),
         "updates": s.updates.read().map(|u| u.clone()).unwrap_or_default(),
+        "recordings": recordings::summary_json(s),
         "state": s.led().as_str(),
         "access": if technician { "technician" } else { "anonymous" },
         "login_available": s.auth().configured(),

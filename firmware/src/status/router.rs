@@ -138,6 +138,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/restart", post(restart))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route(
+            "/api/v1/recordings",
+            get(super::recordings::list).delete(super::recordings::delete_all),
+        )
+        .route(
+            "/api/v1/recordings/{name}",
+            get(super::recordings::download).delete(super::recordings::delete_one),
+        )
+        .route(
             "/api/v1/dead-letters/retry",
             post(|State(s): State<Arc<Shared>>, b: axum::body::Bytes| {
                 dead_letter_action(s, b, true)
@@ -171,6 +179,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/status", get(status_handler))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/charts", get(super::charts::charts))
         .route("/login", post(login))
         .route("/logout", post(logout))
         .merge(technician)

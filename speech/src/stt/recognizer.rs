@@ -160,7 +160,13 @@ pub struct Recognition {
     /// VAD + encoder + decoder.
     pub total_ms: f64,
     pub transcript: Transcript,
+    /// Where the VAD heard speech, in samples from the start of the audio
+    /// (for the technician's waveform; at most [`MAX_SEGMENTS`]).
+    pub segments: Vec<crate::vad::Segment>,
 }
+
+/// Speech segments kept in a [`Recognition`].
+pub const MAX_SEGMENTS: usize = 64;
 
 impl Recognition {
     pub fn has_text(&self) -> bool {
@@ -341,6 +347,7 @@ impl Recognizer {
             vad_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1000.0,
             transcript,
+            segments: segments.into_iter().take(MAX_SEGMENTS).collect(),
         })
     }
 }

@@ -117,6 +117,10 @@ function render(s) {
     ["delivered", a.delivered], ["dead-lettered", a.dead_lettered],
     ["dead letters kept", a.dead_letters_kept], ["retries", a.retries],
     ["last error", a.last_error], ["last reply", a.last_reply]] : [["agent", "not configured"]]);
+  const rec = s.recordings || {};
+  $("recording-banner").hidden = !rec.enabled;
+  if (rec.enabled) $("recording-banner").textContent =
+    `Recording for debugging is ON: the last ${rec.keep_utterances} utterances (what visitors say) are kept on this device for up to ${rec.keep_hours} h (${rec.kept} kept now).`;
   const tech = s.access === "technician";
   $("tech").hidden = !tech;
   $("login-card").hidden = tech || !s.login_available;
@@ -126,8 +130,106 @@ function render(s) {
   }
 }
 
+// A canvas sized to its box (sharp on any screen), with its 2D context.
+function canvas(id) {
+  const c = $(id);
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, c.clientWidth), h = Number(c.getAttribute("height"));
+  if (c.width !== Math.round(w * dpr)) { c.width = Math.round(w * dpr); c.style.height = `${h}px`; }
+  const g = c.getContext("2d");
+  g.setTransform(c.width / w, 0, 0, c.width / w, 0, 0);
+  g.clearRect(0, 0, w, h);
+  return { g, w, h };
+}
+const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+// Microphone level over the last minute: RMS line, peak faint, −50 dBFS dashed.
+function drawLevels(points) {
+  const { g, w, h } = canvas("level-chart");
+  const y = (db) => h - Math.max(0, Math.min(1, (db + 90) / 90)) * h;
+  g.setLineDash([4, 4]); g.strokeStyle = "#8888"; g.beginPath(); g.moveTo(0, y(-50)); g.lineTo(w, y(-50)); g.stroke(); g.setLineDash([]);
+  const n = points.length, step = w / 119;
+  const line = (k, color) => {
+    g.strokeStyle = color; g.beginPath();
+    points.forEach((p, i) => { const x = w - (n - 1 - i) * step; i ? g.lineTo(x, y(p[k])) : g.moveTo(x, y(p[k])); });
+    g.stroke();
+  };
+  g.lineWidth = 1; line(2, "#8886"); g.lineWidth = 2; line(1, css("--ok"));
+  document.body.dataset.levelPoints = String(n);
+}
+
+// Release → text per transcript, oldest left; speculative hits green.
+function drawReleaseToText(list) {
+  const { g, w, h } = canvas("rtt-chart");
+  const max = Math.max(100, ...list.map((t) => t.release_to_text_ms));
+  const bw = w / 50;
+  list.slice(-50).forEach((t, i) => {
+    const bh = (t.release_to_text_ms / max) * (h - 4);
+    g.fillStyle = t.speculative === "hit" ? css("--ok") : "#888";
+    g.fillRect(i * bw + 1, h - bh, Math.max(1, bw - 2), bh);
+  });
+  $("rtt-max").textContent = list.length ? `top of chart: ${Math.round(max)} ms` : "no transcripts yet";
+  document.body.dataset.rttBars = String(Math.min(50, list.length));
+}
+
+// The last utterance: peaks mirrored, VAD speech shaded, press and release marked.
+function drawWave(t) {
+  const { g, w, h } = canvas("wave");
+  if (!t) { $("wave-caption").textContent = "no utterance yet"; return; }
+  const x = (ms) => (ms / Math.max(1, t.audio_ms)) * w;
+  g.fillStyle = "#1a7f3733";
+  t.speech_ms.forEach(([a, b]) => g.fillRect(x(a), 0, Math.max(1, x(b) - x(a)), h));
+  g.fillStyle = css("--ok");
+  const bw = w / t.peaks.length;
+  t.peaks.forEach((p, i) => { const bh = Math.max(1, p * (h - 8)); g.fillRect(i * bw, (h - bh) / 2, Math.max(1, bw - 0.5), bh); });
+  g.lineWidth = 2;
+  [[t.press_ms, "press", "#1565c0"], [t.release_ms, t.auto_stopped ? "auto-stop" : "release", css("--bad")]].forEach(([ms, label, color]) => {
+    const px = Math.min(w - 1, Math.max(1, x(ms)));
+    g.strokeStyle = color; g.beginPath(); g.moveTo(px, 0); g.lineTo(px, h); g.stroke();
+    g.fillStyle = color; g.font = "11px system-ui"; g.textAlign = px > w / 2 ? "right" : "left";
+    g.fillText(label, px + (px > w / 2 ? -4 : 4), 12);
+  });
+  const speech = t.speech_ms.reduce((a, [s, e]) => a + e - s, 0);
+  $("wave-caption").textContent = `#${t.id}: ${(t.audio_ms / 1000).toFixed(1)} s captured (${t.press_ms} ms pre-roll), ${(speech / 1000).toFixed(1)} s of speech in ${t.speech_ms.length} region(s) shaded`;
+  document.body.dataset.wavePeaks = String(t.peaks.length);
+}
+
+async function loadCharts() {
+  try {
+    const r = await fetch("/api/v1/charts", { cache: "no-store" });
+    if (!r.ok) return;
+    const c = await r.json();
+    drawLevels(c.level_history);
+    drawReleaseToText(c.release_to_text);
+    if (!$("tech").hidden) drawWave(c.last_utterance);
+    document.body.dataset.chartsDrawn = String(Number(document.body.dataset.chartsDrawn || 0) + 1);
+  } catch (e) { /* the next poll retries */ }
+}
+
+async function loadRecordings() {
+  const r = await fetch("/api/v1/recordings");
+  $("recordings-card").hidden = !r.ok;
+  if (!r.ok) return;
+  const list = (await r.json()).recordings;
+  const ol = $("recordings");
+  ol.replaceChildren(...list.map((e) => {
+    const li = document.createElement("li");
+    const t = e.meta && e.meta.transcript;
+    const a = document.createElement("a");
+    a.href = `/api/v1/recordings/${encodeURIComponent(e.name)}`; a.download = `${e.name}.wav`;
+    a.textContent = `${new Date(e.at_ms).toLocaleString()} · ${(e.bytes / 1024).toFixed(0)} KiB`;
+    const del = document.createElement("button");
+    del.type = "button"; del.textContent = "Delete";
+    del.addEventListener("click", async () => { await fetch(a.href, { method: "DELETE" }); loadRecordings(); });
+    li.append(a, document.createTextNode(t ? ` · “${t.text}”` : ""), del);
+    return li;
+  }));
+  if (!list.length) ol.replaceChildren(Object.assign(document.createElement("li"), { textContent: "none kept yet" }));
+}
+
 async function loadTech() {
   try {
+    loadRecordings();
     const [t, l] = await Promise.all([fetch("/api/v1/transcripts"), fetch("/api/v1/logs")]);
     if (t.ok) items("transcripts", (await t.json()).transcripts.slice().reverse(),
       (x) => `${new Date(x.started_at_ms).toLocaleTimeString()} · ${Math.round(x.release_to_text_ms)} ms · ${x.text}${x.reply ? "  → " + x.reply : ""}`);
@@ -173,6 +275,11 @@ function live() {
   });
 }
 
+$("recordings-delete-all").addEventListener("click", async () => {
+  if (!window.confirm("Delete every kept recording?")) return;
+  await fetch("/api/v1/recordings", { method: "DELETE" });
+  loadRecordings();
+});
 $("login").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const r = await fetch("/login", { method: "POST", body: new URLSearchParams(new FormData(ev.target)) });
@@ -191,4 +298,6 @@ $("restart").addEventListener("click", async () => {
 
 poll();
 setInterval(poll, 2000);
+loadCharts();
+setInterval(loadCharts, 2000);
 live();
