@@ -69,6 +69,12 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
         ("POST", "/api/v1/capture?seconds=1"),
         ("POST", "/api/v1/reload"),
         ("POST", "/api/v1/restart"),
+        ("GET", "/api/v1/support-bundle"),
+        ("GET", "/api/v1/dead-letters"),
+        ("GET", "/api/v1/recordings"),
+        ("GET", "/api/v1/recordings/utt-1-1"),
+        ("DELETE", "/api/v1/recordings/utt-1-1"),
+        ("DELETE", "/api/v1/recordings"),
     ];
     for (method, path) in protected {
         let (code, h, body) = http(port, method, path, &[], b"");
@@ -83,6 +89,9 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     // The anonymous status answers a wrong token the same way, through the
     // same limiter (it used to answer 200 and say "anonymous": free guesses).
     let (code, _, body) = http(port, "GET", "/api/v1/status", &wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
+    // So do the charts (the waveform is for a technician only).
+    let (code, _, body) = http(port, "GET", "/api/v1/charts", &wrong, b"");
     assert_eq!((code, body.contains("wrong technician token")), (401, true));
 
     // Bearer token.
