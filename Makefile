@@ -100,14 +100,16 @@ test:
 # runs, disk full on a 16 MiB tmpfs (needs root to mount), then the
 # process-level cases: kill -9 during delivery, a microphone that appears
 # late, an unwritable outbox, a crash loop shorter than model loading,
-# slow/idle connection floods against the caps. Report:
+# slow/idle connection floods against the caps, and a flood bigger than
+# the process's fd limit against the real binary. Report:
 # target/chaos-report.md (about 2 min on 2 cores).
 CHAOS_ITERATIONS ?= 10
 chaos: deps models
 	@rm -rf target/chaos
 	CHAOS_ITERATIONS=$(CHAOS_ITERATIONS) $(CARGO) test --workspace --test chaos
 	$(CARGO) test --workspace --test e2e -- kill_9_during_delivery a_microphone_missing_at_start \
-	  an_unwritable_outbox queued_transcripts_are_delivered_while_the_models_load
+	  an_unwritable_outbox queued_transcripts_are_delivered_while_the_models_load \
+	  a_flood_bigger_than_the_fd_limit
 	$(CARGO) test --workspace --lib -- slow_and_idle_connections_are_closed \
 	  caps_refuse_and_give_back_slots a_full_server_refuses_and_counts
 	@{ echo "# talkie chaos report"; echo; \
