@@ -85,14 +85,13 @@ if [ "$mode" = test ]; then
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not
     # a speed figure. Opt-in (several minutes per model under emulation):
-    # TALKIE_QEMU_CPUS="max cortex-a72 cortex-a53" make cross-test.
-    if [ "$arch" = aarch64 ]; then
-      for cpu in ${TALKIE_QEMU_CPUS:-}; do
-        echo "== recognition under qemu-aarch64 -cpu $cpu =="
-        QEMU_CPU=$cpu cargo test "${std[@]}" --target "$triple" -p talkie-speech --lib \
-          three_dev_clips_give_the_reference_transcripts -- --nocapture
-      done
-    fi
+    # TALKIE_QEMU_CPUS="max cortex-a72 cortex-a53" make cross-test, and for
+    # 32-bit Raspberry Pi OS TALKIE_QEMU_CPUS=cortex-a7 cross/build-debian.sh armv7 test.
+    for cpu in ${TALKIE_QEMU_CPUS:-}; do
+      echo "== recognition under qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -cpu $cpu =="
+      QEMU_CPU=$cpu cargo test "${std[@]}" --target "$triple" -p talkie-speech --lib \
+        three_dev_clips_give_the_reference_transcripts -- --nocapture
+    done
   else
     cargo test "${std[@]}" --target "$triple" "${crates[@]}" --lib --no-run
   fi

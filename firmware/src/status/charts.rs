@@ -38,40 +38,62 @@ pub async fn sample_levels(s: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-/// The charts' data; the waveform for a technician only (its shape is
-/// derived from what a visitor said).
-pub fn charts_json(s: &Shared, technician: bool) -> serde_json::Value {
-    let levels: Vec<[f64; 3]> = s
-        .level_history
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .copied()
-        .collect();
-    let release_to_text: Vec<serde_json::Value> = s
-        .recent
-        .list()
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "id": t.id,
-                "at_ms": t.started_at_ms,
-                "release_to_text_ms": t.release_to_text_ms.round(),
-                "speculative": t.speculative,
+/// `GET /api/v1/charts`: the pictures' data.
+#[derive(Debug, serde::Serialize)]
+pub struct ChartsDoc {
+    /// `[unix ms, rms dBFS, peak dBFS]`, oldest first, every
+    /// `level_every_ms`, at most [`LEVEL_POINTS`].
+    pub level_history: Vec<[f64; 3]>,
+    pub level_every_ms: u64,
+    /// The last transcripts' release → text, oldest first.
+    pub release_to_text: Vec<ReleaseToText>,
+    /// The last utterance's picture; technician only (its shape is derived
+    /// from what a visitor said).
+    pub last_utterance: Option<crate::ptt::trace::UtteranceTrace>,
+}
+
+/// One transcript's bar in the release → text chart.
+#[derive(Debug, serde::Serialize)]
+pub struct ReleaseToText {
+    pub id: u64,
+    pub at_ms: u64,
+    pub release_to_text_ms: f64,
+    pub speculative: crate::ptt::listener::Speculative,
+}
+
+/// The charts' data; the waveform for a technician only.
+pub fn charts_doc(s: &Shared, technician: bool) -> ChartsDoc {
+    ChartsDoc {
+        level_history: s
+            .level_history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect(),
+        level_every_ms: u64::try_from(LEVEL_EVERY.as_millis()).unwrap_or(u64::MAX),
+        release_to_text: s
+            .recent
+            .list()
+            .iter()
+            .map(|t| ReleaseToText {
+                id: t.id,
+                at_ms: t.started_at_ms,
+                release_to_text_ms: t.release_to_text_ms.round(),
+                speculative: t.speculative,
             })
-        })
-        .collect();
-    serde_json::json!({
-        "level_history": levels,
-        "level_every_ms": LEVEL_EVERY.as_millis() as u64,
-        "release_to_text": release_to_text,
-        "last_utterance": if technician { s.recent.last_trace().map(|t| serde_json::json!(*t)) } else { None },
-    })
+            .collect(),
+        last_utterance: if technician {
+            s.recent.last_trace().map(|t| (*t).clone())
+        } else {
+            None
+        },
+    }
 }
 
 pub(super) async fn charts(State(s): State<Arc<Shared>>, req: Request) -> Response {
     match technician_or_anonymous(&s, &req) {
-        Ok(tech) => Json(charts_json(&s, tech)).into_response(),
+        Ok(tech) => Json(charts_doc(&s, tech)).into_response(),
         Err(r) => *r,
     }
 }

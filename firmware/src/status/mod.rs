@@ -25,6 +25,7 @@
 //! timeout, bodies are size-limited, every response carries a strict CSP,
 //! `nosniff` and `no-store`; no CORS headers are sent (same origin only).
 
+pub mod api;
 pub mod auth;
 mod bundle;
 pub mod charts;
@@ -289,28 +290,6 @@ fn cert_warning(days_left: Option<i64>) -> Option<String> {
     }
 }
 
-/// The system clock: synchronized or not, and the agent's view of it.
-fn time_json(s: &Shared) -> serde_json::Value {
-    let clock = crate::board::clock_sync();
-    let offset = s.agent.as_ref().and_then(|g| g.clock_offset_s());
-    let warning = if clock.is_some_and(|c| !c.synchronized) {
-        Some("the system clock is not synchronized (no NTP): TLS certificates and timestamps may be wrong; check network time (timedatectl)".to_owned())
-    } else {
-        offset.filter(|o| o.abs() > 60.0).map(|o| {
-            format!(
-                "the clock differs from the agent's by {o:.0} s: check network time (timedatectl)"
-            )
-        })
-    };
-    serde_json::json!({
-        "now_unix_ms": unix_ms(),
-        "synchronized": clock.map(|c| c.synchronized),
-        "max_error_ms": clock.map(|c| c.max_error_us as f64 / 1000.0),
-        "agent_offset_s": offset,
-        "warning": warning,
-    })
-}
-
 /// Why the service is not ready; empty = ready.
 pub fn readiness(s: &Shared) -> Vec<&'static str> {
     let mut why = Vec::new();
@@ -393,112 +372,9 @@ pub fn checks(s: &Shared) -> Vec<Check> {
     }
     out
 }
-/// The status document (`/api/v1/status`); `technician` adds the
-/// effective configuration and the recent warnings.
+/// The status document as JSON ([`api::status_doc`]).
 pub fn status_json(s: &Shared, technician: bool) -> serde_json::Value {
-    let a = s.audio.snapshot();
-    let p = &s.ptt;
-    let why = readiness(s);
-    let now = unix_ms();
-    let agent = s.agent.as_ref().map(|g| {
-        let oldest = g.oldest_created_ms.load(Relaxed);
-        serde_json::json!({
-            "breaker": BreakerState::from_u8(g.breaker_state.load(Relaxed)).as_str(),
-            "outbox_depth": g.outbox_depth.load(Relaxed),
-            "outbox_oldest_age_s": (oldest > 0).then(|| now.saturating_sub(oldest) / 1000),
-            "delivered": g.delivered.load(Relaxed),
-            "dead_lettered": g.dead_lettered.load(Relaxed),
-            "dead_letters_kept": g.dead_letter_depth.load(Relaxed),
-            // 401/403/404 from the agent: token or URL rejected, nothing sent.
-            "paused_on_status": match g.paused_status.load(Relaxed) { 0 => None, st => Some(st) },
-            "retries": g.retries_total(),
-            "last_http_status": match g.last_http_status.load(Relaxed) { 0 => None, st => Some(st) },
-            // The agent's clock minus ours, from its last `Date` header.
-            "clock_offset_s": g.clock_offset_s(),
-            "reachability": g.reachability().map(|r| {
-                let days = r.cert_days_left(i64::try_from(now / 1000).unwrap_or(i64::MAX));
-                let mut v = serde_json::json!(r);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("cert_days_left".into(), days.into());
-                    o.insert("cert_warning".into(), cert_warning(days).into());
-                }
-                v
-            }),
-            // Error and reply texts can carry what a visitor said: technician only.
-            "last_error": if technician { g.last_error() } else { None },
-            "last_reply": if technician { g.last_reply() } else { None },
-        })
-    });
-    let rtt = p.release_to_text.snapshot();
-    let last_press = p.last_press_unix_ms.load(Relaxed);
-    let mut doc = serde_json::json!({
-        "device_id": s.device_id,
-        "version": crate::VERSION,
-        "uptime_s": s.started.elapsed().as_secs(),
-        "ready": why.is_empty(),
-        "not_ready_because": why,
-        "health": checks(s),
-        "board": s.board_health(),
-        "time": time_json(s),
-        "runs": s.runs.get(),
-        "updates": s.updates.read().map(|u| u.clone()).unwrap_or_default(),
-        "recordings": recordings::summary_json(s),
-        "state": s.led().as_str(),
-        "access": if technician { "technician" } else { "anonymous" },
-        "login_available": s.auth().configured(),
-        "microphone": {
-            "source": s.source,
-            "format": s.format.get(),
-            "state": a.capture_state.as_str(),
-            "level_rms_dbfs": a.level_rms_dbfs,
-            "level_peak_dbfs": a.level_peak_dbfs,
-            "frames_captured": a.frames_captured,
-            "frames_dropped": a.frames_dropped,
-            "xruns": a.xruns,
-            "reopen_attempts": a.reopen_attempts,
-        },
-        "push_to_talk": {
-            "presses": p.presses.load(Relaxed),
-            "releases": p.releases.load(Relaxed),
-            "button_down": p.button_down.load(Relaxed),
-            "presses_today": p.presses_on(now),
-            "last_press_unix_ms": (last_press > 0).then_some(last_press),
-            "too_short": p.too_short.load(Relaxed),
-            "busy_rejected": p.busy_rejected.load(Relaxed),
-            "transcripts": p.transcripts.load(Relaxed),
-            "no_speech": p.no_speech.load(Relaxed),
-            "stt_failures": p.stt_failures.load(Relaxed),
-            "release_to_text_ms_last": (rtt.count > 0).then_some(rtt.last_ms),
-            "release_to_text_ms_p95_bucket": rtt.quantile_upper_ms(0.95),
-            "speculative": {
-                "enabled": p.spec_on.load(Relaxed),
-                "runs": p.spec_runs.load(Relaxed),
-                "hits": p.spec_hits.load(Relaxed),
-                "misses": p.spec_misses.load(Relaxed),
-                "abandoned": p.spec_abandoned.load(Relaxed),
-                "wasted_ms": p.spec_wasted_us.load(Relaxed) / 1000,
-            },
-        },
-        "models": s.models.get().cloned().unwrap_or_else(|| serde_json::json!([])),
-        "stt": s.calibration.get().map(crate::stt::calibrate::Calibration::to_json),
-        "agent": agent,
-    });
-    if technician {
-        let (warnings, errors) = s.logs.totals();
-        doc["config"] = s
-            .config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        doc["pending_restart"] = serde_json::json!(*s
-            .pending_restart
-            .read()
-            .unwrap_or_else(PoisonError::into_inner));
-        doc["problems"] = serde_json::json!(s.logs.problems());
-        doc["warnings_total"] = warnings.into();
-        doc["errors_total"] = errors.into();
-    }
-    doc
+    serde_json::to_value(api::status_doc(s, technician)).unwrap_or_default()
 }
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (status.listen): {source}")]

@@ -34,20 +34,27 @@ async fn on_disk<T: Send + 'static>(
 
 /// The `recordings` part of `/api/v1/status` (anyone: the banner says
 /// speech is being kept).
-pub fn summary_json(s: &Shared) -> serde_json::Value {
+pub fn summary(s: &Shared) -> super::api::RecordingsView {
     match &s.recordings {
-        None => serde_json::json!({ "enabled": false }),
+        None => super::api::RecordingsView {
+            enabled: false,
+            kept: None,
+            bytes: None,
+            keep_utterances: None,
+            keep_hours: None,
+            keep_max_bytes: None,
+        },
         Some(r) => {
             let (kept, bytes) = r.summary();
             let l = r.limits();
-            serde_json::json!({
-                "enabled": true,
-                "kept": kept,
-                "bytes": bytes,
-                "keep_utterances": l.keep,
-                "keep_hours": l.max_age_ms / 3_600_000,
-                "keep_max_bytes": l.max_bytes,
-            })
+            super::api::RecordingsView {
+                enabled: true,
+                kept: Some(kept),
+                bytes: Some(bytes),
+                keep_utterances: Some(l.keep),
+                keep_hours: Some(l.max_age_ms / 3_600_000),
+                keep_max_bytes: Some(l.max_bytes),
+            }
         }
     }
 }
