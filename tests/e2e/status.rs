@@ -162,7 +162,7 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     assert!(body.contains("at most 10 s"), "{body}");
     let huge = vec![0u8; 5 * 1024 * 1024];
     assert_eq!(
-        http(port, "POST", "/api/v1/test/ptt", &bearer, &huge).0,
+        raw_http(port, "POST", "/api/v1/test/ptt", &bearer, &huge).0,
         413
     );
     let clip = std::fs::read(eval_dir().join("dev/dev_00.wav")).unwrap();
@@ -200,7 +200,7 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
 
     // Bad input: oversized body, bad form, unknown path → 4xx JSON.
     let big = vec![b'a'; 64 * 1024];
-    let (code, _, _) = http(port, "POST", "/login", &form, &big);
+    let (code, _, _) = raw_http(port, "POST", "/login", &form, &big);
     assert_eq!(code, 413);
     let (code, _, body) = http(port, "POST", "/login", &form, b"nothing=here");
     assert!(matches!(code, 400 | 422), "{code} {body}");
