@@ -59,7 +59,12 @@ if [ "$mode" = test ]; then
   # tract's matrix kernels are assembly and run as fast at any level. The
   # tests check correctness under emulation, not speed.
   opt=${TALKIE_CROSS_OPT:-1}
-  std+=(--config "profile.dev.package.\"*\".opt-level=$opt" --config "profile.dev.package.talkie.opt-level=$opt" --config "profile.dev.package.talkie-speech.opt-level=$opt")
+  # Every package the workspace's dev profile names (talkie, talkie-speech,
+  # tract and the other numeric crates at 3) gets the same level here.
+  std+=(--config "profile.dev.package.\"*\".opt-level=$opt")
+  for pkg in $(sed -n 's/^\[profile\.dev\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' Cargo.toml); do
+    std+=(--config "profile.dev.package.$pkg.opt-level=$opt")
+  done
   # The crates whose code differs by architecture: talkie-speech (tract's
   # kernels, the vocabulary's SIMD dot products, the mel front end) and
   # talkie-hal (ALSA and GPIO bindings). The firmware crate's own tests are
