@@ -170,16 +170,13 @@ fn play(
     }
 }
 
-/// `talkie scenario` into `dir` from `clips`, 1.5 s apart.
-fn scenario(talkie: &str, dir: &Path, clips: &[PathBuf]) {
-    let st = Command::new(talkie)
-        .args(["scenario", "--gap-ms", "1500", "--out"])
-        .arg(dir)
-        .args(clips)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+/// A simulated session (`talkie::scenario`) in `dir` from `clips`, 1.5 s apart.
+fn scenario(dir: &Path, clips: &[PathBuf]) {
+    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+        gap_ms: 1500,
+        ..talkie::scenario::ScenarioArgs::new(dir, clips.to_vec())
+    })
+    .unwrap();
 }
 
 /// Two clips joined by `pause_ms` of digital silence, as one 16 kHz WAV.
@@ -228,7 +225,7 @@ fn main() {
     // The 31 clips, one session WAV, a script per hold and setting.
     let dir = root.join("target/bench/ptt-session");
     let clips: Vec<PathBuf> = refs.iter().map(|(f, _)| dev.join(f)).collect();
-    scenario(talkie, &dir, &clips);
+    scenario(&dir, &clips);
     let ends = speech_ends_ms(talkie, &models, &clips);
     let wer_of = |texts: &[String], refs: &[String]| {
         let (mut e, mut n) = (0, 0);
@@ -281,7 +278,7 @@ fn main() {
         joined.push(out);
         joined_refs.push(format!("{} {}", pair[0].1, pair[1].1));
     }
-    scenario(talkie, &rdir, &joined);
+    scenario(&rdir, &joined);
     let rends = speech_ends_ms(talkie, &models, &joined);
     for speculative in [true, false] {
         let s = play(talkie, &rdir, &models, &rends, 300, speculative);
@@ -338,7 +335,7 @@ fn main() {
     let json = serde_json::json!({
         "bench": "ptt",
         "machine": machine,
-        "input": format!("talkie scenario of the {} dev clips, 1.5 s gaps, real time, simulation clock", refs.len()),
+        "input": format!("talkie::scenario sessions of the {} dev clips, 1.5 s gaps, real time, simulation clock", refs.len()),
         "press_to_led_ms": {"mean": led_mean, "p95": led_p95, "presses": press_to_led.len()},
         "runs": json_rows,
         "faster_whisper_reference_ms": fw_ms,
@@ -346,7 +343,7 @@ fn main() {
     });
     let md = format!(
         "# Push-to-talk benchmark\n\nMachine: {machine}; release build.\n\
-         Input: `talkie scenario` sessions of the {} clips of `shared/eval/dev` (1.5 s gaps), played at real \
+         Input: `talkie::scenario` sessions of the {} clips of `shared/eval/dev` (1.5 s gaps), played at real \
          time on the simulation clock by `talkie run --until-script-done` with the script button: press 300 ms \
          before each clip, release a hold after the clip's speech end (VAD), speculative recognition on and off. \
          Latencies are the service's own per-event log fields (release → transcript ready).\n\n\

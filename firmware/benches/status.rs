@@ -32,6 +32,104 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// dev_long.wav (60 s) three times over, in `dir`: the run must outlast
+/// the load.
+fn long_input(eval: &Path, dir: &Path) -> PathBuf {
+    let input = dir.join("long.wav");
+    let mut r = hound::WavReader::open(eval.join("dev/dev_long.wav")).unwrap();
+    let spec = r.spec();
+    let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+    let mut w = hound::WavWriter::create(&input, spec).unwrap();
+    for _ in 0..3 {
+        for &s in &samples {
+            w.write_sample(s).unwrap();
+        }
+    }
+    w.finalize().unwrap();
+    input
+}
+
+/// The load: [`SSE_CLIENTS`] clients on `/api/v1/events` and [`RATE`]
+/// requests/s to `/api/v1/status` for `seconds`; (latencies in ms, failed
+/// requests, SSE level events received).
+async fn drive_load(base: &str, seconds: u64) -> (Vec<f64>, u64, u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let events = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sse = Vec::new();
+    for _ in 0..SSE_CLIENTS {
+        let (client, url, events, stop) = (
+            client.clone(),
+            format!("{base}/api/v1/events"),
+            Arc::clone(&events),
+            stop.clone(),
+        );
+        sse.push(tokio::spawn(async move {
+            let Ok(mut resp) = client.get(url).send().await else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = resp.chunk() => match c {
+                        Ok(Some(bytes)) => {
+                            let n = bytes.windows(12).filter(|w| w == b"event: level").count();
+                            events.fetch_add(n as u64, Relaxed);
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        }));
+    }
+    let errors = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut inflight = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let (client, url, tx, errors) = (
+            client.clone(),
+            format!("{base}/api/v1/status"),
+            tx.clone(),
+            Arc::clone(&errors),
+        );
+        inflight.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            match client.get(url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    let _ = tx.send(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                _ => {
+                    errors.fetch_add(1, Relaxed);
+                }
+            }
+        }));
+        if inflight.len() > 4096 {
+            inflight.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
+        }
+    }
+    for h in inflight {
+        let _ = h.await;
+    }
+    stop.cancel();
+    for h in sse {
+        let _ = h.await;
+    }
+    drop(tx);
+    let mut lat = Vec::new();
+    while let Some(l) = rx.recv().await {
+        lat.push(l);
+    }
+    (lat, errors.load(Relaxed), events.load(Relaxed))
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let eval = std::env::var_os("TALKIE_EVAL_DIR")
@@ -48,20 +146,7 @@ fn main() {
         .port();
     let dir = root.join("target/bench/status-run");
     std::fs::create_dir_all(&dir).unwrap();
-    // dev_long.wav (60 s) three times over: the run must outlast the load.
-    let input = dir.join("long.wav");
-    {
-        let mut r = hound::WavReader::open(eval.join("dev/dev_long.wav")).unwrap();
-        let spec = r.spec();
-        let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
-        let mut w = hound::WavWriter::create(&input, spec).unwrap();
-        for _ in 0..3 {
-            for &s in &samples {
-                w.write_sample(s).unwrap();
-            }
-        }
-        w.finalize().unwrap();
-    }
+    let input = long_input(&eval, &dir);
     let cfg = dir.join("talkie.toml");
     std::fs::write(
         &cfg,
@@ -105,83 +190,7 @@ fn main() {
     let status_before = status(&base);
     let rss_before = rss_kb(pid);
     eprintln!("status bench: {SSE_CLIENTS} SSE clients + {RATE} req/s for {seconds} s …");
-    let (latencies, errors, events) = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .unwrap();
-        let events = Arc::new(AtomicU64::new(0));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let mut sse = Vec::new();
-        for _ in 0..SSE_CLIENTS {
-            let (client, url, events, stop) = (
-                client.clone(),
-                format!("{base}/api/v1/events"),
-                Arc::clone(&events),
-                stop.clone(),
-            );
-            sse.push(tokio::spawn(async move {
-                let Ok(mut resp) = client.get(url).send().await else {
-                    return;
-                };
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        c = resp.chunk() => match c {
-                            Ok(Some(bytes)) => {
-                                let n = bytes.windows(12).filter(|w| w == b"event: level").count();
-                                events.fetch_add(n as u64, Relaxed);
-                            }
-                            _ => return,
-                        }
-                    }
-                }
-            }));
-        }
-        let errors = Arc::new(AtomicU64::new(0));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let end = Instant::now() + Duration::from_secs(seconds);
-        let mut inflight = Vec::new();
-        while Instant::now() < end {
-            tick.tick().await;
-            let (client, url, tx, errors) = (
-                client.clone(),
-                format!("{base}/api/v1/status"),
-                tx.clone(),
-                Arc::clone(&errors),
-            );
-            inflight.push(tokio::spawn(async move {
-                let t0 = Instant::now();
-                match client.get(url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        let _ = tx.send(t0.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Relaxed);
-                    }
-                }
-            }));
-            if inflight.len() > 4096 {
-                inflight.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
-            }
-        }
-        for h in inflight {
-            let _ = h.await;
-        }
-        stop.cancel();
-        for h in sse {
-            let _ = h.await;
-        }
-        drop(tx);
-        let mut lat = Vec::new();
-        while let Some(l) = rx.recv().await {
-            lat.push(l);
-        }
-        (lat, errors.load(Relaxed), events.load(Relaxed))
-    });
+    let (latencies, errors, events) = rt.block_on(drive_load(&base, seconds));
     let rss_after = rss_kb(pid);
     let status_after = status(&base);
     // SAFETY: kill(2) on our own child.

@@ -147,6 +147,64 @@ fn transcribe(
     }
 }
 
+/// One run's table row and JSON: latency, VAD / encoder / decoder split,
+/// real-time factor, WER, memory, and its time over faster-whisper's on the
+/// clips of at most 5 s.
+fn summarize(r: &Run, fw_ms: &HashMap<String, f64>) -> (String, serde_json::Value) {
+    let totals: Vec<f64> = r.rows.iter().map(|x| f(x, "total_ms")).collect();
+    let audio: f64 = r.rows.iter().map(|x| f(x, "audio_s")).sum();
+    let tokens: f64 = r.rows.iter().map(|x| f(x, "tokens")).sum();
+    let dec_sum: f64 = r.rows.iter().map(|x| f(x, "decoder_ms")).sum();
+    let (m, p95) = (mean(&totals), percentile(&totals, 95.0));
+    let enc = mean(
+        &r.rows
+            .iter()
+            .map(|x| f(x, "encoder_ms"))
+            .collect::<Vec<_>>(),
+    );
+    let dec = mean(
+        &r.rows
+            .iter()
+            .map(|x| f(x, "decoder_ms"))
+            .collect::<Vec<_>>(),
+    );
+    let vad = mean(&r.rows.iter().map(|x| f(x, "vad_ms")).collect::<Vec<_>>());
+    let rtf = totals.iter().sum::<f64>() / 1000.0 / audio;
+    // Per clip ≤ 5 s: talkie's time over faster-whisper's for the same audio.
+    let ratios: Vec<f64> = r
+        .rows
+        .iter()
+        .filter(|x| f(x, "audio_s") <= 5.0)
+        .filter_map(|x| fw_ms.get(&name(x)).map(|fw| f(x, "total_ms") / fw))
+        .collect();
+    let ratio = (!ratios.is_empty()).then(|| mean(&ratios));
+    let row = format!(
+        "| talkie {}, stt.threads = {} | {m:.0} | {p95:.0} | {vad:.0} / {enc:.0} / {dec:.0} | {:.1} | {rtf:.3} | {:.1} % | {:.0} MB | {} |\n",
+        r.precision,
+        r.threads,
+        dec_sum / tokens.max(1.0),
+        r.wer_pct,
+        r.peak_rss_mb,
+        ratio.map_or("–".to_owned(), |x| format!("{x:.2}")),
+    );
+    let json = serde_json::json!({
+        "precision": r.precision,
+        "threads": r.threads,
+        "mean_latency_ms": m,
+        "p95_latency_ms": p95,
+        "mean_vad_ms": vad,
+        "mean_encoder_ms": enc,
+        "mean_decoder_ms": dec,
+        "decoder_ms_per_token": dec_sum / tokens.max(1.0),
+        "real_time_factor": rtf,
+        "wer_percent": r.wer_pct,
+        "wer_normalizer": r.normalizer,
+        "peak_rss_mb": r.peak_rss_mb,
+        "mean_ratio_to_faster_whisper_clips_le_5s": ratio,
+    });
+    (row, json)
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let eval = std::env::var_os("TALKIE_EVAL_DIR")
@@ -189,57 +247,9 @@ fn main() {
     let mut table = String::new();
     let mut json_runs = Vec::new();
     for r in &runs {
-        let totals: Vec<f64> = r.rows.iter().map(|x| f(x, "total_ms")).collect();
-        let audio: f64 = r.rows.iter().map(|x| f(x, "audio_s")).sum();
-        let tokens: f64 = r.rows.iter().map(|x| f(x, "tokens")).sum();
-        let dec_sum: f64 = r.rows.iter().map(|x| f(x, "decoder_ms")).sum();
-        let (m, p95) = (mean(&totals), percentile(&totals, 95.0));
-        let enc = mean(
-            &r.rows
-                .iter()
-                .map(|x| f(x, "encoder_ms"))
-                .collect::<Vec<_>>(),
-        );
-        let dec = mean(
-            &r.rows
-                .iter()
-                .map(|x| f(x, "decoder_ms"))
-                .collect::<Vec<_>>(),
-        );
-        let vad = mean(&r.rows.iter().map(|x| f(x, "vad_ms")).collect::<Vec<_>>());
-        let rtf = totals.iter().sum::<f64>() / 1000.0 / audio;
-        // Per clip ≤ 5 s: talkie's time over faster-whisper's for the same audio.
-        let ratios: Vec<f64> = r
-            .rows
-            .iter()
-            .filter(|x| f(x, "audio_s") <= 5.0)
-            .filter_map(|x| fw_ms.get(&name(x)).map(|fw| f(x, "total_ms") / fw))
-            .collect();
-        let ratio = (!ratios.is_empty()).then(|| mean(&ratios));
-        table.push_str(&format!(
-            "| talkie {}, stt.threads = {} | {m:.0} | {p95:.0} | {vad:.0} / {enc:.0} / {dec:.0} | {:.1} | {rtf:.3} | {:.1} % | {:.0} MB | {} |\n",
-            r.precision,
-            r.threads,
-            dec_sum / tokens.max(1.0),
-            r.wer_pct,
-            r.peak_rss_mb,
-            ratio.map_or("–".to_owned(), |x| format!("{x:.2}")),
-        ));
-        json_runs.push(serde_json::json!({
-            "precision": r.precision,
-            "threads": r.threads,
-            "mean_latency_ms": m,
-            "p95_latency_ms": p95,
-            "mean_vad_ms": vad,
-            "mean_encoder_ms": enc,
-            "mean_decoder_ms": dec,
-            "decoder_ms_per_token": dec_sum / tokens.max(1.0),
-            "real_time_factor": rtf,
-            "wer_percent": r.wer_pct,
-            "wer_normalizer": r.normalizer,
-            "peak_rss_mb": r.peak_rss_mb,
-            "mean_ratio_to_faster_whisper_clips_le_5s": ratio,
-        }));
+        let (row, json) = summarize(r, &fw_ms);
+        table.push_str(&row);
+        json_runs.push(json);
     }
     let ort: Option<serde_json::Value> =
         std::fs::read_to_string(root.join("target/bench/onnxruntime.json"))

@@ -74,9 +74,6 @@ pub enum Command {
     /// Measure recognition on this board: every precision × thread count on
     /// a fixed input and on the WAV files given; what `auto` would choose.
     Bench(crate::bench::BenchArgs),
-    /// Build a simulated session (WAV + button script) from speech clips,
-    /// for `audio.backend = "file"` with `gpio.backend = "script"`.
-    Scenario(crate::scenario::ScenarioArgs),
     /// Exit 0 once the running service reports ready on its local API
     /// (`status.listen`), non-zero otherwise. For update systems.
     Health {
@@ -219,21 +216,6 @@ pub fn main(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Scenario(args) => match crate::scenario::build(args) {
-            Ok(tsv) => {
-                eprintln!(
-                    "talkie: wrote session.wav, buttons.toml and {} in {}",
-                    tsv.file_name()
-                        .map_or_else(Default::default, |n| n.to_string_lossy()),
-                    args.out.display()
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("talkie: {e}");
-                EX_FAILURE
-            }
-        },
         Command::CheckConfig => match load_config(&cli) {
             Ok(loaded) => match toml::to_string(&loaded.config) {
                 Ok(text) => {
@@ -341,6 +323,44 @@ fn devices() -> i32 {
         Err(e) => {
             eprintln!("talkie: {e}");
             EX_FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// The product's `--help` offers what an operator or a technician uses,
+    /// and no development tool (issue 17 item 4): the mock agent and the
+    /// session builder live in a development crate and an example.
+    #[test]
+    fn help_lists_the_operators_commands_and_no_development_tool() {
+        let help = Cli::command().render_long_help().to_string();
+        for command in [
+            "run",
+            "check-config",
+            "devices",
+            "record",
+            "transcribe",
+            "vad",
+            "bench",
+            "health",
+            "support-bundle",
+            "outbox",
+        ] {
+            assert!(
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+                "{command} missing from:\n{help}"
+            );
+        }
+        for dev_tool in ["scenario", "mock-agent", "mock"] {
+            assert!(
+                !help.lines().any(|l| l.trim_start().starts_with(dev_tool)),
+                "{dev_tool} in:\n{help}"
+            );
         }
     }
 }

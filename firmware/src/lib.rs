@@ -5,7 +5,9 @@
 //! - the binary: `main.rs` and [`cli`] (arguments, exit codes), [`run`]
 //!   (`talkie run`: runtime, signal handlers) and the offline tools
 //!   [`offline`] (`vad`, `transcribe`), [`bench`], [`record`],
-//!   [`scenario`], [`support_tool`] (`talkie support-bundle`);
+//!   [`support_tool`] (`talkie support-bundle`); [`scenario`] builds
+//!   simulated sessions for the demo (the `scenario` example), the tests
+//!   and the benchmarks, and is no subcommand;
 //! - the service: [`service`] (`Service::start` → `ServiceHandle`: wiring,
 //!   control loop, watchdog, shutdown; in-process, no signals),
 //!   [`supervisor`] (heartbeats, systemd notify), [`reload`] (what a

@@ -11,11 +11,14 @@ fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
     let dev = eval_dir().join("dev");
     let refs = wer::eval_references(&dev);
     let clips: Vec<&(String, String)> = refs.iter().take(5).collect();
-    let out = run(talkie()
-        .args(["scenario", "--gap-ms", "11000", "--out"])
-        .arg(dir.path())
-        .args(clips.iter().map(|(f, _)| dev.join(f))));
-    assert_eq!(out.status.code(), Some(0));
+    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+        gap_ms: 11000,
+        ..talkie::scenario::ScenarioArgs::new(
+            dir.path(),
+            clips.iter().map(|(f, _)| dev.join(f)).collect(),
+        )
+    })
+    .unwrap();
     // The tap and the silent press below come 7.5 s after a release, when
     // the previous utterance has long been handled (about 1 s here; a
     // machine several times slower than the CI's 2 cores would see them
@@ -186,11 +189,11 @@ fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
     let dev = eval_dir().join("dev");
     let refs = wer::eval_references(&dev);
     let (clip, reference) = &refs[1];
-    let out = run(talkie()
-        .args(["scenario", "--release-lag-ms", "5000", "--out"])
-        .arg(dir.path())
-        .arg(dev.join(clip)));
-    assert_eq!(out.status.code(), Some(0));
+    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+        release_lag_ms: 5000,
+        ..talkie::scenario::ScenarioArgs::new(dir.path(), vec![dev.join(clip)])
+    })
+    .unwrap();
     let cfg = scripted_config(
         dir.path(),
         &dir.path().join("session.wav"),
@@ -258,18 +261,15 @@ fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
 fn sigterm_during_a_speculative_run_stops_cleanly_and_keeps_what_was_submitted() {
     let dir = tempfile::tempdir().unwrap();
     let dev = eval_dir().join("dev");
-    let out = run(talkie()
-        .args([
-            "scenario",
-            "--gap-ms",
-            "2000",
-            "--release-lag-ms",
-            "800",
-            "--out",
-        ])
-        .arg(dir.path())
-        .args([dev.join("dev_01.wav"), dev.join("real_beckett.wav")]));
-    assert_eq!(out.status.code(), Some(0));
+    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+        gap_ms: 2000,
+        release_lag_ms: 800,
+        ..talkie::scenario::ScenarioArgs::new(
+            dir.path(),
+            vec![dev.join("dev_01.wav"), dev.join("real_beckett.wav")],
+        )
+    })
+    .unwrap();
     // The second press is held 20 s past its clip: the signal comes first.
     let script = std::fs::read_to_string(dir.path().join("buttons.toml")).unwrap();
     let last = script.rfind("at_ms = ").unwrap();

@@ -21,12 +21,8 @@ fn session_config(
     let clip = id;
     let out = dir.join("session");
     talkie::scenario::build(&talkie::scenario::ScenarioArgs {
-        out: out.clone(),
-        lead_ms: 1000,
         gap_ms: 2000,
-        press_lead_ms: 300,
-        release_lag_ms: 400,
-        clips: clips.to_vec(),
+        ..talkie::scenario::ScenarioArgs::new(&out, clips.to_vec())
     })
     .unwrap();
     let models = models_dir();

@@ -18,223 +18,14 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     let cfg = write(dir.path(), "talkie.toml", &cfg_text("info", "default"));
     let (mut child, logs) = start_service(&cfg);
 
-    // The page and its assets: self-contained, strict headers.
-    let (code, h, page) = http(port, "GET", "/", &[], b"");
-    assert_eq!(code, 200);
-    assert!(page.contains("<title>talkie status</title>"));
-    assert!(
-        !page.contains("http://") && !page.contains("https://"),
-        "no external assets"
-    );
-    let csp = header(&h, "content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
-    assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"));
-    assert_eq!(header(&h, "cache-control"), Some("no-store"));
-    assert!(
-        header(&h, "access-control-allow-origin").is_none(),
-        "no CORS"
-    );
-    let (code, h, js) = http(port, "GET", "/app.js", &[], b"");
-    assert_eq!(code, 200);
-    assert!(header(&h, "content-type")
-        .unwrap()
-        .starts_with("text/javascript"));
-    assert!(js.contains("EventSource"));
-
-    // Anonymous: health and state only.
-    let (code, status) = http_get(port, "/api/v1/status");
-    assert_eq!(code, 200);
-    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(st["access"], "anonymous");
-    assert_eq!(st["login_available"], true);
-    assert!(st.get("config").is_none() && st.get("problems").is_none());
-    assert!(
-        st["health"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["ok"] == true),
-        "{st}"
-    );
-    assert!(st["models"].as_array().unwrap().len() >= 3, "{st}");
-    assert_eq!(
-        st["microphone"]["format"].as_str().map(|f| !f.is_empty()),
-        Some(true)
-    );
-    let protected = [
-        ("GET", "/api/v1/transcripts"),
-        ("GET", "/api/v1/logs"),
-        ("POST", "/api/v1/test/leds"),
-        ("POST", "/api/v1/test/ptt"),
-        ("POST", "/api/v1/capture?seconds=1"),
-        ("POST", "/api/v1/reload"),
-        ("POST", "/api/v1/restart"),
-        ("GET", "/api/v1/support-bundle"),
-        ("GET", "/api/v1/dead-letters"),
-        ("GET", "/api/v1/recordings"),
-        ("GET", "/api/v1/recordings/utt-1-1"),
-        ("DELETE", "/api/v1/recordings/utt-1-1"),
-        ("DELETE", "/api/v1/recordings"),
-    ];
-    for (method, path) in protected {
-        let (code, h, body) = http(port, method, path, &[], b"");
-        assert_eq!(code, 401, "{method} {path}: {body}");
-        assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
-        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(e["error"], "technician token required");
-    }
+    page_and_anonymous_status(port);
     let wrong = [("Authorization", "Bearer nope")];
-    let (code, _, body) = http(port, "GET", "/api/v1/logs", &wrong, b"");
-    assert_eq!((code, body.contains("wrong technician token")), (401, true));
-    // The anonymous status answers a wrong token the same way, through the
-    // same limiter (it used to answer 200 and say "anonymous": free guesses).
-    let (code, _, body) = http(port, "GET", "/api/v1/status", &wrong, b"");
-    assert_eq!((code, body.contains("wrong technician token")), (401, true));
-    // So do the charts (the waveform is for a technician only).
-    let (code, _, body) = http(port, "GET", "/api/v1/charts", &wrong, b"");
-    assert_eq!((code, body.contains("wrong technician token")), (401, true));
-
-    // Bearer token.
+    every_technician_endpoint_refuses_without_the_token(port, &wrong);
     let bearer = [("Authorization", "Bearer first-secret")];
-    let (code, h, body) = http(port, "GET", "/api/v1/transcripts", &bearer, b"");
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(header(&h, "cache-control"), Some("no-store"));
-    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(t["transcripts"].is_array());
-    let (code, _, body) = http(port, "GET", "/api/v1/logs", &bearer, b"");
-    assert_eq!(code, 200);
-    let l: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        l["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["message"].as_str().unwrap().contains("models loaded")),
-        "{body}"
-    );
-    let (code, _, body) = http(port, "POST", "/api/v1/test/leds", &bearer, b"");
-    assert_eq!(code, 202, "{body}");
-    wait_log(&logs, "LED test cycle requested");
-
-    // Capture from the live microphone (the file backend here) as a WAV.
-    let (code, h, _) = http(port, "POST", "/api/v1/capture?seconds=1", &bearer, b"");
-    assert_eq!(code, 200);
-    assert_eq!(header(&h, "content-type"), Some("audio/wav"));
-    let wav = http_bytes(port, "/api/v1/capture?seconds=1", &bearer);
-    let r = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
-    assert_eq!((r.spec().sample_rate, r.spec().channels), (16_000, 1));
-    assert_eq!(r.len(), 16_000, "exactly one second after the audio path");
-    for bad in [
-        "/api/v1/capture?seconds=0",
-        "/api/v1/capture?seconds=11",
-        "/api/v1/capture",
-    ] {
-        let (code, _, body) = http(port, "POST", bad, &bearer, b"");
-        assert_eq!(code, 400, "{bad}: {body}");
-    }
-
-    // A WAV uploaded as if spoken during a press: recognized and kept.
-    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", &bearer, b"RIFF nonsense");
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("not a usable WAV"), "{body}");
-    let long = dir.path().join("long.wav");
-    {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&long, spec).unwrap();
-        for _ in 0..11 * 16_000 {
-            w.write_sample(0i16).unwrap();
-        }
-        w.finalize().unwrap();
-    }
-    let (code, _, body) = http(
-        port,
-        "POST",
-        "/api/v1/test/ptt",
-        &bearer,
-        &std::fs::read(&long).unwrap(),
-    );
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("at most 10 s"), "{body}");
-    let huge = vec![0u8; 5 * 1024 * 1024];
-    assert_eq!(
-        raw_http(port, "POST", "/api/v1/test/ptt", &bearer, &huge).0,
-        413
-    );
-    let clip = std::fs::read(eval_dir().join("dev/dev_00.wav")).unwrap();
-    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", &bearer, &clip);
-    assert_eq!(code, 202, "{body}");
-    wait_log(&logs, "Where is the nearest restroom?");
-    let (_, _, body) = http(port, "GET", "/api/v1/transcripts", &bearer, b"");
-    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        t["transcripts"][0]["text"],
-        "Where is the nearest restroom?"
-    );
-
-    // Login form → cookie; the cookie never carries the token.
-    let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    let (code, _, _) = http(port, "POST", "/login", &form, b"token=wrong");
-    assert_eq!(code, 401);
-    let (code, h, _) = http(port, "POST", "/login", &form, b"token=first-secret");
-    assert_eq!(code, 204);
-    let set_cookie = header(&h, "set-cookie").unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
-    assert!(!set_cookie.contains("first-secret"));
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    technician_endpoints_with_the_bearer_token(port, &bearer, dir.path(), &logs);
+    let cookie = login_cookie_and_bad_input(port);
     let with_cookie = [("Cookie", cookie.as_str())];
-    let (code, _, body) = http(port, "GET", "/api/v1/status", &with_cookie, b"");
-    assert_eq!(code, 200);
-    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(st["access"], "technician");
-    assert_eq!(st["config"]["status"]["token"], "<redacted>");
-    assert!(!body.contains("first-secret"));
-    assert_eq!(
-        http(port, "GET", "/api/v1/transcripts", &with_cookie, b"").0,
-        200
-    );
-
-    // Bad input: oversized body, bad form, unknown path → 4xx JSON.
-    let big = vec![b'a'; 64 * 1024];
-    let (code, _, _) = raw_http(port, "POST", "/login", &form, &big);
-    assert_eq!(code, 413);
-    let (code, _, body) = http(port, "POST", "/login", &form, b"nothing=here");
-    assert!(matches!(code, 400 | 422), "{code} {body}");
-    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
-    let (code, _, body) = http(port, "GET", "/api/v1/nope", &[], b"");
-    assert_eq!(code, 404);
-    assert!(body.contains("no such endpoint"));
-
-    // Live events: level at ~10 Hz and the state.
-    {
-        use std::io::{BufRead, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: kiosk\r\n\r\n").unwrap();
-        let mut r = std::io::BufReader::new(s);
-        let (mut levels, mut states) = (0, 0);
-        let mut line = String::new();
-        while levels < 5 {
-            line.clear();
-            assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
-            if line.starts_with("event: level") {
-                levels += 1;
-            }
-            if line.starts_with("event: state") {
-                states += 1;
-            }
-            if let Some(d) = line.strip_prefix("data: ") {
-                let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
-                assert!(v["state"].is_string());
-            }
-        }
-        assert_eq!(states, 1, "the state is sent once, then on change");
-    }
+    live_events(port);
 
     // Reload over HTTP: the log level and the token apply, the device waits.
     std::fs::write(&token_file, "second-secret\n").unwrap();
@@ -292,6 +83,245 @@ fn technician_endpoints_need_the_token_and_reload_swaps_it() {
     );
 
     assert!(sigterm_and_wait(&mut child).success());
+}
+
+/// The page and its assets (self-contained, strict headers) and what an
+/// anonymous visitor sees: health and state only.
+fn page_and_anonymous_status(port: u16) {
+    // The page and its assets: self-contained, strict headers.
+    let (code, h, page) = http(port, "GET", "/", &[], b"");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>talkie status</title>"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    let csp = header(&h, "content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    assert!(
+        header(&h, "access-control-allow-origin").is_none(),
+        "no CORS"
+    );
+    let (code, h, js) = http(port, "GET", "/app.js", &[], b"");
+    assert_eq!(code, 200);
+    assert!(header(&h, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.contains("EventSource"));
+
+    // Anonymous: health and state only.
+    let (code, status) = http_get(port, "/api/v1/status");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(st["access"], "anonymous");
+    assert_eq!(st["login_available"], true);
+    assert!(st.get("config").is_none() && st.get("problems").is_none());
+    assert!(
+        st["health"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{st}"
+    );
+    assert!(st["models"].as_array().unwrap().len() >= 3, "{st}");
+    assert_eq!(
+        st["microphone"]["format"].as_str().map(|f| !f.is_empty()),
+        Some(true)
+    );
+}
+
+/// Every technician endpoint answers 401 without a token, and a wrong
+/// token the same way, through the same limiter.
+fn every_technician_endpoint_refuses_without_the_token(port: u16, wrong: &[(&str, &str)]) {
+    let protected = [
+        ("GET", "/api/v1/transcripts"),
+        ("GET", "/api/v1/logs"),
+        ("POST", "/api/v1/test/leds"),
+        ("POST", "/api/v1/test/ptt"),
+        ("POST", "/api/v1/capture?seconds=1"),
+        ("POST", "/api/v1/reload"),
+        ("POST", "/api/v1/restart"),
+        ("GET", "/api/v1/support-bundle"),
+        ("GET", "/api/v1/dead-letters"),
+        ("GET", "/api/v1/recordings"),
+        ("GET", "/api/v1/recordings/utt-1-1"),
+        ("DELETE", "/api/v1/recordings/utt-1-1"),
+        ("DELETE", "/api/v1/recordings"),
+    ];
+    for (method, path) in protected {
+        let (code, h, body) = http(port, method, path, &[], b"");
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"], "technician token required");
+    }
+    let (code, _, body) = http(port, "GET", "/api/v1/logs", wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
+    // The anonymous status answers a wrong token the same way, through the
+    // same limiter (it used to answer 200 and say "anonymous": free guesses).
+    let (code, _, body) = http(port, "GET", "/api/v1/status", wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
+    // So do the charts (the waveform is for a technician only).
+    let (code, _, body) = http(port, "GET", "/api/v1/charts", wrong, b"");
+    assert_eq!((code, body.contains("wrong technician token")), (401, true));
+}
+
+/// With the bearer token: transcripts, logs, the LED test, a capture from
+/// the live microphone and a WAV uploaded as if spoken during a press.
+fn technician_endpoints_with_the_bearer_token(
+    port: u16,
+    bearer: &[(&str, &str)],
+    dir: &std::path::Path,
+    logs: &std::sync::mpsc::Receiver<String>,
+) {
+    let (code, h, body) = http(port, "GET", "/api/v1/transcripts", bearer, b"");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(t["transcripts"].is_array());
+    let (code, _, body) = http(port, "GET", "/api/v1/logs", bearer, b"");
+    assert_eq!(code, 200);
+    let l: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        l["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["message"].as_str().unwrap().contains("models loaded")),
+        "{body}"
+    );
+    let (code, _, body) = http(port, "POST", "/api/v1/test/leds", bearer, b"");
+    assert_eq!(code, 202, "{body}");
+    wait_log(logs, "LED test cycle requested");
+
+    // Capture from the live microphone (the file backend here) as a WAV.
+    let (code, h, _) = http(port, "POST", "/api/v1/capture?seconds=1", bearer, b"");
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "content-type"), Some("audio/wav"));
+    let wav = http_bytes(port, "/api/v1/capture?seconds=1", bearer);
+    let r = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+    assert_eq!((r.spec().sample_rate, r.spec().channels), (16_000, 1));
+    assert_eq!(r.len(), 16_000, "exactly one second after the audio path");
+    for bad in [
+        "/api/v1/capture?seconds=0",
+        "/api/v1/capture?seconds=11",
+        "/api/v1/capture",
+    ] {
+        let (code, _, body) = http(port, "POST", bad, bearer, b"");
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    // A WAV uploaded as if spoken during a press: recognized and kept.
+    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", bearer, b"RIFF nonsense");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a usable WAV"), "{body}");
+    let long = dir.join("long.wav");
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&long, spec).unwrap();
+        for _ in 0..11 * 16_000 {
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/api/v1/test/ptt",
+        bearer,
+        &std::fs::read(&long).unwrap(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at most 10 s"), "{body}");
+    let huge = vec![0u8; 5 * 1024 * 1024];
+    assert_eq!(
+        raw_http(port, "POST", "/api/v1/test/ptt", bearer, &huge).0,
+        413
+    );
+    let clip = std::fs::read(eval_dir().join("dev/dev_00.wav")).unwrap();
+    let (code, _, body) = http(port, "POST", "/api/v1/test/ptt", bearer, &clip);
+    assert_eq!(code, 202, "{body}");
+    wait_log(logs, "Where is the nearest restroom?");
+    let (_, _, body) = http(port, "GET", "/api/v1/transcripts", bearer, b"");
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        t["transcripts"][0]["text"],
+        "Where is the nearest restroom?"
+    );
+}
+
+/// The login form sets a cookie that never carries the token; bad input
+/// answers 4xx JSON. Returns the session cookie.
+fn login_cookie_and_bad_input(port: u16) -> String {
+    // Login form → cookie; the cookie never carries the token.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (code, _, _) = http(port, "POST", "/login", &form, b"token=wrong");
+    assert_eq!(code, 401);
+    let (code, h, _) = http(port, "POST", "/login", &form, b"token=first-secret");
+    assert_eq!(code, 204);
+    let set_cookie = header(&h, "set-cookie").unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(!set_cookie.contains("first-secret"));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = [("Cookie", cookie.as_str())];
+    let (code, _, body) = http(port, "GET", "/api/v1/status", &with_cookie, b"");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["access"], "technician");
+    assert_eq!(st["config"]["status"]["token"], "<redacted>");
+    assert!(!body.contains("first-secret"));
+    assert_eq!(
+        http(port, "GET", "/api/v1/transcripts", &with_cookie, b"").0,
+        200
+    );
+
+    // Bad input: oversized body, bad form, unknown path → 4xx JSON.
+    let big = vec![b'a'; 64 * 1024];
+    let (code, _, _) = raw_http(port, "POST", "/login", &form, &big);
+    assert_eq!(code, 413);
+    let (code, _, body) = http(port, "POST", "/login", &form, b"nothing=here");
+    assert!(matches!(code, 400 | 422), "{code} {body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    let (code, _, body) = http(port, "GET", "/api/v1/nope", &[], b"");
+    assert_eq!(code, 404);
+    assert!(body.contains("no such endpoint"));
+
+    cookie
+}
+
+/// Live events: the level at about 10 Hz, the state once, then on change.
+fn live_events(port: u16) {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: kiosk\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (mut levels, mut states) = (0, 0);
+    let mut line = String::new();
+    while levels < 5 {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("event: level") {
+            levels += 1;
+        }
+        if line.starts_with("event: state") {
+            states += 1;
+        }
+        if let Some(d) = line.strip_prefix("data: ") {
+            let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
+            assert!(v["state"].is_string());
+        }
+    }
+    assert_eq!(states, 1, "the state is sent once, then on change");
 }
 
 #[test]

@@ -1,0 +1,38 @@
+//! Build a simulated kiosk session (session.wav, buttons.toml, clips.tsv)
+//! from speech clips, for `audio.backend = "file"` with
+//! `gpio.backend = "script"`. A development tool (`make demo` runs it), so
+//! it is an example of the talkie crate and not a subcommand of the
+//! product:
+//!
+//! ```text
+//! cargo run --release --example scenario -- --out target/demo --gap-ms 3000 a.wav b.wav
+//! ```
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Build a simulated push-to-talk session from speech clips.
+#[derive(Parser)]
+#[command(name = "scenario")]
+struct Cli {
+    #[command(flatten)]
+    args: talkie::scenario::ScenarioArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match talkie::scenario::build(&cli.args) {
+        Ok(tsv) => {
+            eprintln!(
+                "scenario: wrote session.wav, buttons.toml and {} in {}",
+                tsv.display(),
+                cli.args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("scenario: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
