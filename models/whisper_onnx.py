@@ -18,7 +18,12 @@ that tract runs:
   row (symmetric, scale = max|row| / 127); the firmware does the lookup and
   the projection itself from that one 20 MB copy.
 
-Weights are converted from float16 to float32. Attention scores are scaled
+Weights are converted from float16 to float32 (`dtype=np.float16` keeps
+them in float16: the fp16 variant, for CPUs with native fp16 arithmetic.
+Its inputs and outputs stay float32, cast at the graph's edges, so the
+firmware feeds every form alike; as OpenAI's Whisper does in fp16, layer
+norms and softmaxes compute in float32, since a float16 variance of the
+residual stream overflows). Attention scores are scaled
 by 1/sqrt(head_dim) (in the encoder, folded into the query weights, and
 attention runs one head at a time to bound memory on 30 s windows); GELU is the exact erf form; layer norms use eps 1e-5.
 """
@@ -34,11 +39,14 @@ IR_VERSION = 9
 
 
 class Graph:
-    def __init__(self, weights):
+    def __init__(self, weights, dtype=np.float32):
         self.w = weights
         self.nodes = []
         self.inits = {}
         self.n = 0
+        self.ft = dtype
+        self.fp16 = dtype == np.float16
+        self.cast_inputs = {}
 
     def name(self, base):
         self.n += 1
@@ -52,11 +60,33 @@ class Graph:
     def const(self, values, dtype=np.int64):
         return self.init(self.name("const"), np.array(values, dtype=dtype))
 
-    def weight(self, key, transpose=False):
-        arr = self.w[key].astype(np.float32)
+    def weight(self, key, transpose=False, dtype=None):
+        arr = self.w[key].astype(dtype or self.ft)
         if transpose:
             arr = arr.T
         return self.init(key + (".T" if transpose else ""), arr)
+
+    def input(self, name):
+        """A float32 graph input as the graph's float type (fp16: one Cast
+        per input, made on first use)."""
+        if not self.fp16:
+            return name
+        if name not in self.cast_inputs:
+            self.cast_inputs[name] = self.op("Cast", [name], to=TensorProto.FLOAT16)
+        return self.cast_inputs[name]
+
+    def output(self, x, name):
+        """Make `x` the float32 graph output `name`."""
+        if self.fp16:
+            self.op("Cast", [x], [name], to=TensorProto.FLOAT)
+        else:
+            self.nodes.append(helper.make_node("Identity", [x], [name]))
+
+    def to32(self, x):
+        return self.op("Cast", [x], to=TensorProto.FLOAT) if self.fp16 else x
+
+    def from32(self, x):
+        return self.op("Cast", [x], to=TensorProto.FLOAT16) if self.fp16 else x
 
     def op(self, op_type, inputs, outputs=1, **attrs):
         outs = [self.name(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
@@ -78,23 +108,27 @@ class Graph:
             tag += f"*{scale:.6g}"
             w = w * np.float32(scale)
             b = None if b is None else b.astype(np.float32) * np.float32(scale)
-        y = self.op("MatMul", [x, self.init(tag + "/weight.T", w.T)])
+        y = self.op("MatMul", [x, self.init(tag + "/weight.T", w.T.astype(self.ft))])
         if b is not None:
-            y = self.op("Add", [y, self.init(tag + "/bias", b.astype(np.float32))])
+            y = self.op("Add", [y, self.init(tag + "/bias", b.astype(np.float32).astype(self.ft))])
         return y
 
     def layer_norm(self, x, prefix):
-        return self.op(
+        f32 = np.float32
+        return self.from32(self.op(
             "LayerNormalization",
-            [x, self.weight(prefix + "/gamma"), self.weight(prefix + "/beta")],
+            [self.to32(x), self.weight(prefix + "/gamma", dtype=f32), self.weight(prefix + "/beta", dtype=f32)],
             axis=-1,
             epsilon=1e-5,
-        )
+        ))
+
+    def softmax(self, x):
+        return self.from32(self.op("Softmax", [self.to32(x)], axis=-1))
 
     def gelu(self, x):
-        half = self.init("half", np.array(0.5, np.float32))
-        one = self.init("one", np.array(1.0, np.float32))
-        inv_sqrt2 = self.init("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32))
+        half = self.init("half", np.array(0.5, self.ft))
+        one = self.init("one", np.array(1.0, self.ft))
+        inv_sqrt2 = self.init("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32).astype(self.ft))
         erf = self.op("Erf", [self.op("Mul", [x, inv_sqrt2])])
         return self.op("Mul", [self.op("Mul", [x, half]), self.op("Add", [erf, one])])
 
@@ -107,9 +141,9 @@ class Graph:
         d = n_heads * head_dim
         qh, kh, vh = (self.heads(t, n_heads, head_dim) for t in (q, k, v))
         kt = self.op("Transpose", [kh], perm=[0, 1, 3, 2])
-        scale = self.init("attn_scale", np.array(1 / np.sqrt(head_dim), np.float32))
+        scale = self.init("attn_scale", np.array(1 / np.sqrt(head_dim), np.float32).astype(self.ft))
         scores = self.op("Mul", [self.op("MatMul", [qh, kt]), scale])
-        probs = self.op("Softmax", [scores], axis=-1)
+        probs = self.softmax(scores)
         out = self.op("Transpose", [self.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
         return self.op("Reshape", [out, self.const([1, -1, d])])
 
@@ -126,7 +160,7 @@ class Graph:
             axis = self.const([2])
             qh, kh, vh = (self.op("Slice", [t, lo, hi, axis]) for t in (q, k, v))
             scores = self.op("MatMul", [qh, self.op("Transpose", [kh], perm=[0, 2, 1])])
-            probs = self.op("Softmax", [scores], axis=-1)
+            probs = self.softmax(scores)
             outs.append(self.op("MatMul", [probs, vh]))
         return self.op("Concat", outs, axis=2)
 
@@ -142,10 +176,10 @@ def dims(weights):
     return d, n_heads, d // n_heads, enc_layers, dec_layers, vocab
 
 
-def encoder(weights):
+def encoder(weights, dtype=np.float32):
     d, H, hd, n_enc, n_dec, _ = dims(weights)
-    g = Graph(weights)
-    x = "mel"
+    g = Graph(weights, dtype)
+    x = g.input("mel")
     x = g.gelu(g.op("Conv", [x, g.weight("encoder/conv1/weight"), g.weight("encoder/conv1/bias")], pads=[1, 1], kernel_shape=[3]))
     x = g.gelu(g.op("Conv", [x, g.weight("encoder/conv2/weight"), g.weight("encoder/conv2/bias")], pads=[1, 1], strides=[2], kernel_shape=[3]))
     x = g.op("Transpose", [x], perm=[0, 2, 1])  # [1, S, d]
@@ -166,12 +200,12 @@ def encoder(weights):
     outputs = []
     for i in range(n_dec):
         kv = f"decoder/layer_{i}/attention/linear_1"
-        g.nodes.append(helper.make_node("Identity", [g.linear(x, kv, slice(0, d))], [f"cross_k_{i}"]))
-        g.nodes.append(helper.make_node("Identity", [g.linear(x, kv, slice(d, 2 * d))], [f"cross_v_{i}"]))
+        g.output(g.linear(x, kv, slice(0, d)), f"cross_k_{i}")
+        g.output(g.linear(x, kv, slice(d, 2 * d)), f"cross_v_{i}")
         outputs += [f"cross_k_{i}", f"cross_v_{i}"]
     graph = helper.make_graph(
         g.nodes,
-        "whisper_encoder",
+        "whisper_encoder" + ("_f16" if g.fp16 else ""),
         [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, 80, "frames"])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, "ctx", d]) for o in outputs],
         list(g.inits.values()),
@@ -179,10 +213,10 @@ def encoder(weights):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)
 
 
-def decoder(weights):
+def decoder(weights, dtype=np.float32):
     d, H, hd, _, n_dec, _ = dims(weights)
-    g = Graph(weights)
-    x = "embedding"  # [1, 1, d]: the token's row of the vocabulary matrix
+    g = Graph(weights, dtype)
+    x = g.input("embedding")  # [1, 1, d]: the token's row of the vocabulary matrix
     past = g.op("Gather", [g.op("Shape", ["past_k_0"]), g.const([1])], axis=0)  # [1]
     pos = g.op("Gather", [g.weight("decoder/position_encodings/encodings"), past], axis=0)  # [1, d]
     x = g.op("Add", [x, pos])
@@ -193,12 +227,19 @@ def decoder(weights):
         h = g.layer_norm(x, p + "/self_attention/layer_norm")
         qkv = p + "/self_attention/linear_0"
         q, k, v = (g.linear(h, qkv, slice(j * d, (j + 1) * d)) for j in range(3))
-        k_all = g.op("Concat", [f"past_k_{i}", k], [f"present_k_{i}"], axis=1)
-        v_all = g.op("Concat", [f"past_v_{i}", v], [f"present_v_{i}"], axis=1)
+        if g.fp16:
+            k_all = g.op("Concat", [g.input(f"past_k_{i}"), k], axis=1)
+            v_all = g.op("Concat", [g.input(f"past_v_{i}"), v], axis=1)
+            g.output(k_all, f"present_k_{i}")
+            g.output(v_all, f"present_v_{i}")
+        else:
+            k_all = g.op("Concat", [f"past_k_{i}", k], [f"present_k_{i}"], axis=1)
+            v_all = g.op("Concat", [f"past_v_{i}", v], [f"present_v_{i}"], axis=1)
         x = g.op("Add", [x, g.linear(g.attention(q, k_all, v_all, H, hd), p + "/self_attention/linear_1")])
         h = g.layer_norm(x, p + "/attention/layer_norm")
         q = g.linear(h, p + "/attention/linear_0")
-        x = g.op("Add", [x, g.linear(g.attention(q, f"cross_k_{i}", f"cross_v_{i}", H, hd), p + "/attention/linear_2")])
+        cross = (g.input(f"cross_k_{i}"), g.input(f"cross_v_{i}"))
+        x = g.op("Add", [x, g.linear(g.attention(q, *cross, H, hd), p + "/attention/linear_2")])
         h = g.layer_norm(x, p + "/ffn/layer_norm")
         h = g.linear(g.gelu(g.linear(h, p + "/ffn/linear_0")), p + "/ffn/linear_1")
         x = g.op("Add", [x, h])
@@ -207,8 +248,12 @@ def decoder(weights):
         for name in (f"present_k_{i}", f"present_v_{i}"):
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "present", d]))
     x = g.layer_norm(x, "decoder/layer_norm")
-    g.op("Reshape", [x, g.const([1, d])], ["hidden"])
-    graph = helper.make_graph(g.nodes, "whisper_decoder_step", inputs, outputs, list(g.inits.values()))
+    if g.fp16:
+        g.output(g.op("Reshape", [x, g.const([1, d])]), "hidden")
+    else:
+        g.op("Reshape", [x, g.const([1, d])], ["hidden"])
+    name = "whisper_decoder_step" + ("_f16" if g.fp16 else "")
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, list(g.inits.values()))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)
 
 

@@ -110,15 +110,16 @@ class Vocab:
         return (hidden[0] @ self.e.T) * self.scale
 
 
-def load(models_dir, threads=1):
-    """(encoder, decoder, tokenizer, vocab) of an fp32 model directory."""
+def load(models_dir, threads=1, suffix=""):
+    """(encoder, decoder, tokenizer, vocab) of a model directory; `suffix`
+    picks the form ("" fp32, "_f16", "_int8")."""
     import os
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    enc = ort.InferenceSession(os.path.join(models_dir, "whisper_encoder.onnx"), opts)
-    dec = ort.InferenceSession(os.path.join(models_dir, "whisper_decoder.onnx"), opts)
+    enc = ort.InferenceSession(os.path.join(models_dir, f"whisper_encoder{suffix}.onnx"), opts)
+    dec = ort.InferenceSession(os.path.join(models_dir, f"whisper_decoder{suffix}.onnx"), opts)
     return enc, dec, Tokenizer(os.path.join(models_dir, "whisper_tokenizer.json")), Vocab(models_dir)
 
 
@@ -187,6 +188,11 @@ def decode(enc, dec, vocab, mel, steps, pick):
 def transcribe(enc, dec, tok, vocab, audio, max_tokens=96, mel=None):
     """Greedy transcript of 16 kHz `audio`; `mel` [80, frames] overrides the
     front end (log_mel of the audio + MARGIN zero frames)."""
+    return tok.decode(transcribe_tokens(enc, dec, vocab, audio, max_tokens, mel)).strip()
+
+
+def transcribe_tokens(enc, dec, vocab, audio, max_tokens=96, mel=None):
+    """The tokens of transcribe()."""
     if mel is None:
         frames = min(3000, len(audio) // HOP + MARGIN)
         frames += frames % 2
@@ -203,7 +209,7 @@ def transcribe(enc, dec, tok, vocab, audio, max_tokens=96, mel=None):
     loop = repeat_len(out)
     if loop:
         del out[-loop:]
-    return tok.decode(out).strip()
+    return out
 
 
 def main():

@@ -87,7 +87,7 @@ fn peak_rss_mb() -> Option<f64> {
 pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
     let dir = stt_model_dir(cfg, args.models.as_deref());
     let cpu = CpuInfo::read();
-    let precisions = calibrate::precision_candidates(Precision::Auto, &dir);
+    let precisions = calibrate::precision_candidates(Precision::Auto, &dir, &cpu);
     let mut threads: Vec<usize> = (1..=cpu.cores).collect();
     if args.quick {
         threads.retain(|&t| t == 1 || t == cpu.cores);
@@ -187,10 +187,7 @@ fn bench_one(
 ) -> Result<Row, OfflineError> {
     let mut c = cfg.clone();
     c.vad.model = dir.join(crate::stt::VAD_FILE);
-    c.stt.precision = match precision {
-        ModelPrecision::Fp32 => Precision::Fp32,
-        ModelPrecision::Int8 => Precision::Int8,
-    };
+    c.stt.precision = precision.into();
     c.stt.threads = Threads::Fixed(threads as u32);
     reset_peak_rss();
     let t0 = std::time::Instant::now();

@@ -22,6 +22,11 @@ pub enum Precision {
     /// int8 weights (`whisper_*_int8.onnx`): about 60 MB less memory than
     /// fp32.
     Int8,
+    /// float16 (`whisper_*_f16.onnx`): half fp32's weights, fast only on
+    /// CPUs with native fp16 arithmetic (aarch64 `asimdhp`, a Pi 5's
+    /// Cortex-A76), the only ones `auto` tries it on; elsewhere tract
+    /// converts every product and it is many times slower than fp32.
+    Fp16,
 }
 
 impl Precision {
@@ -30,6 +35,7 @@ impl Precision {
             Precision::Auto => "auto",
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
+            Precision::Fp16 => "fp16",
         }
     }
 
@@ -39,6 +45,17 @@ impl Precision {
             Precision::Auto => None,
             Precision::Fp32 => Some(ModelPrecision::Fp32),
             Precision::Int8 => Some(ModelPrecision::Int8),
+            Precision::Fp16 => Some(ModelPrecision::Fp16),
+        }
+    }
+}
+
+impl From<ModelPrecision> for Precision {
+    fn from(p: ModelPrecision) -> Self {
+        match p {
+            ModelPrecision::Fp32 => Precision::Fp32,
+            ModelPrecision::Fp16 => Precision::Fp16,
+            ModelPrecision::Int8 => Precision::Int8,
         }
     }
 }
@@ -48,16 +65,22 @@ impl Precision {
 #[serde(rename_all = "lowercase")]
 pub enum ModelPrecision {
     Fp32,
+    Fp16,
     Int8,
 }
 
 impl ModelPrecision {
     /// Every form, in the order calibration tries them.
-    pub const ALL: [ModelPrecision; 2] = [ModelPrecision::Fp32, ModelPrecision::Int8];
+    pub const ALL: [ModelPrecision; 3] = [
+        ModelPrecision::Fp32,
+        ModelPrecision::Fp16,
+        ModelPrecision::Int8,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ModelPrecision::Fp32 => "fp32",
+            ModelPrecision::Fp16 => "fp16",
             ModelPrecision::Int8 => "int8",
         }
     }
@@ -66,7 +89,19 @@ impl ModelPrecision {
     pub fn suffix(self) -> &'static str {
         match self {
             ModelPrecision::Fp32 => "",
+            ModelPrecision::Fp16 => "_f16",
             ModelPrecision::Int8 => "_int8",
+        }
+    }
+
+    /// Whether the CPU computes this form natively. fp16 needs aarch64's
+    /// half-precision vector arithmetic (`asimdhp`, for which tract has
+    /// fp16 kernels); elsewhere tract widens every operand and the form
+    /// only costs time, so `auto` never tries it there.
+    pub fn native_on(self, arch: &str, has_feature: impl Fn(&str) -> bool) -> bool {
+        match self {
+            ModelPrecision::Fp16 => arch == "aarch64" && has_feature("asimdhp"),
+            ModelPrecision::Fp32 | ModelPrecision::Int8 => true,
         }
     }
 }

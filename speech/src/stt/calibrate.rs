@@ -190,12 +190,15 @@ pub fn thread_candidates(setting: Threads, cores: usize) -> Vec<usize> {
     }
 }
 
-/// Forms to try: the fixed one, or every form whose files are in `dir`.
-pub fn precision_candidates(setting: Precision, dir: &Path) -> Vec<ModelPrecision> {
+/// Forms to try: the fixed one, or every form whose files are in `dir`
+/// and that `cpu` computes natively ([`ModelPrecision::native_on`]: fp16
+/// only with aarch64's `asimdhp`).
+pub fn precision_candidates(setting: Precision, dir: &Path, cpu: &CpuInfo) -> Vec<ModelPrecision> {
     match setting.fixed() {
         Some(p) => vec![p],
         None => ModelPrecision::ALL
             .into_iter()
+            .filter(|p| p.native_on(&cpu.arch, |f| cpu.has(f)))
             .filter(|p| {
                 ["encoder", "decoder"].iter().all(|part| {
                     dir.join(format!("whisper_{part}{}.onnx", p.suffix()))
@@ -577,7 +580,7 @@ mod tests {
         BTreeMap::from([(ModelPrecision::Fp32, 150), (ModelPrecision::Int8, 40)])
     }
 
-    use ModelPrecision::{Fp32, Int8};
+    use ModelPrecision::{Fp16, Fp32, Int8};
 
     #[test]
     fn the_fastest_form_wins_when_the_other_is_far_behind() {
@@ -685,6 +688,38 @@ mod tests {
         );
         assert_eq!(zero.model, "Cortex-A53");
         assert!(zero.low_memory() && !zero.has("asimddp"));
+    }
+
+    /// `auto` tries fp16 only where the CPU computes it natively (aarch64
+    /// with `asimdhp`), and only forms whose two files are installed; an
+    /// explicit setting is taken as it is.
+    #[test]
+    fn fp16_is_a_candidate_only_on_arm_cores_with_fp16_arithmetic() {
+        let dir = tempfile::tempdir().unwrap();
+        for suffix in ["", "_int8", "_f16"] {
+            for part in ["encoder", "decoder"] {
+                std::fs::write(dir.path().join(format!("whisper_{part}{suffix}.onnx")), b"")
+                    .unwrap();
+            }
+        }
+        let arm =
+            |features: &str| CpuInfo::parse(&format!("Features\t: {features}\n"), "", "aarch64", 4);
+        let pi5 = arm("fp asimd fphp asimdhp asimddp");
+        let pi4 = arm("fp asimd crc32");
+        let auto = |cpu: &CpuInfo| precision_candidates(Precision::Auto, dir.path(), cpu);
+        assert_eq!(auto(&pi5), [Fp32, Fp16, Int8]);
+        assert_eq!(auto(&pi4), [Fp32, Int8]);
+        assert_eq!(auto(&cpu()), [Fp32, Int8]);
+        // asimdhp in an x86 flag list (it never is) does not make it Arm.
+        let odd = CpuInfo::parse("flags\t: avx2 asimdhp\n", "", "x86_64", 2);
+        assert_eq!(auto(&odd), [Fp32, Int8]);
+        assert_eq!(
+            precision_candidates(Precision::Fp16, dir.path(), &cpu()),
+            [Fp16]
+        );
+        // Without the fp16 files, auto does not offer it on a Pi 5 either.
+        std::fs::remove_file(dir.path().join("whisper_decoder_f16.onnx")).unwrap();
+        assert_eq!(auto(&pi5), [Fp32, Int8]);
     }
 
     fn calibration(key: CacheKey) -> Calibration {

@@ -211,7 +211,7 @@ impl Recognizer {
     /// calibration in `opts.calibration_file` is reused): see [`calibrate`].
     pub fn load(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
         let cpu = CpuInfo::read();
-        let precisions = calibrate::precision_candidates(opts.precision, dir);
+        let precisions = calibrate::precision_candidates(opts.precision, dir, &cpu);
         let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
         let mut key = CacheKey::new(
             &cpu,
@@ -232,6 +232,15 @@ impl Recognizer {
         let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
             // Both fixed, or only one form installed with one core.
             (&[precision], &[threads]) => {
+                if !precision.native_on(&cpu.arch, |f| cpu.has(f)) {
+                    tracing::warn!(
+                        precision = %precision,
+                        cpu = %cpu.model,
+                        "this CPU has no native fp16 arithmetic: tract widens every \
+                         product and recognition is several times slower than fp32; \
+                         stt.precision = \"auto\" would not use it here"
+                    );
+                }
                 let choice = Choice { precision, threads };
                 let c = if opts.precision.fixed().is_some() {
                     Calibration::fixed(key, cpu, choice)
@@ -389,11 +398,36 @@ mod tests {
         (root.join("models/build"), dev)
     }
 
+    /// The forms [`three_dev_clips_give_the_reference_transcripts_in_every_precision`]
+    /// checks: every form, or those `TALKIE_TEST_PRECISIONS` names
+    /// (comma-separated, each on all three clips). Under qemu-user,
+    /// `/proc/cpuinfo` is the host's, so tract (which reads `asimdhp`
+    /// there) must be told the emulated CPU has fp16:
+    /// `QEMU_CPU=max TRACT_CPU_ISA=+fp16 TALKIE_TEST_PRECISIONS=fp16`
+    /// checks its fp16 kernels alone (each form costs minutes emulated).
+    fn forms_to_check() -> Vec<ModelPrecision> {
+        match std::env::var("TALKIE_TEST_PRECISIONS") {
+            Ok(list) => list
+                .split(',')
+                .map(|p| {
+                    ModelPrecision::ALL
+                        .into_iter()
+                        .find(|m| m.as_str() == p.trim())
+                        .unwrap_or_else(|| panic!("TALKIE_TEST_PRECISIONS: unknown form {p:?}"))
+                })
+                .collect(),
+            Err(_) => ModelPrecision::ALL.to_vec(),
+        }
+    }
+
     /// Three dev clips in every precision give the transcripts of the
-    /// x86_64 fp32 run. `make cross-test` runs this test under qemu-aarch64
-    /// for several CPU models (`QEMU_CPU`), so every Arm kernel family
-    /// tract picks (with and without dot-product) is checked for
-    /// correctness; the ISA line it prints says which family ran.
+    /// x86_64 fp32 run (one clip in a form the CPU does not compute
+    /// natively: fp16 off aarch64 `asimdhp` checks the graph, at 20 times
+    /// fp32's encoder time). `make cross-test` runs this test under
+    /// qemu-aarch64 for several CPU models (`QEMU_CPU`), so every Arm
+    /// kernel family tract picks (with and without dot-product, fp16 on
+    /// `max`) is checked for correctness; the ISA line it prints says
+    /// which family ran.
     #[test]
     fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
         let (models, eval) = models_and_dev();
@@ -405,12 +439,16 @@ mod tests {
                 "Can you show me the way to the main entrance?",
             ),
         ];
+        let cpu = CpuInfo::read();
+        let forms = forms_to_check();
         eprintln!(
-            "cpu: {:?}; tract ISA: {}",
-            CpuInfo::read().model,
+            "cpu: {:?} {:?}; tract ISA: {}; forms: {forms:?}",
+            cpu.model,
+            cpu.features,
             calibrate::tract_isa()
         );
-        for precision in [Precision::Fp32, Precision::Int8] {
+        for form in forms {
+            let precision = Precision::from(form);
             let opts = RecognizerOptions {
                 precision,
                 threads: Threads::Fixed(1),
@@ -418,7 +456,9 @@ mod tests {
                 ..RecognizerOptions::default()
             };
             let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
-            for (file, text) in expected {
+            let named = std::env::var_os("TALKIE_TEST_PRECISIONS").is_some();
+            let native = named || form.native_on(&cpu.arch, |f| cpu.has(f));
+            for (file, text) in expected.into_iter().take(if native { 3 } else { 1 }) {
                 let samples = read_clip(&eval.join(file));
                 let got = r.recognize(&samples).unwrap();
                 eprintln!(
