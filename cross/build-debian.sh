@@ -31,11 +31,19 @@ fi
 # An index may fail to download while a mirror syncs, and apt then drops
 # that whole suite (bookworm-security carries rustc-web): retry a few times,
 # then go on and let the install say what is missing.
-for attempt in 1 2 3; do
-  $sudo apt-get update -qq && break
-  echo "apt-get update failed (attempt $attempt of 3)" >&2; sleep $((attempt * 15))
+# Nothing to do when every package is in (`make test` builds in the
+# background, then runs the tests with a second call).
+missing=""
+for p in rustc-web rust-web-src qemu-user $pkgs; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustc-web rust-web-src qemu-user $pkgs
+if [ -n "$missing" ]; then
+  for attempt in 1 2 3; do
+    $sudo apt-get update -qq && break
+    echo "apt-get update failed (attempt $attempt of 3)" >&2; sleep $((attempt * 15))
+  done
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing
+fi
 
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 export RUSTC=/usr/bin/rustc PKG_CONFIG_ALLOW_CROSS=1
@@ -51,7 +59,10 @@ export "CARGO_TARGET_${upper}_RUNNER=qemu-$( [ "$arch" = aarch64 ] && echo aarch
 if [ "$mode" = test ]; then
   # The libraries' unit tests, built for the target and run by qemu-user
   # (the runner above). The end-to-end tests need the host's ALSA plugins
-  # and Chromium; they run natively in `make test`.
+  # and Chromium; they run natively in `make test`. Their own target dir:
+  # a host build can run beside this one (`make test` does) without
+  # waiting for cargo's lock on target/.
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cross}
   std=(); [ "$arch" = armv7 ] && std=(-Zbuild-std=std,panic_abort) && export RUSTC_BOOTSTRAP=1
   # Dependencies at opt-level 1 (TALKIE_CROSS_OPT, default 1) instead of
   # the dev profile's 3: Debian's rustc spent most of CI's budget
@@ -92,9 +103,13 @@ if [ "$mode" = test ]; then
     # a speed figure. Opt-in (several minutes per model under emulation):
     # TALKIE_QEMU_CPUS="max cortex-a72 cortex-a53" make cross-test, and for
     # 32-bit Raspberry Pi OS TALKIE_QEMU_CPUS=cortex-a7 cross/build-debian.sh armv7 test.
+    # qemu-user shows the guest the host's /proc/cpuinfo, where tract looks
+    # for `asimdhp`: on the models with fp16 arithmetic it is told
+    # (TRACT_CPU_ISA=+fp16), so its fp16 kernels run there.
     for cpu in ${TALKIE_QEMU_CPUS:-}; do
       echo "== recognition under qemu-$( [ "$arch" = aarch64 ] && echo aarch64 || echo arm ) -cpu $cpu =="
-      QEMU_CPU=$cpu cargo test "${std[@]}" --target "$triple" -p talkie-speech --lib \
+      isa=""; case "$cpu" in max|cortex-a76|neoverse-n1) isa=+fp16 ;; esac
+      QEMU_CPU=$cpu TRACT_CPU_ISA=$isa cargo test "${std[@]}" --target "$triple" -p talkie-speech --lib \
         three_dev_clips_give_the_reference_transcripts -- --nocapture
     done
   else
