@@ -93,17 +93,6 @@ impl ModelPrecision {
             ModelPrecision::Int8 => "_int8",
         }
     }
-
-    /// Whether the CPU computes this form natively. fp16 needs aarch64's
-    /// half-precision vector arithmetic (`asimdhp`, for which tract has
-    /// fp16 kernels); elsewhere tract widens every operand and the form
-    /// only costs time, so `auto` never tries it there.
-    pub fn native_on(self, arch: &str, has_feature: impl Fn(&str) -> bool) -> bool {
-        match self {
-            ModelPrecision::Fp16 => arch == "aarch64" && has_feature("asimdhp"),
-            ModelPrecision::Fp32 | ModelPrecision::Int8 => true,
-        }
-    }
 }
 
 impl std::fmt::Display for ModelPrecision {

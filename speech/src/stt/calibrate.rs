@@ -161,6 +161,17 @@ impl CpuInfo {
         self.features.iter().any(|f| f == feature)
     }
 
+    /// Whether this CPU computes `form` natively. fp16 needs aarch64's
+    /// half-precision vector arithmetic (`asimdhp`, which tract also reads
+    /// before it enables its fp16 kernels); elsewhere tract widens every
+    /// operand and the form only costs time, so `auto` never tries it there.
+    pub fn computes_natively(&self, form: ModelPrecision) -> bool {
+        match form {
+            ModelPrecision::Fp16 => self.arch == "aarch64" && self.has("asimdhp"),
+            ModelPrecision::Fp32 | ModelPrecision::Int8 => true,
+        }
+    }
+
     /// Less than [`LOW_MEMORY_MB`] of RAM: memory weighs more in [`decide`].
     pub fn low_memory(&self) -> bool {
         self.mem_total_mb.is_some_and(|m| m < LOW_MEMORY_MB)
@@ -191,14 +202,14 @@ pub fn thread_candidates(setting: Threads, cores: usize) -> Vec<usize> {
 }
 
 /// Forms to try: the fixed one, or every form whose files are in `dir`
-/// and that `cpu` computes natively ([`ModelPrecision::native_on`]: fp16
+/// and that `cpu` computes natively ([`CpuInfo::computes_natively`]: fp16
 /// only with aarch64's `asimdhp`).
 pub fn precision_candidates(setting: Precision, dir: &Path, cpu: &CpuInfo) -> Vec<ModelPrecision> {
     match setting.fixed() {
         Some(p) => vec![p],
         None => ModelPrecision::ALL
             .into_iter()
-            .filter(|p| p.native_on(&cpu.arch, |f| cpu.has(f)))
+            .filter(|&p| cpu.computes_natively(p))
             .filter(|p| {
                 ["encoder", "decoder"].iter().all(|part| {
                     dir.join(format!("whisper_{part}{}.onnx", p.suffix()))

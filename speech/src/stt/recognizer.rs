@@ -232,7 +232,7 @@ impl Recognizer {
         let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
             // Both fixed, or only one form installed with one core.
             (&[precision], &[threads]) => {
-                if !precision.native_on(&cpu.arch, |f| cpu.has(f)) {
+                if !cpu.computes_natively(precision) {
                     tracing::warn!(
                         precision = %precision,
                         cpu = %cpu.model,
@@ -457,7 +457,7 @@ mod tests {
             };
             let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
             let named = std::env::var_os("TALKIE_TEST_PRECISIONS").is_some();
-            let native = named || form.native_on(&cpu.arch, |f| cpu.has(f));
+            let native = named || cpu.computes_natively(form);
             for (file, text) in expected.into_iter().take(if native { 3 } else { 1 }) {
                 let samples = read_clip(&eval.join(file));
                 let got = r.recognize(&samples).unwrap();
