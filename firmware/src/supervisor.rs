@@ -11,11 +11,13 @@
 //! | audio | every frame or 100 ms | capture state is not `ended` |
 //! | listen | every 20 ms | always |
 //! | stt | every 500 ms idle, before every encoder window and decoder step while recognizing | always (a long recognition on a slow board keeps beating; a runaway one stops at `ptt::worker::RECOGNITION_LIMIT`) |
-//! | agent | every loop turn, ≤ 1 s idle | `agent.url` is set |
+//! | agent | every loop turn, and every `stall_ms / 4` (0.1–1 s) while it waits on a timer or the agent: idle, backoff, open breaker, `Retry-After`, a request in flight | `agent.url` is set |
 //! | http | each 200 from `GET /healthz` over loopback, probed every `stall_ms / 4` (0.1–1 s) | always |
 //! | controller | is the loop that pings | — |
 //!
-//! A microphone that is unplugged is **degraded, not wedged**: the capture
+//! No heartbeat depends on the network: an agent that is down, throttling
+//! or hung is **degraded, not wedged** (`crate::agent::link`). Likewise a
+//! microphone that is unplugged is **degraded, not wedged**: the capture
 //! thread keeps beating while it retries with backoff, so the watchdog stays
 //! fed and the status says `degraded`; the LEDs show the error state.
 

@@ -113,8 +113,30 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Mo
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A fault switched on while the agent runs (a test's fault schedule);
+/// it takes precedence over the fault flags of [`MockArgs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Answer as the flags say.
+    #[default]
+    None,
+    /// Answer every request with this status and, when set, `Retry-After`
+    /// seconds (recorded like any answer).
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Take the request and never answer (the connection stays open until
+    /// the client gives up).
+    Hang,
+}
+
+/// Switches a running agent's [`Fault`].
+pub type FaultSwitch = Arc<Mutex<Fault>>;
+
 struct State {
     args: MockArgs,
+    fault: FaultSwitch,
     rng: fastrand::Rng,
     requests: u64,
     arrivals: u64,
@@ -147,7 +169,15 @@ fn decide(state: &Mutex<State>, auth: Option<&str>, key: Option<&str>, body: &[u
     let payload: Option<UtterancePayload> = serde_json::from_slice(body).ok();
     let id = key.map(str::to_owned);
     let expected = s.args.token.as_ref().map(|t| format!("Bearer {t}"));
-    let (status, reply, duplicate, dropped) = if expected.is_some() && expected.as_deref() != auth {
+    let fault = *s.fault.lock().unwrap_or_else(PoisonError::into_inner);
+    let (status, reply, duplicate, dropped) = if let Fault::Status { status, .. } = fault {
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "{\"error\":\"injected fault\"}".to_owned(),
+            false,
+            false,
+        )
+    } else if expected.is_some() && expected.as_deref() != auth {
         (
             StatusCode::UNAUTHORIZED,
             "{\"error\":\"unauthorized\"}".to_owned(),
@@ -206,9 +236,12 @@ fn decide(state: &Mutex<State>, auth: Option<&str>, key: Option<&str>, body: &[u
     if dropped {
         Verdict::Drop
     } else {
-        let retry_after = (!status.is_success() && status != StatusCode::CONFLICT)
-            .then_some(s.args.retry_after)
-            .flatten();
+        let retry_after = match fault {
+            Fault::Status { retry_after, .. } => retry_after,
+            _ => (!status.is_success() && status != StatusCode::CONFLICT)
+                .then_some(s.args.retry_after)
+                .flatten(),
+        };
         Verdict::Reply(status, reply, retry_after)
     }
 }
@@ -262,6 +295,15 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let hang = {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let f = *s.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        f == Fault::Hang
+    };
+    if hang {
+        // Until the client gives up (the connection task is dropped then).
+        std::future::pending::<()>().await;
+    }
     match decide(&state, auth.as_deref(), key.as_deref(), &body) {
         Verdict::Drop => Err(Dropped),
         Verdict::Reply(status, text, retry_after) => {
@@ -286,7 +328,7 @@ pub fn run(args: MockArgs) -> Result<(), MockError> {
         let (listener, addr) = bind(&args).await?;
         println!("mock-agent listening on {addr}");
         let _ = std::io::stdout().flush();
-        serve(listener, args, async move {
+        serve(listener, args, FaultSwitch::default(), async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -302,6 +344,7 @@ pub fn run(args: MockArgs) -> Result<(), MockError> {
 #[derive(Debug)]
 pub struct MockAgent {
     addr: SocketAddr,
+    fault: FaultSwitch,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), MockError>>>,
 }
@@ -311,6 +354,8 @@ impl MockAgent {
     pub fn spawn(args: MockArgs) -> Result<Self, MockError> {
         let (bound_tx, bound_rx) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let fault = FaultSwitch::default();
+        let switch = Arc::clone(&fault);
         let thread = std::thread::Builder::new()
             .name("mock-agent".into())
             .spawn(move || {
@@ -324,7 +369,7 @@ impl MockAgent {
                         }
                     };
                     let _ = bound_tx.send(Ok(addr));
-                    serve(listener, args, async move {
+                    serve(listener, args, switch, async move {
                         let _ = stopped.await;
                     })
                     .await
@@ -342,6 +387,7 @@ impl MockAgent {
         };
         Ok(Self {
             addr,
+            fault,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -350,6 +396,11 @@ impl MockAgent {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Switch the fault every later request meets.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
     }
 }
 
@@ -390,6 +441,7 @@ async fn bind(args: &MockArgs) -> Result<(TcpListener, SocketAddr), MockError> {
 pub async fn serve(
     listener: TcpListener,
     args: MockArgs,
+    fault: FaultSwitch,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MockError> {
     let record = match &args.record {
@@ -412,6 +464,7 @@ pub async fn serve(
     let state = Arc::new(Mutex::new(State {
         rng: fastrand::Rng::with_seed(args.seed),
         args,
+        fault,
         requests: 0,
         arrivals: 0,
         delivered: HashSet::new(),

@@ -8,6 +8,8 @@
 //!   48 kHz stereo clips of `../shared/eval/dev` through the file backend.
 //! - `config`: exit code 78 and the file:line:column of the culprit.
 //! - `stt`, `ptt`, `agent`, `status`, `systemd`, `browser`, `service`.
+//! - `supervised`: the whole kiosk under an emulated systemd through a
+//!   fault schedule (issue 28), and the soak (`make soak`).
 //!
 //! The eval data is looked up in `$TALKIE_EVAL_DIR`, else `../shared/eval`
 //! beside the repository.
@@ -27,4 +29,5 @@ mod ptt;
 mod service;
 mod status;
 mod stt;
+mod supervised;
 mod systemd;

@@ -811,3 +811,40 @@ async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
     assert!(runs.to_string().contains("clean"), "{runs}");
     assert!(files[6].1.starts_with(b"{"));
 }
+
+/// Issue 28 row 6: the page and `/api/v1/status` said `idle` while the
+/// LEDs showed `offline`: the state shown was updated on button events
+/// only, and an agent outage with nobody pressing made none. Here nobody
+/// presses at all; the agent is down with a transcript waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_offline_when_the_agent_is_down_without_any_press() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", "t0k3n-0123456789");
+    let script = write(dir.path(), "no-presses.toml", "# nobody presses\n");
+    cfg.gpio.script = Some(script);
+    cfg.agent.url = Some("http://127.0.0.1:9".into());
+    cfg.agent.breaker_failures = 1;
+    cfg.outbox.path = dir.path().join("outbox.db");
+    talkie::agent::outbox::Outbox::open(&cfg.outbox.path, 100)
+        .unwrap()
+        .outbox
+        .enqueue("waiting", "{}")
+        .unwrap();
+    let h = start(cfg).await.unwrap();
+    assert!(h.ready().await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = status_of(h.status_addr()).await;
+        if s["state"] == "offline" && s["agent"]["breaker"] == "open" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never showed offline: {}",
+            s["state"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    h.shutdown();
+    h.wait().await.expect("a clean stop");
+}

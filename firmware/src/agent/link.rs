@@ -13,9 +13,18 @@
 //! full jitter (reset after a success) and feed the circuit breaker; while
 //! the breaker is open nothing is sent.
 //!
-//! One item cannot block the rest: after `outbox.max_attempts` server
-//! errors (5xx but 503) on it, or once it is older than `outbox.max_age_h`,
-//! it moves to the dead-letter table and the next one is sent.
+//! One item cannot block the rest: after `outbox.max_attempts` failed
+//! answers on it (5xx but 503, and any status the contract does not
+//! define), or once it is older than `outbox.max_age_h`, it moves to the
+//! dead-letter table and the next one is sent.
+//!
+//! Architecture invariant: **no heartbeat depends on the network.** Every
+//! wait of the task on a timer or on the agent (backoff, an open breaker,
+//! `Retry-After`, DNS, a request in flight) is bounded and beats every
+//! `beat_every` ([`beating`]): an agent that is away, slow or hostile is a
+//! degraded state the status page shows, never a wedged loop that makes the
+//! watchdog restart the kiosk. Only the outbox's own disk work is outside
+//! it: a disk that hangs is what the watchdog is for.
 
 use super::breaker::{Backoff, Breaker, BreakerState};
 use super::outbox::{unix_ms, Outbox, OutboxError, Pending, SharedOutbox};
@@ -28,8 +37,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Longest a `Retry-After` is honoured for.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest a `Retry-After` is parsed as; `agent.retry_after_max_s`
+/// (default 5 min, docs/agent-api.md) caps it further.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest an error text kept for the status page.
 const MAX_ERROR_LEN: usize = 300;
 /// Most bytes of an agent's reply body read; the rest is not read (a
@@ -81,15 +91,19 @@ pub enum FailureClass {
     Throttled,
     /// Other 5xx.
     Server,
+    /// A status the contract does not define (1xx, 3xx, 600+): counts
+    /// toward `outbox.max_attempts` like a server error.
+    Unexpected,
     Other,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 5] = [
+    pub const ALL: [FailureClass; 6] = [
         FailureClass::Connect,
         FailureClass::Timeout,
         FailureClass::Throttled,
         FailureClass::Server,
+        FailureClass::Unexpected,
         FailureClass::Other,
     ];
 
@@ -99,6 +113,7 @@ impl FailureClass {
             Self::Timeout => "timeout",
             Self::Throttled => "throttled",
             Self::Server => "server",
+            Self::Unexpected => "unexpected",
             Self::Other => "other",
         }
     }
@@ -145,7 +160,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
             reason: truncate(body),
         },
         _ => Outcome::Retry {
-            class: FailureClass::Other,
+            class: FailureClass::Unexpected,
             retry_after: None,
             error: format!("unexpected HTTP {status}"),
         },
@@ -283,7 +298,7 @@ pub async fn attempt(
             };
             stats.note_answer(status, header(reqwest::header::DATE).as_deref());
             let retry_after = header(reqwest::header::RETRY_AFTER);
-            if (300..400).contains(&status) {
+            if matches!(status, 301 | 302 | 303 | 307 | 308) {
                 let to = header(reqwest::header::LOCATION).unwrap_or_else(|| "nowhere".into());
                 return Outcome::Retry {
                     class: FailureClass::Other,
@@ -309,7 +324,7 @@ pub async fn attempt(
                             FailureClass::Connect
                         },
                         retry_after: None,
-                        error: chain(&e),
+                        error: chain(&e.without_url()),
                     }
                 }
             };
@@ -324,7 +339,7 @@ pub async fn attempt(
                 FailureClass::Other
             },
             retry_after: None,
-            error: chain(&e),
+            error: chain(&e.without_url()),
         },
     }
 }
@@ -347,6 +362,43 @@ pub struct Link {
     pub wake: Arc<Notify>,
     /// End once the outbox is empty (`talkie outbox deliver --until-empty`).
     pub exit_when_empty: bool,
+    /// How often the task beats while it waits (a quarter of
+    /// `watchdog.stall_ms`, 0.1–1 s: [`crate::supervisor::probe_interval`]).
+    pub beat_every: Duration,
+    /// The longest one attempt may take, whatever the HTTP client does
+    /// ([`attempt_limit`]).
+    pub attempt_limit: Duration,
+    /// The longest `Retry-After` honoured (`agent.retry_after_max_s`).
+    pub retry_after_max: Duration,
+}
+
+/// The longest one attempt may take: the client's connect and request
+/// timeouts bound it already; this also bounds a resolver that never
+/// answers.
+pub fn attempt_limit(cfg: &AgentConfig) -> Duration {
+    Duration::from_millis(u64::from(cfg.connect_timeout_ms) + u64::from(cfg.request_timeout_ms))
+        + Duration::from_secs(1)
+}
+
+/// Await `f`, beating every `every` while it is pending: what the link
+/// waits for (a timer, the agent) is bounded, so waiting is being alive.
+/// The beat comes from this task's own polling: a task that is not polled
+/// at all does not beat.
+pub async fn beating<F: std::future::Future>(
+    stats: &AgentStats,
+    every: Duration,
+    f: F,
+) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut f => return out,
+            _ = tick.tick() => stats.beat(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Link {
@@ -430,13 +482,10 @@ impl Link {
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record a delivery the agent acknowledged; retrying the write (nothing is sent meanwhile)");
                     self.stats.set_last_error(&e.to_string());
-                    if sleep_or_cancel(wait, cancel).await {
+                    if self.pause(wait, false, cancel).await {
                         return true;
                     }
                     wait = (wait * 2).min(Duration::from_secs(60));
-                    self.stats
-                        .beat_ms
-                        .store(crate::telemetry::now_ms(), Relaxed);
                 }
             }
         }
@@ -466,7 +515,7 @@ impl Link {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot move to dead letters");
-                sleep_or_cancel(Duration::from_secs(1), cancel).await
+                self.pause(Duration::from_secs(1), false, cancel).await
             }
         }
     }
@@ -476,16 +525,14 @@ impl Link {
     pub async fn run(mut self, cancel: CancellationToken) {
         self.set_breaker();
         loop {
-            self.stats
-                .beat_ms
-                .store(crate::telemetry::now_ms(), Relaxed);
+            self.stats.beat();
             self.refresh_depth().await;
             let head = match with_outbox(&self.outbox, |o| o.head()).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox unreadable; retrying in 5 s");
                     self.stats.set_last_error(&e.to_string());
-                    if sleep_or_cancel(Duration::from_secs(5), &cancel).await {
+                    if self.pause(Duration::from_secs(5), false, &cancel).await {
                         return;
                     }
                     continue;
@@ -495,10 +542,8 @@ impl Link {
                 if self.exit_when_empty {
                     return;
                 }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = cancel.cancelled() => return,
+                if self.pause(Duration::from_secs(1), true, &cancel).await {
+                    return;
                 }
                 continue;
             };
@@ -517,7 +562,7 @@ impl Link {
                 }
             }
             if let Err(wait) = self.breaker.allow(Instant::now()) {
-                if sleep_or_cancel(wait, &cancel).await {
+                if self.pause(wait, false, &cancel).await {
                     return;
                 }
                 continue;
@@ -526,8 +571,22 @@ impl Link {
             let t0 = Instant::now();
             tracing::debug!(target: "talkie::agent", id = %item.id, attempt = item.attempts + 1, "sending");
             let token = self.token();
+            let bounded = tokio::time::timeout(
+                self.attempt_limit,
+                attempt(
+                    &self.client,
+                    &self.url,
+                    token.as_deref(),
+                    &item,
+                    &self.stats,
+                ),
+            );
             let outcome = tokio::select! {
-                o = attempt(&self.client, &self.url, token.as_deref(), &item, &self.stats) => o,
+                o = beating(&self.stats, self.beat_every, bounded) => o.unwrap_or_else(|_| Outcome::Retry {
+                    class: FailureClass::Timeout,
+                    retry_after: None,
+                    error: format!("no answer within {} ms", self.attempt_limit.as_millis()),
+                }),
                 _ = cancel.cancelled() => {
                     tracing::info!(id = %item.id, "shutdown: request abandoned; the transcript stays in the outbox");
                     return;
@@ -600,11 +659,7 @@ impl Link {
                     tracing::error!(target: "talkie::agent", status, reason = %reason, waiting = %item.id, "{msg}; nothing is dead-lettered; retrying with the backoff (up to agent.backoff_max_ms)");
                 }
                 let wait = self.backoff.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => false,
-                    _ = self.wake.notified() => false,
-                    _ = cancel.cancelled() => true,
-                }
+                self.pause(wait, true, cancel).await
             }
             Outcome::Retry {
                 class,
@@ -616,14 +671,15 @@ impl Link {
                 let opened = self.breaker.failure(Instant::now());
                 self.set_breaker();
                 let backoff = self.backoff.next_delay();
-                let wait = retry_after.map_or(backoff, |ra| ra.max(backoff));
+                let wait =
+                    retry_after.map_or(backoff, |ra| ra.min(self.retry_after_max).max(backoff));
                 tracing::warn!(target: "talkie::agent", id = %item.id, class = class.as_str(), error = %error, retry_in_ms = wait.as_millis() as u64, breaker = self.breaker.state().as_str(), "delivery failed; will retry");
                 if opened {
                     self.stats.breaker_opened.fetch_add(1, Relaxed);
                     tracing::warn!(target: "talkie::agent", open_s = ?self.breaker.allow(Instant::now()).err(), "circuit breaker open");
                 }
                 let e2 = error.clone();
-                let server_error = class == FailureClass::Server;
+                let server_error = matches!(class, FailureClass::Server | FailureClass::Unexpected);
                 if let Err(e) = with_outbox(&self.outbox, move |o| {
                     o.record_attempt(seq, &e2, server_error)
                 })
@@ -641,17 +697,29 @@ impl Link {
                     );
                     return self.dead_letter(&item, 0, reason, cancel).await;
                 }
-                sleep_or_cancel(wait, cancel).await
+                self.pause(wait, false, cancel).await
             }
         }
     }
-}
 
-/// Sleep `d`; true if cancelled first.
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = cancel.cancelled() => true,
+    /// Wait `d` (or until woken, with `wakeable`), beating; true if
+    /// cancelled first.
+    async fn pause(&self, d: Duration, wakeable: bool, cancel: &CancellationToken) -> bool {
+        let woken = async {
+            if wakeable {
+                self.wake.notified().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        beating(&self.stats, self.beat_every, async {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => false,
+                _ = woken => false,
+                _ = cancel.cancelled() => true,
+            }
+        })
+        .await
     }
 }
 
@@ -709,6 +777,9 @@ mod tests {
             stats: Arc::new(AgentStats::default()),
             wake: Arc::new(Notify::new()),
             exit_when_empty: true,
+            beat_every: Duration::from_millis(100),
+            attempt_limit: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(3600),
         }
     }
 
@@ -806,6 +877,138 @@ mod tests {
         assert_eq!(after, [(200, "a".to_owned()), (200, "b".to_owned())]);
         assert_eq!(stats.paused_status.load(Relaxed), 0, "resumed");
         assert_eq!(outbox.with(|o| o.dead_count()).unwrap(), 0);
+    }
+
+    /// The agent faults of issue 28's outage: each leaves the link waiting
+    /// far longer than any `watchdog.stall_ms`.
+    enum Fault {
+        /// Nothing listens: connection refused, the breaker opens for an hour.
+        Down,
+        /// `503` with `Retry-After` of a day.
+        RetryAfter,
+        /// Accepts the connection and never answers.
+        Hang,
+    }
+
+    async fn faulty_agent(fault: &Fault) -> reqwest::Url {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        match fault {
+            Fault::Down => drop(listener),
+            Fault::RetryAfter => {
+                tokio::spawn(async move {
+                    while let Ok((mut s, _)) = listener.accept().await {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 86400\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        // Held open: the client reads the answer and moves on.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(s);
+                        });
+                    }
+                });
+            }
+            Fault::Hang => {
+                tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Ok((s, _)) = listener.accept().await {
+                        held.push(s);
+                    }
+                });
+            }
+        }
+        endpoint(&format!("http://{addr}")).unwrap()
+    }
+
+    /// Issue 28: while the breaker was open, or a `Retry-After` or a hung
+    /// request ran, the delivery task stopped beating, and the watchdog
+    /// restarted a kiosk whose only fault was its agent's. Now every such
+    /// wait beats: the heartbeat keeps moving long after the link started
+    /// waiting (the old code froze it for the whole wait: an hour here).
+    #[tokio::test]
+    async fn the_link_beats_while_the_agent_is_down_throttling_or_hung() {
+        for fault in [Fault::Down, Fault::RetryAfter, Fault::Hang] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = faulty_agent(&fault).await;
+            let mut l = link(dir.path(), url, "t", &["a"]);
+            l.exit_when_empty = false;
+            l.breaker = Breaker::new(1, Duration::from_secs(3600));
+            l.backoff = Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+            l.attempt_limit = Duration::from_secs(3600);
+            let client = client_builder(&AgentConfig::default())
+                .unwrap()
+                .timeout(Duration::from_secs(3600))
+                .build()
+                .unwrap();
+            l.client = client;
+            let stats = Arc::clone(&l.stats);
+            let cancel = CancellationToken::new();
+            let run = tokio::spawn(l.run(cancel.clone()));
+            // Waiting: the first attempt failed (Down, RetryAfter) or is in
+            // flight (Hang).
+            let started = stats.beat_ms.load(Relaxed);
+            within(async {
+                loop {
+                    let waiting = match fault {
+                        Fault::Down => stats.breaker_opened.load(Relaxed) == 1,
+                        Fault::RetryAfter => stats.last_http_status.load(Relaxed) == 503,
+                        Fault::Hang => true,
+                    };
+                    if waiting {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            let waiting_since = crate::telemetry::now_ms();
+            // Ten beat intervals after the wait began, it still beats.
+            within(async {
+                while stats.beat_ms.load(Relaxed) < waiting_since + 1_000 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            assert!(stats.beat_ms.load(Relaxed) > started);
+            assert_eq!(stats.delivered.load(Relaxed), 0, "nothing was delivered");
+            cancel.cancel();
+            within(run).await.unwrap();
+        }
+    }
+
+    /// Issue 28 row 9: a status outside the contract (999, 1xx, a 3xx
+    /// that is not a redirect) never counted toward `max_attempts`, so that
+    /// item blocked the queue forever. Now it counts like a server error:
+    /// on the wire, the item is dead-lettered after 3 and the rest flow.
+    #[tokio::test]
+    async fn a_status_outside_the_contract_counts_toward_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _seen) = agent(|_, body| if body == "odd" { 999 } else { 200 }).await;
+        let l = link(dir.path(), url, "t", &["odd", "{\"n\":2}"]);
+        let (outbox, stats) = (Arc::clone(&l.outbox), Arc::clone(&l.stats));
+        within(l.run(CancellationToken::new())).await;
+        let dead = outbox.with(|o| o.dead_letters(10)).unwrap();
+        assert_eq!((dead.len(), dead[0].body.as_str()), (1, "odd"));
+        assert!(
+            dead[0].reason.contains("unexpected HTTP 999"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(stats.delivered.load(Relaxed), 1);
+        for status in [999, 600, 150, 304] {
+            assert!(
+                matches!(
+                    classify(status, None, ""),
+                    Outcome::Retry {
+                        class: FailureClass::Unexpected,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
     }
 
     /// `outbox.max_age_h`: an item older than the limit is not sent.

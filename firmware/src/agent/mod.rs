@@ -145,7 +145,7 @@ pub async fn open(
         a.token.as_ref().map(|t| t.expose().to_owned()),
     ));
     tracing::info!(
-        url = %endpoint,
+        url = %crate::config::redact_url(endpoint.as_str()),
         outbox = %config.outbox.path.display(),
         max_items = config.outbox.max_items,
         "agent link ready"
@@ -169,6 +169,9 @@ pub async fn open(
         stats: Arc::clone(&stats),
         wake: Arc::clone(&wake),
         exit_when_empty: false,
+        beat_every: crate::supervisor::probe_interval(config.watchdog.stall_ms),
+        attempt_limit: link::attempt_limit(a),
+        retry_after_max: Duration::from_secs(a.retry_after_max_s.into()),
     };
     Ok((
         link,
@@ -210,7 +213,7 @@ pub struct AgentStats {
     /// Times delivery paused.
     pub paused: AtomicU64,
     /// Retried attempts by [`FailureClass`] (index = position in `ALL`).
-    pub retries: [AtomicU64; 5],
+    pub retries: [AtomicU64; FailureClass::ALL.len()],
     pub breaker_opened: AtomicU64,
     /// [`breaker::BreakerState`] as u8.
     pub breaker_state: AtomicU8,
@@ -235,6 +238,11 @@ pub struct AgentStats {
 }
 
 impl AgentStats {
+    /// The delivery task is alive (see [`link`]'s invariant).
+    pub fn beat(&self) {
+        self.beat_ms.store(crate::telemetry::now_ms(), Relaxed);
+    }
+
     pub fn retry(&self, class: FailureClass) {
         if let Some(i) = FailureClass::ALL.iter().position(|c| *c == class) {
             self.retries[i].fetch_add(1, Relaxed);

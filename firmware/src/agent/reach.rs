@@ -123,7 +123,7 @@ pub async fn check(client: &reqwest::Client, url: &reqwest::Url) -> Reachability
                 .and_then(|i| i.peer_certificate())
                 .and_then(not_after);
         }
-        Ok(Err(e)) => fail(&mut r, "request", super::link::chain(&e)),
+        Ok(Err(e)) => fail(&mut r, "request", super::link::chain(&e.without_url())),
         Err(_) => fail(
             &mut r,
             "request",

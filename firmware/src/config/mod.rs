@@ -17,7 +17,7 @@ mod secret;
 mod validate;
 
 pub use schema::*;
-pub use secret::{Secret, REDACTED};
+pub use secret::{redact_url, Secret, REDACTED};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -351,6 +351,14 @@ fn resolve_secrets(config: &mut Config, credentials_dir: Option<&Path>) -> Vec<(
     ) {
         problems.push(p);
     }
+    for (section, token) in [
+        ("agent", &config.agent.token),
+        ("status", &config.status.token),
+    ] {
+        if let Err(p) = token_shape(section, token.as_ref()) {
+            problems.push(p);
+        }
+    }
     problems
 }
 
@@ -386,6 +394,23 @@ fn resolve_secret(
     }
     *token = Some(Secret::new(value));
     Ok(())
+}
+
+/// A token goes into an `Authorization` header: printable ASCII without
+/// spaces, or every request with it fails (issue 28 row 8). The reason
+/// names the position, never the token.
+fn token_shape(section: &str, token: Option<&Secret>) -> Result<(), (String, String)> {
+    let Some(t) = token else { return Ok(()) };
+    match t.expose().char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+        None => Ok(()),
+        Some((at, c)) => Err((
+            format!("{section}.token"),
+            format!(
+                "the token has {} at byte {at}: a token is printable ASCII without spaces or control characters (it goes into an HTTP header)",
+                if c.is_control() { format!("the control character {:?}", c) } else if c.is_whitespace() { "a space".to_owned() } else { "a non-ASCII character".to_owned() }
+            ),
+        )),
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.

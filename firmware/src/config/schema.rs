@@ -315,6 +315,9 @@ impl Default for GpioConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Base URL (`http://` or `https://`); unset = keep transcripts local.
+    /// A password in it is shown as `<redacted>` wherever the
+    /// configuration is printed ([`super::redact_url`]).
+    #[serde(serialize_with = "super::secret::serialize_url")]
     pub url: Option<String>,
     /// Bearer token. Prefer `token_file` or the `agent-token` credential.
     pub token: Option<Secret>,
@@ -330,6 +333,9 @@ pub struct AgentConfig {
     pub breaker_failures: u32,
     /// Seconds the breaker stays open before a trial request.
     pub breaker_open_s: u32,
+    /// Longest `Retry-After` honoured, in seconds: an agent asking for
+    /// more is asked again after this long.
+    pub retry_after_max_s: u32,
 }
 
 impl Default for AgentConfig {
@@ -345,6 +351,7 @@ impl Default for AgentConfig {
             backoff_max_ms: 60_000,
             breaker_failures: 5,
             breaker_open_s: 30,
+            retry_after_max_s: 300,
         }
     }
 }

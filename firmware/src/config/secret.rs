@@ -44,3 +44,41 @@ impl<'de> Deserialize<'de> for Secret {
         String::deserialize(d).map(Secret)
     }
 }
+
+/// `url` with its password (if any) replaced by [`REDACTED`]; text that is
+/// not a URL is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            // Only a URL that cannot have a password fails here.
+            if u.set_password(Some(REDACTED)).is_err() {
+                return REDACTED.to_owned();
+            }
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `agent.url` as printed: its password redacted.
+pub(super) fn serialize_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_a_url_is_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_url("https://kiosk:hunter2@agent.example:8443/api"),
+            "https://kiosk:%3Credacted%3E@agent.example:8443/api"
+        );
+        assert_eq!(redact_url("http://10.0.0.5:9000"), "http://10.0.0.5:9000");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

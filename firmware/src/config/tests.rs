@@ -238,3 +238,53 @@ fn a_huge_bad_value_is_not_echoed_whole() {
     let e = load_text("", &[&format!("ptt.mode={huge}")], &[]).unwrap_err();
     assert!(e.to_string().len() < 2_000);
 }
+
+/// Issue 28 row 8: a token with a newline passed and every delivery then
+/// failed to build its header, forever. Now refused at load, with the
+/// reason and without the token.
+#[test]
+fn tokens_with_control_characters_are_refused_with_the_reason() {
+    let e = load_text(
+        "[agent]\nurl = \"http://10.0.0.5\"\ntoken = \"abc\\ndef\"\n[status]\ntoken = \"ok-token\"\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    let p = e.problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "agent.token");
+    assert!(
+        p[0].message.contains("control character"),
+        "{}",
+        p[0].message
+    );
+    assert!(!p[0].message.contains("abc"), "the token is not shown");
+    let e = load_text("[status]\ntoken = \"two words\"\n", &[], &[]).unwrap_err();
+    assert_eq!(e.problems()[0].key, "status.token");
+    assert!(load_text("[agent]\ntoken = \"A-z0.9_~+/=\"\n", &[], &[]).is_ok());
+}
+
+/// Issue 28 row 4: a password in `agent.url` is redacted wherever the
+/// configuration is printed (check-config, the status API, the bundle).
+#[test]
+fn a_password_in_the_agent_url_is_never_printed() {
+    let c = load_text(
+        "[agent]\nurl = \"https://kiosk:hunter2@agent.example/api\"\n",
+        &[],
+        &[],
+    )
+    .unwrap()
+    .config;
+    let printed = toml::to_string(&c).unwrap();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("kiosk:%3Credacted%3E@agent.example/api"),
+        "{printed}"
+    );
+    let json = crate::config::redacted(&c).to_string();
+    assert!(!json.contains("hunter2"), "{json}");
+    assert_eq!(
+        c.agent.url.as_deref(),
+        Some("https://kiosk:hunter2@agent.example/api")
+    );
+}

@@ -244,6 +244,12 @@ fn agent(p: &mut Problems, c: &Config) {
     );
     range(p, "agent.breaker_failures", ag.breaker_failures, 1..=1_000);
     range(p, "agent.breaker_open_s", ag.breaker_open_s, 1..=3_600);
+    range(
+        p,
+        "agent.retry_after_max_s",
+        ag.retry_after_max_s,
+        1..=3_600,
+    );
 }
 
 fn outbox(p: &mut Problems, c: &Config) {

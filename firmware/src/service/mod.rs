@@ -501,6 +501,8 @@ async fn run_service(mut ctx: Context) -> Result<Ended, ServiceError> {
                     && ctx.agent_stats.breaker_state.load(Ordering::Relaxed)
                         == crate::agent::breaker::BreakerState::Open.gauge();
                 controller.set_health(matches!(state, CaptureState::Degraded | CaptureState::Failed), offline);
+                // The page shows what the LEDs show (issue 28 row 6).
+                ctx.shared.set_led(controller.shown());
                 let line = ctx.status_line();
                 if line != status_line {
                     status_line = line;

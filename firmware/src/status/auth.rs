@@ -6,7 +6,14 @@
 //! CSPRNG), kept server-side with an expiry: it says nothing about the
 //! token (no offline guessing), differs on every kiosk and every login,
 //! and is revoked by logout, by its expiry and by a token change (a reload
-//! builds a new [`Auth`] with no sessions).
+//! that changes the token builds a new [`Auth`] with no sessions; one that
+//! does not keeps them).
+//!
+//! A cookie that names no live session (expired, evicted by the 33rd
+//! login, revoked by a restart) is [`Access::Expired`]: not a wrong token.
+//! It is not counted as a failed attempt (the ids are 256 random bits;
+//! there is nothing to guess), the browser is told to forget it, and the
+//! page asks for a login again instead of polling into a lock-out.
 
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
@@ -39,9 +46,14 @@ pub enum Access {
     Anonymous,
     /// Everything.
     Technician,
-    /// Presented a wrong token or session.
+    /// Presented a wrong token.
     Denied,
+    /// Presented a session cookie that names no live session.
+    Expired,
 }
+
+/// `Set-Cookie` that makes the browser forget a dead session cookie.
+pub const CLEAR_COOKIE: &str = "talkie_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0";
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -163,6 +175,17 @@ impl Auth {
         self.token.is_some()
     }
 
+    /// Is `token` the one this was built with (a reload that keeps the
+    /// token keeps the sessions)?
+    pub fn same_token(&self, token: Option<&str>) -> bool {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        match (&self.token, token) {
+            (None, None) => true,
+            (Some(_), Some(t)) => self.token_matches(t),
+            _ => false,
+        }
+    }
+
     fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
         self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -248,7 +271,7 @@ impl Auth {
         }
         match session_of(headers) {
             Some(v) if self.session_matches(&v) => Access::Technician,
-            Some(_) => Access::Denied,
+            Some(_) => Access::Expired,
             None => Access::Anonymous,
         }
     }
@@ -303,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             a.access(&headers(header::COOKIE, "talkie_session=00")),
-            Access::Denied
+            Access::Expired
         );
         // Random per login, not derived from the token; logout revokes it;
         // another Auth (a reload, another kiosk) does not know it.
@@ -314,7 +337,7 @@ mod tests {
         assert_ne!(id, hex(&digest(&[b"s3cret"])));
         let with = headers(header::COOKIE, value);
         a.end_session(&with);
-        assert_eq!(a.access(&with), Access::Denied, "logged out");
+        assert_eq!(a.access(&with), Access::Expired, "logged out");
         let second_value = second.split(';').next().unwrap();
         assert_eq!(
             a.access(&headers(header::COOKIE, second_value)),
@@ -323,8 +346,10 @@ mod tests {
         let reloaded = Auth::new(Some("s3cret"));
         assert_eq!(
             reloaded.access(&headers(header::COOKIE, second_value)),
-            Access::Denied
+            Access::Expired
         );
+        assert!(a.same_token(Some("s3cret\n")) && !a.same_token(Some("other")));
+        assert!(!a.same_token(None) && Auth::new(None).same_token(Some(" ")));
     }
 
     #[test]

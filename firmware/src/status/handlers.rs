@@ -31,7 +31,17 @@ pub(super) async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
 }
 pub(super) async fn status_handler(State(s): State<Arc<Shared>>, req: Request) -> Response {
     match technician_or_anonymous(&s, &req) {
-        Ok(tech) => Json(status_json(&s, tech)).into_response(),
+        Ok(tech) => {
+            let mut r = Json(status_json(&s, tech)).into_response();
+            if s.auth().access(req.headers()) == Access::Expired {
+                // The page sees `access: anonymous` and shows the login.
+                r.headers_mut().insert(
+                    header::SET_COOKIE,
+                    HeaderValue::from_static(auth::CLEAR_COOKIE),
+                );
+            }
+            r
+        }
         Err(r) => *r,
     }
 }
@@ -43,6 +53,8 @@ pub(super) fn technician_or_anonymous(s: &Shared, req: &Request) -> Result<bool,
     let ip = peer(req);
     match auth.access(req.headers()) {
         Access::Anonymous => Ok(false),
+        // The anonymous view; the status handler also clears the cookie.
+        Access::Expired => Ok(false),
         _ if !auth.allowed(ip) => Err(Box::new(too_many())),
         Access::Denied => Err(Box::new(denied(s, &auth, ip, req.uri().path()))),
         Access::Technician => Ok(true),
@@ -100,7 +112,7 @@ pub(super) async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> 
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("talkie_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(auth::CLEAR_COOKIE),
     );
     r
 }

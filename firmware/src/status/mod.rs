@@ -263,8 +263,11 @@ impl Shared {
 
     /// A reload applied `config`: new token, new effective config shown.
     pub fn reconfigured(&self, config: &crate::config::Config, pending: Vec<String>) {
-        *self.auth.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(Auth::new(config.status.token.as_ref().map(|t| t.expose())));
+        let token = config.status.token.as_ref().map(|t| t.expose());
+        // Sessions survive a reload that keeps the token (issue 28 row 2).
+        if !self.auth().same_token(token) {
+            *self.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Auth::new(token));
+        }
         *self.config.write().unwrap_or_else(PoisonError::into_inner) =
             crate::config::redacted(config);
         *self.secrets.write().unwrap_or_else(PoisonError::into_inner) = config.secret_values();
@@ -560,6 +563,103 @@ mod tests {
         let status = status_json(&s, false);
         assert_eq!(status["push_to_talk"]["button_down"], true);
         assert_eq!(status["push_to_talk"]["releases"], 1);
+        cancel.cancel();
+        let _ = server.await;
+    }
+
+    /// One request over loopback: (status line + headers, body).
+    async fn exchange(addr: SocketAddr, req: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(req.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_owned(), body.to_owned())
+    }
+
+    fn get_with(path: &str, header: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{header}\r\n\r\n")
+    }
+
+    /// Issue 28 row 2: a reload that changed nothing revoked every session,
+    /// and the page's polls with the dead cookie counted as failed token
+    /// attempts until the technician's address was locked out (429), for
+    /// the right token too. Now a reload that keeps the token keeps the
+    /// sessions, and a dead cookie is "log in again", never a failure.
+    #[tokio::test]
+    async fn a_dead_session_is_not_a_failed_attempt_and_a_reload_keeps_sessions() {
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (head, _) = exchange(
+            addr,
+            "POST /login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\ntoken=s3cret",
+        )
+        .await;
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("set-cookie: ")
+                    .or(l.strip_prefix("Set-Cookie: "))
+            })
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_else(|| panic!("no session cookie: {head}"))
+            .to_owned();
+        // A reload with the same token (what a no-op reload does).
+        let mut cfg = crate::config::Config::default();
+        cfg.status.token = Some(crate::config::Secret::new("s3cret"));
+        s.reconfigured(&cfg, Vec::new());
+        let (head, _) = exchange(
+            addr,
+            &get_with("/api/v1/transcripts", &format!("Cookie: {cookie}")),
+        )
+        .await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "the session survived the reload: {head}"
+        );
+        // The page polling with a dead cookie, far past the failure burst.
+        let dead = "Cookie: talkie_session=0123456789abcdef";
+        for _ in 0..3 * auth::BURST as usize {
+            let (head, body) = exchange(addr, &get_with("/api/v1/status", dead)).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(body.contains("\"access\":\"anonymous\""), "{body}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("set-cookie: talkie_session=;"),
+                "told to forget it: {head}"
+            );
+            let (head, body) = exchange(addr, &get_with("/api/v1/transcripts", dead)).await;
+            assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+            assert!(body.contains("log in again"), "{body}");
+        }
+        assert_eq!(
+            s.auth_failures.load(Relaxed),
+            0,
+            "no failed token attempt counted"
+        );
+        let (head, _) = exchange(
+            addr,
+            &get_with("/api/v1/transcripts", "Authorization: Bearer s3cret"),
+        )
+        .await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "the right token is not locked out: {head}"
+        );
+        // A changed token still revokes every session.
+        cfg.status.token = Some(crate::config::Secret::new("new-token"));
+        s.reconfigured(&cfg, Vec::new());
+        let (head, _) = exchange(
+            addr,
+            &get_with("/api/v1/transcripts", &format!("Cookie: {cookie}")),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
         cancel.cancel();
         let _ = server.await;
     }

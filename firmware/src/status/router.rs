@@ -46,10 +46,24 @@ pub(super) async fn require_technician(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
+        Access::Expired => expired(),
         _ if !auth.allowed(ip) => too_many(),
         Access::Denied => denied(&s, &auth, ip, req.uri().path()),
         Access::Technician => next.run(req).await,
     }
+}
+/// A session cookie that names no live session: 401, not counted, and the
+/// browser is told to forget the cookie (issue 28 row 2).
+pub(super) fn expired() -> Response {
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "session expired or revoked: log in again",
+    );
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(auth::CLEAR_COOKIE),
+    );
+    r
 }
 pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()

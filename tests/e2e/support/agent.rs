@@ -7,8 +7,8 @@ use std::process::Output;
 /// A `talkie-mock-agent` running in the test process (its own thread and
 /// runtime), stopped on drop. `args` are the binary's own flags.
 pub struct MockAgent {
-    /// Kept for its drop (which stops the server).
-    _server: talkie_mock_agent::MockAgent,
+    /// Stopped on drop.
+    server: talkie_mock_agent::MockAgent,
     pub port: u16,
     pub record: PathBuf,
 }
@@ -26,9 +26,14 @@ impl MockAgent {
                 .unwrap();
         MockAgent {
             port: server.addr().port(),
-            _server: server,
+            server,
             record,
         }
+    }
+
+    /// Switch the fault every later request meets.
+    pub fn set_fault(&self, fault: talkie_mock_agent::Fault) {
+        self.server.set_fault(fault);
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod http;
+pub mod supervisor;
 
 pub(crate) use crate::wer;
 pub use agent::*;

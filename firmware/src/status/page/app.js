@@ -2,7 +2,7 @@
 // only through textContent (transcripts and log lines are untrusted).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const seen = { states: new Set(), levelEvents: 0, levelMin: 0, levelMax: -200 };
+const seen = { states: new Set(), levelEvents: 0, levelMin: 0, levelMax: -200, tech: false };
 
 function rows(id, pairs) {
   const body = $(id);
@@ -122,6 +122,14 @@ function render(s) {
   if (rec.enabled) $("recording-banner").textContent =
     `Recording for debugging is ON: the last ${rec.keep_utterances} utterances (what visitors say) are kept on this device for up to ${rec.keep_hours} h (${rec.kept} kept now).`;
   const tech = s.access === "technician";
+  // A session that ended (expiry, a restart, a token change) is shown as
+  // such; the server already told the browser to drop the cookie, so the
+  // page polls anonymously instead of failing token checks.
+  if (seen.tech && !tech && s.login_available) {
+    $("login-error").hidden = false;
+    $("login-error").textContent = "Your session ended (expired, or the service restarted): log in again.";
+  }
+  seen.tech = tech;
   $("tech").hidden = !tech;
   $("login-card").hidden = tech || !s.login_available;
   if (tech) {
