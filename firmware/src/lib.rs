@@ -67,6 +67,7 @@ pub mod config;
 pub mod logging;
 pub mod logring;
 pub mod offline;
+pub mod private_files;
 pub mod ptt;
 pub mod record;
 pub mod recordings;

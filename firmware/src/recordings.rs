@@ -134,7 +134,7 @@ impl Recordings {
         now_ms: u64,
     ) -> Result<String, RecordingError> {
         let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        std::fs::create_dir_all(&self.dir).map_err(|source| RecordingError::Dir {
+        crate::private_files::private_dir(&self.dir).map_err(|source| RecordingError::Dir {
             path: self.dir.clone(),
             source,
         })?;
@@ -151,7 +151,15 @@ impl Recordings {
             path: wav.clone(),
             source,
         };
-        let mut w = hound::WavWriter::create(&tmp, spec).map_err(wav_err)?;
+        // A new 0600 file; a symlink planted under the temporary name is
+        // refused, and the rename below replaces rather than follows one.
+        let _ = std::fs::remove_file(&tmp);
+        let file =
+            crate::private_files::create_new(&tmp).map_err(|source| RecordingError::Write {
+                path: tmp.clone(),
+                source,
+            })?;
+        let mut w = hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(wav_err)?;
         for s in audio {
             w.write_sample(*s).map_err(wav_err)?;
         }
@@ -163,7 +171,7 @@ impl Recordings {
         std::fs::rename(&tmp, &wav).map_err(write_err(&wav))?;
         let json = self.dir.join(format!("{name}.json"));
         let body = serde_json::to_vec_pretty(meta).unwrap_or_default();
-        std::fs::write(&json, body).map_err(write_err(&json))?;
+        crate::private_files::write_atomic(&json, &body).map_err(write_err(&json))?;
         self.prune_locked(now_ms);
         Ok(name)
     }
@@ -213,11 +221,27 @@ impl Recordings {
                 let file = d.file_name().into_string().ok()?;
                 let name = file.strip_suffix(".wav")?.to_owned();
                 let (at_ms, id) = parse_name(&name)?;
+                // Only regular files: a planted symlink is not a recording.
+                if !d.file_type().ok()?.is_file() {
+                    return None;
+                }
                 let json = self.dir.join(format!("{name}.json"));
                 let bytes = d.metadata().ok()?.len()
-                    + std::fs::metadata(&json).map(|m| m.len()).unwrap_or(0);
+                    + std::fs::symlink_metadata(&json)
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                 let meta = if meta {
-                    crate::board::read_small(&json)
+                    crate::private_files::open_nofollow(&json)
+                        .ok()
+                        .and_then(|f| {
+                            let mut t = String::new();
+                            std::io::Read::read_to_string(
+                                &mut std::io::Read::take(f, MAX_META + 1),
+                                &mut t,
+                            )
+                            .ok()?;
+                            Some(t)
+                        })
                         .filter(|t| t.len() as u64 <= MAX_META)
                         .and_then(|t| serde_json::from_str(&t).ok())
                         .unwrap_or(serde_json::Value::Null)

@@ -97,12 +97,10 @@ fn read(path: &Path) -> HistoryFile {
 
 fn write(path: &Path, file: &HistoryFile) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::private_files::private_dir(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec(file).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::private_files::write_atomic(path, &text)
 }
 
 impl RunHistory {

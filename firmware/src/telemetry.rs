@@ -369,6 +369,22 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok().filter(|p| *p > 0)?)
 }
 
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`).
+/// Recognition allocates and frees tens of MB per utterance on its own
+/// thread (tract's buffers, the decoder's caches); glibc keeps what was
+/// freed in that thread's arena, so without this RSS only ever grows
+/// toward the worst utterance and the start-up calibration's peak, which
+/// is what a 512 MB board and `MemoryMax=` see (issue 28, "Memory that
+/// stays put"). Called after model loading and after each recognition
+/// job: a few milliseconds, never on the audio path.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Bytes free to an unprivileged writer on the filesystem holding `path`
 /// (or its nearest existing ancestor).
 pub fn free_bytes(path: &std::path::Path) -> Option<u64> {

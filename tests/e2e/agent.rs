@@ -376,3 +376,37 @@ fn tls_agent_with_a_private_ca_works_only_when_the_ca_is_configured() {
     assert_eq!(deliver(&trusted).status.code(), Some(0));
     assert_eq!(accepted(&mock.records()), ids);
 }
+
+/// Issue 28 row 11: visitors' words were world-readable (0644 files in
+/// 0755 directories). The real binary creates the outbox 0600 in a 0700
+/// directory whatever umask it was started with, and the unit says so.
+#[test]
+fn the_outbox_is_private_to_the_service() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state/talkie");
+    let cfg = write(
+        dir.path(),
+        "talkie.toml",
+        &format!(
+            "[agent]\nurl = \"http://127.0.0.1:9\"\n[outbox]\npath = {:?}\n",
+            state.join("outbox.db")
+        ),
+    );
+    // SAFETY: umask(2) for this test process; the child inherits it.
+    let old = unsafe { libc::umask(0o022) };
+    let ids = outbox_add(&cfg, 1);
+    unsafe { libc::umask(old) };
+    assert_eq!(ids.len(), 1);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    for f in std::fs::read_dir(&state).unwrap() {
+        let p = f.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/systemd/talkie.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("\nUMask=0077\n") && unit.contains("\nStateDirectoryMode=0700\n"));
+}

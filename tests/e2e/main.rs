@@ -27,6 +27,7 @@ mod browser;
 mod config;
 mod ptt;
 mod service;
+mod soak;
 mod status;
 mod stt;
 mod supervised;

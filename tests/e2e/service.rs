@@ -848,3 +848,39 @@ async fn the_page_shows_offline_when_the_agent_is_down_without_any_press() {
     h.shutdown();
     h.wait().await.expect("a clean stop");
 }
+
+/// Issue 28 row 7: a status port that could not be bound (in use, or an
+/// address not assigned yet at boot) made the service exit. Now it starts
+/// without its page, retries the port, and serves it once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_port_in_use_is_retried_not_an_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", "t0k3n-0123456789");
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap();
+    cfg.status.listen = port;
+    let h = start(cfg).await.expect("starts without its page");
+    assert!(h.ready().await, "ready while the port is taken");
+    assert_eq!(h.status_addr(), port);
+    drop(blocker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://{port}/api/v1/status"))
+            .send()
+            .await
+        {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["device_id"], "dev_01.wav");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    h.shutdown();
+    h.wait().await.expect("a clean stop");
+}

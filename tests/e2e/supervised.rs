@@ -82,7 +82,7 @@ struct Sample {
 
 /// Every request the mock agents on `dir` recorded (one file per address:
 /// the agent is started again on its port after the outage).
-fn agent_records(dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn agent_records(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

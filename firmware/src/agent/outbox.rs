@@ -294,7 +294,7 @@ impl Outbox {
     /// Open (or create) the database at `path`, recovering from corruption.
     pub fn open(path: &Path, max_items: u32) -> Result<Opened, OutboxError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
+            crate::private_files::private_dir(dir).map_err(|source| OutboxError::Io {
                 path: dir.to_owned(),
                 source,
             })?;

@@ -21,6 +21,7 @@ pub fn open_source(
                 period_ms: cfg.period_ms,
                 realtime: cfg.realtime,
                 clock,
+                looped: cfg.file_loop,
             })?)
         }
     })

@@ -81,6 +81,9 @@ pub struct AudioConfig {
     /// the file's audio, and the file pauses while an utterance is being
     /// recognized, so a session gives the same events on any CPU.
     pub sim_clock: bool,
+    /// `file` backend: play the file again and again (soak runs, a demo
+    /// that never ends); a script button's times count on past its length.
+    pub file_loop: bool,
     /// Audio kept from before the button press, in milliseconds.
     pub preroll_ms: u32,
     /// Longest utterance in seconds; listening stops by itself after it.
@@ -101,6 +104,7 @@ impl Default for AudioConfig {
             file: None,
             realtime: true,
             sim_clock: false,
+            file_loop: false,
             preroll_ms: 500,
             max_utterance_s: 30,
             rt_priority: 0,

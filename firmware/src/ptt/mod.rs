@@ -541,7 +541,7 @@ impl Controller {
         tokio::task::spawn_blocking(move || {
             let ok = match sink.enqueue_blocking(&payload.id, &body) {
                 Ok(()) => {
-                    tracing::debug!(id = %payload.id, local_id, "transcript committed to the outbox");
+                    tracing::info!(target: "talkie::outbox", id = %payload.id, local_id, "transcript committed to the outbox");
                     true
                 }
                 Err(e) => {

@@ -167,6 +167,7 @@ pub fn run(
         if !go_on {
             return;
         }
+        crate::telemetry::release_free_memory();
     }
 }
 

@@ -74,8 +74,6 @@ pub enum StartError {
     #[error("--until-script-done needs gpio.backend = \"script\"")]
     NotScripted,
     #[error(transparent)]
-    Status(#[from] status::BindError),
-    #[error(transparent)]
     Agent(#[from] AgentError),
 }
 
@@ -288,16 +286,26 @@ impl Service {
             recent.clone(),
             cancel.clone(),
         ));
-        let (listener, bound) = status::bind(config.status.listen).await?;
-        tracing::info!(listen = %bound, "status server listening");
-        tasks.spawn(status::serve(listener, Arc::clone(&shared), cancel.clone()));
-        let http_beat = Arc::clone(&shared);
-        tasks.spawn(status::probe(
-            bound,
-            move || http_beat.http_beat_ms.store(now_ms(), Ordering::Relaxed),
-            supervisor::probe_interval(config.watchdog.stall_ms),
-            cancel.clone(),
-        ));
+        let port = StatusPort {
+            shared: Arc::clone(&shared),
+            probe_every: supervisor::probe_interval(config.watchdog.stall_ms),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        };
+        let bound = match status::bind(config.status.listen).await {
+            Ok((listener, bound)) => {
+                port.serve(listener, bound);
+                bound
+            }
+            Err(e) => {
+                // In use, or an address not assigned yet at boot: the
+                // kiosk works without its page meanwhile (issue 28 row 7).
+                tracing::error!(error = %e, "status port cannot be bound: retrying; the kiosk runs without its page meanwhile");
+                port.set_error(Some(e.to_string()));
+                tasks.spawn(port.clone().bind_later(config.status.listen));
+                config.status.listen
+            }
+        };
         // The agent link before the models: transcripts already queued are
         // delivered while the models load (seconds on a Pi), so a service
         // that restarts faster than it loads still empties its outbox.
@@ -562,11 +570,83 @@ impl Context {
 
     /// The one-line `STATUS=` for systemctl status.
     fn status_line(&self) -> String {
-        report::status_line(
+        let line = report::status_line(
             &self.source_name,
             &self.audio_stats,
             self.has_agent().then_some(&*self.agent_stats),
-        )
+        );
+        let port = self
+            .shared
+            .port_error
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match port {
+            Some(e) => format!("{line}; no status page: {e}"),
+            None => line,
+        }
+    }
+}
+
+/// The status port: served once bound, its loopback probe beside it.
+#[derive(Clone)]
+struct StatusPort {
+    shared: Arc<status::Shared>,
+    probe_every: Duration,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl StatusPort {
+    fn set_error(&self, e: Option<String>) {
+        *self
+            .shared
+            .port_error
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener, bound: SocketAddr) {
+        tracing::info!(listen = %bound, "status server listening");
+        self.tasks.spawn(status::serve(
+            listener,
+            Arc::clone(&self.shared),
+            self.cancel.clone(),
+        ));
+        let http_beat = Arc::clone(&self.shared);
+        self.tasks.spawn(status::probe(
+            bound,
+            move || http_beat.http_beat_ms.store(now_ms(), Ordering::Relaxed),
+            self.probe_every,
+            self.cancel.clone(),
+        ));
+        // The probe's first answer is moments away: judged from now.
+        self.shared.http_beat_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// Bind `listen` again every 1 s, backing off to 30 s, until it works
+    /// or the service stops.
+    async fn bind_later(self, listen: SocketAddr) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match status::bind(listen).await {
+                Ok((listener, bound)) => {
+                    self.set_error(None);
+                    self.serve(listener, bound);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "status port still cannot be bound");
+                    self.set_error(Some(e.to_string()));
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 

@@ -130,7 +130,8 @@ fn beats(
         Beat {
             name: "http",
             last_ms: shared.http_beat_ms.load(r),
-            expected: true,
+            // Not before the port is bound (it is retried meanwhile).
+            expected: shared.serving.load(r),
         },
     ]
 }

@@ -72,6 +72,8 @@ pub(super) async fn load_models(
         } else {
             None
         };
+        // The calibration tried other precisions: their memory goes back.
+        crate::telemetry::release_free_memory();
         Ok::<_, ServiceError>((r, vad))
     })
     .await;

@@ -353,22 +353,63 @@ pub(super) async fn reload(State(s): State<Arc<Shared>>) -> Response {
         ),
     }
 }
-/// Decrements the live-client count when a stream ends.
-pub(super) struct ClientSlot(Arc<Shared>);
+/// A live-event client's place under the caps (all clients, and per
+/// address), given back when its stream ends; ending also stops its send
+/// queue's watcher.
+pub(super) struct ClientSlot(Arc<Shared>, std::net::IpAddr, CancellationToken);
+impl ClientSlot {
+    /// A place for a client from `ip`, if both caps allow one.
+    fn take(s: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut per = s
+            .event_per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = per.get(&ip).copied().unwrap_or(0);
+        if mine >= MAX_EVENT_CLIENTS_PER_ADDRESS
+            || s.event_clients.fetch_add(1, Relaxed) >= MAX_EVENT_CLIENTS
+        {
+            if mine < MAX_EVENT_CLIENTS_PER_ADDRESS {
+                s.event_clients.fetch_sub(1, Relaxed);
+            }
+            return None;
+        }
+        per.insert(ip, mine + 1);
+        Some(Self(Arc::clone(s), ip, CancellationToken::new()))
+    }
+}
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.event_clients.fetch_sub(1, Relaxed);
+        let mut per = self
+            .0
+            .event_per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.1);
+            }
+        }
+        self.2.cancel();
     }
 }
-pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
-    if s.event_clients.fetch_add(1, Relaxed) >= MAX_EVENT_CLIENTS {
-        s.event_clients.fetch_sub(1, Relaxed);
+pub(super) async fn events(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let Some(slot) = ClientSlot::take(&s, peer(&req)) else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many live clients; the JSON status is still available",
+            format!("too many live clients (at most {MAX_EVENT_CLIENTS_PER_ADDRESS} per address); the JSON status is still available"),
         );
+    };
+    // A client that stops reading is dropped (issue 28 row 3), so its
+    // connection slot and queued events do not stay forever.
+    if let Some(conn) = req.extensions().get::<super::server::ConnHandle>() {
+        tokio::spawn(super::server::watch_send_queue(
+            conn.clone(),
+            Arc::clone(&s.conns),
+            slot.2.clone(),
+        ));
     }
-    let slot = ClientSlot(Arc::clone(&s));
     let mut tick = tokio::time::interval(EVENTS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let button = s.ptt.button_feed.subscribe();

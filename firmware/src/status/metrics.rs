@@ -333,6 +333,11 @@ fn process(o: &mut Out, s: &Shared) {
         c.refused.load(Relaxed),
     );
     o.counter(
+        "talkie_status_event_clients_dropped_total",
+        "Live-event clients whose connection was closed because they stopped reading.",
+        c.stalled_dropped.load(Relaxed),
+    );
+    o.counter(
         "talkie_status_accept_errors_total",
         "Failures to accept a connection (out of descriptors or buffers).",
         c.accept_errors.load(Relaxed),

@@ -72,6 +72,8 @@ pub const WAV_LIMIT: usize = 4 * 1024 * 1024;
 pub const MAX_TEST_SECONDS: u32 = 10;
 /// Live-event clients served at once; more get 503.
 pub const MAX_EVENT_CLIENTS: usize = 256;
+/// Live-event streams one address may hold (a technician's tabs).
+pub const MAX_EVENT_CLIENTS_PER_ADDRESS: usize = 8;
 /// Live level events per second.
 const EVENTS_EVERY: Duration = Duration::from_millis(100);
 /// How long `POST /api/v1/reload` waits for the service to answer.
@@ -127,6 +129,11 @@ pub struct Shared {
     /// The HTTP loop's heartbeat (`telemetry::now_ms()`): the last time
     /// [`probe`] got a 200 from `/healthz` over loopback; 0 = never.
     pub http_beat_ms: AtomicU64,
+    /// The status port is bound and served (the `http` heartbeat is
+    /// expected only then).
+    pub serving: AtomicBool,
+    /// Why the status port could not be bound yet (retried until it is).
+    pub port_error: RwLock<Option<String>>,
     /// The accept loop's counters ([`server`]).
     pub conns: Arc<server::ConnStats>,
     /// Wrong tokens presented (Bearer, login), every address.
@@ -156,6 +163,9 @@ pub struct Shared {
     /// [`BOARD_EVERY`], however many clients ask).
     board_cache: std::sync::Mutex<Option<(Instant, crate::board::BoardHealth)>>,
     event_clients: AtomicUsize,
+    /// Live-event clients per address (at most
+    /// [`MAX_EVENT_CLIENTS_PER_ADDRESS`] each; entries removed at zero).
+    event_per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 impl Shared {
     /// Everything not yet known starts empty; `run` fills it in.
@@ -202,6 +212,8 @@ impl Shared {
             reload: OnceLock::new(),
             shutdown,
             http_beat_ms: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
+            port_error: RwLock::new(None),
             runs: OnceLock::new(),
             stop: OnceLock::new(),
             restart_requested: AtomicBool::new(false),
@@ -215,6 +227,7 @@ impl Shared {
             board: config.board.clone(),
             board_cache: std::sync::Mutex::new(None),
             event_clients: AtomicUsize::new(0),
+            event_per_address: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -660,6 +673,117 @@ mod tests {
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        cancel.cancel();
+        let _ = server.await;
+    }
+
+    /// Issue 28 row 5: with the technician's cookie, a page on another site
+    /// could POST state changes (`text/plain`, so no preflight). Now a
+    /// cookie-authenticated POST from another origin is refused (403); the
+    /// page's own and Bearer requests are not.
+    #[tokio::test]
+    async fn cookie_state_changes_from_another_origin_are_refused() {
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let cookie = s.auth().session_cookie().unwrap();
+        let cookie = cookie.split(';').next().unwrap();
+        let post = |headers: &str| {
+            format!(
+                "POST /api/v1/dead-letters/drop HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 12\r\n{headers}\r\n\r\n{{\"all\":true}}"
+            )
+        };
+        let cross = [
+            format!("Cookie: {cookie}\r\nOrigin: http://evil.example"),
+            format!("Cookie: {cookie}\r\nSec-Fetch-Site: cross-site"),
+            format!("Cookie: {cookie}\r\nOrigin: null"),
+        ];
+        for h in &cross {
+            let (head, body) = exchange(addr, &post(h)).await;
+            assert!(head.starts_with("HTTP/1.1 403"), "{h}: {head}");
+            assert!(body.contains("cross-origin"), "{body}");
+        }
+        let same = [
+            format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin"),
+            format!("Cookie: {cookie}"),
+            "Authorization: Bearer s3cret\r\nOrigin: http://evil.example".to_owned(),
+        ];
+        for h in &same {
+            let (head, _) = exchange(addr, &post(h)).await;
+            assert!(
+                !head.starts_with("HTTP/1.1 403") && !head.starts_with("HTTP/1.1 401"),
+                "{h}: {head}"
+            );
+        }
+        cancel.cancel();
+        let _ = server.await;
+    }
+
+    /// Issue 28 row 3: live-event clients that never read were never
+    /// dropped (159 of 171 still held after 150 s, one address pinning 128
+    /// LAN slots). Now one address holds at most 8 streams, and a client
+    /// whose send queue stays full is closed and counted, while one that
+    /// reads keeps its stream.
+    #[tokio::test]
+    async fn event_clients_that_stop_reading_are_dropped_and_capped_per_address() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let req = b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\n\r\n";
+        // A stuck reader: a tiny receive window, and it never reads.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(1024).unwrap();
+        let mut stuck = sock.connect(addr).await.unwrap();
+        stuck.write_all(req).await.unwrap();
+        // A reader, and six more streams: eight from this address.
+        let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
+        reader.write_all(req).await.unwrap();
+        let mut others = Vec::new();
+        for _ in 0..6 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(req).await.unwrap();
+            let mut first = [0u8; 12];
+            c.read_exact(&mut first).await.unwrap();
+            others.push(c);
+        }
+        let (head, _) = exchange(addr, std::str::from_utf8(req).unwrap()).await;
+        assert!(
+            head.starts_with("HTTP/1.1 503"),
+            "a ninth stream from one address: {head}"
+        );
+        // The stuck one is closed within a bounded time; the reader reads on.
+        let mut buf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s.conns.stalled_dropped.load(Relaxed) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stuck client was never dropped"
+            );
+            let n = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf))
+                .await
+                .expect("the reader's stream goes on")
+                .unwrap();
+            assert!(n > 0);
+            for c in &mut others {
+                let _ = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await;
+            }
+        }
+        assert_eq!(
+            s.conns.stalled_dropped.load(Relaxed),
+            1,
+            "only the stuck one"
+        );
+        // Its connection is closed: reading it now drains and ends.
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(30), stuck.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(end, Ok(Ok(_)) | Ok(Err(_))),
+            "closed by the server"
+        );
         cancel.cancel();
         let _ = server.await;
     }

@@ -72,9 +72,11 @@ pub(super) async fn download(State(s): State<Arc<Shared>>, Path(name): Path<Stri
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
             &mut std::io::Read::take(
-                std::fs::File::open(&path).map_err(|source| RecordingError::Read {
-                    path: path.clone(),
-                    source,
+                crate::private_files::open_nofollow(&path).map_err(|source| {
+                    RecordingError::Read {
+                        path: path.clone(),
+                        source,
+                    }
                 })?,
                 MAX_WAV,
             ),

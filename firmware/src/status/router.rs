@@ -49,8 +49,45 @@ pub(super) async fn require_technician(
         Access::Expired => expired(),
         _ if !auth.allowed(ip) => too_many(),
         Access::Denied => denied(&s, &auth, ip, req.uri().path()),
-        Access::Technician => next.run(req).await,
+        Access::Technician => match cross_origin(&req) {
+            Some(why) => {
+                tracing::warn!(client = %ip, path = req.uri().path(), why, "cross-origin state change refused");
+                json_error(
+                    StatusCode::FORBIDDEN,
+                    format!("cross-origin request refused ({why}): use the page itself, or a Bearer token"),
+                )
+            }
+            None => next.run(req).await,
+        },
     }
+}
+/// Why a cookie-authenticated state change comes from another site, if it
+/// does (issue 28 row 5): a browser sends `Sec-Fetch-Site` and `Origin`
+/// with a cross-site POST, and a page elsewhere on the LAN or the web must
+/// not drive the kiosk with the technician's cookie. Safe methods and
+/// Bearer requests (scripts, `curl`: no ambient credential) are not checked.
+fn cross_origin(req: &Request) -> Option<&'static str> {
+    let h = req.headers();
+    if req.method().is_safe() || h.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let text = |name| h.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return Some("Sec-Fetch-Site is not same-origin");
+        }
+    }
+    if let Some(origin) = text("origin") {
+        let host = text("host").unwrap_or("");
+        let same = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("Origin is not this kiosk");
+        }
+    }
+    None
 }
 /// A session cookie that names no live session: 401, not counted, and the
 /// browser is told to forget the cookie (issue 28 row 2).

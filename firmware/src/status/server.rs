@@ -94,6 +94,64 @@ pub struct ConnStats {
     pub accept_errors: AtomicU64,
     /// The LAN cap in force (for the page).
     pub limit: AtomicU64,
+    /// Live-event clients dropped because they stopped reading.
+    pub stalled_dropped: AtomicU64,
+}
+
+/// One connection, as its requests see it: a live-event stream watches its
+/// socket's send queue and closes the connection of a client that stopped
+/// reading ([`watch_send_queue`]).
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    fd: std::os::fd::RawFd,
+    close: CancellationToken,
+}
+
+/// Bytes queued unsent or unacknowledged on the socket (`SIOCOUTQ`).
+fn send_queue(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `fd` is this
+    // connection's socket, open while the connection is served (the
+    // watcher ends with the stream it belongs to).
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| usize::try_from(n).unwrap_or(0))
+}
+
+/// Bytes in the send queue above which a live-event client counts as not
+/// reading (the events come at about 1 KB/s; a reading client keeps the
+/// queue near empty).
+pub const STALL_BYTES: usize = 4 * 1024;
+/// How long the queue may stay above [`STALL_BYTES`] before the
+/// connection is closed.
+pub const STALL_FOR: Duration = Duration::from_secs(5);
+
+/// Close `conn` once its send queue has stayed above [`STALL_BYTES`] for
+/// [`STALL_FOR`]; ends when `done` is cancelled (the stream ended).
+pub async fn watch_send_queue(conn: ConnHandle, stats: Arc<ConnStats>, done: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut stalled_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = conn.close.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match send_queue(conn.fd) {
+            Some(q) if q > STALL_BYTES => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STALL_FOR {
+                    stats.stalled_dropped.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        queued = q,
+                        "live-event client stopped reading: connection closed"
+                    );
+                    conn.close.cancel();
+                    return;
+                }
+            }
+            _ => stalled_since = None,
+        }
+    }
 }
 
 /// Open connections per address, and of loopback.
@@ -208,10 +266,16 @@ pub async fn serve(
             continue;
         };
         let (app, cancel) = (app.clone(), cancel.clone());
+        let handle = ConnHandle {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+            close: CancellationToken::new(),
+        };
         conns.spawn(async move {
             let _slot = slot;
+            let close = handle.close.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(handle.clone());
                 app.clone().oneshot(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -231,6 +295,9 @@ pub async fn serve(
                         tracing::debug!(peer = %peer, error = %e, "status connection ended");
                     }
                 }
+                // A client that stopped reading its live events: dropping
+                // the connection closes the socket.
+                _ = close.cancelled() => {}
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(DRAIN, conn).await;

@@ -95,6 +95,7 @@ pub fn run_file_through_pipeline(wav: &std::path::Path) -> (AllocProbe, Arc<Audi
         period_ms: 20,
         realtime: false,
         clock: None,
+        looped: false,
     })
     .unwrap();
     let stats = Arc::new(AudioStats::default());

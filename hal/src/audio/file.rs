@@ -23,6 +23,10 @@ pub struct FileSettings {
     /// Publish the audio time here and wait while it is held (see
     /// [`crate::sim_clock`]).
     pub clock: Option<SimClock>,
+    /// Start again at the end, forever; the audio time keeps counting (a
+    /// button script for the loops goes on past the file's length). For
+    /// soak runs and a demo that never ends.
+    pub looped: bool,
 }
 
 /// A decoded WAV file and a read position.
@@ -35,6 +39,9 @@ pub struct FileSource {
     realtime: bool,
     started: Option<Instant>,
     clock: Option<SimClock>,
+    looped: bool,
+    /// Frames delivered by earlier loops (`looped`).
+    earlier_frames: u64,
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> AudioError {
@@ -118,6 +125,8 @@ impl FileSource {
             realtime: settings.realtime,
             started: None,
             clock: settings.clock.clone(),
+            looped: settings.looped,
+            earlier_frames: 0,
         })
     }
 
@@ -142,7 +151,12 @@ impl AudioSource for FileSource {
 
     fn read_period(&mut self, out: &mut [f32]) -> Result<usize, AudioError> {
         let ch = usize::from(self.format.channels);
-        let remaining = (self.samples.len() - self.pos) / ch;
+        let mut remaining = (self.samples.len() - self.pos) / ch;
+        if remaining == 0 && self.looped && self.samples.len() >= ch {
+            self.earlier_frames += (self.pos / ch) as u64;
+            self.pos = 0;
+            remaining = self.samples.len() / ch;
+        }
         if remaining == 0 {
             if let Some(clock) = &self.clock {
                 clock.finish();
@@ -161,7 +175,7 @@ impl AudioSource for FileSource {
         if self.realtime {
             let started = *self.started.get_or_insert_with(Instant::now);
             // Deliver a period once it has been "recorded": its last frame's time.
-            let end_frame = (self.pos / ch + frames) as u64;
+            let end_frame = self.earlier_frames + (self.pos / ch + frames) as u64;
             let due = started
                 + Duration::from_micros(end_frame * 1_000_000 / u64::from(self.format.rate));
             let now = Instant::now();
@@ -173,7 +187,8 @@ impl AudioSource for FileSource {
         out[..n].copy_from_slice(&self.samples[self.pos..self.pos + n]);
         self.pos += n;
         if let Some(clock) = &self.clock {
-            let ms = (self.pos / ch) as u64 * 1000 / u64::from(self.format.rate.max(1));
+            let frames_so_far = self.earlier_frames + (self.pos / ch) as u64;
+            let ms = frames_so_far * 1000 / u64::from(self.format.rate.max(1));
             clock.advance_to(ms);
         }
         Ok(frames)
@@ -223,7 +238,35 @@ mod tests {
             period_ms: 10,
             realtime: false,
             clock: None,
+            looped: false,
         }
+    }
+
+    /// `looped`: the file again and again, the audio time counting on.
+    #[test]
+    fn a_looped_file_starts_again_and_its_clock_counts_on() {
+        let dir = std::env::temp_dir().join(format!("talkie-hal-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let samples: Vec<f32> = (0..120).map(|i| i as f32 / 1000.0).collect();
+        let p = wav(&dir, "l.wav", spec(1, 8_000, 32, true), &samples);
+        let clock = SimClock::new();
+        let mut src = FileSource::open(&FileSettings {
+            looped: true,
+            clock: Some(clock.clone()),
+            ..settings(p)
+        })
+        .unwrap();
+        let mut out = vec![0.0; 80];
+        let mut got = Vec::new();
+        while got.len() < 3 * samples.len() {
+            let n = src.read_period(&mut out).unwrap();
+            got.extend_from_slice(&out[..n]);
+        }
+        assert_eq!(&got[..120], &samples[..]);
+        assert_eq!(&got[120..240], &samples[..]);
+        // 360 frames of 8 kHz: 45 ms of audio time.
+        assert_eq!(clock.now_ms(), 45);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

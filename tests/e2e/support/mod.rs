@@ -21,7 +21,13 @@ pub const PASSED_THROUGH: &[&str] = &["TALKIE_STT__PRECISION", "TALKIE_STT__THRE
 pub const CALIBRATION_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/e2e-calibration.json");
 
 pub fn talkie() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_talkie"));
+    talkie_at(Path::new(env!("CARGO_BIN_EXE_talkie")))
+}
+
+/// [`talkie`] for another build of the binary (`make soak` runs the
+/// release one).
+pub fn talkie_at(exe: &Path) -> Command {
+    let mut c = Command::new(exe);
     for (k, _) in std::env::vars() {
         if (k.starts_with("TALKIE_") && !PASSED_THROUGH.contains(&k.as_str()))
             || k == "RUST_LOG"

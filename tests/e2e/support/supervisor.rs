@@ -172,6 +172,14 @@ impl Supervised {
         }
     }
 
+    /// Send `signal` to the running service.
+    pub fn kill(&self, signal: i32) {
+        if let Some(pid) = self.record.lock().unwrap().pid {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
     /// The end of the service's log, for failure messages.
     pub fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
