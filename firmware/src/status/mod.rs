@@ -788,6 +788,50 @@ mod tests {
         let _ = server.await;
     }
 
+    /// Issue 28 row 10: the protocol errors hyper answers before the
+    /// router sees a request had empty bodies and no security headers.
+    #[tokio::test]
+    async fn protocol_errors_are_json_with_the_security_headers() {
+        let s = shared_with_agent();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(70_000));
+        let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let big_header = format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+        for (req, code) in [
+            ("NOT A REQUEST LINE\r\n\r\n".to_owned(), "400"),
+            (
+                "GET / HTTP/1.1\r\nHost: t\r\nX-Nul: a\0b\r\n\r\n".to_owned(),
+                "400",
+            ),
+            (long_uri, "4"),
+            (big_header, "431"),
+        ] {
+            let (head, body) = exchange(addr, &req).await;
+            assert!(head.starts_with(&format!("HTTP/1.1 {code}")), "{head}");
+            let lower = head.to_ascii_lowercase();
+            assert!(lower.contains("content-type: application/json"), "{head}");
+            assert!(lower.contains("x-content-type-options: nosniff"), "{head}");
+            assert!(
+                lower.contains("content-security-policy: default-src 'none'"),
+                "{head}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(v["error"].is_string(), "{body}");
+        }
+        // An answer of the router is left alone.
+        let (head, body) = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "ok\n");
+        cancel.cancel();
+        let _ = server.await;
+    }
+
     /// Issue 18 row 19: errors axum makes itself (405, 413) are JSON too.
     #[tokio::test]
     async fn every_error_body_is_json() {

@@ -16,6 +16,10 @@
 //!   ([`ConnStats::refused`]).
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS) are counted and logged at
 //!   most every 10 s; the loop pauses 100 ms instead of spinning.
+//! - **Protocol errors** that hyper answers itself, before any request
+//!   reaches the router (a bad request line, a NUL in a header, 414, 431),
+//!   leave as JSON with the security headers like every other answer
+//!   ([`Guarded`]).
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -270,6 +274,10 @@ pub async fn serve(
             fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
             close: CancellationToken::new(),
         };
+        let stream = Guarded {
+            inner: stream,
+            pending: None,
+        };
         conns.spawn(async move {
             let _slot = slot;
             let close = handle.close.clone();
@@ -307,6 +315,112 @@ pub async fn serve(
     }
     conns.close();
     let _ = tokio::time::timeout(DRAIN + Duration::from_millis(500), conns.wait()).await;
+}
+
+/// A connection whose protocol errors hyper answers itself (with an
+/// empty body and none of the router's headers) are rewritten into the
+/// status port's JSON errors. Every answer of the router carries the
+/// security headers; an error status line whose head does not is hyper's
+/// own, written in one piece with no body, and is replaced whole.
+struct Guarded {
+    inner: tokio::net::TcpStream,
+    /// The replacement being written, and how much of it is out.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+/// The JSON answer for one of hyper's own error heads, or `None` if `head`
+/// is not one.
+fn rewrite_protocol_error(buf: &[u8]) -> Option<Vec<u8>> {
+    // Cheap checks first: this sees every write of every connection.
+    if !buf.starts_with(b"HTTP/1.") || !matches!(buf.get(9), Some(b'4' | b'5')) {
+        return None;
+    }
+    let end = buf.windows(4).take(8192).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(buf.get(..end)?).ok()?;
+    let status_line = text.lines().next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next()?;
+    let code: u16 = parts.next()?.parse().ok()?;
+    if !version.starts_with("HTTP/1.") || !(400..600).contains(&code) {
+        return None;
+    }
+    if text
+        .to_ascii_lowercase()
+        .contains("x-content-type-options:")
+    {
+        return None;
+    }
+    let reason = parts.next().unwrap_or("error").trim().to_owned();
+    let body = serde_json::json!({ "error": format!("{} (the request could not be parsed)", reason.to_lowercase()) })
+        .to_string();
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in super::router::SECURITY_HEADERS {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    Some(out.into_bytes())
+}
+
+impl tokio::io::AsyncRead for Guarded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if self.pending.is_none() {
+            let Some(replacement) = rewrite_protocol_error(buf) else {
+                return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+            };
+            self.pending = Some((replacement, 0));
+        }
+        // Write the replacement whole; hyper's bytes count as written then.
+        let this = &mut *self;
+        while let Some((bytes, done)) = this.pending.as_mut() {
+            if *done >= bytes.len() {
+                this.pending = None;
+                return Poll::Ready(Ok(buf.len()));
+            }
+            let rest = bytes.get(*done..).unwrap_or_default();
+            match std::pin::Pin::new(&mut this.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
