@@ -888,6 +888,9 @@ mod tests {
         RetryAfter,
         /// Accepts the connection and never answers.
         Hang,
+        /// A name no resolver knows (`.invalid`, RFC 2606): however the
+        /// resolver fails, fast or after its own timeouts.
+        Dns,
     }
 
     async fn faulty_agent(fault: &Fault) -> reqwest::Url {
@@ -896,6 +899,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         match fault {
             Fault::Down => drop(listener),
+            Fault::Dns => return endpoint("http://talkie-agent.invalid:9").unwrap(),
             Fault::RetryAfter => {
                 tokio::spawn(async move {
                     while let Ok((mut s, _)) = listener.accept().await {
@@ -928,8 +932,8 @@ mod tests {
     /// wait beats: the heartbeat keeps moving long after the link started
     /// waiting (the old code froze it for the whole wait: an hour here).
     #[tokio::test]
-    async fn the_link_beats_while_the_agent_is_down_throttling_or_hung() {
-        for fault in [Fault::Down, Fault::RetryAfter, Fault::Hang] {
+    async fn the_link_beats_while_the_agent_is_down_throttling_hung_or_unresolvable() {
+        for fault in [Fault::Down, Fault::RetryAfter, Fault::Hang, Fault::Dns] {
             let dir = tempfile::tempdir().unwrap();
             let url = faulty_agent(&fault).await;
             let mut l = link(dir.path(), url, "t", &["a"]);
@@ -954,7 +958,7 @@ mod tests {
                     let waiting = match fault {
                         Fault::Down => stats.breaker_opened.load(Relaxed) == 1,
                         Fault::RetryAfter => stats.last_http_status.load(Relaxed) == 503,
-                        Fault::Hang => true,
+                        Fault::Hang | Fault::Dns => true,
                     };
                     if waiting {
                         break;

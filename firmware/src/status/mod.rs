@@ -525,9 +525,7 @@ mod tests {
     #[tokio::test]
     async fn button_edges_reach_the_live_event_stream_in_order() {
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let mut r = reqwest::get(format!("http://{addr}/api/v1/events"))
             .await
             .unwrap();
@@ -580,6 +578,17 @@ mod tests {
         let _ = server.await;
     }
 
+    /// `s` served on a free loopback port: its address, the token that
+    /// stops it and the server task.
+    async fn serving(
+        s: &Arc<Shared>,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cancel = s.shutdown.clone();
+        let server = tokio::spawn(serve(listener, Arc::clone(s), cancel.clone()));
+        (addr, cancel, server)
+    }
+
     /// One request over loopback: (status line + headers, body).
     async fn exchange(addr: SocketAddr, req: &str) -> (String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -604,9 +613,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_session_is_not_a_failed_attempt_and_a_reload_keeps_sessions() {
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let (head, _) = exchange(
             addr,
             "POST /login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
@@ -684,9 +691,7 @@ mod tests {
     #[tokio::test]
     async fn cookie_state_changes_from_another_origin_are_refused() {
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let cookie = s.auth().session_cookie().unwrap();
         let cookie = cookie.split(';').next().unwrap();
         let post = |headers: &str| {
@@ -730,9 +735,7 @@ mod tests {
     async fn event_clients_that_stop_reading_are_dropped_and_capped_per_address() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let req = b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\n\r\n";
         // A stuck reader: a tiny receive window, and it never reads.
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -793,9 +796,7 @@ mod tests {
     #[tokio::test]
     async fn protocol_errors_are_json_with_the_security_headers() {
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(70_000));
         let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
         let big_header = format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n");
@@ -837,9 +838,7 @@ mod tests {
     async fn every_error_body_is_json() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let s = shared_with_agent();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let cancel = s.shutdown.clone();
-        let server = tokio::spawn(serve(listener, Arc::clone(&s), cancel.clone()));
+        let (addr, cancel, server) = serving(&s).await;
         let big = "x".repeat(BODY_LIMIT + 10);
         for (req, code) in [
             ("DELETE /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(), 405),
