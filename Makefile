@@ -60,12 +60,9 @@ DEMO_CLIPS := $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wa
   $(EVAL)/dev/dev_05.wav $(EVAL)/dev/dev_06.wav $(EVAL)/dev/real_beckett.wav
 demo: deps models
 	@test -f "$(EVAL)/dev/real_beckett.wav" || { echo "error: speech clips not found in $(EVAL) (set EVAL=...)"; exit 1; }
-	$(CARGO) build --release --bin talkie --bin talkie-mock-agent
-	@# A second command: an example builds the crate's dev-dependencies, whose
-	@# test-hooks feature must not reach the talkie binary above.
-	$(CARGO) build --release --example scenario
+	$(CARGO) build --release --bin talkie --bin talkie-scenario --bin talkie-mock-agent
 	@echo "== talkie demo: building a session from $(words $(DEMO_CLIPS)) clips of $(EVAL)/dev =="
-	./target/release/examples/scenario --out $(DEMO_DIR) --gap-ms 3000 $(DEMO_CLIPS)
+	./target/release/talkie-scenario --out $(DEMO_DIR) --gap-ms 3000 $(DEMO_CLIPS)
 	@column -t -s $$'\t' $(DEMO_DIR)/clips.tsv
 	@echo "== talkie demo: talkie run (file microphone, scripted button, recorded LEDs, agent over HTTP) =="
 	board/demo/run-demo.sh ./target/release/talkie $(DEMO_DIR) ./target/release/talkie-mock-agent

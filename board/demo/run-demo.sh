@@ -15,7 +15,7 @@ trap 'kill $agent 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$dir/agent.addr" ] && break; sleep 0.1; done
 addr=$(awk '{print $NF}' "$dir/agent.addr")
 echo "== mock agent on http://$addr (fails the first request and 30 % of the rest with 503) =="
-RUST_LOG=warn,talkie::transcript=info,talkie::led=info,talkie::service=info,talkie::agent=info,talkie::stt=info \
+RUST_LOG=warn,talkie::transcript=info,talkie::led=info,talkie::service=info,talkie::agent=info,talkie::stt=info,talkie_speech::stt::recognizer=info \
   "$talkie" --config board/demo/talkie.toml \
   --set audio.file="$dir/session.wav" --set gpio.script="$dir/buttons.toml" \
   --set agent.url="http://$addr" --set outbox.path="$dir/outbox.db" \

@@ -6,7 +6,7 @@
 //!   (`talkie run`: runtime, signal handlers) and the offline tools
 //!   [`offline`] (`vad`, `transcribe`), [`bench`], [`record`],
 //!   [`support_tool`] (`talkie support-bundle`); [`scenario`] builds
-//!   simulated sessions for the demo (the `scenario` example), the tests
+//!   simulated sessions for the demo (the `talkie-scenario` binary), the tests
 //!   and the benchmarks, and is no subcommand;
 //! - the service: [`service`] (`Service::start` → `ServiceHandle`: wiring,
 //!   control loop, watchdog, shutdown; in-process, no signals),

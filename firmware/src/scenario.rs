@@ -5,8 +5,8 @@
 //! it with `audio.backend = "file"` and `gpio.backend = "script"`.
 //!
 //! A development tool, not an operator's: the tests and the benchmark call
-//! [`build`] in-process, and `make demo` runs it as the `scenario` example
-//! (`cargo run --release --example scenario -- --out DIR CLIPS...`), so the
+//! [`build`] in-process, and `make demo` runs it as the `talkie-scenario` binary
+//! (`cargo run --release --bin talkie-scenario -- --out DIR CLIPS...`), so the
 //! product's `talkie --help` does not offer it (issue 17 item 4).
 
 use crate::audio::clip::{load_pipeline_clip, ClipError};

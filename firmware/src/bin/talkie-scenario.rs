@@ -1,11 +1,13 @@
 //! Build a simulated kiosk session (session.wav, buttons.toml, clips.tsv)
 //! from speech clips, for `audio.backend = "file"` with
 //! `gpio.backend = "script"`. A development tool (`make demo` runs it), so
-//! it is an example of the talkie crate and not a subcommand of the
-//! product:
+//! it is not a subcommand of the product, and the Debian package does not
+//! ship it; a binary of the talkie package, so `make demo` builds it in the
+//! same `cargo build` as `talkie` (an example built the dev-dependencies and
+//! talkie a second time, with the test hooks):
 //!
 //! ```text
-//! cargo run --release --example scenario -- --out target/demo --gap-ms 3000 a.wav b.wav
+//! cargo run --release --bin talkie-scenario -- --out target/demo --gap-ms 3000 a.wav b.wav
 //! ```
 
 use clap::Parser;
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 
 /// Build a simulated push-to-talk session from speech clips.
 #[derive(Parser)]
-#[command(name = "scenario")]
+#[command(name = "talkie-scenario")]
 struct Cli {
     #[command(flatten)]
     args: talkie::scenario::ScenarioArgs,
