@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models models-check demo test lint bench bench-tools chaos soak cross-test deb clean
+.PHONY: all deps toolchain build models models-check demo test check lint doc bench bench-tools chaos soak cross-test deb clean
 
 all: build
 
@@ -74,7 +74,20 @@ lint: deps
 	# without them (no libasound, no rppal; file audio and script GPIO).
 	$(CARGO) clippy -p talkie -p talkie-hal --no-default-features -- -D warnings
 
-# Every test: formatting, lints, the converter's self-check (models-check),
+# API docs with every warning an error (broken or private intra-doc links).
+doc: deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+# The fast tier (issue 29): formatting, lints, docs and the unit tests of
+# every crate; `make test` runs it first.
+check: deps models
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory doc && \
+	$(CARGO) test --workspace --lib && \
+	echo "== make check: passed in $$(( $$(date +%s) - start )) s =="
+
+# Every test: the fast tier (make check: formatting, lints, docs, unit
+# tests), the converter's self-check (models-check),
 # unit tests, the zero-allocation test, the chaos suite at its small size,
 # the end-to-end tests that run the real binary, then the speech and HAL
 # unit tests built for aarch64 and run under qemu-user (CROSS_TEST=0 skips
@@ -100,10 +113,10 @@ test:
 	    echo $$? > target/cross-build.rc ) & \
 	  trap "kill $$! 2>/dev/null" EXIT; \
 	fi; \
-	$(MAKE) --no-print-directory lint && stage lint && \
+	$(MAKE) --no-print-directory check && stage check && \
 	$(MAKE) --no-print-directory models-check && stage models-check && \
 	$(CARGO) test --workspace --doc && stage doc-tests && \
-	$(CARGO) test --workspace --lib --bins --tests && stage tests && \
+	$(CARGO) test --workspace --bins --test '*' && stage tests && \
 	if [ "$(CROSS_TEST)" = 1 ]; then \
 	  wait; trap - EXIT; \
 	  if [ "$$(cat target/cross-build.rc 2>/dev/null)" != 0 ]; then \

@@ -4,7 +4,7 @@
 //!
 //! - the binary: `main.rs` and [`cli`] (arguments, exit codes), [`run`]
 //!   (`talkie run`: runtime, signal handlers) and the offline tools
-//!   [`offline`] (`vad`, `transcribe`), [`bench`], [`record`],
+//!   [`offline`] (`vad`, `transcribe`), [`bench`](mod@bench), [`record`],
 //!   [`support_tool`] (`talkie support-bundle`); [`scenario`] builds
 //!   simulated sessions for the demo (the `talkie-scenario` binary), the tests
 //!   and the benchmarks, and is no subcommand;

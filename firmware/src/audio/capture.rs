@@ -1,5 +1,5 @@
 //! The capture loop: runs on its own OS thread, reads whole periods from an
-//! [`AudioSource`], and pushes fixed-size [`Frame`]s into the SPSC queue.
+//! [`AudioSource`], and pushes fixed-size [`Frame`](super::frame::Frame)s into the SPSC queue.
 //!
 //! A live source (real microphone) never waits for the consumer: when the
 //! queue is full the frame is dropped and counted. A non-live source (a file

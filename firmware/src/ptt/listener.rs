@@ -201,7 +201,7 @@ pub enum Job {
 pub struct Utterance {
     pub info: UtteranceInfo,
     /// 16 kHz mono; pre-roll included. A pooled buffer: give it back with
-    /// the [`Listener::pool`] sender when done.
+    /// the `Listener::pool` sender when done.
     pub samples: Vec<f32>,
 }
 

@@ -10,7 +10,7 @@
 //! already queued are delivered while the models load), then the models
 //! are loaded, checked and warmed (slow, and a visitor must never pay for
 //! it), then GPIO, the audio path and the push-to-talk threads
-//! ([`wiring`]). Threads:
+//! (`wiring`). Threads:
 //!
 //! | thread          | job                                                |
 //! |-----------------|----------------------------------------------------|
@@ -21,8 +21,8 @@
 //! | `talkie-leds`   | indicator patterns ([`crate::ptt::indicator`])     |
 //!
 //! tokio runs the controller (state machine), the periodic report and the
-//! watchdog ([`watchdog`]); nothing blocking runs on it: joins happen in
-//! `spawn_blocking` with a bound ([`shutdown`]).
+//! watchdog (`watchdog`); nothing blocking runs on it: joins happen in
+//! `spawn_blocking` with a bound (`shutdown`).
 
 mod report;
 mod shutdown;
@@ -106,7 +106,7 @@ pub enum ServiceError {
 #[derive(Clone)]
 pub struct ServiceOptions {
     /// Re-reads the configuration on a reload (SIGHUP in the binary,
-    /// `POST /api/v1/reload`, [`ServiceHandle::reload`]).
+    /// `POST /api/v1/reload`, [`ServiceControl::reload`]).
     pub loader: Loader,
     /// With `gpio.backend = "script"`: end once the last scripted event has
     /// been fully handled (and, with an agent, the outbox is empty).

@@ -19,7 +19,7 @@
 //! - **Protocol errors** that hyper answers itself, before any request
 //!   reaches the router (a bad request line, a NUL in a header, 414, 431),
 //!   leave as JSON with the security headers like every other answer
-//!   ([`Guarded`]).
+//!   (`Guarded`).
 
 use axum::extract::ConnectInfo;
 use axum::Router;

@@ -5,7 +5,7 @@
 //! Inside a tract graph both uses keep their own fp32 copy (2 × 80 MB for
 //! tiny.en, most of talkie's memory), so the converter takes `E` out of the
 //! graph (`models/whisper_onnx.py`, `vocab()`): `whisper_vocab_int8.npy`
-//! [vocab, d] int8 and `whisper_vocab_scale.npy` [vocab] f32, row `v` being
+//! `[vocab, d]` int8 and `whisper_vocab_scale.npy` `[vocab]` f32, row `v` being
 //! `E[v] ≈ q[v] · scale[v]`. This module does both uses from that one
 //! 20 MB copy. On shared/eval/dev the transcripts are identical to the fp32
 //! projection's (checked with onnxruntime, `models/whisper_ref.py`).
