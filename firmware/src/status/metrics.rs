@@ -17,12 +17,23 @@ impl Out {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &str, v: f64) {
-        if labels.is_empty() {
-            let _ = writeln!(self.0, "{name} {v}");
-        } else {
-            let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+    /// One sample; label values are escaped as the text format says
+    /// (`\\`, `\"`, `\n`), whatever they hold.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        let _ = write!(self.0, "{name}");
+        for (i, (k, value)) in labels.iter().enumerate() {
+            let _ = write!(self.0, "{}{k}=\"", if i == 0 { "{" } else { "," });
+            for c in value.chars() {
+                match c {
+                    '\\' => self.0.push_str("\\\\"),
+                    '"' => self.0.push_str("\\\""),
+                    '\n' => self.0.push_str("\\n"),
+                    c => self.0.push(c),
+                }
+            }
+            self.0.push('"');
         }
+        let _ = writeln!(self.0, "{}{v}", if labels.is_empty() { " " } else { "} " });
     }
 
     fn counter(&mut self, name: &str, help: &str, v: u64) {
@@ -31,12 +42,12 @@ impl Out {
 
     fn counter_f64(&mut self, name: &str, help: &str, v: f64) {
         self.family(name, "counter", help);
-        self.sample(name, "", v);
+        self.sample(name, &[], v);
     }
 
     fn gauge(&mut self, name: &str, help: &str, v: f64) {
         self.family(name, "gauge", help);
-        self.sample(name, "", v);
+        self.sample(name, &[], v);
     }
 
     /// A histogram in seconds from a snapshot in milliseconds.
@@ -45,11 +56,15 @@ impl Out {
         for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
             let le = b / 1000.0;
             let c = h.cumulative.get(i).copied().unwrap_or(0);
-            self.sample(&format!("{name}_bucket"), &format!("le=\"{le}\""), c as f64);
+            self.sample(
+                &format!("{name}_bucket"),
+                &[("le", &le.to_string())],
+                c as f64,
+            );
         }
-        self.sample(&format!("{name}_bucket"), "le=\"+Inf\"", h.count as f64);
-        self.sample(&format!("{name}_sum"), "", h.sum_ms / 1000.0);
-        self.sample(&format!("{name}_count"), "", h.count as f64);
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count as f64);
+        self.sample(&format!("{name}_sum"), &[], h.sum_ms / 1000.0);
+        self.sample(&format!("{name}_count"), &[], h.count as f64);
     }
 }
 
@@ -75,11 +90,7 @@ fn service(o: &mut Out, s: &Shared) {
         "gauge",
         "Firmware version and git revision.",
     );
-    o.sample(
-        "talkie_build_info",
-        &format!("version=\"{}\"", crate::VERSION.replace('"', "")),
-        1.0,
-    );
+    o.sample("talkie_build_info", &[("version", crate::VERSION)], 1.0);
     if let Some(c) = s.calibration.get() {
         o.family(
             "talkie_stt_info",
@@ -88,12 +99,11 @@ fn service(o: &mut Out, s: &Shared) {
         );
         o.sample(
             "talkie_stt_info",
-            &format!(
-                "precision=\"{}\",threads=\"{}\",source=\"{}\"",
-                c.chosen.precision,
-                c.chosen.threads,
-                c.source()
-            ),
+            &[
+                ("precision", &c.chosen.precision.to_string()),
+                ("threads", &c.chosen.threads.to_string()),
+                ("source", c.source()),
+            ],
             1.0,
         );
         o.gauge(
@@ -123,11 +133,7 @@ fn service(o: &mut Out, s: &Shared) {
                 "gauge",
                 "How the previous run ended: clean, restart, failed, or killed (no end recorded: watchdog, OOM, kill -9, power).",
             );
-            o.sample(
-                "talkie_previous_run_end",
-                &format!("how=\"{}\"", end.as_str()),
-                1.0,
-            );
+            o.sample("talkie_previous_run_end", &[("how", end.as_str())], 1.0);
         }
     }
     o.gauge(
@@ -188,7 +194,7 @@ fn audio(o: &mut Out, s: &Shared) {
     for st in ["starting", "running", "degraded", "ended", "failed"] {
         o.sample(
             "talkie_audio_capture_state",
-            &format!("state=\"{st}\""),
+            &[("state", st)],
             f64::from(u8::from(a.capture_state.as_str() == st)),
         );
     }
@@ -393,12 +399,12 @@ fn board(o: &mut Out, s: &Shared) {
         ] {
             o.sample(
                 "talkie_board_throttled",
-                &format!("flag=\"{flag}\",when=\"now\""),
+                &[("flag", flag), ("when", "now")],
                 f64::from(u8::from(now)),
             );
             o.sample(
                 "talkie_board_throttled",
-                &format!("flag=\"{flag}\",when=\"since_boot\""),
+                &[("flag", flag), ("when", "since_boot")],
                 f64::from(u8::from(since)),
             );
         }
@@ -429,7 +435,7 @@ fn board(o: &mut Out, s: &Shared) {
         "1 for each board figure past its [board] limit (temperature, power, throttling, disk, memory, file descriptors).",
     );
     for w in &h.warnings {
-        o.sample("talkie_board_warning", &format!("name=\"{}\"", w.name), 1.0);
+        o.sample("talkie_board_warning", &[("name", w.name)], 1.0);
     }
 }
 
@@ -514,7 +520,7 @@ fn agent(o: &mut Out, g: &crate::agent::AgentStats) {
     for (i, c) in FailureClass::ALL.iter().enumerate() {
         o.sample(
             "talkie_agent_retries_total",
-            &format!("class=\"{}\"", c.as_str()),
+            &[("class", c.as_str())],
             g.retries[i].load(Relaxed) as f64,
         );
     }
@@ -594,6 +600,40 @@ fn clock(o: &mut Out) {
             "talkie_clock_max_error_seconds",
             "The kernel's bound on the system clock's error.",
             c.max_error_us as f64 / 1e6,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 29: label values were written as they came; a quote, a
+    /// backslash or a newline in one (a version string, a board's warning)
+    /// broke the exposition. They are escaped, and a parser reads back the
+    /// value given.
+    #[test]
+    fn hostile_label_values_are_escaped_and_read_back() {
+        let hostile = "v1\"} 1\nfake_metric 666 \\ end";
+        let mut o = Out(String::new());
+        o.family("talkie_test_info", "gauge", "A test.");
+        o.sample(
+            "talkie_test_info",
+            &[("version", hostile), ("kind", "plain")],
+            1.0,
+        );
+        o.sample("talkie_test_plain", &[], 2.5);
+        assert_eq!(
+            o.0.lines().nth(2).unwrap(),
+            r#"talkie_test_info{version="v1\"} 1\nfake_metric 666 \\ end",kind="plain"} 1"#
+        );
+        // The injected text stays inside the one label value: four lines,
+        // none of them a sample of its own.
+        assert_eq!(o.0.lines().count(), 4, "{}", o.0);
+        assert!(
+            !o.0.lines().any(|l| l.starts_with("fake_metric")),
+            "{}",
+            o.0
         );
     }
 }
