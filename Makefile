@@ -5,8 +5,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 EVAL ?= $(abspath $(CURDIR)/../shared/eval)
 APT_PACKAGES := libasound2-dev alsa-utils pkg-config python3 python3-pip python3-venv
-# Only for `make test`: the status page is checked in a real headless browser.
-TEST_APT_PACKAGES := chromium
+# Only for `make test`: the status page is checked in a real headless browser,
+# and the unit file with systemd-analyze.
+TEST_APT_PACKAGES := chromium systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
