@@ -8,6 +8,8 @@
 //!   48 kHz stereo clips of `../shared/eval/dev` through the file backend.
 //! - `config`: exit code 78 and the file:line:column of the culprit.
 //! - `stt`, `ptt`, `agent`, `status`, `systemd`, `browser`, `service`.
+//! - `fleet`: the Prometheus rules under promtool, their metrics in a
+//!   running kiosk's `/metrics`.
 //! - `supervised`: the whole kiosk under an emulated systemd through a
 //!   fault schedule (issue 28), and the soak (`make soak`).
 //!
@@ -25,6 +27,7 @@ mod agent;
 mod audio;
 mod browser;
 mod config;
+mod fleet;
 mod ptt;
 mod service;
 mod soak;

@@ -6,7 +6,7 @@ use std::path::Path;
 /// A scripted one-clip session for an in-process service, played at real
 /// time on its own clock: the press and release come at the same audio
 /// time on any machine.
-fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Config {
+pub(crate) fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Config {
     session_config(dir, clip, &[eval_dir().join("dev").join(clip)], token)
 }
 
@@ -48,7 +48,7 @@ fn session_config(
 
 /// Start an in-process service that stays up when its simulated source
 /// ends (its API answers until the test shuts it down).
-async fn start(
+pub(crate) async fn start(
     cfg: talkie::config::Config,
 ) -> Result<talkie::service::ServiceHandle, talkie::service::StartError> {
     let options = talkie::service::ServiceOptions {

@@ -1,0 +1,201 @@
+//! The fleet's view (issue 32): the Prometheus rules in `board/prometheus/`
+//! checked and unit-tested by the real `promtool`, and every metric and
+//! label they use found in the `/metrics` of a running kiosk, so a rename
+//! breaks the build.
+
+use crate::service::{in_process_config, start};
+use crate::support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/prometheus")
+}
+
+/// `promtool`, or `None` when `TALKIE_SKIP_PROMTOOL=1` says on purpose
+/// that it is missing (`make test` installs Debian's prometheus).
+fn promtool() -> Option<PathBuf> {
+    match which("promtool") {
+        Ok(p) => Some(p),
+        Err(()) => {
+            assert!(
+                std::env::var_os("TALKIE_SKIP_PROMTOOL").is_some(),
+                "promtool is not installed (make test installs the prometheus package; set TALKIE_SKIP_PROMTOOL=1 to skip)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn the_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = promtool() else { return };
+    let dir = rules_dir();
+    let out = run(Command::new(&promtool)
+        .args(["check", "rules", "talkie-rules.yml"])
+        .current_dir(&dir));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(Command::new(&promtool)
+        .args(["test", "rules", "talkie-rules.test.yml"])
+        .current_dir(&dir));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("SUCCESS"));
+}
+
+/// Every `talkie_…` metric named in the rules' expressions, with the label
+/// keys matched on it (`{key="…"}` or `{key=~"…"}`).
+fn metrics_in_rules(rules: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(at) = rest.find("talkie_") {
+            // Not a recorded series (`fleet:talkie_…`, `instance:talkie_…`).
+            let recorded = rest[..at].ends_with(':');
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = tail[..end]
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_owned();
+            let after = &tail[end..];
+            let mut labels = BTreeSet::new();
+            if let Some(body) = after.strip_prefix('{').and_then(|b| b.split_once('}')) {
+                for m in body.0.split(',') {
+                    if let Some((k, _)) = m.split_once('=') {
+                        labels.insert(k.trim().trim_end_matches('!').to_owned());
+                    }
+                }
+            }
+            if !recorded {
+                out.entry(name).or_default().extend(labels);
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+/// Families of an exposition and the label keys each one's samples carry.
+fn families(exposition: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                out.entry(name.to_owned()).or_default();
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, labels) = match line.split_once('{') {
+            Some((n, l)) => (n, l.split_once('}').map_or("", |x| x.0)),
+            None => (line.split_whitespace().next().unwrap_or(""), ""),
+        };
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        let keys = out.entry(family.to_owned()).or_default();
+        for kv in labels.split(',').filter(|kv| kv.contains('=')) {
+            keys.insert(kv.split('=').next().unwrap_or("").to_owned());
+        }
+    }
+    out
+}
+
+/// A kiosk with everything a fleet sees: a Pi's sysfs (a fake one), a TLS
+/// agent (its certificate's expiry), a previous run (how it ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for (rel, text) in [
+        ("sys/class/thermal/thermal_zone0/temp", "55000\n"),
+        (talkie::board::THROTTLED_FILE, "0x0\n"),
+        (
+            "proc/meminfo",
+            "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",
+        ),
+        ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
+        ("proc/uptime", "120.00 200.00\n"),
+    ] {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_pem = write(dir.path(), "ca.pem", &ca_cert.pem());
+    let cert = write(dir.path(), "agent.pem", &leaf.pem());
+    let key = write(dir.path(), "agent.key", &leaf_key.serialize_pem());
+    let mock = MockAgent::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut cfg = in_process_config(dir.path(), "dev_01.wav", "fleet-technician-token-0123");
+    cfg.board.root = root;
+    cfg.agent.url = Some(format!("https://localhost:{}", mock.port));
+    cfg.agent.ca_file = Some(ca_pem);
+    cfg.outbox.path = dir.path().join("outbox.db");
+    // A first run, so the second knows how the previous one ended.
+    let h = start(cfg.clone()).await.unwrap();
+    assert!(h.ready().await);
+    h.shutdown();
+    h.wait().await.unwrap();
+    let h = start(cfg).await.unwrap();
+    assert!(h.ready().await);
+    let url = format!("http://{}/metrics", h.status_addr());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let exposition = loop {
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if body.contains("talkie_agent_cert_expiry_timestamp_seconds") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate expiry in {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    h.shutdown();
+    h.wait().await.unwrap();
+    let exported = families(&exposition);
+    let rules = std::fs::read_to_string(rules_dir().join("talkie-rules.yml")).unwrap();
+    let used = metrics_in_rules(&rules);
+    assert!(
+        used.len() >= 20,
+        "the rules name {} metrics: {used:?}",
+        used.len()
+    );
+    for (name, labels) in &used {
+        let Some(have) = exported.get(name) else {
+            panic!("the rules use {name}, which a running kiosk does not export");
+        };
+        for l in labels {
+            assert!(
+                have.contains(l),
+                "the rules match {name} on label {l}; it has {have:?}"
+            );
+        }
+    }
+}
