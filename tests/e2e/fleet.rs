@@ -1,7 +1,7 @@
 //! The fleet's view (issue 32): the Prometheus rules in `board/prometheus/`
 //! checked and unit-tested by the real `promtool`, and every metric and
-//! label they use found in the `/metrics` of a running kiosk, so a rename
-//! breaks the build.
+//! label they and the Grafana dashboards (`board/grafana/`) use found in
+//! the `/metrics` of a running kiosk, so a rename breaks the build.
 
 use crate::service::{in_process_config, start};
 use crate::support::*;
@@ -66,7 +66,11 @@ fn metrics_in_rules(rules: &str) -> BTreeMap<String, BTreeSet<String>> {
             if let Some(body) = after.strip_prefix('{').and_then(|b| b.split_once('}')) {
                 for m in body.0.split(',') {
                     if let Some((k, _)) = m.split_once('=') {
-                        labels.insert(k.trim().trim_end_matches('!').to_owned());
+                        let k = k.trim().trim_end_matches('!');
+                        // Prometheus's own target labels, not the kiosk's.
+                        if k != "instance" && k != "job" {
+                            labels.insert(k.to_owned());
+                        }
                     }
                 }
             }
@@ -181,21 +185,83 @@ async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
     h.wait().await.unwrap();
     let exported = families(&exposition);
     let rules = std::fs::read_to_string(rules_dir().join("talkie-rules.yml")).unwrap();
-    let used = metrics_in_rules(&rules);
+    let dashboards = dashboard_exprs();
+    let mut used = metrics_in_rules(&rules);
+    let in_rules = used.len();
+    for (name, labels) in metrics_in_rules(&dashboards.join("\n")) {
+        used.entry(name).or_default().extend(labels);
+    }
     assert!(
-        used.len() >= 20,
-        "the rules name {} metrics: {used:?}",
-        used.len()
+        in_rules >= 20,
+        "the rules name {in_rules} metrics: {used:?}"
+    );
+    assert!(
+        used.len() > in_rules,
+        "the dashboards show more than the rules"
     );
     for (name, labels) in &used {
         let Some(have) = exported.get(name) else {
-            panic!("the rules use {name}, which a running kiosk does not export");
+            panic!("the rules or dashboards use {name}, which a running kiosk does not export");
         };
         for l in labels {
             assert!(
                 have.contains(l),
-                "the rules match {name} on label {l}; it has {have:?}"
+                "{name} is matched on label {l}; it has {have:?}"
             );
         }
     }
+    // The recorded series the dashboards draw are recorded by the rules.
+    for e in &dashboards {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.contains(":talkie_") {
+                assert!(
+                    rules.contains(&format!("record: {word}\n")),
+                    "{word} is not recorded"
+                );
+            }
+        }
+    }
+}
+
+/// Every PromQL expression of the Grafana dashboards in `board/grafana/`
+/// (each file valid JSON with a `datasource` variable).
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/grafana");
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vars = v["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter().any(|x| x["type"] == "datasource"),
+            "{}: a datasource variable",
+            path.display()
+        );
+        let before = out.len();
+        walk(&v, &mut out);
+        assert!(
+            out.len() > before + 5,
+            "{}: panels with queries",
+            path.display()
+        );
+    }
+    out
 }
