@@ -265,3 +265,132 @@ fn dashboard_exprs() -> Vec<String> {
     }
     out
 }
+
+/// A real Prometheus (Debian's) on loopback with the shipped scrape
+/// configuration (file-based discovery of a kiosk list) against three
+/// kiosks, each a service in this process: all targets up, the recording
+/// rules evaluating, and the one kiosk whose agent answers 401 raises
+/// `TalkieDeliveryPaused`. The rules' `for:` are the one test-only
+/// override (minutes become a second, in a copy of the rules).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_three_kiosks_and_fires_on_the_paused_one() {
+    let Ok(prometheus) = which("prometheus") else {
+        assert!(
+            std::env::var_os("TALKIE_SKIP_PROMTOOL").is_some(),
+            "prometheus is not installed (make test installs it; set TALKIE_SKIP_PROMTOOL=1 to skip)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut kiosks = Vec::new();
+    let mut agents = Vec::new();
+    for (i, clip) in ["dev_00.wav", "dev_01.wav", "dev_02.wav"]
+        .iter()
+        .enumerate()
+    {
+        let kdir = dir.path().join(format!("kiosk{i}"));
+        std::fs::create_dir_all(&kdir).unwrap();
+        // The third kiosk's agent wants another token: 401, delivery paused.
+        let args: &[&str] = if i == 2 {
+            &["--token", "the-agents-token"]
+        } else {
+            &[]
+        };
+        let agent = MockAgent::start(&kdir, "127.0.0.1:0", args);
+        let mut cfg = in_process_config(&kdir, clip, "fleet-technician-token-0123");
+        cfg.agent.url = Some(format!("http://127.0.0.1:{}", agent.port));
+        cfg.agent.token = Some(talkie::config::Secret::new("a-stale-token"));
+        cfg.outbox.path = kdir.join("outbox.db");
+        let h = start(cfg).await.unwrap();
+        assert!(h.ready().await);
+        kiosks.push(h);
+        agents.push(agent);
+    }
+    let targets: Vec<String> = kiosks.iter().map(|h| h.status_addr().to_string()).collect();
+    let shipped = rules_dir();
+    write(
+        dir.path(),
+        "kiosks.json",
+        &serde_json::json!([{ "targets": targets, "labels": { "site": "test" } }]).to_string(),
+    );
+    let rules = std::fs::read_to_string(shipped.join("talkie-rules.yml")).unwrap();
+    let scaled: String = rules
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("for: ") {
+            Some(_) => format!("{}for: 1s", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    write(dir.path(), "talkie-rules.yml", &scaled);
+    let config = std::fs::read_to_string(shipped.join("prometheus.yml"))
+        .unwrap()
+        .replace("scrape_interval: 30s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 30s", "evaluation_interval: 1s");
+    let config = write(dir.path(), "prometheus.yml", &config);
+    let port = free_port();
+    let mut server = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.path().join("prometheus.log"))
+                .map(std::process::Stdio::from)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let api = |q: String| async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/{q}"))
+            .await
+            .ok()?;
+        serde_json::from_slice::<serde_json::Value>(&r.bytes().await.ok()?).ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut seen = (false, false, false);
+    while std::time::Instant::now() < deadline && seen != (true, true, true) {
+        if let Some(t) = api("targets".into()).await {
+            let active = t["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            seen.0 = active.len() == 3 && active.iter().all(|x| x["health"] == "up");
+        }
+        if let Some(r) = api("query?query=fleet:talkie_kiosks:by_precision".into()).await {
+            let total: f64 = r["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                .sum();
+            seen.1 = total == 3.0;
+        }
+        if let Some(a) = api("alerts".into()).await {
+            let alerts = a["data"]["alerts"].as_array().cloned().unwrap_or_default();
+            let paused: Vec<&serde_json::Value> = alerts
+                .iter()
+                .filter(|x| x["labels"]["alertname"] == "TalkieDeliveryPaused")
+                .collect();
+            seen.2 = paused.len() == 1
+                && paused[0]["state"] == "firing"
+                && paused[0]["labels"]["instance"] == targets[2].as_str();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    for h in kiosks {
+        h.shutdown();
+        h.wait().await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        (true, true, true),
+        "(3 targets up, recording rules evaluating, the paused kiosk's alert firing); prometheus log: {}",
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+}
