@@ -17,9 +17,13 @@
 //! names each.
 
 use std::path::PathBuf;
+
+#[path = "../../firmware/tests/common/tmpfs.rs"]
+mod tmpfs;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Once};
 use std::time::Instant;
+use tmpfs::Tmpfs;
 
 /// Panics on tokio's worker threads: the status server's handler tasks (a
 /// panic in a spawned task does not fail the test by itself). Only the
@@ -435,28 +439,6 @@ async fn mutated_http_requests_get_an_answer_and_the_server_stays_up() {
     assert!(grew < 256 << 20, "peak RSS grew {} MiB", grew >> 20);
 }
 
-/// A small tmpfs mounted for the test, unmounted on drop. `None` when this
-/// process may not mount (not root, no CAP_SYS_ADMIN).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Disk full under the outbox, on a 16 MiB tmpfs.
 /// - The outbox fills it itself: new items are refused with the typed
 ///   `DiskFull` error once less than `DISK_RESERVE` is free, and every
@@ -473,11 +455,7 @@ fn a_full_disk_refuses_new_items_keeps_the_old_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     // No silent skip (issue 29): without a tmpfs this fails, unless
     // TALKIE_SKIP_TMPFS=1 says on purpose that it cannot be mounted here.
-    let Some(fs) = Tmpfs::mount(dir.path(), "16m") else {
-        assert!(
-            std::env::var_os("TALKIE_SKIP_TMPFS").is_some(),
-            "cannot mount a tmpfs (needs root or CAP_SYS_ADMIN); set TALKIE_SKIP_TMPFS=1 to skip"
-        );
+    let Some(fs) = Tmpfs::mount_or_skip(dir.path(), "16m") else {
         report(
             "disk-full",
             "| disk full (tmpfs) | skipped: TALKIE_SKIP_TMPFS=1 | – | – |",

@@ -21,6 +21,9 @@
 #[path = "../../firmware/tests/common/wer.rs"]
 mod wer;
 
+#[path = "../../firmware/tests/common/tmpfs.rs"]
+mod tmpfs;
+
 mod support;
 
 mod agent;

@@ -28,6 +28,8 @@ enum Phase {
     Hung,
     /// 10 SSE clients that never read and 100 idle connections.
     Flood,
+    /// The outbox's filesystem (a 16 MiB tmpfs) filled to the last byte.
+    DiskFull,
 }
 
 const SCHEDULE: &[(u64, Phase)] = &[
@@ -36,7 +38,8 @@ const SCHEDULE: &[(u64, Phase)] = &[
     (48, Phase::Throttling),
     (73, Phase::Hung),
     (93, Phase::Flood),
-    (103, Phase::Healthy),
+    (103, Phase::DiskFull),
+    (118, Phase::Healthy),
 ];
 
 /// The service's config, the shipped defaults scaled like the unit; the
@@ -65,7 +68,7 @@ fn config(dir: &Path, agent_port: u16, status_port: u16) -> std::path::PathBuf {
             10_000 / SCALE,
             500 / SCALE,
             30 / SCALE,
-            d("outbox.db"),
+            d("disk/outbox.db"),
             5000 / SCALE,
         ),
     )
@@ -189,7 +192,24 @@ impl<'a> AgentSwitch<'a> {
 
 /// Drive [`SCHEDULE`] from now on, sampling the page every second, until
 /// its last phase begins or the service ends.
-fn run_schedule(kiosk: &Supervised, agent: &mut AgentSwitch<'_>, status_port: u16) -> Vec<Sample> {
+/// Fill the filesystem holding `dir` to the last byte with `dir/filler`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let mut byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {
+        byte[0] = 1;
+    }
+}
+
+fn run_schedule(
+    kiosk: &Supervised,
+    agent: &mut AgentSwitch<'_>,
+    status_port: u16,
+    disk: Option<&Path>,
+) -> Vec<Sample> {
     let t0 = Instant::now();
     let mut samples = Vec::new();
     let mut current = Phase::Healthy;
@@ -217,6 +237,13 @@ fn run_schedule(kiosk: &Supervised, agent: &mut AgentSwitch<'_>, status_port: u1
             });
             if phase == Phase::Flood {
                 held = flood(status_port);
+            }
+            if let Some(disk) = disk {
+                if phase == Phase::DiskFull {
+                    fill(disk);
+                } else {
+                    let _ = std::fs::remove_file(disk.join("filler"));
+                }
             }
             current = phase;
         }
@@ -247,6 +274,8 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
     .unwrap();
     let mut agent = AgentSwitch::start(dir.path(), &[]);
     let status_port = free_port();
+    std::fs::create_dir_all(dir.path().join("disk")).unwrap();
+    let tmpfs = crate::tmpfs::Tmpfs::mount_or_skip(&dir.path().join("disk"), "16m");
     let cfg = config(dir.path(), agent.port, status_port);
     let unit = Unit::shipped().scaled(SCALE);
     let watchdog = unit.watchdog;
@@ -258,7 +287,12 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
         c
     });
     kiosk.wait_ready(1, Duration::from_secs(300));
-    let samples = run_schedule(&kiosk, &mut agent, status_port);
+    let samples = run_schedule(
+        &kiosk,
+        &mut agent,
+        status_port,
+        tmpfs.as_ref().map(|t| t.0.as_path()),
+    );
     // The rest of the session, then the outbox drains and `run
     // --until-script-done` ends with 0: the unit goes inactive.
     let clean = kiosk.wait_inactive(Duration::from_secs(600));
@@ -307,24 +341,41 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
         })
         .collect();
     let log = std::fs::read(&kiosk.log).unwrap();
-    let transcripts: Vec<String> = with_target(&json_lines(&log), "talkie::transcript")
-        .map(|l| l["text"].as_str().unwrap().to_owned())
+    let lines = json_lines(&log);
+    let transcripts = with_target(&lines, "talkie::transcript").count();
+    let committed: Vec<&str> = with_target(&lines, "talkie::outbox")
+        .filter_map(|l| l["id"].as_str())
         .collect();
-    eprintln!("delivered {delivered:#?} of {transcripts:#?}");
+    let refused = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("transcript not stored"))
+        })
+        .count();
+    eprintln!(
+        "delivered {delivered:#?} of {committed:#?}; {transcripts} transcripts, {refused} refused"
+    );
     assert!(
-        transcripts.len() >= 12,
+        transcripts >= 12,
         "most of the 16 presses gave a transcript"
     );
-    let texts: Vec<&str> = delivered.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(
-        texts, transcripts,
-        "every transcript arrived, once, in order"
-    );
     let ids: Vec<&str> = delivered.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids, committed,
+        "every committed transcript arrived, once, in order"
+    );
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "ids in order, none twice: {ids:?}"
     );
+    // The full disk refused what came while it lasted, visibly (the error
+    // blink, a counted refusal), and nothing else.
+    assert_eq!(committed.len() + refused, transcripts);
+    if tmpfs.is_some() {
+        assert!(refused >= 1, "a press met the full disk and was refused");
+    }
     // The page told the truth: ready throughout (an agent outage is not a
     // reason to take the kiosk out of service), and while the agent was
     // down the page showed what the LEDs showed, `offline`, with a failing
