@@ -326,31 +326,8 @@ fn outbox_full_corrupt_and_unwritable() {
 
 #[test]
 fn tls_agent_with_a_private_ca_works_only_when_the_ca_is_configured() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let ca_pem = write(dir.path(), "ca.pem", &ca_cert.pem());
-    let cert_pem = write(dir.path(), "agent.pem", &leaf.pem());
-    let key_pem = write(dir.path(), "agent.key", &leaf_key.serialize_pem());
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &[
-            "--tls-cert",
-            cert_pem.to_str().unwrap(),
-            "--tls-key",
-            key_pem.to_str().unwrap(),
-        ],
-    );
+    let (mock, ca_pem) = tls_agent(dir.path());
     let cfg = agent_config(dir.path(), mock.port);
     let plain = std::fs::read_to_string(&cfg).unwrap();
     let https = plain.replace("http://127.0.0.1:", "https://localhost:");

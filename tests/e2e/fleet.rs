@@ -116,7 +116,6 @@ fn families(exposition: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// agent (its certificate's expiry), a previous run (how it ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     for (rel, text) in [
@@ -133,29 +132,7 @@ async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let ca_pem = write(dir.path(), "ca.pem", &ca_cert.pem());
-    let cert = write(dir.path(), "agent.pem", &leaf.pem());
-    let key = write(dir.path(), "agent.key", &leaf_key.serialize_pem());
-    let mock = MockAgent::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (mock, ca_pem) = tls_agent(dir.path());
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", "fleet-technician-token-0123");
     cfg.board.root = root;
     cfg.agent.url = Some(format!("https://localhost:{}", mock.port));

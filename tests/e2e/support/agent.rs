@@ -45,6 +45,36 @@ impl MockAgent {
     }
 }
 
+/// A mock agent serving HTTPS on a free port for `localhost`, with a
+/// certificate signed by a private CA; returns it and the CA's PEM file.
+pub fn tls_agent(dir: &Path) -> (MockAgent, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_pem = write(dir, "ca.pem", &ca_cert.pem());
+    let cert_pem = write(dir, "agent.pem", &leaf.pem());
+    let key_pem = write(dir, "agent.key", &leaf_key.serialize_pem());
+    let mock = MockAgent::start(
+        dir,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
+    (mock, ca_pem)
+}
+
 /// A configuration with an agent at `port` and small backoffs.
 pub fn agent_config(dir: &Path, port: u16) -> PathBuf {
     write(
