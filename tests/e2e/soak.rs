@@ -387,7 +387,7 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
     let text = format!(
         "# talkie soak report\n\n\
          {} min at real time on {cpu} ({} cores); the unit's own timings (WatchdogSec, RestartSec, start limit); \
-         agent failing 30 % and down 3 min in every 12; SIGKILL every {} min; LAN polls, metrics, wrong tokens, \
+         agent failing 30 % and down 3 min in every 12; {}; LAN polls, metrics, wrong tokens, \
          live-event clients (two of five never read). Binary: {}.\n\n\
          | figure | value |\n|---|---|\n\
          | transcripts recognized | {transcripts} |\n| committed to the outbox | {} ({} distinct) |\n\
@@ -405,7 +405,11 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
          |---|---|---|---|---|---|---|\n{}\n",
         run.minutes,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        run.kill_every,
+        if run.kill_every == 0 {
+            "no SIGKILL".to_owned()
+        } else {
+            format!("SIGKILL every {} min", run.kill_every)
+        },
         std::env::var("TALKIE_SOAK_BIN").unwrap_or_else(|_| "the test build".into()),
         committed.len(),
         distinct.len(),
