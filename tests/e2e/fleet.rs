@@ -118,20 +118,7 @@ fn families(exposition: &str) -> BTreeMap<String, BTreeSet<String>> {
 async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    for (rel, text) in [
-        ("sys/class/thermal/thermal_zone0/temp", "55000\n"),
-        (talkie::board::THROTTLED_FILE, "0x0\n"),
-        (
-            "proc/meminfo",
-            "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",
-        ),
-        ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
-        ("proc/uptime", "120.00 200.00\n"),
-    ] {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    fake_board(&root, "55000\n", "0x0\n", &[]);
     let (mock, ca_pem) = tls_agent(dir.path());
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", "fleet-technician-token-0123");
     cfg.board.root = root;

@@ -322,24 +322,15 @@ async fn an_unwritable_outbox_is_a_degraded_state_not_an_exit() {
 async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    for (rel, text) in [
-        ("sys/class/thermal/thermal_zone0/temp", "85000\n"),
-        (talkie::board::THROTTLED_FILE, "0x50000\n"),
-        (
-            "proc/meminfo",
-            "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",
-        ),
-        ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
-        ("proc/uptime", "120.00 200.00\n"),
-        (
+    fake_board(
+        &root,
+        "85000\n",
+        "0x50000\n",
+        &[(
             talkie::updates::MENDER_ARTIFACT_INFO,
             "artifact_name=talkie-2026.12.0\n",
-        ),
-    ] {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+        )],
+    );
     let token = "in-process-technician-token-0123456789";
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
     cfg.board.root = root;

@@ -158,3 +158,24 @@ pub fn vad_json() -> Command {
 pub fn names_of(scrape: &prometheus_parse::Scrape) -> std::collections::HashSet<String> {
     scrape.samples.iter().map(|s| s.metric.clone()).collect()
 }
+
+/// A fake board under `root` (`board.root`): a Pi's thermal zone at
+/// `temp_milli_c`, its throttled flags, memory, load and uptime, plus
+/// `extra` files (path, text).
+pub fn fake_board(root: &Path, temp_milli_c: &str, throttled: &str, extra: &[(&str, &str)]) {
+    let files = [
+        ("sys/class/thermal/thermal_zone0/temp", temp_milli_c),
+        (talkie::board::THROTTLED_FILE, throttled),
+        (
+            "proc/meminfo",
+            "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",
+        ),
+        ("proc/loadavg", "0.25 0.20 0.10 1/99 42\n"),
+        ("proc/uptime", "120.00 200.00\n"),
+    ];
+    for (rel, text) in files.iter().chain(extra) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
