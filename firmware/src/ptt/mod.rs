@@ -498,18 +498,6 @@ impl Controller {
             avg_logprob: r.result.transcript.avg_logprob,
             speculative: r.speculative,
         };
-        tracing::info!(
-            target: "talkie::transcript",
-            id = rec.id,
-            text = %rec.text,
-            audio_ms = rec.audio_ms,
-            speech_ms = rec.speech_ms,
-            stt_ms = format_args!("{:.0}", rec.stt_ms),
-            release_to_text_ms = format_args!("{:.0}", rec.release_to_text_ms),
-            auto_stopped = r.auto_stopped,
-            speculative = r.speculative.as_str(),
-            "transcript"
-        );
         let payload = UtterancePayload {
             id: new_id(),
             device_id: self.device_id.clone(),
@@ -522,7 +510,21 @@ impl Controller {
             firmware_version: crate::VERSION.to_owned(),
         };
         self.keep(&mut r, &rec);
-        self.recent.push(rec);
+        // Listed before it is logged: whoever reads the log line finds
+        // the transcript in `/api/v1/transcripts`.
+        self.recent.push(rec.clone());
+        tracing::info!(
+            target: "talkie::transcript",
+            id = rec.id,
+            text = %rec.text,
+            audio_ms = rec.audio_ms,
+            speech_ms = rec.speech_ms,
+            stt_ms = format_args!("{:.0}", rec.stt_ms),
+            release_to_text_ms = format_args!("{:.0}", rec.release_to_text_ms),
+            auto_stopped = r.auto_stopped,
+            speculative = r.speculative.as_str(),
+            "transcript"
+        );
         let Some(sink) = &self.outbox else {
             return Some(Input::Delivered);
         };
