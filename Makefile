@@ -61,7 +61,7 @@ DEMO_CLIPS := $(EVAL)/dev/dev_00.wav $(EVAL)/dev/48k_stereo/dev_01_48k_stereo.wa
   $(EVAL)/dev/dev_05.wav $(EVAL)/dev/dev_06.wav $(EVAL)/dev/real_beckett.wav
 demo: deps models
 	@test -f "$(EVAL)/dev/real_beckett.wav" || { echo "error: speech clips not found in $(EVAL) (set EVAL=...)"; exit 1; }
-	$(CARGO) build --release --bin talkie --bin talkie-scenario --bin talkie-mock-agent
+	$(CARGO) build --release -p talkie -p talkie-devtools -p talkie-mock-agent --bin talkie --bin talkie-scenario --bin talkie-mock-agent
 	@echo "== talkie demo: building a session from $(words $(DEMO_CLIPS)) clips of $(EVAL)/dev =="
 	./target/release/talkie-scenario --out $(DEMO_DIR) --gap-ms 3000 $(DEMO_CLIPS)
 	@column -t -s $$'\t' $(DEMO_DIR)/clips.tsv

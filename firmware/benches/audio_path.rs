@@ -10,7 +10,7 @@ mod common;
 
 use common::{machine, run_file_through_pipeline, write_two_tone_wav};
 use std::time::{Duration, Instant};
-use talkie::alloc_audit::CountingAlloc;
+use talkie_devtools::alloc_audit::CountingAlloc;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;

@@ -172,9 +172,9 @@ fn play(
 
 /// A simulated session (`talkie::scenario`) in `dir` from `clips`, 1.5 s apart.
 fn scenario(dir: &Path, clips: &[PathBuf]) {
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         gap_ms: 1500,
-        ..talkie::scenario::ScenarioArgs::new(dir, clips.to_vec())
+        ..talkie_devtools::scenario::ScenarioArgs::new(dir, clips.to_vec())
     })
     .unwrap();
 }

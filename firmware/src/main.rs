@@ -5,7 +5,7 @@ use clap::Parser;
 
 fn main() {
     // Visitors' words are the service's own: files 0600, directories 0700.
-    talkie::private_files::restrict_umask();
-    let cli = talkie::cli::Cli::parse();
-    std::process::exit(talkie::cli::main(cli));
+    talkie::base::private_files::restrict_umask();
+    let cli = talkie::cmd::cli::Cli::parse();
+    std::process::exit(talkie::cmd::cli::main(cli));
 }

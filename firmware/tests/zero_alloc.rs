@@ -8,7 +8,7 @@
 mod common;
 
 use common::{run_file_through_pipeline, write_two_tone_wav};
-use talkie::alloc_audit::CountingAlloc;
+use talkie_devtools::alloc_audit::CountingAlloc;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 /// The manifest the binary was built with.
 pub const MANIFEST: &str = include_str!("../../models/manifest.toml");
 
+/// File name of the VAD model inside a models directory.
+pub const VAD_FILE: &str = "silero_vad.onnx";
+
 /// Where an installed device keeps its models.
 pub const SYSTEM_DIR: &str = "/usr/share/talkie/models";
 

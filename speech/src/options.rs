@@ -174,7 +174,7 @@ impl Default for RecognizerOptions {
             max_tokens: 96,
             encoder_margin_frames: 512,
             calibration_file: PathBuf::from("calibration.json"),
-            vad_model: PathBuf::from(crate::stt::VAD_FILE),
+            vad_model: PathBuf::from(crate::models::VAD_FILE),
             segmenter: SegmenterConfig::default(),
             release: env!("CARGO_PKG_VERSION").to_owned(),
         }

@@ -184,14 +184,15 @@ fn mutated_config_files_and_overrides_are_errors_not_panics() {
     let n = iterations(3000);
     for i in 0..n {
         let text = String::from_utf8_lossy(&mutant(&mut rng, &corpus)).into_owned();
-        let overrides = talkie::config::Overrides {
+        let overrides = talkie::base::config::Overrides {
             sets: (0..rng.usize(..3))
                 .map(|_| String::from_utf8_lossy(&mutant(&mut rng, &sets)).into_owned())
                 .collect(),
             ..Default::default()
         };
         let path = PathBuf::from("/chaos/talkie.toml");
-        match std::panic::catch_unwind(|| talkie::config::load_str(&path, &text, &overrides)) {
+        match std::panic::catch_unwind(|| talkie::base::config::load_str(&path, &text, &overrides))
+        {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(e)) => {
                 // Errors are for people: bounded, never a whole input.
@@ -274,8 +275,8 @@ async fn status_server(
     tokio::task::JoinHandle<()>,
     Arc<talkie::status::Shared>,
 ) {
-    let mut cfg = talkie::config::Config::default();
-    cfg.status.token = Some(talkie::config::Secret::new(token));
+    let mut cfg = talkie::base::config::Config::default();
+    cfg.status.token = Some(talkie::base::config::Secret::new(token));
     let cancel = tokio_util::sync::CancellationToken::new();
     let shared = Arc::new(talkie::status::Shared::new(
         &cfg,
@@ -283,7 +284,7 @@ async fn status_server(
         Arc::default(),
         Arc::default(),
         Some(Arc::default()),
-        talkie::logring::LogRing::default(),
+        talkie::base::logring::LogRing::default(),
         talkie::ptt::RecentTranscripts::default(),
         cancel.clone(),
     ));

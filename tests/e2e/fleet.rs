@@ -263,7 +263,7 @@ async fn a_real_prometheus_scrapes_three_kiosks_and_fires_on_the_paused_one() {
         let agent = MockAgent::start(&kdir, "127.0.0.1:0", args);
         let mut cfg = in_process_config(&kdir, clip, "fleet-technician-token-0123");
         cfg.agent.url = Some(format!("http://127.0.0.1:{}", agent.port));
-        cfg.agent.token = Some(talkie::config::Secret::new("a-stale-token"));
+        cfg.agent.token = Some(talkie::base::config::Secret::new("a-stale-token"));
         cfg.outbox.path = kdir.join("outbox.db");
         let h = start(cfg).await.unwrap();
         assert!(h.ready().await);

@@ -11,9 +11,9 @@ fn push_to_talk_session_transcripts_leds_preroll_taps_and_silence() {
     let dev = eval_dir().join("dev");
     let refs = wer::eval_references(&dev);
     let clips: Vec<&(String, String)> = refs.iter().take(5).collect();
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         gap_ms: 11000,
-        ..talkie::scenario::ScenarioArgs::new(
+        ..talkie_devtools::scenario::ScenarioArgs::new(
             dir.path(),
             clips.iter().map(|(f, _)| dev.join(f)).collect(),
         )
@@ -189,9 +189,9 @@ fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
     let dev = eval_dir().join("dev");
     let refs = wer::eval_references(&dev);
     let (clip, reference) = &refs[1];
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         release_lag_ms: 5000,
-        ..talkie::scenario::ScenarioArgs::new(dir.path(), vec![dev.join(clip)])
+        ..talkie_devtools::scenario::ScenarioArgs::new(dir.path(), vec![dev.join(clip)])
     })
     .unwrap();
     let cfg = scripted_config(
@@ -261,10 +261,10 @@ fn utterances_end_by_themselves_on_trailing_silence_and_at_the_length_limit() {
 fn sigterm_during_a_speculative_run_stops_cleanly_and_keeps_what_was_submitted() {
     let dir = tempfile::tempdir().unwrap();
     let dev = eval_dir().join("dev");
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         gap_ms: 2000,
         release_lag_ms: 800,
-        ..talkie::scenario::ScenarioArgs::new(
+        ..talkie_devtools::scenario::ScenarioArgs::new(
             dir.path(),
             vec![dev.join("dev_01.wav"), dev.join("real_beckett.wav")],
         )

@@ -6,7 +6,11 @@ use std::path::Path;
 /// A scripted one-clip session for an in-process service, played at real
 /// time on its own clock: the press and release come at the same audio
 /// time on any machine.
-pub(crate) fn in_process_config(dir: &Path, clip: &str, token: &str) -> talkie::config::Config {
+pub(crate) fn in_process_config(
+    dir: &Path,
+    clip: &str,
+    token: &str,
+) -> talkie::base::config::Config {
     session_config(dir, clip, &[eval_dir().join("dev").join(clip)], token)
 }
 
@@ -17,12 +21,12 @@ fn session_config(
     id: &str,
     clips: &[std::path::PathBuf],
     token: &str,
-) -> talkie::config::Config {
+) -> talkie::base::config::Config {
     let clip = id;
     let out = dir.join("session");
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         gap_ms: 2000,
-        ..talkie::scenario::ScenarioArgs::new(&out, clips.to_vec())
+        ..talkie_devtools::scenario::ScenarioArgs::new(&out, clips.to_vec())
     })
     .unwrap();
     let models = models_dir();
@@ -39,7 +43,7 @@ fn session_config(
             models.join("silero_vad.onnx")
         ),
     );
-    let mut cfg = talkie::config::load(&path, &talkie::config::Overrides::default())
+    let mut cfg = talkie::base::config::load(&path, &talkie::base::config::Overrides::default())
         .unwrap()
         .config;
     cfg.device.state_dir = dir.join("state");
@@ -49,7 +53,7 @@ fn session_config(
 /// Start an in-process service that stays up when its simulated source
 /// ends (its API answers until the test shuts it down).
 pub(crate) async fn start(
-    cfg: talkie::config::Config,
+    cfg: talkie::base::config::Config,
 ) -> Result<talkie::service::ServiceHandle, talkie::service::StartError> {
     let options = talkie::service::ServiceOptions {
         end_with_source: false,
@@ -187,7 +191,7 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
 /// Issue 20 item 5: with `debug.keep_utterances = 1`, a two-press session
 /// keeps only the newest utterance (WAV + its facts), technician only; the
 /// status says recordings are on (the page's banner); delete removes it.
-/// (Age and byte limits with an injected clock: `talkie::recordings`
+/// (Age and byte limits with an injected clock: `talkie::ptt::recordings`
 /// unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_when_turned_on_keep_the_newest_utterances_for_a_technician() {
@@ -327,7 +331,7 @@ async fn board_health_from_a_fake_sysfs_gives_warnings_and_metrics() {
         "85000\n",
         "0x50000\n",
         &[(
-            talkie::updates::MENDER_ARTIFACT_INFO,
+            talkie::platform::updates::MENDER_ARTIFACT_INFO,
             "artifact_name=talkie-2026.12.0\n",
         )],
     );
@@ -452,7 +456,7 @@ async fn a_restart_is_refused_right_after_start_then_ends_the_service() {
 /// Issue 20 item 3, the run history: a second start in the same state
 /// directory says the first ended cleanly and counts two starts in 24 h
 /// (status API and metrics). Killed runs are covered by the unit tests of
-/// `talkie::runs`.
+/// `talkie::base::runs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_shows_how_the_previous_run_ended() {
     let dir = tempfile::tempdir().unwrap();
@@ -656,7 +660,7 @@ async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
     let mock = MockAgent::start(dir.path(), "127.0.0.1:0", &["--token", agent_token]);
     let mut cfg = in_process_config(dir.path(), "dev_01.wav", token);
     cfg.agent.url = Some(format!("http://127.0.0.1:{}", mock.port));
-    cfg.agent.token = Some(talkie::config::Secret::new(agent_token));
+    cfg.agent.token = Some(talkie::base::config::Secret::new(agent_token));
     cfg.outbox.path = dir.path().join("outbox.db");
     let (state_dir, outbox) = (cfg.device.state_dir.clone(), cfg.outbox.path.clone());
     let h = start(cfg).await.unwrap();
@@ -734,7 +738,7 @@ async fn the_support_bundle_has_every_part_and_no_secret_live_or_offline() {
     assert_eq!(transcripts[0]["text_chars"], 38, "{transcripts}");
     assert!(transcripts[0]["release_to_text_ms"].is_number());
     // (An in-process service has no log subscriber: its ring stays empty.
-    // The words' omission from log lines: unit tests in talkie::support and
+    // The words' omission from log lines: unit tests in talkie::base::support and
     // talkie::status::bundle.)
     assert!(file("logs.json")["lines"].is_array());
     assert_eq!(file("status.json")["access"], "technician");

@@ -195,7 +195,7 @@ fn soak() {
     let dev = eval_dir().join("dev");
     let refs = wer::eval_references(&dev);
     let cycle: Vec<&(String, String)> = refs.iter().take(10).collect();
-    let tsv = talkie::scenario::build(&talkie::scenario::ScenarioArgs::new(
+    let tsv = talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs::new(
         dir.path(),
         cycle.iter().map(|(f, _)| dev.join(f)).collect(),
     ))

@@ -267,9 +267,9 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
     let refs = wer::eval_references(&dev);
     // 16 presses, about 7 s apart: they span the whole schedule.
     let clips: Vec<_> = refs.iter().take(16).map(|(f, _)| dev.join(f)).collect();
-    talkie::scenario::build(&talkie::scenario::ScenarioArgs {
+    talkie_devtools::scenario::build(&talkie_devtools::scenario::ScenarioArgs {
         gap_ms: 5000,
-        ..talkie::scenario::ScenarioArgs::new(dir.path(), clips)
+        ..talkie_devtools::scenario::ScenarioArgs::new(dir.path(), clips)
     })
     .unwrap();
     let mut agent = AgentSwitch::start(dir.path(), &[]);

@@ -29,7 +29,7 @@
 use super::breaker::{Backoff, Breaker, BreakerState};
 use super::outbox::{unix_ms, Outbox, OutboxError, Pending, SharedOutbox};
 use super::AgentStats;
-use crate::config::AgentConfig;
+use crate::base::config::AgentConfig;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
@@ -363,7 +363,7 @@ pub struct Link {
     /// End once the outbox is empty (`talkie outbox deliver --until-empty`).
     pub exit_when_empty: bool,
     /// How often the task beats while it waits (a quarter of
-    /// `watchdog.stall_ms`, 0.1–1 s: [`crate::supervisor::probe_interval`]).
+    /// `watchdog.stall_ms`, 0.1–1 s: [`crate::base::supervisor::probe_interval`]).
     pub beat_every: Duration,
     /// The longest one attempt may take, whatever the HTTP client does
     /// ([`attempt_limit`]).
@@ -967,7 +967,7 @@ mod tests {
                 }
             })
             .await;
-            let waiting_since = crate::telemetry::now_ms();
+            let waiting_since = crate::base::telemetry::now_ms();
             // Ten beat intervals after the wait began, it still beats.
             within(async {
                 while stats.beat_ms.load(Relaxed) < waiting_since + 1_000 {

@@ -10,8 +10,8 @@ pub mod outbox;
 pub mod reach;
 pub mod tool;
 
-use crate::config::Config;
-use crate::telemetry::Histogram;
+use crate::base::config::Config;
+use crate::base::telemetry::Histogram;
 use breaker::{Backoff, Breaker};
 use link::{FailureClass, Link, LinkError};
 use outbox::{Outbox, OutboxError, SharedOutbox};
@@ -145,7 +145,7 @@ pub async fn open(
         a.token.as_ref().map(|t| t.expose().to_owned()),
     ));
     tracing::info!(
-        url = %crate::config::redact_url(endpoint.as_str()),
+        url = %crate::base::config::redact_url(endpoint.as_str()),
         outbox = %config.outbox.path.display(),
         max_items = config.outbox.max_items,
         "agent link ready"
@@ -169,7 +169,7 @@ pub async fn open(
         stats: Arc::clone(&stats),
         wake: Arc::clone(&wake),
         exit_when_empty: false,
-        beat_every: crate::supervisor::probe_interval(config.watchdog.stall_ms),
+        beat_every: crate::base::supervisor::probe_interval(config.watchdog.stall_ms),
         attempt_limit: link::attempt_limit(a),
         retry_after_max: Duration::from_secs(a.retry_after_max_s.into()),
     };
@@ -240,7 +240,8 @@ pub struct AgentStats {
 impl AgentStats {
     /// The delivery task is alive (see [`link`]'s invariant).
     pub fn beat(&self) {
-        self.beat_ms.store(crate::telemetry::now_ms(), Relaxed);
+        self.beat_ms
+            .store(crate::base::telemetry::now_ms(), Relaxed);
     }
 
     pub fn retry(&self, class: FailureClass) {

@@ -68,7 +68,7 @@ pub enum OutboxError {
 /// never drain (found by the chaos suite's disk-full case).
 pub const DISK_RESERVE: u64 = 8 << 20;
 
-pub use crate::telemetry::unix_ms;
+pub use crate::base::telemetry::unix_ms;
 
 /// An item waiting for delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,7 +294,7 @@ impl Outbox {
     /// Open (or create) the database at `path`, recovering from corruption.
     pub fn open(path: &Path, max_items: u32) -> Result<Opened, OutboxError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::private_files::private_dir(dir).map_err(|source| OutboxError::Io {
+            crate::base::private_files::private_dir(dir).map_err(|source| OutboxError::Io {
                 path: dir.to_owned(),
                 source,
             })?;
@@ -390,7 +390,7 @@ impl Outbox {
     /// items reuse them) are less than [`DISK_RESERVE`]. Not knowing is not
     /// refusing.
     fn check_space(&self) -> Result<(), OutboxError> {
-        let Some(fs_free) = crate::telemetry::free_bytes(&self.path) else {
+        let Some(fs_free) = crate::base::telemetry::free_bytes(&self.path) else {
             return Ok(());
         };
         if fs_free >= DISK_RESERVE {

@@ -57,7 +57,7 @@ fn ms(since: Instant) -> f64 {
 /// certificate ([`probe_client`]).
 pub async fn check(client: &reqwest::Client, url: &reqwest::Url) -> Reachability {
     let mut r = Reachability {
-        checked_unix_ms: crate::telemetry::unix_ms(),
+        checked_unix_ms: crate::base::telemetry::unix_ms(),
         host: url.host_str().unwrap_or_default().to_owned(),
         tls: url.scheme() == "https",
         ..Default::default()
@@ -141,7 +141,7 @@ fn not_after(der: &[u8]) -> Option<i64> {
 
 /// The link's client settings plus the peer certificate in each answer.
 pub fn probe_client(
-    cfg: &crate::config::AgentConfig,
+    cfg: &crate::base::config::AgentConfig,
 ) -> Result<reqwest::Client, super::link::LinkError> {
     super::link::client_builder(cfg)?
         .tls_info(true)
@@ -216,7 +216,7 @@ mod tests {
         ]))
         .unwrap();
         let port = mock.addr().port();
-        let cfg = crate::config::AgentConfig {
+        let cfg = crate::base::config::AgentConfig {
             ca_file: Some(ca_pem),
             ..Default::default()
         };

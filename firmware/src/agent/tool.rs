@@ -4,7 +4,7 @@
 
 use super::{new_id, open, AgentError, AgentStats, UtterancePayload};
 use crate::agent::outbox::Outbox;
-use crate::config::Config;
+use crate::base::config::Config;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 

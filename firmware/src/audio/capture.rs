@@ -9,7 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use super::frame::{CaptureEnds, FRAME_SAMPLES};
-use crate::telemetry::{now_ms, AudioStats, CaptureState};
+use crate::base::telemetry::{now_ms, AudioStats, CaptureState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::Thread;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Audio level meter: RMS and peak in dBFS over 50 ms windows.
 
-use crate::telemetry::{AudioStats, SILENCE_DBFS};
+use crate::base::telemetry::{AudioStats, SILENCE_DBFS};
 
 /// Samples per meter window at 16 kHz (50 ms).
 pub const WINDOW: usize = 800;

@@ -14,7 +14,7 @@ use super::meter::LevelMeter;
 use super::preroll::PreRoll;
 use super::resample::{ResampleError, To16k};
 use super::PIPELINE_RATE;
-use crate::telemetry::{now_ms, AudioStats, CaptureState};
+use crate::base::telemetry::{now_ms, AudioStats, CaptureState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;

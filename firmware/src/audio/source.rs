@@ -1,6 +1,6 @@
 //! Opening the configured audio source.
 
-use crate::config::{AudioBackend, AudioConfig};
+use crate::base::config::{AudioBackend, AudioConfig};
 use talkie_hal::audio::file::{FileSettings, FileSource};
 use talkie_hal::audio::{AudioError, AudioSource};
 
@@ -74,7 +74,7 @@ pub fn open_source_or_wait(
 
 #[cfg(feature = "alsa")]
 mod late {
-    use crate::config::AudioConfig;
+    use crate::base::config::AudioConfig;
     use talkie_hal::audio::alsa::{AlsaSettings, AlsaSource};
     use talkie_hal::audio::{AudioError, AudioSource, SampleFormat, StreamFormat};
 
@@ -168,7 +168,7 @@ mod late {
 /// Built without `alsa`: nothing can appear later.
 #[cfg(not(feature = "alsa"))]
 mod late {
-    use crate::config::AudioConfig;
+    use crate::base::config::AudioConfig;
     use talkie_hal::audio::{AudioError, AudioSource};
 
     pub(super) fn open(

@@ -1,6 +1,6 @@
 //! Open the configured button and indicators.
 
-use crate::config::{GpioBackend, GpioConfig};
+use crate::base::config::{GpioBackend, GpioConfig};
 use std::time::{Duration, Instant};
 use talkie_hal::gpio::script::ScriptButton;
 use talkie_hal::gpio::sim::{Timeline, TimelineIndicators};
@@ -55,7 +55,7 @@ pub fn open(
 
 #[cfg(feature = "rppal")]
 fn open_rppal(cfg: &GpioConfig, debounce: Duration) -> Result<Gpio, GpioError> {
-    use crate::config::{LedKind, Pull};
+    use crate::base::config::{LedKind, Pull};
     use talkie_hal::gpio::rpi::{self, Apa102Leds, ButtonPins, PinLeds, RppalButton};
     let button = RppalButton::open(ButtonPins {
         pin: cfg.button_pin,

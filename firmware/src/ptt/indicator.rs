@@ -3,7 +3,7 @@
 //! controller only `try_send`s commands to it, so a slow LED bus never
 //! blocks the button, audio or recognition paths.
 
-use crate::telemetry::PttStats;
+use crate::base::telemetry::PttStats;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;

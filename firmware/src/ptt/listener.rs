@@ -27,7 +27,7 @@ use crate::audio::frame::{Frame, FrameBox, FRAME_SAMPLES, QUEUE_FRAMES};
 use crate::audio::pipeline::{AudioSink, SinkControl};
 use crate::audio::preroll::PreRoll;
 use crate::audio::PIPELINE_RATE;
-use crate::telemetry::{now_ms, PttStats};
+use crate::base::telemetry::{now_ms, PttStats};
 use crate::vad::{SegmenterConfig, SileroVad, Span, SpeechSpan, CHUNK};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};

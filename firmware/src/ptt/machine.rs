@@ -7,7 +7,7 @@
 //! input, so it can never disagree with it. The table in `docs/ptt.md` lists
 //! every transition; the tests below walk each one.
 
-use crate::config::{BusyPolicy, PttConfig, PttMode};
+use crate::base::config::{BusyPolicy, PttConfig, PttMode};
 use talkie_hal::gpio::IndicatorState;
 
 /// What happened.

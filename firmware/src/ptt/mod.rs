@@ -12,11 +12,12 @@ pub mod gpio;
 pub mod indicator;
 pub mod listener;
 pub mod machine;
+pub mod recordings;
 pub mod trace;
 pub mod worker;
 
 use crate::agent::{new_id, OutboxHandle, UtterancePayload};
-use crate::telemetry::PttStats;
+use crate::base::telemetry::PttStats;
 use indicator::LedMsg;
 use listener::Command;
 use machine::{Action, Input, Machine};
@@ -224,7 +225,7 @@ pub struct Controller {
     device_id: String,
     outbox: Option<OutboxHandle>,
     events: tokio::sync::mpsc::Sender<ControlEvent>,
-    recordings: Option<Arc<crate::recordings::Recordings>>,
+    recordings: Option<Arc<crate::ptt::recordings::Recordings>>,
 }
 
 /// Where the controller's transcripts go and how it hears back.
@@ -235,7 +236,7 @@ pub struct SinkWiring {
     pub outbox: Option<OutboxHandle>,
     pub events: tokio::sync::mpsc::Sender<ControlEvent>,
     /// `debug.keep_utterances`: where each utterance's audio is kept.
-    pub recordings: Option<Arc<crate::recordings::Recordings>>,
+    pub recordings: Option<Arc<crate::ptt::recordings::Recordings>>,
 }
 
 impl Controller {
@@ -300,12 +301,12 @@ impl Controller {
                 tracing::debug!(edge = e.edge.as_str(), at_ms, "button");
                 let input = match e.edge {
                     Edge::Pressed => {
-                        self.stats.note_press(crate::telemetry::unix_ms());
+                        self.stats.note_press(crate::base::telemetry::unix_ms());
                         self.last_press = Some(e.at);
                         Input::Pressed { at_ms }
                     }
                     Edge::Released => {
-                        self.stats.note_release(crate::telemetry::unix_ms());
+                        self.stats.note_release(crate::base::telemetry::unix_ms());
                         Input::Released { at_ms }
                     }
                 };
@@ -456,7 +457,7 @@ impl Controller {
             });
             let (recs, id, at) = (Arc::clone(recs), rec.id, rec.started_at_ms);
             tokio::task::spawn_blocking(move || {
-                let now = crate::telemetry::unix_ms();
+                let now = crate::base::telemetry::unix_ms();
                 match recs.save(id, at, &audio, &meta, now) {
                     Ok(name) => {
                         tracing::info!(id, recording = %name, "utterance kept (debug.keep_utterances)")
@@ -601,7 +602,7 @@ mod tests {
         let (leds, _d) = std::sync::mpsc::sync_channel(32);
         let (events, _e) = tokio::sync::mpsc::channel(8);
         let mut c = Controller::new(
-            Machine::new(&crate::config::PttConfig::default()),
+            Machine::new(&crate::base::config::PttConfig::default()),
             Instant::now(),
             listener,
             leds,

@@ -5,8 +5,8 @@
 
 use super::listener::{Job, SpecShared, Speculative, Utterance, UtteranceInfo};
 use super::ControlEvent;
+use crate::base::telemetry::{now_ms, PttStats};
 use crate::stt::{Recognition, RecognizeError, Recognizer};
-use crate::telemetry::{now_ms, PttStats};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -95,7 +95,7 @@ pub fn run(
     shared: Arc<SpecShared>,
     keep_audio: bool,
 ) {
-    let wedge_at = crate::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
+    let wedge_at = crate::base::supervisor::test_wedge("stt").map(|d| Instant::now() + d);
     // The loop beats at every decoder step, so a long recognition on a slow
     // board is not mistaken for a hung one; the deadline stops a runaway,
     // and a speculative run stops once the listener no longer wants it.
@@ -167,7 +167,7 @@ pub fn run(
         if !go_on {
             return;
         }
-        crate::telemetry::release_free_memory();
+        crate::base::telemetry::release_free_memory();
     }
 }
 

@@ -1,7 +1,7 @@
 //! The service as a library: [`Service::start`] brings talkie up inside
 //! the caller's tokio runtime and returns a [`ServiceHandle`] that gives the
 //! bound status address, asks for a reload or a shutdown and waits for the
-//! end. The binary ([`crate::run`]) adds what only a process has: the
+//! end. The binary ([`crate::cmd::run`]) adds what only a process has: the
 //! runtime, signal handlers and exit codes. Tests start services in-process
 //! the same way (two in one test process, each on `127.0.0.1:0`).
 //!
@@ -31,14 +31,14 @@ mod wiring;
 
 use crate::agent::{AgentError, AgentStats};
 use crate::audio::PipelineError;
-use crate::config::{Config, GpioBackend};
+use crate::base::config::reload::{Loader, ReloadReport, ReloadRequest};
+use crate::base::config::{Config, GpioBackend};
+use crate::base::supervisor::{self, Notice, Notifier};
+use crate::base::telemetry::{now_ms, AudioStats, CaptureState, PttStats};
+use crate::base::threads::JoinError;
 use crate::ptt::{ControlEvent, RecentTranscripts};
-use crate::reload::{Loader, ReloadReport, ReloadRequest};
 use crate::status;
 use crate::stt::RecognizeError;
-use crate::supervisor::{self, Notice, Notifier};
-use crate::telemetry::{now_ms, AudioStats, CaptureState, PttStats};
-use crate::threads::JoinError;
 use crate::vad::VadError;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -251,7 +251,7 @@ struct Context {
     reload_tx: mpsc::Sender<ReloadRequest>,
     ready: watch::Sender<bool>,
     /// This run's entry in `runs.json`, ended when the service ends.
-    history: Option<crate::runs::RunHistory>,
+    history: Option<crate::base::runs::RunHistory>,
 }
 
 impl Service {
@@ -282,7 +282,7 @@ impl Service {
             Arc::clone(&audio_stats),
             Arc::clone(&ptt_stats),
             config.agent.url.is_some().then(|| Arc::clone(&agent_stats)),
-            crate::logring::global().clone(),
+            crate::base::logring::global().clone(),
             recent.clone(),
             cancel.clone(),
         ));
@@ -352,7 +352,7 @@ impl Service {
         // Recorded once start-up can no longer fail before the handle.
         let state_dir = config.device.state_dir.clone();
         let history = tokio::task::spawn_blocking(move || {
-            crate::runs::RunHistory::begin(&state_dir, crate::telemetry::unix_ms())
+            crate::base::runs::RunHistory::begin(&state_dir, crate::base::telemetry::unix_ms())
         })
         .await
         .ok();
@@ -369,7 +369,7 @@ impl Service {
             cancel.clone(),
         ));
         // RAUC's slot and Mender's artifact for the page (issue 20 item 3).
-        tasks.spawn(crate::updates::run(
+        tasks.spawn(crate::platform::updates::run(
             shared.board.root.clone(),
             Arc::clone(&shared.updates),
             cancel.clone(),
@@ -417,11 +417,12 @@ async fn lifecycle(mut ctx: Context) -> Result<Ended, ServiceError> {
     let result = run_service(ctx).await;
     if let Some(h) = history {
         let kind = match &result {
-            Ok(Ended::Stopped) => crate::runs::EndKind::Clean,
-            Ok(Ended::Restart) => crate::runs::EndKind::Restart,
-            Err(_) => crate::runs::EndKind::Failed,
+            Ok(Ended::Stopped) => crate::base::runs::EndKind::Clean,
+            Ok(Ended::Restart) => crate::base::runs::EndKind::Restart,
+            Err(_) => crate::base::runs::EndKind::Failed,
         };
-        let _ = tokio::task::spawn_blocking(move || h.end(kind, crate::telemetry::unix_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || h.end(kind, crate::base::telemetry::unix_ms()))
+            .await;
     }
     result
 }
@@ -678,9 +679,9 @@ async fn reload(
             }
         }
         Ok(new) => {
-            let (mut report, effective) = crate::reload::plan(running, &new);
+            let (mut report, effective) = crate::base::config::reload::plan(running, &new);
             if report.applied.iter().any(|k| k == "log.level") {
-                if let Err(e) = crate::logging::set_level(&effective.log.level) {
+                if let Err(e) = crate::base::logging::set_level(&effective.log.level) {
                     tracing::warn!(error = %e, "log.level not applied");
                     report.applied.retain(|k| k != "log.level");
                     report.needs_restart.push("log.level".into());

@@ -1,7 +1,7 @@
 //! What the service says about itself in the log and to systemd.
 
 use crate::agent::AgentStats;
-use crate::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
+use crate::base::telemetry::{AudioStats, CaptureState, HistogramSnapshot, PttStats};
 use std::sync::atomic::Ordering;
 
 /// The one-line `STATUS=` for systemctl status.

@@ -5,11 +5,11 @@
 use super::wiring::Threads;
 use super::{Context, ServiceError, STOP_BUDGET};
 use crate::audio::{AudioPipeline, PipelineEnd};
-use crate::config::Config;
+use crate::base::config::Config;
+use crate::base::supervisor::Notifier;
 use crate::ptt::indicator::LedMsg;
 use crate::ptt::listener::Command;
 use crate::ptt::{ControlEvent, Controller};
-use crate::supervisor::Notifier;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 

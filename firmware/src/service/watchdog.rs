@@ -1,13 +1,13 @@
 //! The health-gated watchdog: systemd's `WATCHDOG=1` is sent only while
 //! every loop that should beat has beaten within `watchdog.stall_ms`
-//! ([`crate::supervisor::stale`]).
+//! ([`crate::base::supervisor::stale`]).
 
 use super::Context;
 use crate::agent::AgentStats;
-use crate::config::Config;
+use crate::base::config::Config;
+use crate::base::supervisor::{self, Beat, Notice, Notifier};
+use crate::base::telemetry::{now_ms, AudioStats, CaptureState, PttStats};
 use crate::status;
-use crate::supervisor::{self, Beat, Notice, Notifier};
-use crate::telemetry::{now_ms, AudioStats, CaptureState, PttStats};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ impl Watchdog {
     }
 }
 
-/// The heartbeats the watchdog checks (see [`crate::supervisor`]).
+/// The heartbeats the watchdog checks (see [`crate::base::supervisor`]).
 fn beats(
     audio: &AudioStats,
     ptt: &PttStats,

@@ -4,16 +4,16 @@
 use super::{Context, ServiceError};
 use crate::audio::source::open_source_or_wait;
 use crate::audio::{AudioPipeline, PipelineOptions};
-use crate::config::{AudioBackend, Config};
-use crate::offline::stt_model_dir;
+use crate::base::config::models::{stt_model_dir, with_vad_resolved};
+use crate::base::config::{AudioBackend, Config};
+use crate::base::supervisor::{self, Notice, Notifier};
+use crate::base::threads::{self, Tracked};
 use crate::ptt::indicator::{self, LedMsg};
 use crate::ptt::listener::{self, Command, Listener, ListenerOptions, ListenerWiring};
 use crate::ptt::machine::Machine;
 use crate::ptt::{self, worker, ControlEvent, Controller, SinkWiring};
 use crate::status;
 use crate::stt::Recognizer;
-use crate::supervisor::{self, Notice, Notifier};
-use crate::threads::{self, Tracked};
 use crate::vad::SileroVad;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
@@ -55,7 +55,7 @@ pub(super) async fn load_models(
         ..Notice::default()
     });
     let dir = stt_model_dir(config, None);
-    let cfg = crate::offline::with_vad_resolved(config, None);
+    let cfg = with_vad_resolved(config, None);
     let shown = Arc::clone(shared);
     let loaded = tokio::task::spawn_blocking(move || {
         supervisor::test_hold_models();
@@ -73,7 +73,7 @@ pub(super) async fn load_models(
             None
         };
         // The calibration tried other precisions: their memory goes back.
-        crate::telemetry::release_free_memory();
+        crate::base::telemetry::release_free_memory();
         Ok::<_, ServiceError>((r, vad))
     })
     .await;

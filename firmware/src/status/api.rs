@@ -20,12 +20,12 @@ pub struct StatusDoc {
     pub not_ready_because: Vec<&'static str>,
     /// The page's health list, each with the reason it fails.
     pub health: Vec<Check>,
-    pub board: crate::board::BoardHealth,
+    pub board: crate::platform::board::BoardHealth,
     pub time: TimeView,
     /// Starts in the last 24 h and how the previous run ended.
-    pub runs: Option<crate::runs::RunSummary>,
+    pub runs: Option<crate::base::runs::RunSummary>,
     /// RAUC's slot and Mender's artifact, where present.
-    pub updates: crate::updates::UpdateState,
+    pub updates: crate::platform::updates::UpdateState,
     pub recordings: RecordingsView,
     /// The LED state: `idle`, `listening`, `processing`, `error`, `offline`…
     pub state: &'static str,
@@ -167,7 +167,7 @@ pub struct TechnicianView {
     /// Keys changed in the file that wait for a restart.
     pub pending_restart: Vec<String>,
     /// The last warnings and errors.
-    pub problems: Vec<crate::logring::LogLine>,
+    pub problems: Vec<crate::base::logring::LogLine>,
     pub warnings_total: u64,
     pub errors_total: u64,
 }
@@ -297,7 +297,7 @@ pub fn status_doc(s: &Shared, technician: bool) -> StatusDoc {
 
 /// The clock: synchronized or not, its offset from the agent's.
 pub fn time_view(s: &Shared) -> TimeView {
-    let clock = crate::board::clock_sync();
+    let clock = crate::platform::board::clock_sync();
     let offset = s.agent.as_ref().and_then(|g| g.clock_offset_s());
     let warning = if clock.is_some_and(|c| !c.synchronized) {
         Some("the system clock is not synchronized (no NTP): TLS certificates and timestamps may be wrong; check network time (timedatectl)".to_owned())

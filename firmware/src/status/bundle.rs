@@ -1,11 +1,11 @@
 //! `GET /api/v1/support-bundle` (technician): what the running service
-//! knows, as one `.tar.gz` ([`crate::support`]). Diagnostics only: what a
+//! knows, as one `.tar.gz` ([`crate::base::support`]). Diagnostics only: what a
 //! visitor said (transcript text, the agent's replies, dead letters'
 //! bodies) stays on the board; every configured secret is scrubbed.
 
-use super::router::peer;
+use super::reply::peer;
 use super::*;
-use crate::support::Bundle;
+use crate::base::support::Bundle;
 
 /// Dead letters listed in a bundle (newest first; ids and reasons only).
 const DEAD_LETTERS_IN_BUNDLE: u32 = 100;
@@ -147,8 +147,10 @@ pub(super) fn bundle(s: &Shared, dead_letters: Option<DeadLetters>) -> Bundle {
     if let Some(r) = &s.recordings {
         for e in r.list(unix_ms()) {
             if let Ok(bytes) = r.wav_path(&e.name).and_then(|p| {
-                std::fs::read(&p)
-                    .map_err(|source| crate::recordings::RecordingError::Read { path: p, source })
+                std::fs::read(&p).map_err(|source| crate::ptt::recordings::RecordingError::Read {
+                    path: p,
+                    source,
+                })
             }) {
                 b.file(&format!("recordings/{}.wav", e.name), bytes);
                 b.json(&format!("recordings/{}.json", e.name), &e.meta);
@@ -176,13 +178,15 @@ fn versions(s: &Shared) -> serde_json::Value {
 }
 
 /// Log lines with a transcript's words taken out
-/// ([`crate::support::omit_transcript_text`]).
-fn without_transcript_text(lines: Vec<crate::logring::LogLine>) -> Vec<crate::logring::LogLine> {
+/// ([`crate::base::support::omit_transcript_text`]).
+fn without_transcript_text(
+    lines: Vec<crate::base::logring::LogLine>,
+) -> Vec<crate::base::logring::LogLine> {
     lines
         .into_iter()
         .map(|mut l| {
             if l.target == "talkie::transcript" {
-                l.message = crate::support::omit_transcript_text(&l.message)
+                l.message = crate::base::support::omit_transcript_text(&l.message)
                     .unwrap_or_else(|| "transcript (text omitted)".to_owned());
             }
             l
@@ -200,7 +204,8 @@ mod tests {
     fn the_log_rings_transcript_lines_lose_their_words() {
         use tracing_subscriber::layer::SubscriberExt;
         let ring = LogRing::default();
-        let subscriber = tracing_subscriber::registry().with(crate::logring::layer(ring.clone()));
+        let subscriber =
+            tracing_subscriber::registry().with(crate::base::logring::layer(ring.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(
                 target: "talkie::transcript",

@@ -3,7 +3,7 @@
 //! the reload channel, the outbox handle); none blocks the audio or
 //! recognition threads.
 
-use super::router::{denied, peer, too_many};
+use super::reply::{denied, peer, too_many};
 use super::*;
 
 pub(super) async fn healthz() -> &'static str {

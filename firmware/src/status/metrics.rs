@@ -6,7 +6,7 @@
 
 use super::Shared;
 use crate::agent::link::FailureClass;
-use crate::telemetry::{HistogramSnapshot, LATENCY_BUCKETS_MS};
+use crate::base::telemetry::{HistogramSnapshot, LATENCY_BUCKETS_MS};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -303,7 +303,7 @@ fn ptt(o: &mut Out, s: &Shared) {
 /// The process and the status port: memory, descriptors, connections,
 /// the outbox filesystem.
 fn process(o: &mut Out, s: &Shared) {
-    if let Some(rss) = crate::telemetry::resident_bytes() {
+    if let Some(rss) = crate::base::telemetry::resident_bytes() {
         o.gauge(
             "talkie_process_resident_memory_bytes",
             "Resident memory of the talkie process.",
@@ -356,7 +356,7 @@ fn process(o: &mut Out, s: &Shared) {
     if let Some(free) = s
         .outbox_path
         .as_deref()
-        .and_then(crate::telemetry::free_bytes)
+        .and_then(crate::base::telemetry::free_bytes)
     {
         o.gauge(
             "talkie_outbox_filesystem_free_bytes",
@@ -366,7 +366,7 @@ fn process(o: &mut Out, s: &Shared) {
     }
 }
 
-/// The board ([`crate::board`]); a figure the board does not offer is
+/// The board ([`crate::platform::board`]); a figure the board does not offer is
 /// left out, not reported as 0.
 fn board(o: &mut Out, s: &Shared) {
     let h = s.board_health();
@@ -590,7 +590,7 @@ fn agent(o: &mut Out, g: &crate::agent::AgentStats) {
 
 /// The system clock as the kernel sees it.
 fn clock(o: &mut Out) {
-    if let Some(c) = crate::board::clock_sync() {
+    if let Some(c) = crate::platform::board::clock_sync() {
         o.gauge(
             "talkie_clock_synchronized",
             "1 when the kernel says the system clock is synchronized (NTP).",

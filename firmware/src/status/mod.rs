@@ -33,18 +33,20 @@ mod client;
 mod handlers;
 pub mod metrics;
 pub mod recordings;
+mod reply;
 mod router;
 pub mod server;
 
 pub use client::{health, local_url, probe, HealthError};
-pub use router::{json_error, router};
+pub use reply::json_error;
+pub use router::router;
 
 use crate::agent::breaker::BreakerState;
 use crate::agent::AgentStats;
-use crate::logring::LogRing;
+use crate::base::config::reload::ReloadRequest;
+use crate::base::logring::LogRing;
+use crate::base::telemetry::{unix_ms, AudioStats, CaptureState, PttStats};
 use crate::ptt::{ControlError, RecentTranscripts};
-use crate::reload::ReloadRequest;
-use crate::telemetry::{unix_ms, AudioStats, CaptureState, PttStats};
 use auth::{Access, Auth};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -113,9 +115,9 @@ pub struct Shared {
     pub calibration: OnceLock<crate::stt::calibrate::Calibration>,
     /// The running configuration, secrets redacted.
     pub config: RwLock<serde_json::Value>,
-    /// The configuration's secrets ([`crate::config::Config::secret_values`]),
+    /// The configuration's secrets ([`crate::base::config::Config::secret_values`]),
     /// scrubbed from the support bundle.
-    pub secrets: RwLock<Vec<crate::config::Secret>>,
+    pub secrets: RwLock<Vec<crate::base::config::Secret>>,
     /// Keys changed in the file that wait for a restart.
     pub pending_restart: RwLock<Vec<String>>,
     /// The controller's event queue, once it runs (LED and PTT tests).
@@ -141,7 +143,7 @@ pub struct Shared {
     /// The outbox file, for its filesystem's free space.
     pub outbox_path: Option<std::path::PathBuf>,
     /// Starts in the last 24 h and how the previous run ended.
-    pub runs: OnceLock<crate::runs::RunSummary>,
+    pub runs: OnceLock<crate::base::runs::RunSummary>,
     /// Stops the service for `POST /api/v1/restart` (set by the service).
     pub stop: OnceLock<CancellationToken>,
     /// A technician asked for a restart: the service ends with
@@ -150,18 +152,18 @@ pub struct Shared {
     /// `status.restart_min_uptime_s`.
     pub restart_min_uptime: Duration,
     /// The update system's view (RAUC, Mender), kept current by
-    /// [`crate::updates::run`]; `None` until first read.
-    pub updates: Arc<RwLock<Option<crate::updates::UpdateState>>>,
+    /// [`crate::platform::updates::run`]; `None` until first read.
+    pub updates: Arc<RwLock<Option<crate::platform::updates::UpdateState>>>,
     /// `debug.keep_utterances`: the kept recordings, when on.
-    pub recordings: Option<Arc<crate::recordings::Recordings>>,
+    pub recordings: Option<Arc<crate::ptt::recordings::Recordings>>,
     /// The microphone level twice a second for the last minute
     /// ([`LEVEL_POINTS`] of `[unix ms, rms dBFS, peak dBFS]`).
     pub level_history: std::sync::Mutex<std::collections::VecDeque<[f64; 3]>>,
     /// `[board]`: where the board is read from and its warning limits.
-    pub board: crate::config::BoardConfig,
+    pub board: crate::base::config::BoardConfig,
     /// The last board reading and when it was taken (read at most every
     /// [`BOARD_EVERY`], however many clients ask).
-    board_cache: std::sync::Mutex<Option<(Instant, crate::board::BoardHealth)>>,
+    board_cache: std::sync::Mutex<Option<(Instant, crate::platform::board::BoardHealth)>>,
     event_clients: AtomicUsize,
     /// Live-event clients per address (at most
     /// [`MAX_EVENT_CLIENTS_PER_ADDRESS`] each; entries removed at zero).
@@ -171,7 +173,7 @@ impl Shared {
     /// Everything not yet known starts empty; `run` fills it in.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: &crate::config::Config,
+        config: &crate::base::config::Config,
         source: String,
         audio: Arc<AudioStats>,
         ptt: Arc<PttStats>,
@@ -197,7 +199,7 @@ impl Shared {
             format: OnceLock::new(),
             models: OnceLock::new(),
             calibration: OnceLock::new(),
-            config: RwLock::new(crate::config::redacted(config)),
+            config: RwLock::new(crate::base::config::redacted(config)),
             secrets: RwLock::new(config.secret_values()),
             pending_restart: RwLock::new(Vec::new()),
             control: OnceLock::new(),
@@ -219,8 +221,11 @@ impl Shared {
             restart_requested: AtomicBool::new(false),
             restart_min_uptime: Duration::from_secs(config.status.restart_min_uptime_s.into()),
             updates: Arc::new(RwLock::new(None)),
-            recordings: crate::recordings::Recordings::new(&config.device.state_dir, &config.debug)
-                .map(Arc::new),
+            recordings: crate::ptt::recordings::Recordings::new(
+                &config.device.state_dir,
+                &config.debug,
+            )
+            .map(Arc::new),
             level_history: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
                 LEVEL_POINTS,
             )),
@@ -231,9 +236,9 @@ impl Shared {
         }
     }
 
-    /// The board's health ([`crate::board`]), read at most every
+    /// The board's health ([`crate::platform::board`]), read at most every
     /// [`BOARD_EVERY`]: a handful of small kernel files, never the disk.
-    pub fn board_health(&self) -> crate::board::BoardHealth {
+    pub fn board_health(&self) -> crate::platform::board::BoardHealth {
         let mut cache = self
             .board_cache
             .lock()
@@ -244,15 +249,19 @@ impl Shared {
             }
         }
         let b = &self.board;
-        let facts = crate::board::ProcessFacts {
+        let facts = crate::platform::board::ProcessFacts {
             disk: self
                 .outbox_path
                 .as_deref()
-                .and_then(crate::telemetry::disk_space),
+                .and_then(crate::base::telemetry::disk_space),
             fds_open: server::open_fds(),
             fds_max: Some(server::fd_limit()),
         };
-        let h = crate::board::read(&b.root, &facts, &crate::board::Thresholds::from_config(b));
+        let h = crate::platform::board::read(
+            &b.root,
+            &facts,
+            &crate::platform::board::Thresholds::from_config(b),
+        );
         *cache = Some((Instant::now(), h.clone()));
         h
     }
@@ -275,14 +284,14 @@ impl Shared {
     }
 
     /// A reload applied `config`: new token, new effective config shown.
-    pub fn reconfigured(&self, config: &crate::config::Config, pending: Vec<String>) {
+    pub fn reconfigured(&self, config: &crate::base::config::Config, pending: Vec<String>) {
         let token = config.status.token.as_ref().map(|t| t.expose());
         // Sessions survive a reload that keeps the token (issue 28 row 2).
         if !self.auth().same_token(token) {
             *self.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Auth::new(token));
         }
         *self.config.write().unwrap_or_else(PoisonError::into_inner) =
-            crate::config::redacted(config);
+            crate::base::config::redacted(config);
         *self.secrets.write().unwrap_or_else(PoisonError::into_inner) = config.secret_values();
         *self
             .pending_restart
@@ -490,15 +499,15 @@ mod tests {
         let agent = Arc::new(AgentStats::default());
         agent.set_last_reply("You said: my name is Ada");
         agent.set_last_error("HTTP 500: could not store 'my name is Ada'");
-        let mut cfg = crate::config::Config::default();
-        cfg.status.token = Some(crate::config::Secret::new("s3cret"));
+        let mut cfg = crate::base::config::Config::default();
+        cfg.status.token = Some(crate::base::config::Secret::new("s3cret"));
         Arc::new(Shared::new(
             &cfg,
             "test".into(),
             Arc::new(AudioStats::default()),
             Arc::new(PttStats::default()),
             Some(agent),
-            crate::logring::global().clone(),
+            crate::base::logring::global().clone(),
             RecentTranscripts::default(),
             CancellationToken::new(),
         ))
@@ -630,8 +639,8 @@ mod tests {
             .unwrap_or_else(|| panic!("no session cookie: {head}"))
             .to_owned();
         // A reload with the same token (what a no-op reload does).
-        let mut cfg = crate::config::Config::default();
-        cfg.status.token = Some(crate::config::Secret::new("s3cret"));
+        let mut cfg = crate::base::config::Config::default();
+        cfg.status.token = Some(crate::base::config::Secret::new("s3cret"));
         s.reconfigured(&cfg, Vec::new());
         let (head, _) = exchange(
             addr,
@@ -672,7 +681,7 @@ mod tests {
             "the right token is not locked out: {head}"
         );
         // A changed token still revokes every session.
-        cfg.status.token = Some(crate::config::Secret::new("new-token"));
+        cfg.status.token = Some(crate::base::config::Secret::new("new-token"));
         s.reconfigured(&cfg, Vec::new());
         let (head, _) = exchange(
             addr,

@@ -1,9 +1,9 @@
-//! Technician endpoints for the opt-in recordings ([`crate::recordings`]):
+//! Technician endpoints for the opt-in recordings ([`crate::ptt::recordings`]):
 //! list, download one WAV, delete one or all. 404 with the reason when
 //! recordings are off.
 
 use super::*;
-use crate::recordings::{RecordingError, Recordings};
+use crate::ptt::recordings::{RecordingError, Recordings};
 use axum::extract::Path;
 
 /// Largest WAV served (a 60 s utterance is under 2 MB).
@@ -72,7 +72,7 @@ pub(super) async fn download(State(s): State<Arc<Shared>>, Path(name): Path<Stri
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
             &mut std::io::Read::take(
-                crate::private_files::open_nofollow(&path).map_err(|source| {
+                crate::base::private_files::open_nofollow(&path).map_err(|source| {
                     RecordingError::Read {
                         path: path.clone(),
                         source,
@@ -121,7 +121,7 @@ pub(super) async fn delete_all(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Apply the age limit every [`crate::recordings::PRUNE_EVERY`] until
+/// Apply the age limit every [`crate::ptt::recordings::PRUNE_EVERY`] until
 /// `cancel` (new recordings and listings apply it too).
 pub async fn prune(s: Arc<Shared>, cancel: CancellationToken) {
     if s.recordings.is_none() {
@@ -130,7 +130,7 @@ pub async fn prune(s: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let _ = on_disk(&s, |r| r.prune(unix_ms())).await;
         tokio::select! {
-            () = tokio::time::sleep(crate::recordings::PRUNE_EVERY) => {}
+            () = tokio::time::sleep(crate::ptt::recordings::PRUNE_EVERY) => {}
             () = cancel.cancelled() => return,
         }
     }

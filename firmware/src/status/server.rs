@@ -357,7 +357,7 @@ fn rewrite_protocol_error(buf: &[u8]) -> Option<Vec<u8>> {
         "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     );
-    for (name, value) in super::router::SECURITY_HEADERS {
+    for (name, value) in super::reply::SECURITY_HEADERS {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("\r\n");

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use talkie::alloc_audit::allocations;
 use talkie::audio::{AudioPipeline, AudioSink, PipelineOptions, PreRoll, SinkControl};
-use talkie::telemetry::AudioStats;
+use talkie::base::telemetry::AudioStats;
+use talkie_devtools::alloc_audit::allocations;
 use talkie_hal::audio::file::{FileSettings, FileSource};
 
 /// Write `seconds` of 16-bit stereo at `rate`: a 440 Hz tone left, a 1250 Hz

@@ -10,6 +10,6 @@ pub mod tokenizer;
 pub mod vocab;
 pub mod whisper;
 
-pub use recognizer::{Recognition, RecognizeError, Recognizer, VAD_FILE};
+pub use recognizer::{Recognition, RecognizeError, Recognizer};
 pub use vocab::Vocab;
 pub use whisper::{StepHook, SttError, Transcript, Whisper};

@@ -12,9 +12,6 @@ use std::path::Path;
 use std::time::Instant;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-/// File name of the VAD model inside a models directory.
-pub const VAD_FILE: &str = "silero_vad.onnx";
-
 /// Errors of loading or running recognition.
 #[derive(Debug, thiserror::Error)]
 pub enum RecognizeError {
@@ -364,6 +361,7 @@ impl Recognizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::VAD_FILE;
     use crate::options::{Precision, Threads};
 
     /// A 16 kHz mono dev clip as samples.

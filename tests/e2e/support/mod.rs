@@ -165,7 +165,7 @@ pub fn names_of(scrape: &prometheus_parse::Scrape) -> std::collections::HashSet<
 pub fn fake_board(root: &Path, temp_milli_c: &str, throttled: &str, extra: &[(&str, &str)]) {
     let files = [
         ("sys/class/thermal/thermal_zone0/temp", temp_milli_c),
-        (talkie::board::THROTTLED_FILE, throttled),
+        (talkie::platform::board::THROTTLED_FILE, throttled),
         (
             "proc/meminfo",
             "MemTotal: 1000000 kB\nMemAvailable: 600000 kB\n",

@@ -1,6 +1,6 @@
 //! The `talkie` command line: parsing, dispatch, exit codes.
 
-use crate::config::{self, ConfigError, LogFormat, Overrides, EX_CONFIG};
+use crate::base::config::{self, ConfigError, LogFormat, Overrides, EX_CONFIG};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -73,7 +73,7 @@ pub enum Command {
     Vad(ClipArgs),
     /// Measure recognition on this board: every precision × thread count on
     /// a fixed input and on the WAV files given; what `auto` would choose.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cmd::bench::BenchArgs),
     /// Exit 0 once the running service reports ready on its local API
     /// (`status.listen`), non-zero otherwise. For update systems.
     Health {
@@ -117,7 +117,7 @@ fn config_failed(e: &ConfigError) -> i32 {
 pub fn main(cli: Cli) -> i32 {
     match &cli.command {
         Command::Devices => {
-            crate::logging::init("warn", cli.log_format.unwrap_or_default());
+            crate::base::logging::init("warn", cli.log_format.unwrap_or_default());
             devices()
         }
         Command::Vad(args) | Command::Transcribe(args) => {
@@ -125,12 +125,12 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
-            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+            crate::base::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
             let (files, models, json) = (&args.files, args.models.as_deref(), args.json);
             let result = if matches!(cli.command, Command::Vad(_)) {
-                crate::offline::vad(&cfg, files, models, json)
+                crate::cmd::offline::vad(&cfg, files, models, json)
             } else {
-                crate::offline::transcribe(&cfg, files, models, json)
+                crate::cmd::offline::transcribe(&cfg, files, models, json)
             };
             match result {
                 Ok(()) => 0,
@@ -145,8 +145,8 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
-            crate::logging::init("warn", cli.log_format.unwrap_or(cfg.log.format));
-            match crate::bench::run(&cfg, args) {
+            crate::base::logging::init("warn", cli.log_format.unwrap_or(cfg.log.format));
+            match crate::cmd::bench::run(&cfg, args) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("talkie: {e}");
@@ -180,15 +180,15 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
-            match crate::support_tool::run(&cfg, out) {
-                Ok(crate::support_tool::Written::Live) => {
+            match crate::cmd::support_tool::run(&cfg, out) {
+                Ok(crate::cmd::support_tool::Written::Live) => {
                     eprintln!(
                         "talkie: wrote the running service's support bundle to {}",
                         out.display()
                     );
                     0
                 }
-                Ok(crate::support_tool::Written::Offline(why)) => {
+                Ok(crate::cmd::support_tool::Written::Offline(why)) => {
                     eprintln!(
                         "talkie: the service gave no bundle ({why});\n\
                          talkie: wrote what the disk and the journal say to {}",
@@ -207,7 +207,7 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
-            crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+            crate::base::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
             match crate::agent::tool::run(&cfg, cmd) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -245,21 +245,21 @@ fn run_or_record(cli: &Cli) -> i32 {
         Err(e) => return config_failed(&e),
     };
     let cfg = &loaded.config;
-    crate::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
+    crate::base::logging::init(&cfg.log.level, cli.log_format.unwrap_or(cfg.log.format));
     tracing::info!(version = VERSION, config = %loaded.path.display(), "talkie starting");
     let result = match &cli.command {
         Command::Record { seconds, out } => {
-            crate::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
+            crate::cmd::record::record(cfg, *seconds, out).map_err(|e| e.to_string())
         }
         Command::Run(args) => {
             let (path, sets) = (cli.config.clone(), cli.sets.clone());
-            let loader: crate::reload::Loader = std::sync::Arc::new(move || {
+            let loader: crate::base::config::reload::Loader = std::sync::Arc::new(move || {
                 config::load(&path, &Overrides::from_process_env(sets.clone())).map(|l| l.config)
             });
-            let opts = crate::run::RunOptions {
+            let opts = crate::cmd::run::RunOptions {
                 until_script_done: args.until_script_done,
             };
-            match crate::run::run(cfg, &opts, loader) {
+            match crate::cmd::run::run(cfg, &opts, loader) {
                 Ok(crate::service::Ended::Restart) => {
                     tracing::warn!(
                         exit_status = crate::service::EXIT_RESTART,

@@ -3,7 +3,7 @@
 //!
 //! ```ignore
 //! #[global_allocator]
-//! static ALLOC: talkie::alloc_audit::CountingAlloc = talkie::alloc_audit::CountingAlloc;
+//! static ALLOC: talkie_devtools::alloc_audit::CountingAlloc = talkie_devtools::alloc_audit::CountingAlloc;
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

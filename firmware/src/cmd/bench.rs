@@ -7,8 +7,9 @@
 
 use crate::audio::clip::load_pipeline_clip;
 use crate::audio::PIPELINE_RATE;
-use crate::config::{Config, ModelPrecision, Precision, Threads};
-use crate::offline::{stt_model_dir, OfflineError};
+use crate::base::config::models::stt_model_dir;
+use crate::base::config::{Config, ModelPrecision, Precision, Threads};
+use crate::cmd::offline::OfflineError;
 use crate::stt::calibrate::{self, CpuInfo, Timing};
 use crate::stt::Recognizer;
 use std::collections::BTreeMap;
@@ -186,7 +187,7 @@ fn bench_one(
     quick: bool,
 ) -> Result<Row, OfflineError> {
     let mut c = cfg.clone();
-    c.vad.model = dir.join(crate::stt::VAD_FILE);
+    c.vad.model = dir.join(crate::models::VAD_FILE);
     c.stt.precision = precision.into();
     c.stt.threads = Threads::Fixed(threads as u32);
     reset_peak_rss();

@@ -281,7 +281,7 @@ fn a_password_in_the_agent_url_is_never_printed() {
         printed.contains("kiosk:%3Credacted%3E@agent.example/api"),
         "{printed}"
     );
-    let json = crate::config::redacted(&c).to_string();
+    let json = crate::base::config::redacted(&c).to_string();
     assert!(!json.contains("hunter2"), "{json}");
     assert_eq!(
         c.agent.url.as_deref(),

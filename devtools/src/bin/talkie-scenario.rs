@@ -18,12 +18,12 @@ use std::process::ExitCode;
 #[command(name = "talkie-scenario")]
 struct Cli {
     #[command(flatten)]
-    args: talkie::scenario::ScenarioArgs,
+    args: talkie_devtools::scenario::ScenarioArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match talkie::scenario::build(&cli.args) {
+    match talkie_devtools::scenario::build(&cli.args) {
         Ok(tsv) => {
             eprintln!(
                 "scenario: wrote session.wav, buttons.toml and {} in {}",

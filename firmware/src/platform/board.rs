@@ -39,7 +39,7 @@ pub struct Thresholds {
 
 impl Thresholds {
     /// The `[board]` section's warning limits.
-    pub fn from_config(b: &crate::config::BoardConfig) -> Self {
+    pub fn from_config(b: &crate::base::config::BoardConfig) -> Self {
         Self {
             temp_c: b.temp_warn_c,
             disk_free_pct: b.disk_warn_pct,

@@ -15,7 +15,7 @@ use std::io::Write;
 /// The most bytes one entry keeps (a longer one is cut and says so).
 pub const MAX_ENTRY: usize = 4 * 1024 * 1024;
 /// What a scrubbed secret reads as.
-const REDACTED: &[u8] = crate::config::REDACTED.as_bytes();
+const REDACTED: &[u8] = crate::base::config::REDACTED.as_bytes();
 /// Secrets shorter than this are not searched for: a one-letter "token"
 /// would blank every occurrence of that letter (validation already asks
 /// for longer ones).

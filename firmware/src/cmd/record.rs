@@ -6,8 +6,8 @@ use crate::audio::{
     open_source, wav::write_pipeline_wav, AudioPipeline, AudioSink, PipelineError, PipelineOptions,
     PreRoll, SinkControl, PIPELINE_RATE,
 };
-use crate::config::Config;
-use crate::telemetry::AudioStats;
+use crate::base::config::Config;
+use crate::base::telemetry::AudioStats;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -63,7 +63,7 @@ pub struct Limits {
 
 impl Limits {
     /// `None` when recordings are off (`keep_utterances = 0`).
-    pub fn from_config(d: &crate::config::DebugConfig) -> Option<Self> {
+    pub fn from_config(d: &crate::base::config::DebugConfig) -> Option<Self> {
         (d.keep_utterances > 0).then(|| Self {
             keep: d.keep_utterances as usize,
             max_bytes: u64::from(d.keep_max_mb) * 1024 * 1024,
@@ -106,7 +106,7 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 
 impl Recordings {
     /// Recordings under `state_dir`, or `None` when they are off.
-    pub fn new(state_dir: &Path, debug: &crate::config::DebugConfig) -> Option<Self> {
+    pub fn new(state_dir: &Path, debug: &crate::base::config::DebugConfig) -> Option<Self> {
         Some(Self {
             dir: state_dir.join(DIR_NAME),
             limits: Limits::from_config(debug)?,
@@ -134,9 +134,11 @@ impl Recordings {
         now_ms: u64,
     ) -> Result<String, RecordingError> {
         let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        crate::private_files::private_dir(&self.dir).map_err(|source| RecordingError::Dir {
-            path: self.dir.clone(),
-            source,
+        crate::base::private_files::private_dir(&self.dir).map_err(|source| {
+            RecordingError::Dir {
+                path: self.dir.clone(),
+                source,
+            }
         })?;
         let name = format!("utt-{at_ms}-{id}");
         let wav = self.dir.join(format!("{name}.wav"));
@@ -154,11 +156,12 @@ impl Recordings {
         // A new 0600 file; a symlink planted under the temporary name is
         // refused, and the rename below replaces rather than follows one.
         let _ = std::fs::remove_file(&tmp);
-        let file =
-            crate::private_files::create_new(&tmp).map_err(|source| RecordingError::Write {
+        let file = crate::base::private_files::create_new(&tmp).map_err(|source| {
+            RecordingError::Write {
                 path: tmp.clone(),
                 source,
-            })?;
+            }
+        })?;
         let mut w = hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(wav_err)?;
         for s in audio {
             w.write_sample(*s).map_err(wav_err)?;
@@ -171,7 +174,7 @@ impl Recordings {
         std::fs::rename(&tmp, &wav).map_err(write_err(&wav))?;
         let json = self.dir.join(format!("{name}.json"));
         let body = serde_json::to_vec_pretty(meta).unwrap_or_default();
-        crate::private_files::write_atomic(&json, &body).map_err(write_err(&json))?;
+        crate::base::private_files::write_atomic(&json, &body).map_err(write_err(&json))?;
         self.prune_locked(now_ms);
         Ok(name)
     }
@@ -231,7 +234,7 @@ impl Recordings {
                         .map(|m| m.len())
                         .unwrap_or(0);
                 let meta = if meta {
-                    crate::private_files::open_nofollow(&json)
+                    crate::base::private_files::open_nofollow(&json)
                         .ok()
                         .and_then(|f| {
                             let mut t = String::new();
@@ -315,8 +318,8 @@ mod tests {
     use super::*;
     const HOUR: u64 = 3_600_000;
 
-    fn debug(keep: u32, hours: u32, mb: u32) -> crate::config::DebugConfig {
-        crate::config::DebugConfig {
+    fn debug(keep: u32, hours: u32, mb: u32) -> crate::base::config::DebugConfig {
+        crate::base::config::DebugConfig {
             keep_utterances: keep,
             keep_hours: hours,
             keep_max_mb: mb,
@@ -326,7 +329,9 @@ mod tests {
     #[test]
     fn off_by_default() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Recordings::new(dir.path(), &crate::config::DebugConfig::default()).is_none());
+        assert!(
+            Recordings::new(dir.path(), &crate::base::config::DebugConfig::default()).is_none()
+        );
     }
 
     /// Count, age and bytes each bound what is kept; the clock is a

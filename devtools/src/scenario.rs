@@ -9,11 +9,11 @@
 //! (`cargo run --release --bin talkie-scenario -- --out DIR CLIPS...`), so the
 //! product's `talkie --help` does not offer it (issue 17 item 4).
 
-use crate::audio::clip::{load_pipeline_clip, ClipError};
-use crate::audio::wav::write_pipeline_wav;
-use crate::audio::PIPELINE_RATE;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use talkie::audio::clip::{load_pipeline_clip, ClipError};
+use talkie::audio::wav::write_pipeline_wav;
+use talkie::audio::PIPELINE_RATE;
 
 /// Layout of a scenario.
 #[derive(Debug, Clone, clap::Args)]

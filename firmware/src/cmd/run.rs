@@ -3,8 +3,8 @@
 //! SIGINT stop, SIGHUP reloads, a second stop signal exits at once) and the
 //! errors the command line turns into exit codes.
 
-use crate::config::Config;
-use crate::reload::Loader;
+use crate::base::config::reload::Loader;
+use crate::base::config::Config;
 use crate::service::{Ended, Service, ServiceError, ServiceOptions, StartError};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};

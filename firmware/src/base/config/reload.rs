@@ -9,7 +9,7 @@
 //! by a running thread or connection and takes effect on the next start;
 //! the status page lists those keys under "pending restart".
 
-use crate::config::Config;
+use crate::base::config::Config;
 use serde_json::Value;
 
 /// What a config reload did (`POST /api/v1/reload`, SIGHUP).
@@ -40,7 +40,7 @@ pub const LIVE: &[&str] = &[
 
 /// Reads the configuration again (the file with the start-up overrides).
 pub type Loader =
-    std::sync::Arc<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+    std::sync::Arc<dyn Fn() -> Result<Config, crate::base::config::ConfigError> + Send + Sync>;
 
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
@@ -58,7 +58,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     }
 }
 
-fn secret(s: &Option<crate::config::Secret>) -> Option<&str> {
+fn secret(s: &Option<crate::base::config::Secret>) -> Option<&str> {
     s.as_ref().map(|t| t.expose())
 }
 
@@ -66,8 +66,8 @@ fn secret(s: &Option<crate::config::Secret>) -> Option<&str> {
 /// JSON form is redacted).
 pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    flatten("", &crate::config::redacted(old), &mut a);
-    flatten("", &crate::config::redacted(new), &mut b);
+    flatten("", &crate::base::config::redacted(old), &mut a);
+    flatten("", &crate::base::config::redacted(new), &mut b);
     let mut keys: Vec<String> = b
         .iter()
         .filter(|(k, v)| a.iter().find(|(ka, _)| ka == k).map(|(_, va)| va) != Some(v))
@@ -118,7 +118,7 @@ pub fn plan(running: &Config, new: &Config) -> (ReloadReport, Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::base::config::Secret;
 
     #[test]
     fn live_keys_apply_and_the_rest_waits_for_restart() {

@@ -2,9 +2,9 @@
 //! native journald records (`--log-format journald`, for systemd). The
 //! level comes from `RUST_LOG` when set, else from `log.level`, and can be
 //! changed while running ([`set_level`], used by config reload). Every
-//! event also goes to the in-memory [`crate::logring`] the status page reads.
+//! event also goes to the in-memory [`crate::base::logring`] the status page reads.
 
-use crate::config::LogFormat;
+use crate::base::config::LogFormat;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
@@ -35,7 +35,7 @@ pub fn init(level: &str, format: LogFormat) {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_set = from_env.is_some();
     let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| filter_for(level)));
-    let ring = crate::logring::layer(crate::logring::global().clone());
+    let ring = crate::base::logring::layer(crate::base::logring::global().clone());
     let stderr = || {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

@@ -69,7 +69,7 @@ const QUEUE: usize = 16;
 #[derive(Debug)]
 pub struct Notifier {
     tx: Option<std::sync::mpsc::SyncSender<Notice>>,
-    thread: Option<crate::threads::Tracked<()>>,
+    thread: Option<crate::base::threads::Tracked<()>>,
 }
 
 impl Notifier {
@@ -82,7 +82,7 @@ impl Notifier {
             };
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(QUEUE);
-        let thread = crate::threads::spawn("talkie-notify", move || {
+        let thread = crate::base::threads::spawn("talkie-notify", move || {
             let mut failed = false;
             while let Ok(n) = rx.recv() {
                 use sd_notify::NotifyState as S;

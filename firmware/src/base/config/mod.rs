@@ -16,6 +16,9 @@ mod schema;
 mod secret;
 mod validate;
 
+pub mod models;
+pub mod reload;
+
 pub use schema::*;
 pub use secret::{redact_url, Secret, REDACTED};
 
@@ -479,7 +482,7 @@ impl Locator {
 mod tests;
 
 /// The configuration as JSON with secrets shown as `<redacted>`.
-pub fn redacted(config: &crate::config::Config) -> serde_json::Value {
+pub fn redacted(config: &crate::base::config::Config) -> serde_json::Value {
     serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
@@ -519,7 +522,7 @@ impl Config {
 
     /// What the speech crate's `Recognizer::load` needs from `[stt]` and
     /// `[vad]` (the VAD model path as configured: see
-    /// `offline::with_vad_resolved` for the source-checkout fallback).
+    /// [`models::with_vad_resolved`] for the source-checkout fallback).
     pub fn recognizer_options(&self) -> talkie_speech::options::RecognizerOptions {
         talkie_speech::options::RecognizerOptions {
             precision: self.stt.precision,

@@ -97,10 +97,10 @@ fn read(path: &Path) -> HistoryFile {
 
 fn write(path: &Path, file: &HistoryFile) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        crate::private_files::private_dir(dir)?;
+        crate::base::private_files::private_dir(dir)?;
     }
     let text = serde_json::to_vec(file).map_err(std::io::Error::other)?;
-    crate::private_files::write_atomic(path, &text)
+    crate::base::private_files::write_atomic(path, &text)
 }
 
 impl RunHistory {

@@ -430,7 +430,7 @@ impl Default for WatchdogConfig {
     }
 }
 
-/// `[board]`: the board health the status page shows (`crate::board`).
+/// `[board]`: the board health the status page shows (`crate::platform::board`).
 /// Figures past these limits are warnings, not readiness failures.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -460,7 +460,7 @@ impl Default for BoardConfig {
     }
 }
 
-/// `[debug]`: opt-in recordings for debugging (`crate::recordings`). Off
+/// `[debug]`: opt-in recordings for debugging (`crate::ptt::recordings`). Off
 /// by default: with it on, what visitors say is kept on the device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

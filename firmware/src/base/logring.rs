@@ -153,7 +153,7 @@ impl<S: Subscriber> Layer<S> for RingLayer {
             message.push('…');
         }
         self.ring.record(LogLine {
-            at_ms: crate::telemetry::unix_ms(),
+            at_ms: crate::base::telemetry::unix_ms(),
             level: level_str(meta.level()),
             target: meta.target().to_owned(),
             message,

@@ -4,7 +4,7 @@
 //! in it (`rauc status --output-format=json`), and Mender's current
 //! artifact (`/etc/mender/artifact_info`, else `mender-update
 //! show-artifact`). Read-only, every tool run with a deadline and bounded
-//! output ([`crate::tool`]); a system without the tool shows nothing.
+//! output ([`crate::base::tool`]); a system without the tool shows nothing.
 //!
 //! Read at start and every [`EVERY`] after: RAUC's boot status turns from
 //! "pending" to "good" when a health hook marks the slot, usually minutes
@@ -129,10 +129,10 @@ pub async fn read(root: &Path) -> UpdateState {
 
 async fn read_with(root: &Path, rauc: &str, mender: &str) -> UpdateState {
     let mut st = UpdateState {
-        checked_ms: crate::telemetry::unix_ms(),
+        checked_ms: crate::base::telemetry::unix_ms(),
         ..UpdateState::default()
     };
-    match crate::tool::run(
+    match crate::base::tool::run(
         rauc,
         &["status", "--output-format=json"],
         TOOL_TIMEOUT,
@@ -151,14 +151,14 @@ async fn read_with(root: &Path, rauc: &str, mender: &str) -> UpdateState {
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
-        Err(crate::tool::ToolError::Absent(_)) => {}
+        Err(crate::base::tool::ToolError::Absent(_)) => {}
         Err(e) => st.rauc_error = Some(short(e)),
     }
-    let file = crate::board::read_small(&root.join(MENDER_ARTIFACT_INFO));
+    let file = crate::platform::board::read_small(&root.join(MENDER_ARTIFACT_INFO));
     if let Some(name) = file.as_deref().and_then(parse_mender) {
         st.mender_artifact = Some(name);
     } else {
-        match crate::tool::run(mender, &["show-artifact"], TOOL_TIMEOUT, MAX_OUTPUT).await {
+        match crate::base::tool::run(mender, &["show-artifact"], TOOL_TIMEOUT, MAX_OUTPUT).await {
             Ok(out) if out.success => {
                 st.mender_artifact = String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -169,7 +169,7 @@ async fn read_with(root: &Path, rauc: &str, mender: &str) -> UpdateState {
             Ok(out) => {
                 st.mender_error = Some(short(format!("{mender} show-artifact: {}", out.status)))
             }
-            Err(crate::tool::ToolError::Absent(_)) => {}
+            Err(crate::base::tool::ToolError::Absent(_)) => {}
             Err(e) => st.mender_error = Some(short(e)),
         }
     }

@@ -9,8 +9,8 @@
 //! Read-only: nothing here opens the outbox database (opening a damaged
 //! one would move it aside) or changes a file but `OUT`.
 
-use crate::config::Config;
-use crate::support::{Bundle, SupportError};
+use crate::base::config::Config;
+use crate::base::support::{Bundle, SupportError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,14 +45,14 @@ pub fn run(cfg: &Config, out: &Path) -> Result<Written, SupportError> {
     let live = rt.block_on(fetch(cfg));
     match live {
         Ok(bytes) => {
-            crate::support::write_file(out, &bytes)?;
+            crate::base::support::write_file(out, &bytes)?;
             Ok(Written::Live)
         }
         Err(why) => {
             let bytes = rt
                 .block_on(offline(cfg, &why))
-                .finish(crate::telemetry::unix_ms() / 1000)?;
-            crate::support::write_file(out, &bytes)?;
+                .finish(crate::base::telemetry::unix_ms() / 1000)?;
+            crate::base::support::write_file(out, &bytes)?;
             Ok(Written::Offline(why))
         }
     }
@@ -110,23 +110,23 @@ async fn offline(cfg: &Config, why: &str) -> Bundle {
              the kernel only: no live status, metrics or log ring.\n"
         ),
     );
-    b.json("config.json", &crate::config::redacted(cfg));
+    b.json("config.json", &crate::base::config::redacted(cfg));
     b.file("calibration.json", small_file(&cfg.stt.calibration_file));
     b.file(
         "runs.json",
-        small_file(&cfg.device.state_dir.join(crate::runs::FILE_NAME)),
+        small_file(&cfg.device.state_dir.join(crate::base::runs::FILE_NAME)),
     );
-    let facts = crate::board::ProcessFacts {
-        disk: crate::telemetry::disk_space(&cfg.outbox.path),
+    let facts = crate::platform::board::ProcessFacts {
+        disk: crate::base::telemetry::disk_space(&cfg.outbox.path),
         fds_open: None,
         fds_max: None,
     };
     b.json(
         "board.json",
-        &crate::board::read(
+        &crate::platform::board::read(
             &cfg.board.root,
             &facts,
-            &crate::board::Thresholds::from_config(&cfg.board),
+            &crate::platform::board::Thresholds::from_config(&cfg.board),
         ),
     );
     let outbox = std::fs::metadata(&cfg.outbox.path);
@@ -172,12 +172,14 @@ async fn journal() -> Vec<u8> {
         "-o",
         "short-iso",
     ];
-    match crate::tool::run("journalctl", &args, JOURNAL_TIMEOUT, MAX_JOURNAL).await {
+    match crate::base::tool::run("journalctl", &args, JOURNAL_TIMEOUT, MAX_JOURNAL).await {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
             let mut lines: String = text
                 .lines()
-                .map(|l| crate::support::omit_transcript_text(l).unwrap_or_else(|| l.to_owned()))
+                .map(|l| {
+                    crate::base::support::omit_transcript_text(l).unwrap_or_else(|| l.to_owned())
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             if !out.success {
