@@ -11,7 +11,7 @@ TEST_APT_PACKAGES := chromium systemd prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models models-check demo test check lint doc bench bench-tools chaos soak cross-test deb clean
+.PHONY: all deps toolchain build models models-check demo test check lint doc deny bench bench-tools chaos soak cross-test deb clean
 
 all: build
 
@@ -79,11 +79,23 @@ lint: deps
 doc: deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
-# The fast tier (issue 29): formatting, lints, docs and the unit tests of
-# every crate; `make test` runs it first.
+# The supply-chain gate (issue 29): every crate's licence on the allow list
+# and one version of each crate, unless deny.toml says why (offline: no
+# advisory database). cargo-deny is built once into target/tools (2 min 44 s
+# on the 2-core Xeon of docs/performance.md, sharing it with a test run).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := target/tools/bin/cargo-deny
+$(CARGO_DENY):
+	$(CARGO) install --locked --no-default-features --version $(CARGO_DENY_VERSION) --root target/tools cargo-deny
+deny: deps $(CARGO_DENY)
+	$(CARGO_DENY) --offline check licenses bans
+
+# The fast tier (issue 29): formatting, lints, docs, the supply-chain gate
+# and the unit tests of every crate; `make test` runs it first.
 check: deps models
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory doc && \
+	$(MAKE) --no-print-directory deny && \
 	$(CARGO) test --workspace --lib && \
 	echo "== make check: passed in $$(( $$(date +%s) - start )) s =="
 

@@ -147,6 +147,30 @@ async fn every_metric_and_label_the_rules_use_is_exported_by_a_running_kiosk() {
     };
     h.shutdown();
     h.wait().await.unwrap();
+    // The exposition itself passes Prometheus' own linter.
+    if let Some(promtool) = promtool() {
+        use std::io::Write as _;
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(exposition.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let exported = families(&exposition);
     let rules = std::fs::read_to_string(rules_dir().join("talkie-rules.yml")).unwrap();
     let dashboards = dashboard_exprs();
