@@ -90,13 +90,15 @@ if [ "$mode" = test ]; then
   if [ "${TALKIE_QEMU_RUN:-1}" = 1 ]; then
     # Every unit test on qemu's default CPU model ("max": dot-product and
     # fp16, like a Pi 5's Cortex-A76), except those that run Whisper over
-    # the dev clips: the recognition check below (opt-in) and the prefix-cut
-    # check (31 clips twice; ~40 s natively, far beyond CI's budget under
+    # the dev clips: the recognition check below (opt-in), the kernels'
+    # dev-set check (the NEON kernel is held to the portable one by the
+    # synthetic tests of stt::dot here) and the prefix-cut check (31 clips twice; ~40 s natively, far beyond CI's budget under
     # emulation at opt-level 1 — it ran past 60 min and CI timed out).
     # Both run natively in `make test`.
     cargo test "${std[@]}" --target "$triple" "${crates[@]}" --lib -- \
       --skip three_dev_clips_give_the_reference_transcripts \
-      --skip a_prefix_cut_at_the_pause_gives_the_whole_captures_words_on_every_dev_clip
+      --skip a_prefix_cut_at_the_pause_gives_the_whole_captures_words_on_every_dev_clip \
+      --skip every_vocab_kernel_gives_the_portable_transcripts_on_the_dev_set
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not

@@ -80,17 +80,17 @@ fn lan_load(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     while !stop.load(Relaxed) {
         tick += 1;
         let _ = get(port, "/api/v1/status", "");
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let _ = get(port, "/metrics", "");
         }
-        if tick % 20 == 0 {
+        if tick.is_multiple_of(20) {
             let _ = get(
                 port,
                 "/api/v1/transcripts",
                 "Authorization: Bearer wrong-token",
             );
         }
-        if tick % 100 == 0 {
+        if tick.is_multiple_of(100) {
             // Five live-event clients: three read, two never do.
             streams.clear();
             for _ in 0..5 {

@@ -75,6 +75,10 @@ pub struct CpuInfo {
     /// family runs (dot-product int8 kernels only with `dotprod`).
     #[serde(default)]
     pub tract_isa: String,
+    /// The vocabulary projection's kernel ([`super::dot::Kernel::best`]):
+    /// `avx512`, `avx2`, `neon` or `portable`.
+    #[serde(default)]
+    pub vocab_kernel: String,
 }
 
 /// tract's own view of the CPU: the ISA set its kernel dispatch uses.
@@ -113,6 +117,7 @@ impl CpuInfo {
         let meminfo = read_small("/proc/meminfo");
         Self {
             tract_isa: tract_isa(),
+            vocab_kernel: super::dot::Kernel::best().name().to_owned(),
             ..Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
         }
     }
@@ -154,6 +159,7 @@ impl CpuInfo {
             cores: cores.max(1),
             mem_total_mb,
             tract_isa: String::new(),
+            vocab_kernel: String::new(),
         }
     }
 
@@ -464,6 +470,7 @@ impl Calibration {
                 "cores": self.cpu.cores,
                 "features": self.cpu.features,
                 "tract_isa": self.cpu.tract_isa,
+                "vocab_kernel": self.cpu.vocab_kernel,
                 "mem_total_mb": self.cpu.mem_total_mb,
             },
         })

@@ -4,6 +4,7 @@
 //! trim in front of it.
 
 pub mod calibrate;
+pub mod dot;
 pub mod mel;
 pub mod recognizer;
 pub mod tokenizer;

@@ -289,6 +289,16 @@ impl Recognizer {
         self.whisper.set_step_hook(hook);
     }
 
+    /// The vocabulary projection's kernel (see [`super::dot`]).
+    pub fn vocab_kernel(&self) -> super::dot::Kernel {
+        self.whisper.vocab_kernel()
+    }
+
+    /// Use another projection kernel; false if this CPU lacks it.
+    pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
+        self.whisper.set_vocab_kernel(kernel)
+    }
+
     /// How the precision and threads in use were decided.
     pub fn calibration(&self) -> &Calibration {
         &self.calibration
@@ -488,6 +498,56 @@ mod tests {
                 assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 5);
             }
         }
+    }
+
+    /// Issue 30: every vocabulary-projection kernel this CPU runs gives
+    /// the portable loop's transcripts on every dev clip (int8, the form
+    /// the kiosk runs most). Under qemu the synthetic checks of
+    /// [`super::super::dot`] cover the Arm kernel; this one runs natively.
+    #[test]
+    fn every_vocab_kernel_gives_the_portable_transcripts_on_the_dev_set() {
+        use super::super::dot::Kernel;
+        let (models, dev) = models_and_dev();
+        let opts = RecognizerOptions {
+            precision: Precision::from(ModelPrecision::Int8),
+            threads: Threads::Fixed(1),
+            vad_model: models.join(VAD_FILE),
+            ..RecognizerOptions::default()
+        };
+        let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
+        let kernels = Kernel::available();
+        let mut clips: Vec<_> = std::fs::read_dir(&dev)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("dev_") && n.ends_with(".wav") && n != "dev_long.wav"
+                })
+            })
+            .collect();
+        clips.sort();
+        assert!(
+            clips.len() >= 30,
+            "{} dev clips in {}",
+            clips.len(),
+            dev.display()
+        );
+        for clip in &clips {
+            let samples = read_clip(clip);
+            assert!(r.set_vocab_kernel(Kernel::Portable));
+            let want = r.recognize(&samples).unwrap().text;
+            for &k in kernels.iter().filter(|&&k| k != Kernel::Portable) {
+                assert!(r.set_vocab_kernel(k));
+                let got = r.recognize(&samples).unwrap().text;
+                assert_eq!(got, want, "{} on {}", k.name(), clip.display());
+            }
+        }
+        eprintln!(
+            "kernels {:?} agree on {} clips",
+            kernels.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            clips.len()
+        );
     }
 
     /// Issue 19: a speculative run on the capture cut at the listener's

@@ -10,6 +10,7 @@
 //! 20 MB copy. On shared/eval/dev the transcripts are identical to the fp32
 //! projection's (checked with onnxruntime, `models/whisper_ref.py`).
 
+use super::dot::Kernel;
 use crate::models::{self, ModelError};
 use std::io::BufReader;
 use std::path::Path;
@@ -19,15 +20,13 @@ pub const VOCAB_FILE: &str = "whisper_vocab_int8.npy";
 /// See [`VOCAB_FILE`].
 pub const SCALE_FILE: &str = "whisper_vocab_scale.npy";
 
-/// Lanes of the dot product: independent accumulators the compiler turns
-/// into SIMD registers (NEON on the Pi, SSE/AVX on x86).
-const LANES: usize = 16;
-
 /// The int8 vocabulary matrix.
 pub struct Vocab {
     rows: Vec<i8>,
     scale: Vec<f32>,
     width: usize,
+    /// The projection kernel: [`Kernel::best`] for this CPU unless set.
+    kernel: Kernel,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -35,6 +34,7 @@ impl std::fmt::Debug for Vocab {
         f.debug_struct("Vocab")
             .field("size", &self.scale.len())
             .field("width", &self.width)
+            .field("kernel", &self.kernel.name())
             .finish()
     }
 }
@@ -83,7 +83,12 @@ impl Vocab {
     /// From rows (`scale.len() × width`, row-major) and their scales; None
     /// if the lengths disagree.
     pub fn from_parts(rows: Vec<i8>, scale: Vec<f32>, width: usize) -> Option<Self> {
-        (width > 0 && rows.len() == scale.len() * width).then_some(Self { rows, scale, width })
+        (width > 0 && rows.len() == scale.len() * width).then_some(Self {
+            rows,
+            scale,
+            width,
+            kernel: Kernel::best(),
+        })
     }
 
     /// Tokens in the vocabulary.
@@ -117,39 +122,35 @@ impl Vocab {
     }
 
     /// `out[v] = hidden · E[v]` for every token `v` (`out` has [`len`]
-    /// entries, `hidden` `width`).
+    /// entries, `hidden` `width`), with this CPU's kernel ([`Kernel`]).
     ///
     /// [`len`]: Vocab::len
     pub fn logits(&self, hidden: &[f32], out: &mut [f32]) {
-        let Some(h) = hidden.get(..self.width) else {
-            return;
-        };
-        for ((o, row), &s) in out
-            .iter_mut()
-            .zip(self.rows.chunks_exact(self.width))
-            .zip(&self.scale)
-        {
-            let mut acc = [0.0f32; LANES];
-            let (qs, xs) = (row.chunks_exact(LANES), h.chunks_exact(LANES));
-            let tail: f32 = qs
-                .remainder()
-                .iter()
-                .zip(xs.remainder())
-                .map(|(&q, &x)| f32::from(q) * x)
-                .sum();
-            for (q, x) in qs.zip(xs) {
-                for j in 0..LANES {
-                    acc[j] += f32::from(q[j]) * x[j];
-                }
-            }
-            *o = (acc.iter().sum::<f32>() + tail) * s;
+        self.kernel
+            .project(&self.rows, &self.scale, self.width, hidden, out);
+    }
+
+    /// The projection kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Use `kernel` (tests and benchmarks compare them); false, and
+    /// nothing changes, when this CPU does not run it.
+    pub fn set_kernel(&mut self, kernel: Kernel) -> bool {
+        let ok = kernel.runs_here();
+        if ok {
+            self.kernel = kernel;
         }
+        ok
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LANES: usize = 16;
 
     fn vocab() -> Vocab {
         // 3 tokens of width 16 (one full SIMD block): row v is (v + 1) * [1, -1, 2, 0, ...] / 10

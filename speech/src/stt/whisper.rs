@@ -158,6 +158,16 @@ fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
 }
 
 impl Whisper {
+    /// The vocabulary projection's kernel (shown on the status page).
+    pub fn vocab_kernel(&self) -> super::dot::Kernel {
+        self.vocab.kernel()
+    }
+
+    /// Use another projection kernel; false if this CPU lacks it.
+    pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
+        self.vocab.set_kernel(kernel)
+    }
+
     /// Load `whisper_encoder{suffix}.onnx`, `whisper_decoder{suffix}.onnx`
     /// (suffix `""` for fp32, `"_int8"`), the vocabulary matrix (see
     /// [`Vocab`]), `whisper_tokenizer.json` and [`CONFIG_FILE`] from `dir`, each verified
