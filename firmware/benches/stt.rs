@@ -205,6 +205,38 @@ fn summarize(r: &Run, fw_ms: &HashMap<String, f64>) -> (String, serde_json::Valu
     (row, json)
 }
 
+/// The vocabulary projection alone (issue 30), per kernel this CPU runs:
+/// median wall time of one decoder step's `hidden · Eᵀ` over 51,865 int8
+/// rows of 384 on the real matrix, and the bandwidth that implies.
+fn vocab_kernels(root: &Path) -> (String, serde_json::Value) {
+    use talkie::stt::dot::Kernel;
+    let Ok(mut vocab) = talkie::stt::Vocab::load(&root.join("models/build"), 384) else {
+        return ("vocabulary not built\n".to_owned(), serde_json::Value::Null);
+    };
+    let hidden: Vec<f32> = (0..384)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let mut out = vec![0.0f32; vocab.len()];
+    let bytes = (vocab.len() * (vocab.width() + 4)) as f64;
+    let (mut md, mut rows) = (String::new(), Vec::new());
+    for k in Kernel::available() {
+        vocab.set_kernel(k);
+        let mut ms: Vec<f64> = (0..200)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                vocab.logits(&hidden, &mut out);
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let median = ms[ms.len() / 2];
+        let gbs = bytes / (median / 1000.0) / 1e9;
+        md.push_str(&format!("| {} | {median:.3} | {gbs:.1} |\n", k.name()));
+        rows.push(serde_json::json!({"kernel": k.name(), "median_ms": median, "gb_per_s": gbs}));
+    }
+    (md, serde_json::json!(rows))
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let eval = std::env::var_os("TALKIE_EVAL_DIR")
@@ -303,6 +335,7 @@ fn main() {
             )
         })
         .unwrap_or_else(|| "?".to_owned());
+    let (kernel_table, kernel_json) = vocab_kernels(&root);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let md = format!(
         "# Recognition benchmark\n\nMachine: {machine}; release build. Input: the {} clips of `shared/eval/dev`.\n\
@@ -314,6 +347,9 @@ fn main() {
          `auto` chose {chosen} on this machine; its mean is {:.2} × the fastest fixed row (target ≤ 1.10: {}).\n\n\
          WER normalizer: {}. Targets, judged on the first row (the default, auto): latency ≤ 0.5 × faster-whisper with one thread ({}); \
          WER ≤ 10 % ({}); WER ≤ faster-whisper's + 1 point ({}); peak RSS ≤ 150 MB ({}).\n\n\
+         ## The vocabulary projection per kernel\n\nOne decoder step's logits (51,865 int8 rows × 384, the real matrix), \
+         median of 200 runs in-process; the kiosk runs the first row's kernel.\n\n\
+         | kernel | ms per step | GB/s read |\n|---|---|---|\n{kernel_table}\n\
          Command: `make bench` (faster-whisper first, then `cargo bench -p talkie --bench stt`).\n",
         refs.len(),
         auto_ms / fastest_fixed,
@@ -334,6 +370,7 @@ fn main() {
         "input": format!("{} clips of shared/eval/dev", refs.len()),
         "runs": json_runs,
         "auto_chose": chosen,
+        "vocab_kernels": kernel_json,
         "auto_over_fastest_fixed": auto_ms / fastest_fixed,
         "onnxruntime": ort.map(|v| serde_json::json!({"version": v["version"], "threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),
         "faster_whisper": fw.map(|v| serde_json::json!({"threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),

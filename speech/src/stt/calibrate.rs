@@ -79,6 +79,10 @@ pub struct CpuInfo {
     /// `avx512`, `avx2`, `neon` or `portable`.
     #[serde(default)]
     pub vocab_kernel: String,
+    /// Each kernel's median µs per decoder step on the real matrix, timed
+    /// at load; the fastest is [`CpuInfo::vocab_kernel`].
+    #[serde(default)]
+    pub vocab_kernel_us: BTreeMap<String, u64>,
 }
 
 /// tract's own view of the CPU: the ISA set its kernel dispatch uses.
@@ -118,6 +122,7 @@ impl CpuInfo {
         Self {
             tract_isa: tract_isa(),
             vocab_kernel: super::dot::Kernel::best().name().to_owned(),
+            vocab_kernel_us: BTreeMap::new(),
             ..Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
         }
     }
@@ -160,6 +165,7 @@ impl CpuInfo {
             mem_total_mb,
             tract_isa: String::new(),
             vocab_kernel: String::new(),
+            vocab_kernel_us: BTreeMap::new(),
         }
     }
 
@@ -471,6 +477,7 @@ impl Calibration {
                 "features": self.cpu.features,
                 "tract_isa": self.cpu.tract_isa,
                 "vocab_kernel": self.cpu.vocab_kernel,
+                "vocab_kernel_us": self.cpu.vocab_kernel_us,
                 "mem_total_mb": self.cpu.mem_total_mb,
             },
         })

@@ -122,6 +122,14 @@ fn log_calibration(c: &Calibration, file: &Path) {
         cpu = %c.cpu.model,
         features = %c.cpu.features.join(","),
         tract_isa = %c.cpu.tract_isa,
+        vocab_kernel = %c.cpu.vocab_kernel,
+        vocab_kernel_us = %c
+            .cpu
+            .vocab_kernel_us
+            .iter()
+            .map(|(k, us)| format!("{k}={us}"))
+            .collect::<Vec<_>>()
+            .join(","),
         file = %file.display(),
         "{msg}"
     );
@@ -273,6 +281,13 @@ impl Recognizer {
                 }
             },
         };
+        let mut calibration = calibration;
+        calibration.cpu.vocab_kernel = whisper.vocab_kernel().name().to_owned();
+        calibration.cpu.vocab_kernel_us = whisper
+            .vocab_timings()
+            .iter()
+            .map(|(k, ms)| (k.name().to_owned(), (ms * 1000.0).round() as u64))
+            .collect();
         log_calibration(&calibration, &opts.calibration_file);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,

@@ -120,6 +120,9 @@ pub struct Whisper {
     width: usize,
     /// See [`StepHook`].
     hook: Option<StepHook>,
+    /// Each projection kernel's time per step, measured at load
+    /// ([`Vocab::choose_fastest`]).
+    vocab_timings: Vec<(super::dot::Kernel, f64)>,
 }
 
 impl std::fmt::Debug for Whisper {
@@ -163,6 +166,11 @@ impl Whisper {
         self.vocab.kernel()
     }
 
+    /// Each projection kernel's median ms per step, measured at load.
+    pub fn vocab_timings(&self) -> &[(super::dot::Kernel, f64)] {
+        &self.vocab_timings
+    }
+
     /// Use another projection kernel; false if this CPU lacks it.
     pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
         self.vocab.set_kernel(kernel)
@@ -189,7 +197,8 @@ impl Whisper {
             path: dir.join(format!("whisper_decoder{suffix}.onnx")),
             reason: "input `embedding` is not [1, 1, d]".into(),
         })?;
-        let vocab = Vocab::load(dir, width)?;
+        let mut vocab = Vocab::load(dir, width)?;
+        let vocab_timings = vocab.choose_fastest();
         let generation = load_generation(&dir.join(CONFIG_FILE))?;
         Ok(Self {
             encoder,
@@ -206,6 +215,7 @@ impl Whisper {
             layers,
             width,
             hook: None,
+            vocab_timings,
         })
     }
 
