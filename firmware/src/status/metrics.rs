@@ -102,6 +102,7 @@ fn service(o: &mut Out, s: &Shared) {
             &[
                 ("precision", &c.chosen.precision.to_string()),
                 ("threads", &c.chosen.threads.to_string()),
+                ("decoder_threads", &c.chosen.decoder_threads().to_string()),
                 ("source", c.source()),
                 ("vocab_kernel", &c.cpu.vocab_kernel),
             ],

@@ -246,7 +246,11 @@ impl Recognizer {
                          stt.precision = \"auto\" would not use it here"
                     );
                 }
-                let choice = Choice { precision, threads };
+                let choice = Choice {
+                    precision,
+                    threads,
+                    decoder_threads: 0,
+                };
                 let c = if opts.precision.fixed().is_some() {
                     Calibration::fixed(key, cpu, choice)
                 } else {
@@ -289,6 +293,12 @@ impl Recognizer {
             .map(|(k, ms)| (k.name().to_owned(), (ms * 1000.0).round() as u64))
             .collect();
         log_calibration(&calibration, &opts.calibration_file);
+        let mut whisper = whisper;
+        let (enc, dec) = (
+            calibration.chosen.threads,
+            calibration.chosen.decoder_threads(),
+        );
+        whisper.set_decoder_executor((dec != enc).then(|| executor(dec)).transpose()?);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             whisper,

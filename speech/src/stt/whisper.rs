@@ -123,6 +123,9 @@ pub struct Whisper {
     /// Each projection kernel's time per step, measured at load
     /// ([`Vocab::choose_fastest`]).
     vocab_timings: Vec<(super::dot::Kernel, f64)>,
+    /// The decoder's own thread pool when calibration split the stages
+    /// (the encoder runs on the caller's); `None`: the caller's for both.
+    decoder_executor: Option<tract_linalg::multithread::Executor>,
 }
 
 impl std::fmt::Debug for Whisper {
@@ -171,6 +174,12 @@ impl Whisper {
         &self.vocab_timings
     }
 
+    /// Run the decoder on `executor` (threads per stage); `None`: on the
+    /// caller's executor, like the encoder.
+    pub fn set_decoder_executor(&mut self, executor: Option<tract_linalg::multithread::Executor>) {
+        self.decoder_executor = executor;
+    }
+
     /// Use another projection kernel; false if this CPU lacks it.
     pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
         self.vocab.set_kernel(kernel)
@@ -216,6 +225,7 @@ impl Whisper {
             width,
             hook: None,
             vocab_timings,
+            decoder_executor: None,
         })
     }
 
@@ -328,15 +338,15 @@ impl Whisper {
         Ok(hidden)
     }
 
-    /// The fixed work calibration and `talkie bench` time: the encoder on
-    /// a `frames` window, then `steps` decoder steps with their
-    /// logits (fed the prompt token, so the count never depends on what is
-    /// decoded). Returns (encoder ms, decoder ms).
+    /// The fixed work calibration and `talkie bench` time: `frames` mel
+    /// frames of audio (quiet noise) encoded in the window a press of that
+    /// length gets (the audio, then the margin, as [`Whisper::transcribe`]
+    /// encodes), then `steps` decoder steps with their logits (fed the
+    /// prompt token, so the count never depends on what is decoded).
+    /// Returns (encoder ms, decoder ms).
     pub fn time_fixed_work(&mut self, frames: usize, steps: usize) -> Result<(f64, f64), SttError> {
-        let frames = frames.clamp(2, MAX_FRAMES);
-        let frames = frames + frames % 2;
-        // Quiet noise over half the window, zeros after, like a short press.
-        let audio = quiet_noise(frames * HOP / 2, 1e-2);
+        let audio = quiet_noise(frames.clamp(2, MAX_FRAMES) * HOP, 1e-2);
+        let frames = self.window_frames(audio.len());
         let t0 = Instant::now();
         let cross = self.encode(&audio, frames)?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -352,16 +362,18 @@ impl Whisper {
         Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
     }
 
-    fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
-        self.step_hook()?;
-        let t0 = Instant::now();
-        let cross = self.encode(audio, self.window_frames(audio.len()))?;
-        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
-
-        let t1 = Instant::now();
+    /// Greedy decoding of one window from the encoder's `cross` output:
+    /// the tokens, the sum of their log-probabilities and the first step's
+    /// `<|nospeech|>` probability. `samples` (the window's audio) caps the
+    /// token count.
+    fn decode_tokens(
+        &mut self,
+        cross: &TVec<TValue>,
+        samples: usize,
+    ) -> Result<(Vec<u32>, f32, f32), SttError> {
         let mut past = self.empty_cache();
         let prompt = [SOT, NO_TIMESTAMPS];
-        let seconds = audio.len() as f32 / 16_000.0;
+        let seconds = samples as f32 / 16_000.0;
         let cap = self
             .max_tokens
             .min((seconds * TOKENS_PER_SECOND) as usize + 10);
@@ -378,7 +390,7 @@ impl Whisper {
                     None => break,
                 },
             };
-            let hidden_t = self.decode_step(&mut state, token, &mut past, &cross)?;
+            let hidden_t = self.decode_step(&mut state, token, &mut past, cross)?;
             let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
             let hidden = view.as_slice::<f32>().map_err(run_err)?;
             self.vocab.logits(hidden, &mut self.logits);
@@ -412,6 +424,22 @@ impl Whisper {
                 break;
             }
         }
+        Ok((out, logprob_sum, no_speech_prob))
+    }
+
+    fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        self.step_hook()?;
+        let t0 = Instant::now();
+        let cross = self.encode(audio, self.window_frames(audio.len()))?;
+        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let t1 = Instant::now();
+        let (out, logprob_sum, no_speech_prob) = match self.decoder_executor.clone() {
+            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex, || {
+                self.decode_tokens(&cross, audio.len())
+            })?,
+            None => self.decode_tokens(&cross, audio.len())?,
+        };
         let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
         Ok(Transcript {
             text,
