@@ -6,8 +6,9 @@ CARGO ?= cargo
 EVAL ?= $(abspath $(CURDIR)/../shared/eval)
 APT_PACKAGES := libasound2-dev alsa-utils pkg-config python3 python3-pip python3-venv
 # Only for `make test`: the status page is checked in a real headless browser,
-# the unit file with systemd-analyze, the alert rules with promtool.
-TEST_APT_PACKAGES := chromium systemd prometheus
+# the unit file with systemd-analyze, the alert rules with promtool, the
+# update hooks with rauc (on a private D-Bus) and fw_setenv.
+TEST_APT_PACKAGES := chromium systemd prometheus rauc dbus-daemon libubootenv-tool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 

@@ -10,6 +10,8 @@
 //! - `stt`, `ptt`, `agent`, `status`, `systemd`, `browser`, `service`.
 //! - `fleet`: the Prometheus rules under promtool, their metrics in a
 //!   running kiosk's `/metrics`.
+//! - `updates`: the update hooks against real RAUC, `fw_setenv` and a
+//!   kiosk that is ready or never becomes ready (issue 32).
 //! - `supervised`: the whole kiosk under an emulated systemd through a
 //!   fault schedule (issue 28), and the soak (`make soak`).
 //!
@@ -38,3 +40,4 @@ mod status;
 mod stt;
 mod supervised;
 mod systemd;
+mod updates;
