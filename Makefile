@@ -12,7 +12,7 @@ TEST_APT_PACKAGES := chromium systemd prometheus rauc dbus-daemon libubootenv-to
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 export TALKIE_EVAL_DIR ?= $(EVAL)
 
-.PHONY: all deps toolchain build models models-check demo test check lint doc deny bench bench-tools chaos soak cross-test deb clean
+.PHONY: all deps toolchain build models models-check demo test check lint doc deny moonshine-ref bench bench-tools chaos soak cross-test deb clean
 
 all: build
 
@@ -204,6 +204,15 @@ bench-tools: deps
 	  $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r models/requirements-bench.txt && \
 	  cp models/requirements-bench.txt $(BENCH_VENV)/requirements.txt; \
 	fi
+
+# Issue 31, first step (opt-in, not in make test yet): Moonshine base from
+# PyPI (sha256 pinned), its .ort files back into ONNX with a bit-exact
+# check in onnxruntime, then the reference greedy decoder's WER on
+# $(EVAL)/dev (target/moonshine-ref.json).
+moonshine-ref: models bench-tools
+	@mkdir -p target
+	cd models && .venv/bin/python moonshine_fetch.py cache build/moonshine $(EVAL)/dev/dev_00.wav
+	cd models && .venv-bench/bin/python moonshine_ref.py build/moonshine $(EVAL)/dev ../target/moonshine-ref.json
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
 bench: deps models bench-tools
