@@ -82,12 +82,13 @@ doc: deps
 
 # The supply-chain gate (issue 29): every crate's licence on the allow list
 # and one version of each crate, unless deny.toml says why (offline: no
-# advisory database). cargo-deny is built once into target/tools (2 min 44 s
-# on the 2-core Xeon of docs/performance.md, sharing it with a test run).
+# advisory database). cargo-deny is built once into target/tools, unoptimized
+# (--debug: it only reads cargo metadata, and an optimized build took 6 min
+# of a fresh-clone make test on 2 cores, beside the aarch64 build).
 CARGO_DENY_VERSION := 0.20.2
 CARGO_DENY := target/tools/bin/cargo-deny
 $(CARGO_DENY):
-	$(CARGO) install --locked --no-default-features --version $(CARGO_DENY_VERSION) --root target/tools cargo-deny
+	$(CARGO) install --debug --locked --no-default-features --version $(CARGO_DENY_VERSION) --root target/tools cargo-deny
 deny: deps $(CARGO_DENY)
 	$(CARGO_DENY) --offline check licenses bans
 
@@ -212,6 +213,7 @@ bench-tools: deps
 moonshine-ref: models bench-tools
 	@mkdir -p target
 	cd models && .venv/bin/python moonshine_fetch.py cache build/moonshine $(EVAL)/dev/dev_00.wav
+	cd models && .venv/bin/python moonshine_onnx.py build/moonshine
 	cd models && .venv-bench/bin/python moonshine_ref.py build/moonshine $(EVAL)/dev ../target/moonshine-ref.json
 
 # Benchmarks write Markdown + JSON reports under target/bench/.
