@@ -165,10 +165,11 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
             "tract": TRACT_VERSION,
             "cpu": cpu,
             "models": dir.display().to_string(),
-            "calibration_input": {"frames": calibrate::CAL_FRAMES, "decoder_steps": calibrate::CAL_STEPS},
+            "calibration_input": {"audio_frames": calibrate::CAL_FRAMES, "encoder_window": "audio + stt.encoder_margin_frames", "decoder_steps": calibrate::CAL_STEPS},
             "rows": rows,
             "auto": auto.as_ref().map(|(c, why)| serde_json::json!({
-                "precision": c.precision, "threads": c.threads, "reason": why,
+                "precision": c.precision, "threads": c.threads,
+                "decoder_threads": c.decoder_threads(), "reason": why,
             })),
         });
         println!("{doc}");
@@ -283,8 +284,10 @@ fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &s
     }
     match auto {
         Some((c, why)) => println!(
-            "\nauto would choose: precision {}, {} thread(s) — {why}",
-            c.precision, c.threads
+            "\nauto would choose: precision {}, {} thread(s), decoder {} — {why}",
+            c.precision,
+            c.threads,
+            c.decoder_threads()
         ),
         None => println!("\nauto: nothing could be measured"),
     }
