@@ -294,7 +294,10 @@ fn bench_reports_every_precision_and_thread_count_as_json() {
     }
     assert!(["fp32", "int8"].contains(&b["auto"]["precision"].as_str().unwrap()));
     let (enc, dec) = (&b["auto"]["threads"], &b["auto"]["decoder_threads"]);
-    assert!(enc.as_u64().unwrap() >= 1 && dec.as_u64().unwrap() >= 1, "{b}");
+    assert!(
+        enc.as_u64().unwrap() >= 1 && dec.as_u64().unwrap() >= 1,
+        "{b}"
+    );
     assert!(
         text(&out.stderr).contains("[1/"),
         "a progress line per step"
