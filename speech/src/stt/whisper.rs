@@ -351,15 +351,28 @@ impl Whisper {
         let cross = self.encode(&audio, frames)?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
+        // On the decoder's own pool when the stages are split, as in
+        // `transcribe` (calibration measures before any split exists).
+        match self.decoder_executor.clone() {
+            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex, || {
+                self.fixed_decoder_steps(&cross, steps)
+            })?,
+            None => self.fixed_decoder_steps(&cross, steps)?,
+        }
+        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// `steps` decoder steps fed the prompt token, with their logits.
+    fn fixed_decoder_steps(&mut self, cross: &TVec<TValue>, steps: usize) -> Result<(), SttError> {
         let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         for _ in 0..steps {
-            let hidden_t = self.decode_step(&mut state, SOT, &mut past, &cross)?;
+            let hidden_t = self.decode_step(&mut state, SOT, &mut past, cross)?;
             let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
             let hidden = view.as_slice::<f32>().map_err(run_err)?;
             self.vocab.logits(hidden, &mut self.logits);
         }
-        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+        Ok(())
     }
 
     /// Greedy decoding of one window from the encoder's `cross` output:
