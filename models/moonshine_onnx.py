@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-FOLDABLE = {"Cast", "Mul", "Add", "Sub", "DequantizeLinear"}
+FOLDABLE = {"Cast", "Mul", "Add", "Sub"}
 
 
 def _eval(node, vals):
@@ -50,7 +50,7 @@ def fold(graph, extra_consts=None):
     vals.update(extra_consts or {})
     keep, folded = [], {}
     for n in graph.node:
-        if n.op_type in FOLDABLE - {"DequantizeLinear"} and n.input and all(i in vals for i in n.input):
+        if n.op_type in FOLDABLE and n.input and all(i in vals for i in n.input):
             out = _eval(n, vals)
             vals[n.output[0]] = out
             folded[n.output[0]] = out
@@ -63,10 +63,12 @@ def fold(graph, extra_consts=None):
                 used |= {i for m in a.g.node for i in m.input}
     del graph.node[:]
     graph.node.extend(keep)
-    inits = [numpy_helper.from_array(v, k) for k, v in vals.items() if k in used and (k in folded or k in {t.name for t in graph.initializer})]
+    original = {t.name for t in graph.initializer}
+    inits = [numpy_helper.from_array(v, k) for k, v in vals.items() if k in used and (k in folded or k in original)]
     del graph.initializer[:]
     graph.initializer.extend(inits)
-    return {k: v for k, v in vals.items() if k in folded or k in {t.name for t in inits}}
+    kept = {t.name for t in inits}
+    return {k: v for k, v in vals.items() if k in folded or k in kept}
 
 
 def branch_model(merged, which, consts):
@@ -133,7 +135,6 @@ def main():
 
 def check(d):
     import onnxruntime as ort
-    import moonshine_ref
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

@@ -16,16 +16,12 @@ fn rules_dir() -> PathBuf {
 /// `promtool`, or `None` when `TALKIE_SKIP_PROMTOOL=1` says on purpose
 /// that it is missing (`make test` installs Debian's prometheus).
 fn promtool() -> Option<PathBuf> {
-    match which("promtool") {
-        Ok(p) => Some(p),
-        Err(()) => {
-            assert!(
-                std::env::var_os("TALKIE_SKIP_PROMTOOL").is_some(),
-                "promtool is not installed (make test installs the prometheus package; set TALKIE_SKIP_PROMTOOL=1 to skip)"
-            );
-            None
-        }
-    }
+    tools_or_skip(
+        &["promtool"],
+        "TALKIE_SKIP_PROMTOOL",
+        "the prometheus package",
+    )
+    .map(|mut t| t.remove(0))
 }
 
 #[test]

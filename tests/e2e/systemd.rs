@@ -200,13 +200,14 @@ fn systemd_unit_verifies_and_the_default_config_is_the_defaults() {
     }
     // No silent skip (issue 29): `make test` installs systemd for this;
     // TALKIE_SKIP_SYSTEMD_ANALYZE=1 says on purpose that it is missing.
-    let Ok(analyze) = which("systemd-analyze") else {
-        assert!(
-            std::env::var_os("TALKIE_SKIP_SYSTEMD_ANALYZE").is_some(),
-            "systemd-analyze is not installed (make test installs the systemd package; set TALKIE_SKIP_SYSTEMD_ANALYZE=1 to skip)"
-        );
+    let Some(mut tools) = tools_or_skip(
+        &["systemd-analyze"],
+        "TALKIE_SKIP_SYSTEMD_ANALYZE",
+        "the systemd package",
+    ) else {
         return;
     };
+    let analyze = tools.remove(0);
     let unit = std::fs::read_to_string(root.join("board/systemd/talkie.service"))
         .unwrap()
         .replace("/usr/bin/talkie", env!("CARGO_BIN_EXE_talkie"));

@@ -14,23 +14,6 @@ use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The tools, or `None` when skipping was asked for.
-fn tools(names: &[&str]) -> Option<Vec<PathBuf>> {
-    let found: Result<Vec<PathBuf>, &str> =
-        names.iter().map(|n| which(n).map_err(|()| *n)).collect();
-    match found {
-        Ok(paths) => Some(paths),
-        Err(_) if std::env::var_os("TALKIE_SKIP_UPDATE_TOOLS").is_some() => {
-            eprintln!("update tools missing: skipped (TALKIE_SKIP_UPDATE_TOOLS)");
-            None
-        }
-        Err(n) => panic!(
-            "{n} is not installed (make test installs rauc, dbus-daemon and libubootenv-tool; \
-             set TALKIE_SKIP_UPDATE_TOOLS=1 to skip)"
-        ),
-    }
-}
-
 /// Children killed when the test ends, passed or not.
 struct Reaper(Vec<Child>);
 impl Drop for Reaper {
@@ -332,7 +315,11 @@ fn mender_flow(config: &Path, wait: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_systems_commit_a_healthy_release_and_roll_back_a_never_ready_one() {
-    let Some(t) = tools(&["rauc", "dbus-daemon", "fw_setenv", "fw_printenv"]) else {
+    let Some(t) = tools_or_skip(
+        &["rauc", "dbus-daemon", "fw_setenv", "fw_printenv"],
+        "TALKIE_SKIP_UPDATE_TOOLS",
+        "rauc, dbus-daemon and libubootenv-tool",
+    ) else {
         return;
     };
     let (rauc, dbus) = (t[0].clone(), t[1].clone());

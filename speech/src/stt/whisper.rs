@@ -351,15 +351,18 @@ impl Whisper {
         let cross = self.encode(&audio, frames)?;
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        // On the decoder's own pool when the stages are split, as in
-        // `transcribe` (calibration measures before any split exists).
-        match self.decoder_executor.clone() {
-            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex, || {
-                self.fixed_decoder_steps(&cross, steps)
-            })?,
-            None => self.fixed_decoder_steps(&cross, steps)?,
-        }
+        // As in `transcribe` (calibration measures before any split exists).
+        self.on_decoder_pool(|w| w.fixed_decoder_steps(&cross, steps))?;
         Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// `f` on the decoder's own pool when the stages are split, else on
+    /// the caller's executor.
+    fn on_decoder_pool<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        match self.decoder_executor.clone() {
+            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex, || f(self)),
+            None => f(self),
+        }
     }
 
     /// `steps` decoder steps fed the prompt token, with their logits.
@@ -447,12 +450,8 @@ impl Whisper {
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
-        let (out, logprob_sum, no_speech_prob) = match self.decoder_executor.clone() {
-            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex, || {
-                self.decode_tokens(&cross, audio.len())
-            })?,
-            None => self.decode_tokens(&cross, audio.len())?,
-        };
+        let (out, logprob_sum, no_speech_prob) =
+            self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
         let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
         Ok(Transcript {
             text,

@@ -13,6 +13,27 @@ pub fn which(name: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
+/// The system tools a test needs, found on PATH; `None` only when the
+/// documented variable `skip_var` says on purpose that they are missing —
+/// otherwise a missing tool fails the test (no silent skips, issue 29;
+/// docs/development.md lists the variables). `packages` is what `make
+/// test` installs for them.
+pub fn tools_or_skip(names: &[&str], skip_var: &str, packages: &str) -> Option<Vec<PathBuf>> {
+    let found: Result<Vec<PathBuf>, &str> =
+        names.iter().map(|n| which(n).map_err(|()| *n)).collect();
+    match found {
+        Ok(paths) => Some(paths),
+        Err(missing) => {
+            assert!(
+                std::env::var_os(skip_var).is_some(),
+                "{missing} is not installed (make test installs {packages}; set {skip_var}=1 to skip)"
+            );
+            eprintln!("{missing} missing: skipped ({skip_var})");
+            None
+        }
+    }
+}
+
 /// One HTTP exchange through reqwest: (status code, lower-cased response
 /// headers, body). Redirects are not followed and no connection is kept
 /// (one connection per exchange), so per-address connection caps count
