@@ -3,8 +3,9 @@
 //! (`support::supervisor`: notify socket, the unit's watchdog, restart
 //! rules and start limit, every timing halved), pressed by its button
 //! script at real time, while its agent goes down for several breaker
-//! periods, throttles with a day-long `Retry-After`, hangs, and the LAN
-//! floods the status port. The service must never be restarted, deliver
+//! periods, throttles with a day-long `Retry-After`, hangs, the LAN
+//! floods the status port, the outbox's disk fills and the microphone is
+//! pulled out and plugged back. The service must never be restarted, deliver
 //! every press once and in order, and its page must say what its LEDs say.
 
 use crate::support::supervisor::{Supervised, Unit};
@@ -30,6 +31,8 @@ enum Phase {
     Flood,
     /// The outbox's filesystem (a 16 MiB tmpfs) filled to the last byte.
     DiskFull,
+    /// The microphone unplugged (the simulated one's file taken away).
+    MicGone,
 }
 
 const SCHEDULE: &[(u64, Phase)] = &[
@@ -38,9 +41,19 @@ const SCHEDULE: &[(u64, Phase)] = &[
     (48, Phase::Throttling),
     (73, Phase::Hung),
     (93, Phase::Flood),
-    (103, Phase::DiskFull),
-    (118, Phase::Healthy),
+    (103, Phase::MicGone),
+    (111, Phase::DiskFull),
+    (126, Phase::Healthy),
 ];
+
+/// When `phase` first begins, after READY.
+fn starts(phase: Phase) -> Duration {
+    let at = SCHEDULE.iter().find(|p| p.1 == phase).map_or(0, |p| p.0);
+    Duration::from_secs(at)
+}
+
+/// How long the schedule samples the page after its last phase began.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// The service's config, the shipped defaults scaled like the unit; the
 /// retry-after cap and backoff ceiling are set so that each wait still
@@ -77,7 +90,11 @@ fn config(dir: &Path, agent_port: u16, status_port: u16) -> std::path::PathBuf {
 /// What the page said at one moment.
 #[derive(Debug)]
 struct Sample {
+    /// Since the schedule began.
+    at: Duration,
     phase: Phase,
+    /// The microphone's state (`running`, `degraded`, …).
+    mic: String,
     state: String,
     agent_ok: Option<bool>,
     ready: bool,
@@ -107,7 +124,7 @@ pub(crate) fn agent_records(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `GET /api/v1/status` anonymously, over a plain connection with a
 /// bound: `None` if it does not answer 200 with JSON.
-fn sample(port: u16, phase: Phase) -> Option<Sample> {
+fn sample(port: u16, phase: Phase, at: Duration) -> Option<Sample> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -127,7 +144,9 @@ fn sample(port: u16, phase: Phase) -> Option<Sample> {
         .find(|c| c["name"] == "agent")
         .and_then(|c| c["ok"].as_bool());
     Some(Sample {
+        at,
         phase,
+        mic: v["microphone"]["state"].as_str()?.to_owned(),
         state: v["state"].as_str()?.to_owned(),
         agent_ok,
         ready: v["ready"] == true,
@@ -206,6 +225,7 @@ fn fill(dir: &Path) {
 
 fn run_schedule(
     kiosk: &Supervised,
+    dir: &Path,
     agent: &mut AgentSwitch<'_>,
     status_port: u16,
     disk: Option<&Path>,
@@ -215,7 +235,7 @@ fn run_schedule(
     let mut current = Phase::Healthy;
     let mut held = Vec::new();
     let mut last_sample = Instant::now() - Duration::from_secs(1);
-    let end = Duration::from_secs(SCHEDULE.last().map_or(0, |p| p.0));
+    let end = Duration::from_secs(SCHEDULE.last().map_or(0, |p| p.0)) + SETTLE;
     loop {
         let now = t0.elapsed();
         let phase = SCHEDULE
@@ -245,11 +265,18 @@ fn run_schedule(
                     let _ = std::fs::remove_file(disk.join("filler"));
                 }
             }
+            // The simulated microphone is unplugged while its file is away.
+            let (mic, away) = (dir.join("session.wav"), dir.join("unplugged.wav"));
+            if phase == Phase::MicGone {
+                std::fs::rename(&mic, &away).unwrap();
+            } else if current == Phase::MicGone {
+                std::fs::rename(&away, &mic).unwrap();
+            }
             current = phase;
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();
-            if let Some(s) = sample(status_port, phase) {
+            if let Some(s) = sample(status_port, phase, now) {
                 samples.push(s);
             }
         }
@@ -289,6 +316,7 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
     kiosk.wait_ready(1, Duration::from_secs(300));
     let samples = run_schedule(
         &kiosk,
+        dir.path(),
         &mut agent,
         status_port,
         tmpfs.as_ref().map(|t| t.0.as_path()),
@@ -382,9 +410,35 @@ fn an_agent_outage_never_restarts_the_supervised_kiosk() {
     // agent check. (Each sample reads the LED state, updated every second,
     // and the breaker, read live: they may disagree for a second around
     // each transition, so they are not compared sample by sample.)
+    //
+    // Unplugged, the microphone is a fault the page and readiness show (a
+    // kiosk that cannot hear is out of service) and the reopen loop beats
+    // (no restart, asserted above); plugged back, it is used again. The
+    // reopen backoff (at most 5 s) may keep it unready a little after.
+    let unplugged_from = starts(Phase::MicGone);
+    let replugged = starts(Phase::DiskFull);
+    let reopen_grace = talkie::audio::capture::REOPEN_BACKOFF_MAX + Duration::from_secs(2);
     assert!(
-        samples.iter().all(|s| s.ready),
+        samples
+            .iter()
+            .filter(|s| s.at < unplugged_from || s.at > replugged + reopen_grace)
+            .all(|s| s.ready),
         "ready throughout: {samples:?}"
+    );
+    let gone: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.phase == Phase::MicGone)
+        .collect();
+    assert!(
+        gone.iter()
+            .any(|s| !s.ready && s.mic == "degraded" && s.state == "error"),
+        "unplugged microphone shown: {gone:?}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.at > replugged && s.ready && s.mic == "running"),
+        "microphone back in use: {samples:?}"
     );
     let down: Vec<&Sample> = samples.iter().filter(|s| s.phase == Phase::Down).collect();
     assert!(

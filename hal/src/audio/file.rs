@@ -5,6 +5,15 @@
 //! so reads never touch the disk. With `realtime` the source sleeps until
 //! each period's wall-clock deadline, like a real microphone; without it the
 //! file is delivered as fast as the consumer takes it.
+//!
+//! A real-time source is also a microphone that can be unplugged: about
+//! every quarter second of audio it looks whether its file is still there
+//! (one `lstat`, no allocation for paths under 384 bytes). While the file
+//! is gone it reports [`AudioError::Disconnected`] and every
+//! [`reopen`](AudioSource::reopen) fails; when the file is back, delivery
+//! resumes where it stopped, paced from then on (what was "said" while
+//! unplugged was never heard). This is how the tests pull the microphone
+//! out from under the running service.
 
 use super::{AudioError, AudioSource, SampleFormat, StreamFormat};
 use crate::sim_clock::{SimClock, MAX_HOLD};
@@ -42,6 +51,13 @@ pub struct FileSource {
     looped: bool,
     /// Frames delivered by earlier loops (`looped`).
     earlier_frames: u64,
+    /// The file, looked at while real-time to simulate unplugging.
+    path: PathBuf,
+    /// Frames delivered since the file was last looked at.
+    since_check: usize,
+    /// When the file was found gone (real-time pacing restarts from the
+    /// reopen).
+    unplugged_at: Option<Instant>,
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> AudioError {
@@ -127,6 +143,9 @@ impl FileSource {
             clock: settings.clock.clone(),
             looped: settings.looped,
             earlier_frames: 0,
+            path: settings.path.clone(),
+            since_check: 0,
+            unplugged_at: None,
         })
     }
 
@@ -164,6 +183,19 @@ impl AudioSource for FileSource {
             return Err(AudioError::EndOfStream);
         }
         let frames = self.format.period_frames.min(remaining).min(out.len() / ch);
+        if self.realtime {
+            self.since_check += frames;
+            if self.since_check >= (self.format.rate / 4) as usize {
+                self.since_check = 0;
+                if std::fs::symlink_metadata(&self.path).is_err() {
+                    self.unplugged_at = Some(Instant::now());
+                    return Err(AudioError::Disconnected {
+                        device: self.name.clone(),
+                        reason: "the file is gone (simulated unplug)".to_owned(),
+                    });
+                }
+            }
+        }
         if let Some(clock) = &self.clock {
             // Paused while an utterance is being recognized; real-time
             // pacing resumes from where it stopped.
@@ -195,6 +227,19 @@ impl AudioSource for FileSource {
     }
 
     fn reopen(&mut self) -> Result<(), AudioError> {
+        if let Some(at) = self.unplugged_at {
+            if let Err(e) = std::fs::symlink_metadata(&self.path) {
+                return Err(AudioError::Disconnected {
+                    device: self.name.clone(),
+                    reason: format!("the file is still gone: {e}"),
+                });
+            }
+            // Pacing goes on from now, not from before the gap.
+            if let Some(s) = self.started.as_mut() {
+                *s += at.elapsed();
+            }
+            self.unplugged_at = None;
+        }
         Ok(())
     }
 }
@@ -240,6 +285,48 @@ mod tests {
             clock: None,
             looped: false,
         }
+    }
+
+    /// A real-time source whose file goes away is an unplugged microphone:
+    /// disconnected within a quarter second of audio, not reopened while
+    /// the file is gone, and resumed where it stopped when it is back.
+    #[test]
+    fn a_real_time_source_is_unplugged_while_its_file_is_gone() {
+        let dir = std::env::temp_dir().join(format!("talkie-hal-unplug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let samples: Vec<f32> = (0..8_000).map(|i| i as f32 / 8_000.0).collect();
+        let p = wav(&dir, "mic.wav", spec(1, 8_000, 32, true), &samples);
+        let mut src = FileSource::open(&FileSettings {
+            realtime: true,
+            ..settings(p.clone())
+        })
+        .unwrap();
+        let mut out = vec![0.0; 80];
+        assert_eq!(src.read_period(&mut out).unwrap(), 80);
+        let away = dir.join("unplugged");
+        std::fs::rename(&p, &away).unwrap();
+        let mut delivered = 80;
+        let err = loop {
+            match src.read_period(&mut out) {
+                Ok(n) => delivered += n,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, AudioError::Disconnected { .. }) && err.needs_reopen(),
+            "{err}"
+        );
+        assert!(delivered <= 2_000, "noticed within 1/4 s: {delivered}");
+        assert!(src.reopen().is_err(), "still unplugged");
+        std::fs::rename(&away, &p).unwrap();
+        src.reopen().unwrap();
+        src.read_period(&mut out).unwrap();
+        assert_eq!(
+            out[0],
+            delivered as f32 / 8_000.0,
+            "resumed where it stopped"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `looped`: the file again and again, the audio time counting on.
