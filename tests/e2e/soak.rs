@@ -282,9 +282,46 @@ fn logged(dir: &Path, target: &str) -> Vec<serde_json::Value> {
     with_target(&json_lines(&log), target).cloned().collect()
 }
 
+/// The slope common to several runs, each at its own level (least squares
+/// with one intercept per run): how memory grows after warm-up over the
+/// whole soak, not over the few minutes between two kills.
+fn pooled_slope(runs: &[Vec<(f64, f64)>]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for pts in runs.iter().filter(|p| p.len() >= 2) {
+        let n = pts.len() as f64;
+        let (mx, my) = pts
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        for (x, y) in pts {
+            num += (x - mx) * (y - my);
+            den += (x - mx) * (x - mx);
+        }
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// What memory did after warm-up.
+struct Memory {
+    /// A table row per run.
+    lines: Vec<String>,
+    /// The largest per-run slope (runs with ≥ 1 min of readings after
+    /// warm-up), MB/min; `f64::MIN` when there is none.
+    worst_slope: f64,
+    /// One slope over every run's readings after warm-up, MB/min.
+    pooled_slope: f64,
+    /// Minutes of readings after warm-up, all runs.
+    pooled_minutes: f64,
+    /// The largest RSS after warm-up, MB.
+    steady_max: f64,
+}
+
 /// Memory and descriptors per run of the service (pid): the figures after
 /// `warmup_s` of each run.
-fn memory_lines(readings: &[Reading], warmup_s: f64) -> (Vec<String>, f64, f64) {
+fn memory_lines(readings: &[Reading], warmup_s: f64) -> Memory {
     let mut runs: BTreeMap<u32, Vec<&Reading>> = BTreeMap::new();
     for r in readings {
         runs.entry(r.pid).or_default().push(r);
@@ -293,6 +330,7 @@ fn memory_lines(readings: &[Reading], warmup_s: f64) -> (Vec<String>, f64, f64) 
     let (mut worst_slope, mut steady_max) = (f64::MIN, 0.0f64);
     let mut by_start: Vec<_> = runs.into_values().collect();
     by_start.sort_by(|a, b| a[0].at_s.total_cmp(&b[0].at_s));
+    let (mut pooled, mut pooled_minutes) = (Vec::new(), 0.0);
     for run in by_start {
         let start = run[0].at_s;
         let warm: Vec<&&Reading> = run.iter().filter(|r| r.at_s - start >= warmup_s).collect();
@@ -304,6 +342,10 @@ fn memory_lines(readings: &[Reading], warmup_s: f64) -> (Vec<String>, f64, f64) 
             worst_slope = worst_slope.max(s);
             steady_max = steady_max.max(max);
         }
+        if let (Some(a), Some(b)) = (pts.first(), pts.last()) {
+            pooled_minutes += b.0 - a.0;
+        }
+        pooled.push(pts);
         lines.push(format!(
             "| {:.1}–{:.1} | {} | {:.0} | {:.0} | {} | {:+.3} | {:+.2} |",
             start / 60.0,
@@ -316,7 +358,13 @@ fn memory_lines(readings: &[Reading], warmup_s: f64) -> (Vec<String>, f64, f64) 
             fs
         ));
     }
-    (lines, worst_slope, steady_max)
+    Memory {
+        lines,
+        worst_slope,
+        pooled_slope: pooled_slope(&pooled),
+        pooled_minutes,
+        steady_max,
+    }
 }
 
 fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
@@ -370,7 +418,8 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
     for (_, c) in &run.restarts {
         *causes.entry(format!("{c:?}")).or_default() += 1;
     }
-    let (mem, worst_slope, steady_max) = memory_lines(&run.readings, 300.0);
+    let memory = memory_lines(&run.readings, 300.0);
+    let (worst_slope, steady_max) = (memory.worst_slope, memory.steady_max);
     let unready = run.readings.iter().filter(|r| !r.ready).count();
     let mut dropped: HashMap<u32, u64> = HashMap::new();
     for r in &run.readings {
@@ -384,6 +433,10 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_default();
+    let pooled = format!(
+        "{:+.3} MB/min over {:.0} min of readings",
+        memory.pooled_slope, memory.pooled_minutes
+    );
     let text = format!(
         "# talkie soak report\n\n\
          {} min at real time on {cpu} ({} cores); the unit's own timings (WatchdogSec, RestartSec, start limit); \
@@ -399,7 +452,8 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
          | readings not ready (`/readyz` ≠ 200, every 10 s) | {unready} of {} |\n\
          | frames dropped (sum over runs) | {} |\n\
          | steady RSS, max after 5 min of each run (runs with ≥ 1 min of readings after it) | {} |\n\
-         | worst RSS slope after 5 min of a run | {} |\n\n\
+         | worst RSS slope after 5 min of a run | {} |\n\
+         | RSS slope after 5 min, all runs pooled (each run its own level) | {} |\n\n\
          ## Memory and descriptors per run\n\n\
          | minutes | readings | RSS at first reading MB | RSS max after warm-up MB | fds max | RSS slope MB/min | fds slope /min |\n\
          |---|---|---|---|---|---|---|\n{}\n",
@@ -420,7 +474,8 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
         dropped.values().sum::<u64>(),
         if worst_slope == f64::MIN { "n/a (no run that long)".to_owned() } else { format!("{steady_max:.0} MB") },
         if worst_slope == f64::MIN { "n/a".to_owned() } else { format!("{worst_slope:+.3} MB/min") },
-        mem.join("\n"),
+        pooled,
+        memory.lines.join("\n"),
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak-report.md");
     std::fs::write(&path, &text).unwrap();
@@ -484,4 +539,20 @@ fn drive(
         std::thread::sleep(Duration::from_millis(200));
     }
     readings
+}
+
+/// The pooled slope sees growth within runs, not the jumps between them
+/// (a restarted service starts lower or higher).
+#[test]
+fn the_pooled_slope_ignores_the_level_of_each_run() {
+    let flat = vec![
+        vec![(0.0, 100.0), (1.0, 100.0), (2.0, 100.0)],
+        vec![(3.0, 140.0), (4.0, 140.0)],
+    ];
+    assert_eq!(pooled_slope(&flat), 0.0);
+    let rising = vec![
+        vec![(0.0, 100.0), (1.0, 101.0), (2.0, 102.0)],
+        vec![(3.0, 50.0), (4.0, 51.0)],
+    ];
+    assert!((pooled_slope(&rising) - 1.0).abs() < 1e-12);
 }
