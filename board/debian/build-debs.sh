@@ -49,7 +49,9 @@ stage=$(mktemp -d); chmod 755 "$stage"
 trap 'rm -rf "$stage"' EXIT
 dest="$stage/usr/share/talkie/models"
 mkdir -p "$dest" "$stage/DEBIAN" "$stage/usr/share/doc/talkie-models"
-files=$(sed -n 's/^file = "\(.*\)"$/\1/p' models/manifest.toml | grep -v '\.whl$')
+# Moonshine's files (issue 31) stay out until the firmware can choose it:
+# 206 MB a board would carry for nothing.
+files=$(sed -n 's/^file = "\(.*\)"$/\1/p' models/manifest.toml | grep -v '\.whl$' | grep -v '^moonshine_')
 for f in $files manifest.toml; do
   [ -f "models/build/$f" ] || { echo "error: models/build/$f is missing: run \`make models\`" >&2; exit 1; }
   install -m 644 "models/build/$f" "$dest/$f"

@@ -242,6 +242,8 @@ fn models_package_is_arch_all_and_carries_every_manifest_file() {
         .filter_map(|l| l.strip_prefix("file = \""))
         .filter_map(|l| l.strip_suffix('"'))
         .filter(|f| !f.ends_with(".whl"))
+        // Not used by the firmware yet (issue 31): not shipped.
+        .filter(|f| !f.starts_with("moonshine_"))
         .chain(["manifest.toml"])
         .collect();
     assert!(files.len() >= 9, "{files:?}");

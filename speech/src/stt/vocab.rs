@@ -62,9 +62,19 @@ impl Vocab {
     /// Load and check both files of `dir` (sha256 against the manifest,
     /// then shapes against each other and `width`).
     pub fn load(dir: &Path, width: usize) -> Result<Self, ModelError> {
-        let path = dir.join(VOCAB_FILE);
+        Self::load_files(dir, VOCAB_FILE, SCALE_FILE, width)
+    }
+
+    /// [`Vocab::load`] with other file names (another model's vocabulary).
+    pub fn load_files(
+        dir: &Path,
+        rows_file: &str,
+        scale_file: &str,
+        width: usize,
+    ) -> Result<Self, ModelError> {
+        let path = dir.join(rows_file);
         let (shape, rows) = read_npy::<i8>(&path)?;
-        let (scale_shape, scale) = read_npy::<f32>(&dir.join(SCALE_FILE))?;
+        let (scale_shape, scale) = read_npy::<f32>(&dir.join(scale_file))?;
         let size = scale.len();
         if shape != [size as u64, width as u64] || scale_shape != [size as u64] {
             return Err(ModelError::Load {

@@ -33,7 +33,7 @@ pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
 /// See [`NO_SPEECH_THRESHOLD`].
 pub const LOGPROB_THRESHOLD: f32 = -1.0;
 
-type Plan = Arc<TypedRunnableModel>;
+pub(super) type Plan = Arc<TypedRunnableModel>;
 
 /// CTranslate2's generation settings of the model, verified like the models.
 pub const CONFIG_FILE: &str = "whisper_config.json";
@@ -83,7 +83,7 @@ pub enum SttError {
 /// `Err(why)` stops recognition with [`SttError::Stopped`].
 pub type StepHook = Box<dyn FnMut() -> Result<(), &'static str> + Send>;
 
-fn run_err(e: impl std::fmt::Debug) -> SttError {
+pub(super) fn run_err(e: impl std::fmt::Debug) -> SttError {
     SttError::Run(format!("{e:?}"))
 }
 
@@ -136,7 +136,7 @@ impl std::fmt::Debug for Whisper {
     }
 }
 
-fn load_plan(path: &Path) -> Result<Plan, ModelError> {
+pub(super) fn load_plan(path: &Path) -> Result<Plan, ModelError> {
     models::verify(path)?;
     let err = |e: TractError| ModelError::Load {
         path: path.to_owned(),
@@ -157,7 +157,7 @@ fn model_width(decoder: &Plan) -> Option<usize> {
     fact.shape.as_concrete()?.get(2).copied()
 }
 
-fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
+pub(super) fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::MIN, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
     logits.get(ix).map_or(f32::MIN, |&l| l - max - sum.ln())
