@@ -6,6 +6,31 @@ use crate::vad::SegmenterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// Which recognizer `stt` runs (`stt.model`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum SttModel {
+    /// Whisper tiny.en (39 M parameters; `stt.precision` and `stt.threads`
+    /// measured at start-up when `auto`).
+    #[default]
+    #[serde(rename = "whisper-tiny")]
+    WhisperTiny,
+    /// Moonshine base, English (61 M parameters, fp32; issue 31): hears
+    /// noisy rooms better than tiny.en (WER 18.3 % against 20.7 % with pink
+    /// noise at 10 dB, onnxruntime on shared/eval/dev), slower. Not chosen
+    /// automatically yet.
+    #[serde(rename = "moonshine-base")]
+    MoonshineBase,
+}
+
+impl SttModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SttModel::WhisperTiny => "whisper-tiny",
+            SttModel::MoonshineBase => "moonshine-base",
+        }
+    }
+}
+
 /// Which Whisper weights `stt` loads (`stt.precision`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +172,8 @@ impl<'de> Deserialize<'de> for Threads {
 /// configuration types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecognizerOptions {
+    /// Which recognizer.
+    pub model: SttModel,
     /// `auto` (measured), `fp32` or `int8`.
     pub precision: Precision,
     /// Matrix-product threads, or `auto` (measured with the precision).
@@ -169,6 +196,7 @@ pub struct RecognizerOptions {
 impl Default for RecognizerOptions {
     fn default() -> Self {
         Self {
+            model: SttModel::WhisperTiny,
             precision: Precision::Auto,
             threads: Threads::Auto,
             max_tokens: 96,

@@ -89,6 +89,8 @@ async fn wait_transcripts(h: &talkie::service::ServiceHandle, n: u64) {
 /// Issue 17: the service is a library. Two services start in one test
 /// process, each on its own port, each recognizes its own press, answers
 /// its own API, reloads, and both shut down cleanly through their handles.
+/// Issue 31: the second runs Moonshine base (`stt.model`), the first
+/// Whisper tiny.en: a press through the whole service with each model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_in_one_process_each_recognize_their_own_press() {
     let token = "in-process-technician-token-0123456789";
@@ -101,8 +103,13 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
     ];
     let dirs: Vec<tempfile::TempDir> = cases.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let mut handles = Vec::new();
-    for ((clip, _), dir) in cases.iter().zip(&dirs) {
-        let cfg = in_process_config(dir.path(), clip, token);
+    let models = [
+        talkie::base::config::SttModel::WhisperTiny,
+        talkie::base::config::SttModel::MoonshineBase,
+    ];
+    for (((clip, _), dir), model) in cases.iter().zip(&dirs).zip(models) {
+        let mut cfg = in_process_config(dir.path(), clip, token);
+        cfg.stt.model = model;
         let h = start(cfg).await.unwrap();
         handles.push(h);
     }
@@ -112,9 +119,11 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
         assert!(h.ready().await, "ready");
     }
     let http = reqwest::Client::new();
-    for (h, (clip, text)) in handles.iter().zip(cases) {
+    for ((h, (clip, text)), model) in handles.iter().zip(cases).zip(models) {
         let url = format!("http://{}/api/v1/transcripts", h.status_addr());
         wait_transcripts(h, 1).await;
+        let status = status_of(h.status_addr()).await;
+        assert_eq!(status["stt"]["model"], model.as_str(), "{clip}");
         let body = http.get(&url).bearer_auth(token).send().await.unwrap();
         assert_eq!(body.status(), 200);
         let body: serde_json::Value = serde_json::from_slice(&body.bytes().await.unwrap()).unwrap();

@@ -95,11 +95,12 @@ fn service(o: &mut Out, s: &Shared) {
         o.family(
             "talkie_stt_info",
             "gauge",
-            "Recognition settings in use (stt.precision/threads, measured or fixed).",
+            "Recognition settings in use (stt.model/precision/threads, measured or fixed).",
         );
         o.sample(
             "talkie_stt_info",
             &[
+                ("model", &c.model),
                 ("precision", &c.chosen.precision.to_string()),
                 ("threads", &c.chosen.threads.to_string()),
                 ("decoder_threads", &c.chosen.decoder_threads().to_string()),

@@ -454,6 +454,9 @@ impl CacheKey {
 /// How the precision and threads in use were decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
+    /// The recognizer (`stt.model`): `whisper-tiny` or `moonshine-base`.
+    #[serde(default = "whisper_tiny")]
+    pub model: String,
     pub key: CacheKey,
     pub cpu: CpuInfo,
     pub timings: Vec<Timing>,
@@ -469,10 +472,15 @@ pub struct Calibration {
     pub fixed: bool,
 }
 
+fn whisper_tiny() -> String {
+    crate::options::SttModel::WhisperTiny.as_str().to_owned()
+}
+
 impl Calibration {
     /// For fixed settings: nothing measured.
     pub fn fixed(key: CacheKey, cpu: CpuInfo, chosen: Choice) -> Self {
         Self {
+            model: whisper_tiny(),
             key,
             cpu,
             timings: Vec::new(),
@@ -519,6 +527,7 @@ impl Calibration {
     /// The status page's and `/api/v1/status`'s view.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "model": self.model,
             "precision": self.chosen.precision.as_str(),
             "threads": self.chosen.threads,
             "decoder_threads": self.chosen.decoder_threads(),
@@ -838,6 +847,7 @@ mod tests {
 
     fn calibration(key: CacheKey) -> Calibration {
         Calibration {
+            model: whisper_tiny(),
             key,
             cpu: cpu(),
             timings: vec![t(Fp32, 2, 300.0)],

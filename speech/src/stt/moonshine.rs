@@ -143,7 +143,8 @@ impl Moonshine {
         if layers == 0 || encoder.model().outputs.len() != 2 * layers {
             return Err(shape_err("layers of the encoder and decoder disagree").into());
         }
-        let vocab = Vocab::load_files(dir, VOCAB_FILE, SCALE_FILE, width)?;
+        let mut vocab = Vocab::load_files(dir, VOCAB_FILE, SCALE_FILE, width)?;
+        vocab.choose_fastest();
         let tok_path = dir.join(TOKENIZER_FILE);
         models::verify(&tok_path)?;
         let bytes = std::fs::read(&tok_path).map_err(|source| ModelError::Read {
@@ -221,51 +222,97 @@ impl Moonshine {
         })
     }
 
-    /// Greedy decoding: the tokens and the sum of their log-probabilities.
-    fn decode(&mut self, cross: &TVec<TValue>, cap: usize) -> Result<(Vec<u32>, f32), SttError> {
+    /// The empty self-attention cache of a new utterance.
+    fn empty_cache(&self) -> Vec<TValue> {
         let empty = || {
             tract_ndarray::Array4::<f32>::zeros((1, self.heads, 0, self.head_dim))
                 .into_tensor()
                 .into()
         };
-        let mut past: Vec<TValue> = (0..2 * self.layers).map(|_| empty()).collect();
+        (0..2 * self.layers).map(|_| empty()).collect()
+    }
+
+    /// One decoder step: `token` in, `self.logits` set; `past` is the
+    /// self-attention cache, replaced by the grown one.
+    fn step(
+        &mut self,
+        state: &mut TypedSimpleState,
+        token: u32,
+        past: &mut [TValue],
+        cross: &[TValue],
+    ) -> Result<(), SttError> {
+        let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
+        let row = embedding.as_slice_mut().unwrap_or_default();
+        if !self.vocab.embed(token, row) {
+            return Err(SttError::Run(format!(
+                "token {token} outside the vocabulary"
+            )));
+        }
+        let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
+        for l in 0..self.layers {
+            for t in [
+                past.get(2 * l),
+                past.get(2 * l + 1),
+                cross.get(2 * l),
+                cross.get(2 * l + 1),
+            ] {
+                inputs.push(
+                    t.cloned()
+                        .ok_or_else(|| SttError::Run("encoder gave too few outputs".into()))?,
+                );
+            }
+        }
+        let mut res = state.run(inputs).map_err(run_err)?.into_iter();
+        let hidden_t = res
+            .next()
+            .ok_or_else(|| SttError::Run("decoder gave no hidden state".into()))?;
+        for slot in past.iter_mut() {
+            *slot = res
+                .next()
+                .ok_or_else(|| SttError::Run("decoder gave too few outputs".into()))?;
+        }
+        let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+        let hidden = view.as_slice::<f32>().map_err(run_err)?;
+        self.vocab.logits(hidden, &mut self.logits);
+        Ok(())
+    }
+
+    /// The fixed work `talkie bench` times, as Whisper's
+    /// [`time_fixed_work`](super::Whisper::time_fixed_work): `frames` 10 ms
+    /// frames of quiet noise encoded, then `steps` decoder steps fed the
+    /// start token. Returns (encoder ms, decoder ms).
+    pub fn time_fixed_work(&mut self, frames: usize, steps: usize) -> Result<(f64, f64), SttError> {
+        let audio = super::whisper::quiet_noise(frames.clamp(10, 6_400) * 160, 1e-2);
+        let t0 = Instant::now();
+        let cross = self.encode(&audio)?;
+        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let mut past = self.empty_cache();
+        let mut state = self.decoder.spawn().map_err(run_err)?;
+        for _ in 0..steps {
+            self.step(&mut state, START, &mut past, &cross)?;
+        }
+        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// The vocabulary projection's kernel.
+    pub fn vocab_kernel(&self) -> super::dot::Kernel {
+        self.vocab.kernel()
+    }
+
+    /// Use another projection kernel; false if this CPU lacks it.
+    pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
+        self.vocab.set_kernel(kernel)
+    }
+
+    /// Greedy decoding: the tokens and the sum of their log-probabilities.
+    fn decode(&mut self, cross: &TVec<TValue>, cap: usize) -> Result<(Vec<u32>, f32), SttError> {
+        let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         let (mut out, mut logprob_sum, mut token) = (Vec::new(), 0.0f32, START);
         for _ in 0..cap {
             self.step_hook()?;
-            let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
-            let row = embedding.as_slice_mut().unwrap_or_default();
-            if !self.vocab.embed(token, row) {
-                return Err(SttError::Run(format!(
-                    "token {token} outside the vocabulary"
-                )));
-            }
-            let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
-            for l in 0..self.layers {
-                for t in [
-                    past.get(2 * l),
-                    past.get(2 * l + 1),
-                    cross.get(2 * l),
-                    cross.get(2 * l + 1),
-                ] {
-                    inputs.push(
-                        t.cloned()
-                            .ok_or_else(|| SttError::Run("encoder gave too few outputs".into()))?,
-                    );
-                }
-            }
-            let mut res = state.run(inputs).map_err(run_err)?.into_iter();
-            let hidden_t = res
-                .next()
-                .ok_or_else(|| SttError::Run("decoder gave no hidden state".into()))?;
-            for slot in past.iter_mut() {
-                *slot = res
-                    .next()
-                    .ok_or_else(|| SttError::Run("decoder gave too few outputs".into()))?;
-            }
-            let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-            let hidden = view.as_slice::<f32>().map_err(run_err)?;
-            self.vocab.logits(hidden, &mut self.logits);
+            self.step(&mut state, token, &mut past, cross)?;
             let (next, _) = self.logits.iter().enumerate().fold(
                 (END as usize, f32::NEG_INFINITY),
                 |best, (i, &l)| if l > best.1 { (i, l) } else { best },

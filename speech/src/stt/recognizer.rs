@@ -1,11 +1,12 @@
-//! One utterance in, one transcript out: VAD trim, then Whisper. Shared by
+//! One utterance in, one transcript out: VAD trim, then Whisper (or
+//! Moonshine, `stt.model`). Shared by
 //! `talkie transcribe` and the service's recognition worker, so both give
 //! the same text for the same audio.
 
 use super::calibrate::{self, CacheKey, Calibration, Choice, CpuInfo};
-use super::{SttError, Transcript, Whisper};
+use super::{Moonshine, SttError, Transcript, Whisper};
 use crate::models::ModelError;
-use crate::options::{ModelPrecision, RecognizerOptions};
+use crate::options::{ModelPrecision, RecognizerOptions, SttModel, Threads};
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use crate::SAMPLE_RATE as PIPELINE_RATE;
 use std::path::Path;
@@ -94,6 +95,7 @@ fn run_calibration(
         }
     };
     let calibration = Calibration {
+        model: SttModel::WhisperTiny.as_str().to_owned(),
         key,
         cpu,
         timings,
@@ -191,10 +193,25 @@ fn samples_ms(n: usize) -> u64 {
     n as u64 * 1000 / u64::from(PIPELINE_RATE)
 }
 
-/// Silero VAD + Whisper, loaded and checked.
+/// The speech-to-text model a [`Recognizer`] runs behind the VAD.
+enum Engine {
+    Whisper(Box<Whisper>),
+    Moonshine(Box<Moonshine>),
+}
+
+impl Engine {
+    fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        match self {
+            Engine::Whisper(w) => w.transcribe(audio),
+            Engine::Moonshine(m) => m.transcribe(audio),
+        }
+    }
+}
+
+/// Silero VAD + Whisper (or Moonshine), loaded and checked.
 pub struct Recognizer {
     vad: SileroVad,
-    whisper: Whisper,
+    engine: Engine,
     seg: SegmenterConfig,
     /// tract's matrix-product thread pool (`stt.threads`), used only inside
     /// [`Recognizer::warm_up`] and [`Recognizer::recognize`].
@@ -215,6 +232,9 @@ impl Recognizer {
     /// the forms and thread counts are measured first (or the stored
     /// calibration in `opts.calibration_file` is reused): see [`calibrate`].
     pub fn load(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
+        if opts.model == SttModel::MoonshineBase {
+            return Self::load_moonshine(dir, opts);
+        }
         let cpu = CpuInfo::read();
         let precisions = calibrate::precision_candidates(opts.precision, dir, &cpu);
         let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
@@ -301,9 +321,50 @@ impl Recognizer {
         whisper.set_decoder_executor((dec != enc).then(|| executor(dec)).transpose()?);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
-            whisper,
+            engine: Engine::Whisper(Box::new(whisper)),
             seg: opts.segmenter.clone(),
             executor: executor(calibration.chosen.threads)?,
+            calibration,
+        })
+    }
+
+    /// Moonshine base (fp32, its only form): nothing to measure yet;
+    /// `auto` threads are every core (its encoder is most of the work).
+    fn load_moonshine(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
+        let cpu = CpuInfo::read();
+        let threads = match opts.threads {
+            Threads::Fixed(n) => (n as usize).max(1),
+            Threads::Auto => cpu.cores.max(1),
+        };
+        let key = CacheKey::new(
+            &cpu,
+            &[],
+            opts.precision,
+            opts.threads,
+            opts.encoder_margin_frames,
+        );
+        let moonshine = Moonshine::load(dir, opts.max_tokens as usize)?;
+        let mut calibration = Calibration::fixed(
+            key,
+            cpu,
+            Choice {
+                precision: ModelPrecision::Fp32,
+                threads,
+                decoder_threads: 0,
+            },
+        );
+        calibration.model = opts.model.as_str().to_owned();
+        calibration.reason = format!(
+            "stt.model = \"{}\": fp32, its only form; {threads} threads",
+            opts.model.as_str()
+        );
+        calibration.cpu.vocab_kernel = moonshine.vocab_kernel().name().to_owned();
+        log_calibration(&calibration, &opts.calibration_file);
+        Ok(Self {
+            vad: SileroVad::load(&opts.vad_model)?,
+            engine: Engine::Moonshine(Box::new(moonshine)),
+            seg: opts.segmenter.clone(),
+            executor: executor(threads)?,
             calibration,
         })
     }
@@ -311,17 +372,26 @@ impl Recognizer {
     /// Install a hook Whisper calls before every encoder window and decoder
     /// step (see [`super::whisper::StepHook`]).
     pub fn set_step_hook(&mut self, hook: Option<super::whisper::StepHook>) {
-        self.whisper.set_step_hook(hook);
+        match &mut self.engine {
+            Engine::Whisper(w) => w.set_step_hook(hook),
+            Engine::Moonshine(m) => m.set_step_hook(hook),
+        }
     }
 
     /// The vocabulary projection's kernel (see [`super::dot`]).
     pub fn vocab_kernel(&self) -> super::dot::Kernel {
-        self.whisper.vocab_kernel()
+        match &self.engine {
+            Engine::Whisper(w) => w.vocab_kernel(),
+            Engine::Moonshine(m) => m.vocab_kernel(),
+        }
     }
 
     /// Use another projection kernel; false if this CPU lacks it.
     pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
-        self.whisper.set_vocab_kernel(kernel)
+        match &mut self.engine {
+            Engine::Whisper(w) => w.set_vocab_kernel(kernel),
+            Engine::Moonshine(m) => m.set_vocab_kernel(kernel),
+        }
     }
 
     /// How the precision and threads in use were decided.
@@ -336,10 +406,14 @@ impl Recognizer {
         frames: usize,
         steps: usize,
     ) -> Result<(f64, f64), RecognizeError> {
-        let w = &mut self.whisper;
-        Ok(multithread_tract_scope(self.executor.clone(), || {
-            w.time_fixed_work(frames, steps)
-        })?)
+        let engine = &mut self.engine;
+        Ok(multithread_tract_scope(
+            self.executor.clone(),
+            || match engine {
+                Engine::Whisper(w) => w.time_fixed_work(frames, steps),
+                Engine::Moonshine(m) => m.time_fixed_work(frames, steps),
+            },
+        )?)
     }
 
     /// Run the whole graph once on a second of quiet noise, so the first
@@ -352,7 +426,7 @@ impl Recognizer {
         let t0 = Instant::now();
         let noise = super::whisper::quiet_noise(PIPELINE_RATE as usize, 1e-3);
         vad::segments(&mut self.vad, &self.seg, &noise)?;
-        self.whisper.transcribe(&noise)?;
+        self.engine.transcribe(&noise)?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
 
@@ -379,7 +453,7 @@ impl Recognizer {
         let transcript = if speech.is_empty() {
             Transcript::default()
         } else {
-            self.whisper.transcribe(speech)?
+            self.engine.transcribe(speech)?
         };
         Ok(Recognition {
             text: transcript.text.clone(),
@@ -397,7 +471,7 @@ impl Recognizer {
 mod tests {
     use super::*;
     use crate::models::VAD_FILE;
-    use crate::options::{Precision, Threads};
+    use crate::options::Precision;
 
     /// A 16 kHz mono dev clip as samples.
     fn read_clip(path: &Path) -> Vec<f32> {
@@ -461,6 +535,46 @@ mod tests {
     /// kernel family tract picks (with and without dot-product, fp16 on
     /// `max`) is checked for correctness; the ISA line it prints says
     /// which family ran.
+    /// `stt.model = "moonshine-base"`: the same VAD trim and step hook,
+    /// Moonshine behind them (the onnxruntime reference's texts).
+    #[test]
+    fn moonshine_behind_the_vad_gives_the_reference_transcripts() {
+        let (models, eval) = models_and_dev();
+        let opts = RecognizerOptions {
+            model: SttModel::MoonshineBase,
+            threads: Threads::Fixed(1),
+            vad_model: models.join(VAD_FILE),
+            ..RecognizerOptions::default()
+        };
+        let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
+        assert!(r.calibration().reason.contains("moonshine-base"));
+        for (file, text) in [
+            ("dev_00.wav", "Where is the nearest restroom?"),
+            (
+                "dev_02.wav",
+                "Can you show me the way to the main entrance?",
+            ),
+        ] {
+            let got = r.recognize(&read_clip(&eval.join(file))).unwrap();
+            assert_eq!(got.text, text, "{file}");
+            assert!(got.speech_samples > 0, "speech found by the VAD");
+        }
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&calls);
+        r.set_step_hook(Some(Box::new(move || {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n >= 3 {
+                Err("test limit")
+            } else {
+                Ok(())
+            }
+        })));
+        match r.recognize(&read_clip(&eval.join("dev_01.wav"))) {
+            Err(RecognizeError::Stt(SttError::Stopped(why))) => assert_eq!(why, "test limit"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
         let (models, eval) = models_and_dev();

@@ -525,6 +525,7 @@ impl Config {
     /// [`models::with_vad_resolved`] for the source-checkout fallback).
     pub fn recognizer_options(&self) -> talkie_speech::options::RecognizerOptions {
         talkie_speech::options::RecognizerOptions {
+            model: self.stt.model,
             precision: self.stt.precision,
             threads: self.stt.threads,
             max_tokens: self.stt.max_tokens,

@@ -140,7 +140,7 @@ impl Default for VadConfig {
     }
 }
 
-pub use talkie_speech::options::{ModelPrecision, Precision, Threads};
+pub use talkie_speech::options::{ModelPrecision, Precision, SttModel, Threads};
 
 /// `[stt]`: speech to text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,6 +148,8 @@ pub use talkie_speech::options::{ModelPrecision, Precision, Threads};
 pub struct SttConfig {
     /// Directory holding the Whisper encoder/decoder ONNX files and tokenizer.
     pub model_dir: PathBuf,
+    /// `whisper-tiny` (default) or `moonshine-base` (issue 31).
+    pub model: SttModel,
     /// Most tokens decoded for one utterance.
     pub max_tokens: u32,
     /// `auto` (measured at start-up), `fp32` or `int8` model files.
@@ -168,6 +170,7 @@ impl Default for SttConfig {
     fn default() -> Self {
         Self {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
+            model: SttModel::WhisperTiny,
             max_tokens: 96,
             precision: Precision::Auto,
             threads: Threads::Auto,
