@@ -20,6 +20,11 @@ pub enum SttModel {
     /// automatically yet.
     #[serde(rename = "moonshine-base")]
     MoonshineBase,
+    /// Both, cross-scored where their texts differ (`stt::agreement`): the
+    /// most accurate, about the two models' time (in parallel on two cores
+    /// or more) and their memory together.
+    #[serde(rename = "agreement")]
+    Agreement,
 }
 
 impl SttModel {
@@ -27,6 +32,7 @@ impl SttModel {
         match self {
             SttModel::WhisperTiny => "whisper-tiny",
             SttModel::MoonshineBase => "moonshine-base",
+            SttModel::Agreement => "agreement",
         }
     }
 }

@@ -103,6 +103,8 @@ pub fn transcribe(
                 "tokens": t.tokens,
                 "avg_logprob": t.avg_logprob,
                 "no_speech_prob": t.no_speech_prob,
+                "model": recognizer.calibration().model,
+                "agreement": r.agreement,
             });
             println!("{obj}");
         } else {

@@ -4,6 +4,7 @@
 //! trim in front of it. Moonshine base ([`Moonshine`], issue 31) is the
 //! second recognizer: raw audio in, the same decoder loop and vocabulary.
 
+pub mod agreement;
 pub mod bpe;
 pub mod calibrate;
 pub mod dot;

@@ -12,7 +12,7 @@
 //! onnxruntime reference the tests agree with).
 
 use super::vocab::Vocab;
-use super::whisper::{load_plan, run_err, Plan, StepHook, SttError, Transcript};
+use super::whisper::{load_plan, run_err, Encoded, Plan, StepHook, SttError, Transcript};
 use crate::models::{self, ModelError};
 use std::path::Path;
 use std::time::Instant;
@@ -194,10 +194,19 @@ impl Moonshine {
     /// Transcribe 16 kHz mono audio (at most [`MAX_SAMPLES`]; the rest is
     /// not heard).
     pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe_for_scoring(audio).map(|(t, _)| t)
+    }
+
+    /// [`Moonshine::transcribe`], keeping the encoder's output for
+    /// [`Moonshine::score`] (issue 31's cross-scoring).
+    pub fn transcribe_for_scoring(
+        &mut self,
+        audio: &[f32],
+    ) -> Result<(Transcript, Encoded), SttError> {
         let audio = audio.get(..MAX_SAMPLES).unwrap_or(audio);
         // The encoder's convolutions need a few hundred samples.
         if audio.len() < 1_600 {
-            return Ok(Transcript::default());
+            return Ok((Transcript::default(), Encoded(TVec::new())));
         }
         self.step_hook()?;
         let t0 = Instant::now();
@@ -208,7 +217,7 @@ impl Moonshine {
             .max_tokens
             .min((audio.len() as f32 / 16_000.0 * TOKENS_PER_SECOND) as usize + 1);
         let (out, logprob_sum) = self.decode(&cross, cap)?;
-        Ok(Transcript {
+        let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
             avg_logprob: if out.is_empty() {
@@ -219,7 +228,28 @@ impl Moonshine {
             no_speech_prob: 0.0,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
-        })
+        };
+        Ok((t, Encoded(cross)))
+    }
+
+    /// Teacher-forced score of `tokens` (text tokens, no start token)
+    /// given the audio behind `encoded`: the mean log-probability of each
+    /// token and of the end token after them.
+    pub fn score(&mut self, encoded: &Encoded, tokens: &[u32]) -> Result<f32, SttError> {
+        if encoded.0.is_empty() {
+            return Err(SttError::Run("no encoder output to score against".into()));
+        }
+        let mut past = self.empty_cache();
+        let mut state = self.decoder.spawn().map_err(run_err)?;
+        let mut sum = 0.0f32;
+        let inputs = [START].into_iter().chain(tokens.iter().copied());
+        let targets = tokens.iter().copied().chain([END]);
+        for (input, target) in inputs.zip(targets) {
+            self.step_hook()?;
+            self.step(&mut state, input, &mut past, &encoded.0)?;
+            sum += super::whisper::log_softmax_at(&self.logits, target as usize);
+        }
+        Ok(sum / (tokens.len() + 1) as f32)
     }
 
     /// The empty self-attention cache of a new utterance.

@@ -101,6 +101,16 @@ pub struct Transcript {
     pub decoder_ms: f64,
 }
 
+/// An encoder's output kept for teacher-forced scoring
+/// ([`Whisper::score`], [`super::Moonshine::score`]).
+pub struct Encoded(pub(super) TVec<TValue>);
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Encoded").field(&self.0.len()).finish()
+    }
+}
+
 /// A loaded, optimized Whisper.
 pub struct Whisper {
     encoder: Plan,
@@ -441,6 +451,68 @@ impl Whisper {
             }
         }
         Ok((out, logprob_sum, no_speech_prob))
+    }
+
+    /// For cross-scoring (issue 31): transcribe `audio` as one window
+    /// (cut to one window's length) and keep the encoder's output for
+    /// [`Whisper::score`].
+    pub fn transcribe_for_scoring(
+        &mut self,
+        audio: &[f32],
+    ) -> Result<(Transcript, Encoded), SttError> {
+        let audio = audio
+            .get(..(MAX_FRAMES - self.margin_frames) * HOP)
+            .unwrap_or(audio);
+        self.step_hook()?;
+        let t0 = Instant::now();
+        let cross = self.encode(audio, self.window_frames(audio.len()))?;
+        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let (out, logprob_sum, no_speech_prob) =
+            self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
+        let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
+        let t = Transcript {
+            text,
+            tokens: out.len(),
+            avg_logprob: if out.is_empty() {
+                0.0
+            } else {
+                logprob_sum / out.len() as f32
+            },
+            no_speech_prob,
+            encoder_ms,
+            decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((t, Encoded(cross)))
+    }
+
+    /// Teacher-forced score of `tokens` (text tokens, no prompt) given the
+    /// audio behind `encoded`: the mean log-probability of each token and
+    /// of `<|endoftext|>` after them, over the whole vocabulary.
+    pub fn score(&mut self, encoded: &Encoded, tokens: &[u32]) -> Result<f32, SttError> {
+        self.on_decoder_pool(|w| {
+            let mut past = w.empty_cache();
+            let mut state = w.decoder.spawn().map_err(run_err)?;
+            let inputs: Vec<u32> = [SOT, NO_TIMESTAMPS]
+                .into_iter()
+                .chain(tokens.iter().copied())
+                .collect();
+            // After the prompt's last token, each step predicts the next
+            // target: the tokens, then `<|endoftext|>`.
+            let targets: Vec<u32> = tokens.iter().copied().chain([EOT]).collect();
+            let mut sum = 0.0f32;
+            for (k, &token) in inputs.iter().enumerate() {
+                w.step_hook()?;
+                let hidden_t = w.decode_step(&mut state, token, &mut past, &encoded.0)?;
+                let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+                let hidden = view.as_slice::<f32>().map_err(run_err)?;
+                w.vocab.logits(hidden, &mut w.logits);
+                if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
+                    sum += log_softmax_at(&w.logits, target as usize);
+                }
+            }
+            Ok(sum / (tokens.len() + 1) as f32)
+        })
     }
 
     fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {

@@ -1,0 +1,246 @@
+//! Two models, one text (issue 31): Whisper tiny.en and Moonshine base
+//! both transcribe; if their normalized texts are equal that is the
+//! answer, else each text is scored by both decoders (teacher-forced mean
+//! token log-probability, end token included) and the text with the
+//! higher sum wins. No tuned parameter. The two models err on different
+//! utterances (synthetic voices trip Moonshine, noise trips tiny.en), so
+//! the pair hears better than either.
+
+use super::bpe::{Bpe, Kind};
+use super::whisper::{Encoded, StepHook};
+use super::{Moonshine, SttError, Transcript, Whisper};
+use crate::models::ModelError;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Whisper's tokenizer, for encoding Moonshine's text.
+pub const WHISPER_TOKENIZER: &str = "whisper_tokenizer.json";
+/// Moonshine's tokenizer (with its merges), for encoding Whisper's text.
+pub const MOONSHINE_TOKENIZER: &str = "moonshine_tokenizer.json";
+
+/// Which text was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Winner {
+    /// Both models gave the same normalized text.
+    Agreed,
+    WhisperTiny,
+    MoonshineBase,
+}
+
+impl Winner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Winner::Agreed => "agreed",
+            Winner::WhisperTiny => "whisper-tiny",
+            Winner::MoonshineBase => "moonshine-base",
+        }
+    }
+}
+
+/// Each text's score under each decoder (mean log-probability per token).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Scores {
+    /// Whisper's text, scored by Whisper and by Moonshine.
+    pub whisper_text: [f32; 2],
+    /// Moonshine's text, scored by Whisper and by Moonshine.
+    pub moonshine_text: [f32; 2],
+}
+
+impl Scores {
+    /// The rule: the higher sum wins; a tie keeps Whisper's text.
+    pub fn winner(&self) -> Winner {
+        let w: f32 = self.whisper_text.iter().sum();
+        let m: f32 = self.moonshine_text.iter().sum();
+        if m > w {
+            Winner::MoonshineBase
+        } else {
+            Winner::WhisperTiny
+        }
+    }
+}
+
+/// What agreement decided for one utterance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verdict {
+    pub winner: Winner,
+    pub whisper_text: String,
+    pub moonshine_text: String,
+    /// `None` when the texts agreed (nothing scored).
+    pub scores: Option<Scores>,
+}
+
+/// Lowercase words of letters, digits and apostrophes: what must match for
+/// two texts to agree (punctuation and case differ between the models).
+pub fn normalize(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c.to_lowercase().next().unwrap_or(c)
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The two tokenizers cross-scoring needs.
+#[derive(Debug)]
+pub struct Agreement {
+    whisper: Bpe,
+    moonshine: Bpe,
+}
+
+/// A step hook both models call (they may run on two threads).
+pub fn shared_hook(hook: StepHook) -> (StepHook, StepHook) {
+    let shared = Arc::new(Mutex::new(hook));
+    let other = Arc::clone(&shared);
+    let call = |h: &Arc<Mutex<StepHook>>| -> Result<(), &'static str> {
+        match h.lock() {
+            Ok(mut f) => f(),
+            Err(_) => Err("step hook poisoned"),
+        }
+    };
+    (
+        Box::new(move || call(&shared)),
+        Box::new(move || call(&other)),
+    )
+}
+
+impl Agreement {
+    /// Load both tokenizers from `dir` (verified against the manifest).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Ok(Self {
+            whisper: Bpe::load(&dir.join(WHISPER_TOKENIZER), Kind::ByteLevel)?,
+            moonshine: Bpe::load(&dir.join(MOONSHINE_TOKENIZER), Kind::SentencePiece)?,
+        })
+    }
+
+    /// Both models on `audio`, on two threads when `parallel`; the chosen
+    /// text's transcript and the verdict.
+    pub fn transcribe(
+        &self,
+        whisper: &mut Whisper,
+        moonshine: &mut Moonshine,
+        audio: &[f32],
+        parallel: bool,
+    ) -> Result<(Transcript, Verdict), SttError> {
+        let (w, m) = both(
+            parallel,
+            || whisper.transcribe_for_scoring(audio),
+            || moonshine.transcribe_for_scoring(audio),
+        );
+        let ((wt, we), (mt, me)) = (w?, m?);
+        let mut verdict = Verdict {
+            winner: Winner::Agreed,
+            whisper_text: wt.text.clone(),
+            moonshine_text: mt.text.clone(),
+            scores: None,
+        };
+        if normalize(&wt.text) == normalize(&mt.text) {
+            return Ok((wt, verdict));
+        }
+        let scores = self.score(
+            whisper,
+            moonshine,
+            (&wt.text, &we),
+            (&mt.text, &me),
+            parallel,
+        )?;
+        verdict.winner = scores.winner();
+        verdict.scores = Some(scores);
+        Ok((
+            if verdict.winner == Winner::MoonshineBase {
+                mt
+            } else {
+                wt
+            },
+            verdict,
+        ))
+    }
+
+    /// Each text under each decoder.
+    fn score(
+        &self,
+        whisper: &mut Whisper,
+        moonshine: &mut Moonshine,
+        (w_text, w_enc): (&str, &Encoded),
+        (m_text, m_enc): (&str, &Encoded),
+        parallel: bool,
+    ) -> Result<Scores, SttError> {
+        let wtok = |t: &str| self.whisper.encode(&format!(" {}", t.trim()));
+        let mtok = |t: &str| self.moonshine.encode(t.trim());
+        let (by_whisper, by_moonshine) = both(
+            parallel,
+            || -> Result<[f32; 2], SttError> {
+                Ok([
+                    whisper.score(w_enc, &wtok(w_text))?,
+                    whisper.score(w_enc, &wtok(m_text))?,
+                ])
+            },
+            || -> Result<[f32; 2], SttError> {
+                Ok([
+                    moonshine.score(m_enc, &mtok(w_text))?,
+                    moonshine.score(m_enc, &mtok(m_text))?,
+                ])
+            },
+        );
+        let (w, m) = (by_whisper?, by_moonshine?);
+        Ok(Scores {
+            whisper_text: [w[0], m[0]],
+            moonshine_text: [w[1], m[1]],
+        })
+    }
+}
+
+/// `a` and `b`, on two threads when `parallel` (tract runs each on its
+/// calling thread), else one after the other.
+fn both<A: Send, B: Send>(
+    parallel: bool,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if !parallel {
+        return (a(), b());
+    }
+    std::thread::scope(|s| {
+        let hb = s.spawn(b);
+        let ra = a();
+        // A panic in `b` is a bug; surface it where it happened.
+        let rb = hb.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (ra, rb)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_that_differ_only_in_case_and_punctuation_agree() {
+        assert_eq!(
+            normalize("Where's the exit?"),
+            normalize("where's the exit")
+        );
+        assert_eq!(normalize("  Hello,   world! "), "hello world");
+        assert_ne!(normalize("the exit"), normalize("the exits"));
+    }
+
+    /// The rule on fixed scores: the higher sum across both decoders wins,
+    /// even against the text's own model's preference; a tie keeps Whisper.
+    #[test]
+    fn the_higher_sum_of_both_scores_wins() {
+        let s = |w: [f32; 2], m: [f32; 2]| Scores {
+            whisper_text: w,
+            moonshine_text: m,
+        };
+        assert_eq!(
+            s([-0.2, -1.5], [-0.4, -0.3]).winner(),
+            Winner::MoonshineBase
+        );
+        assert_eq!(s([-0.2, -0.6], [-0.9, -0.1]).winner(), Winner::WhisperTiny);
+        assert_eq!(s([-0.5, -0.5], [-0.5, -0.5]).winner(), Winner::WhisperTiny);
+    }
+}
