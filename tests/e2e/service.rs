@@ -86,13 +86,15 @@ async fn wait_transcripts(h: &talkie::service::ServiceHandle, n: u64) {
     .unwrap();
 }
 
-/// Issue 17: the service is a library. Two services start in one test
+/// Issue 17: the service is a library. Three services start in one test
 /// process, each on its own port, each recognizes its own press, answers
 /// its own API, reloads, and both shut down cleanly through their handles.
-/// Issue 31: the second runs Moonshine base (`stt.model`), the first
-/// Whisper tiny.en: a press through the whole service with each model.
+/// Issue 31: a press through the whole service with each `stt.model`:
+/// Whisper tiny.en, Moonshine base, and the two cross-scored (on dev_13,
+/// where Whisper alone mishears "pay" and "credit" and Moonshine's text
+/// wins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_services_in_one_process_each_recognize_their_own_press() {
+async fn services_in_one_process_each_recognize_their_own_press() {
     let token = "in-process-technician-token-0123456789";
     let cases = [
         ("dev_01.wav", "What time does the museum close today?"),
@@ -100,12 +102,14 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
             "dev_02.wav",
             "Can you show me the way to the main entrance?",
         ),
+        ("dev_13.wav", "Can I pay with a credit card here?"),
     ];
     let dirs: Vec<tempfile::TempDir> = cases.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let mut handles = Vec::new();
     let models = [
         talkie::base::config::SttModel::WhisperTiny,
         talkie::base::config::SttModel::MoonshineBase,
+        talkie::base::config::SttModel::Agreement,
     ];
     for (((clip, _), dir), model) in cases.iter().zip(&dirs).zip(models) {
         let mut cfg = in_process_config(dir.path(), clip, token);
@@ -134,6 +138,12 @@ async fn two_services_in_one_process_each_recognize_their_own_press() {
             .map(|t| t["text"].as_str().unwrap())
             .collect();
         assert_eq!(got, [text], "{clip}");
+        let winner = &body["transcripts"][0]["agreement"]["winner"];
+        if model == talkie::base::config::SttModel::Agreement {
+            assert_eq!(winner, "moonshine-base", "{body}");
+        } else {
+            assert!(winner.is_null(), "{body}");
+        }
         // Issue 20 item 6: the pictures' data. The waveform only for a
         // technician; the level history and release → text for anyone.
         let charts = format!("http://{}/api/v1/charts", h.status_addr());

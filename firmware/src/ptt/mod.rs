@@ -149,6 +149,10 @@ pub struct TranscriptRecord {
     pub avg_logprob: f32,
     /// Speculative recognition: `hit`, `miss`, `none` or `off`.
     pub speculative: listener::Speculative,
+    /// `stt.model = "agreement"`: both models' texts, which won, the
+    /// cross-scores (technicians only, like the text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<crate::stt::agreement::Verdict>,
 }
 
 /// The last transcripts, newest last, bounded; and how many there have
@@ -498,6 +502,7 @@ impl Controller {
             release_to_text_ms,
             avg_logprob: r.result.transcript.avg_logprob,
             speculative: r.speculative,
+            agreement: r.result.agreement.clone(),
         };
         let payload = UtterancePayload {
             id: new_id(),
@@ -514,6 +519,20 @@ impl Controller {
         // Listed before it is logged: whoever reads the log line finds
         // the transcript in `/api/v1/transcripts`.
         self.recent.push(rec.clone());
+        // Agreement: which model's text this is, and the sums it won by.
+        let (winner, scores) = match &rec.agreement {
+            Some(v) => (
+                v.winner.as_str(),
+                v.scores.map_or_else(String::new, |s| {
+                    format!(
+                        "whisper text {:.3}, moonshine text {:.3}",
+                        s.whisper_text.iter().sum::<f32>(),
+                        s.moonshine_text.iter().sum::<f32>()
+                    )
+                }),
+            ),
+            None => ("", String::new()),
+        };
         tracing::info!(
             target: "talkie::transcript",
             id = rec.id,
@@ -524,6 +543,8 @@ impl Controller {
             release_to_text_ms = format_args!("{:.0}", rec.release_to_text_ms),
             auto_stopped = r.auto_stopped,
             speculative = r.speculative.as_str(),
+            agreement = winner,
+            scores = %scores,
             "transcript"
         );
         let Some(sink) = &self.outbox else {
