@@ -223,7 +223,9 @@ bench: deps models bench-tools
 	  $(EVAL)/dev 1 target/bench/faster_whisper.json
 	cd models && .venv-bench/bin/python bench_onnxruntime.py build $(EVAL)/dev 1 ../target/bench/onnxruntime.json
 	$(CARGO) bench -p talkie --bench audio_path --bench vad --bench stt --bench ptt --bench agent --bench status
-	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md target/bench/status.md
+	$(CARGO) build --release --bin talkie
+	cd models && .venv-bench/bin/python bench_tiers.py ../target/release/talkie ../$(STT_WHEEL) $(EVAL)/dev ../target/bench/tiers
+	@cat target/bench/audio_path.md target/bench/vad.md target/bench/stt.md target/bench/ptt.md target/bench/agent.md target/bench/status.md target/bench/tiers/tiers.md
 
 clean:
 	$(CARGO) clean
