@@ -134,7 +134,8 @@ def decoder(d):
         inputs += [tensor(f"past.{l}.{kv}", [1, heads, "past", dim]) for kv in ("key", "value")]
         inputs += [tensor(f"cross.{l}.{kv}", [1, heads, "frames", dim]) for kv in ("key", "value")]
     outputs = [tensor("hidden", [1, 1, width])]
-    outputs += [tensor(f"present.{l}.{kv}", [1, heads, "total", dim]) for l in layers for kv in ("key", "value")]
+    # The grown length left unnamed: tract derives it (past + 1).
+    outputs += [tensor(f"present.{l}.{kv}", [1, heads, None, dim]) for l in layers for kv in ("key", "value")]
     graph = helper.make_graph(new_nodes, "moonshine_decoder_step", inputs, outputs, used_inits(g, nodes))
     model = helper.make_model(graph, opset_imports=step.opset_import)
     model.ir_version = step.ir_version

@@ -175,6 +175,61 @@ pub struct Recognition {
     pub segments: Vec<crate::vad::Segment>,
 }
 
+/// Moonshine's form: the one `stt.precision` fixes (fp16 has none: fp32),
+/// or with `auto` both forms timed on the fixed work (3 s of audio, 12
+/// decoder steps, after one warm-up) on `threads`, int8 kept unless fp32
+/// is more than 10 % faster (int8 is a quarter of the memory, and on the
+/// dev set no less accurate). Returns the model and why.
+fn measured_moonshine(
+    dir: &Path,
+    opts: &RecognizerOptions,
+    threads: usize,
+    low_memory: bool,
+) -> Result<(Moonshine, String), RecognizeError> {
+    let max_tokens = opts.max_tokens as usize;
+    let forms: Vec<ModelPrecision> = match opts.precision.fixed() {
+        Some(ModelPrecision::Int8) => vec![ModelPrecision::Int8],
+        Some(_) => vec![ModelPrecision::Fp32],
+        // Under 1 GiB fp32's 350 MB is not even loaded to be timed.
+        None if low_memory => vec![ModelPrecision::Int8],
+        None => [ModelPrecision::Int8, ModelPrecision::Fp32]
+            .into_iter()
+            .filter(|&p| dir.join(super::moonshine::encoder_file(p)).exists())
+            .collect(),
+    };
+    let [first, rest @ ..] = forms.as_slice() else {
+        // Nothing installed: loading fp32 names the missing file.
+        let m = Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?;
+        return Ok((m, "fp32".into()));
+    };
+    if rest.is_empty() {
+        let m = Moonshine::load(dir, *first, max_tokens)?;
+        return Ok((m, format!("{first} (the only form)")));
+    }
+    // One form in memory at a time: fp32 is timed and dropped, then int8
+    // (a quarter of the memory) is timed and kept unless fp32 was more
+    // than 10 % faster, when fp32 is loaded again.
+    let ex = executor(threads)?;
+    let time = |m: &mut Moonshine| {
+        multithread_tract_scope(ex.clone(), || -> Result<f64, SttError> {
+            m.time_fixed_work(30, 2)?;
+            let (e, d) = m.time_fixed_work(300, 12)?;
+            Ok(e + d)
+        })
+    };
+    let fp32_ms = time(&mut Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?)?;
+    let mut int8 = Moonshine::load(dir, ModelPrecision::Int8, max_tokens)?;
+    let int8_ms = time(&mut int8)?;
+    let seen = format!("int8 {int8_ms:.0} ms, fp32 {fp32_ms:.0} ms on 3 s of audio and 12 steps");
+    if int8_ms <= fp32_ms * 1.1 {
+        Ok((int8, format!("int8 measured ({seen})")))
+    } else {
+        drop(int8);
+        let m = Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?;
+        Ok((m, format!("fp32 measured ({seen})")))
+    }
+}
+
 /// Peak level a quiet utterance is raised to (−6 dBFS).
 pub const LEVEL_TARGET_PEAK: f32 = 0.5;
 /// Most gain [`level_normalized`] applies (+30 dB).
@@ -356,7 +411,6 @@ impl Recognizer {
             .iter()
             .map(|(k, ms)| (k.name().to_owned(), (ms * 1000.0).round() as u64))
             .collect();
-        log_calibration(&calibration, &opts.calibration_file);
         let mut whisper = whisper;
         let (enc, dec) = (
             calibration.chosen.threads,
@@ -364,11 +418,18 @@ impl Recognizer {
         );
         whisper.set_decoder_executor((dec != enc).then(|| executor(dec)).transpose()?);
         let engine = if opts.model == SttModel::Agreement {
-            let moonshine = Moonshine::load(dir, opts.max_tokens as usize)?;
             let parallel = calibration.cpu.cores >= 2;
+            // Moonshine runs on its own thread (one core) beside Whisper.
+            let m_threads = if parallel {
+                1
+            } else {
+                calibration.chosen.threads
+            };
+            let (moonshine, why) =
+                measured_moonshine(dir, opts, m_threads, calibration.cpu.low_memory())?;
             calibration.model = opts.model.as_str().to_owned();
             calibration.reason = format!(
-                "{}; with moonshine-base (fp32) {}",
+                "{}; with moonshine-base {}: {why}",
                 calibration.reason,
                 if parallel {
                     "on a second thread"
@@ -385,6 +446,7 @@ impl Recognizer {
         } else {
             Engine::Whisper(Box::new(whisper))
         };
+        log_calibration(&calibration, &opts.calibration_file);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             engine,
@@ -394,7 +456,7 @@ impl Recognizer {
         })
     }
 
-    /// Moonshine base (fp32, its only form): nothing to measure yet;
+    /// Moonshine base alone: its form measured ([`measured_moonshine`]);
     /// `auto` threads are every core (its encoder is most of the work).
     fn load_moonshine(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
         let cpu = CpuInfo::read();
@@ -409,19 +471,19 @@ impl Recognizer {
             opts.threads,
             opts.encoder_margin_frames,
         );
-        let moonshine = Moonshine::load(dir, opts.max_tokens as usize)?;
+        let (moonshine, why) = measured_moonshine(dir, opts, threads, cpu.low_memory())?;
         let mut calibration = Calibration::fixed(
             key,
             cpu,
             Choice {
-                precision: ModelPrecision::Fp32,
+                precision: moonshine.precision(),
                 threads,
                 decoder_threads: 0,
             },
         );
         calibration.model = opts.model.as_str().to_owned();
         calibration.reason = format!(
-            "stt.model = \"{}\": fp32, its only form; {threads} threads",
+            "stt.model = \"{}\": {why}; {threads} threads",
             opts.model.as_str()
         );
         calibration.cpu.vocab_kernel = moonshine.vocab_kernel().name().to_owned();
@@ -685,6 +747,7 @@ mod tests {
         let (models, eval) = models_and_dev();
         let opts = RecognizerOptions {
             model: SttModel::MoonshineBase,
+            precision: Precision::Fp32,
             threads: Threads::Fixed(1),
             vad_model: models.join(VAD_FILE),
             ..RecognizerOptions::default()
