@@ -94,11 +94,15 @@ if [ "$mode" = test ]; then
     # dev-set check (the NEON kernel is held to the portable one by the
     # synthetic tests of stt::dot here) and the prefix-cut check (31 clips twice; ~40 s natively, far beyond CI's budget under
     # emulation at opt-level 1 — it ran past 60 min and CI timed out).
-    # Both run natively in `make test`.
+    # Both run natively in `make test`, as do Moonshine and agreement
+    # behind the VAD (two models over dev clips; the opt-in per-CPU run
+    # below checks Moonshine's three clips in both forms).
     cargo test "${std[@]}" --target "$triple" "${crates[@]}" --lib -- \
       --skip three_dev_clips_give_the_reference_transcripts \
       --skip a_prefix_cut_at_the_pause_gives_the_whole_captures_words_on_every_dev_clip \
-      --skip every_vocab_kernel_gives_the_portable_transcripts_on_the_dev_set
+      --skip every_vocab_kernel_gives_the_portable_transcripts_on_the_dev_set \
+      --skip moonshine_behind_the_vad_gives_the_reference_transcripts \
+      --skip agreement_takes_the_text_both_decoders_prefer
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not
