@@ -143,14 +143,6 @@ def decoder(d):
     return model, embed
 
 
-def vocab(e):
-    """int8 rows with one fp32 scale each, as `whisper_onnx.py` does."""
-    scale = np.abs(e).max(axis=1) / 127.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(e / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale.astype(np.float32)
-
-
 def save(model, path):
     onnx.checker.check_model(model)
     with open(path, "wb") as f:
@@ -248,7 +240,9 @@ def main():
     save(encoder_kv(d), os.path.join(d, "moonshine_encoder_kv.onnx"))
     model, embed = decoder(d)
     save(model, os.path.join(d, "moonshine_decoder.onnx"))
-    q, scale = vocab(embed)
+    from whisper_onnx import quantize_rows
+
+    q, scale = quantize_rows(embed)
     np.save(os.path.join(d, "moonshine_vocab_int8.npy"), q)
     np.save(os.path.join(d, "moonshine_vocab_scale.npy"), scale)
     for f in ["moonshine_encoder_kv.onnx", "moonshine_decoder.onnx", "moonshine_vocab_int8.npy"]:

@@ -259,7 +259,12 @@ def decoder(weights, dtype=np.float32):
 
 def vocab(weights):
     """The vocabulary matrix as (int8 [vocab, d], fp32 scales [vocab])."""
-    e = weights["decoder/embeddings/weight"].astype(np.float32)
+    return quantize_rows(weights["decoder/embeddings/weight"].astype(np.float32))
+
+
+def quantize_rows(e):
+    """A [vocab, d] float matrix as int8 rows with one fp32 scale each
+    (symmetric, the row's largest magnitude at 127)."""
     scale = np.abs(e).max(axis=1) / 127.0
     scale[scale == 0] = 1.0
     q = np.clip(np.rint(e / scale[:, None]), -127, 127).astype(np.int8)

@@ -12,7 +12,9 @@
 //! onnxruntime reference the tests agree with).
 
 use super::vocab::Vocab;
-use super::whisper::{load_plan, run_err, Encoded, Plan, StepHook, SttError, Transcript};
+use super::whisper::{
+    load_plan, run_err, step_inputs, Encoded, Plan, StepHook, SttError, Transcript,
+};
 use crate::models::{self, ModelError};
 use crate::options::ModelPrecision;
 use std::path::Path;
@@ -304,20 +306,7 @@ impl Moonshine {
                 "token {token} outside the vocabulary"
             )));
         }
-        let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
-        for l in 0..self.layers {
-            for t in [
-                past.get(2 * l),
-                past.get(2 * l + 1),
-                cross.get(2 * l),
-                cross.get(2 * l + 1),
-            ] {
-                inputs.push(
-                    t.cloned()
-                        .ok_or_else(|| SttError::Run("encoder gave too few outputs".into()))?,
-                );
-            }
-        }
+        let inputs = step_inputs(embedding.into_tensor().into(), self.layers, past, cross)?;
         let mut res = state.run(inputs).map_err(run_err)?.into_iter();
         let hidden_t = res
             .next()

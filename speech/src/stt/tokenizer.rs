@@ -22,24 +22,13 @@ struct ModelJson {
     vocab: HashMap<String, u32>,
 }
 
-/// GPT-2's byte ↔ printable character table, inverted.
+/// GPT-2's byte ↔ printable character table ([`super::bpe::byte_chars`]),
+/// inverted.
 fn byte_decoder() -> HashMap<char, u8> {
-    let mut bs: Vec<u32> = (u32::from('!')..=u32::from('~'))
-        .chain(u32::from('¡')..=u32::from('¬'))
-        .chain(u32::from('®')..=u32::from('ÿ'))
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    bs.iter()
-        .zip(&cs)
-        .filter_map(|(&b, &c)| Some((char::from_u32(c)?, b as u8)))
+    super::bpe::byte_chars()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(b, c)| Some((c, u8::try_from(b).ok()?)))
         .collect()
 }
 

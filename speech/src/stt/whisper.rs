@@ -101,6 +101,32 @@ pub struct Transcript {
     pub decoder_ms: f64,
 }
 
+/// A decoder step's inputs as talkie's graphs take them (Whisper's and
+/// Moonshine's alike): the token's embedding, then per layer the
+/// self-attention cache's K and V and the cross-attention K and V.
+pub(super) fn step_inputs(
+    embedding: TValue,
+    layers: usize,
+    past: &[TValue],
+    cross: &[TValue],
+) -> Result<TVec<TValue>, SttError> {
+    let mut inputs: TVec<TValue> = tvec!(embedding);
+    for l in 0..layers {
+        for t in [
+            past.get(2 * l),
+            past.get(2 * l + 1),
+            cross.get(2 * l),
+            cross.get(2 * l + 1),
+        ] {
+            inputs.push(
+                t.cloned()
+                    .ok_or_else(|| SttError::Run("encoder returned too few outputs".into()))?,
+            );
+        }
+    }
+    Ok(inputs)
+}
+
 /// An encoder's output kept for teacher-forced scoring
 /// ([`Whisper::score`], [`super::Moonshine::score`]).
 pub struct Encoded(pub(super) TVec<TValue>);
@@ -321,20 +347,7 @@ impl Whisper {
                 "token {token} outside the vocabulary"
             )));
         }
-        let mut inputs: TVec<TValue> = tvec!(embedding.into_tensor().into());
-        for l in 0..self.layers {
-            for t in [
-                past.get(2 * l),
-                past.get(2 * l + 1),
-                cross.get(2 * l),
-                cross.get(2 * l + 1),
-            ] {
-                inputs.push(
-                    t.cloned()
-                        .ok_or_else(|| SttError::Run("encoder returned too few outputs".into()))?,
-                );
-            }
-        }
+        let inputs = step_inputs(embedding.into_tensor().into(), self.layers, past, cross)?;
         let res = state.run(inputs).map_err(run_err)?;
         let mut res = res.into_iter();
         let hidden = res
@@ -463,27 +476,7 @@ impl Whisper {
         let audio = audio
             .get(..(MAX_FRAMES - self.margin_frames) * HOP)
             .unwrap_or(audio);
-        self.step_hook()?;
-        let t0 = Instant::now();
-        let cross = self.encode(audio, self.window_frames(audio.len()))?;
-        let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let (out, logprob_sum, no_speech_prob) =
-            self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
-        let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
-        let t = Transcript {
-            text,
-            tokens: out.len(),
-            avg_logprob: if out.is_empty() {
-                0.0
-            } else {
-                logprob_sum / out.len() as f32
-            },
-            no_speech_prob,
-            encoder_ms,
-            decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
-        };
-        Ok((t, Encoded(cross)))
+        self.window(audio)
     }
 
     /// Teacher-forced score of `tokens` (text tokens, no prompt) given the
@@ -516,6 +509,11 @@ impl Whisper {
     }
 
     fn transcribe_window(&mut self, audio: &[f32]) -> Result<Transcript, SttError> {
+        self.window(audio).map(|(t, _)| t)
+    }
+
+    /// One window: its transcript and the encoder's output.
+    fn window(&mut self, audio: &[f32]) -> Result<(Transcript, Encoded), SttError> {
         self.step_hook()?;
         let t0 = Instant::now();
         let cross = self.encode(audio, self.window_frames(audio.len()))?;
@@ -525,7 +523,7 @@ impl Whisper {
         let (out, logprob_sum, no_speech_prob) =
             self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
         let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
-        Ok(Transcript {
+        let t = Transcript {
             text,
             tokens: out.len(),
             avg_logprob: if out.is_empty() {
@@ -536,7 +534,8 @@ impl Whisper {
             no_speech_prob,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
-        })
+        };
+        Ok((t, Encoded(cross)))
     }
 }
 
