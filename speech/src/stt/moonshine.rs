@@ -13,7 +13,8 @@
 
 use super::vocab::Vocab;
 use super::whisper::{
-    load_plan, run_err, step_inputs, Encoded, Plan, StepHook, SttError, Transcript,
+    argmax, call_hook, decoder_step, load_plan, log_softmax_at, mean_logprob, run_err, Encoded,
+    Plan, StepAt, StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::ModelPrecision;
@@ -205,10 +206,7 @@ impl Moonshine {
     }
 
     fn step_hook(&mut self) -> Result<(), SttError> {
-        match self.hook.as_mut() {
-            Some(h) => h().map_err(SttError::Stopped),
-            None => Ok(()),
-        }
+        call_hook(&mut self.hook)
     }
 
     /// Every layer's cross-attention K/V for `audio` (16 kHz mono).
@@ -248,11 +246,7 @@ impl Moonshine {
         let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
-            avg_logprob: if out.is_empty() {
-                0.0
-            } else {
-                logprob_sum / out.len() as f32
-            },
+            avg_logprob: mean_logprob(logprob_sum, out.len()),
             no_speech_prob: 0.0,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
@@ -275,7 +269,7 @@ impl Moonshine {
         for (input, target) in inputs.zip(targets) {
             self.step_hook()?;
             self.step(&mut state, input, &mut past, &encoded.0)?;
-            sum += super::whisper::log_softmax_at(&self.logits, target as usize);
+            sum += log_softmax_at(&self.logits, target as usize);
         }
         Ok(sum / (tokens.len() + 1) as f32)
     }
@@ -290,8 +284,8 @@ impl Moonshine {
         (0..2 * self.layers).map(|_| empty()).collect()
     }
 
-    /// One decoder step: `token` in, `self.logits` set; `past` is the
-    /// self-attention cache, replaced by the grown one.
+    /// One decoder step ([`decoder_step`]): `token` in, `self.logits`
+    /// set; `past`, the self-attention cache, replaced by the grown one.
     fn step(
         &mut self,
         state: &mut TypedSimpleState,
@@ -299,27 +293,11 @@ impl Moonshine {
         past: &mut [TValue],
         cross: &[TValue],
     ) -> Result<(), SttError> {
-        let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
-        let row = embedding.as_slice_mut().unwrap_or_default();
-        if !self.vocab.embed(token, row) {
-            return Err(SttError::Run(format!(
-                "token {token} outside the vocabulary"
-            )));
-        }
-        let inputs = step_inputs(embedding.into_tensor().into(), self.layers, past, cross)?;
-        let mut res = state.run(inputs).map_err(run_err)?.into_iter();
-        let hidden_t = res
-            .next()
-            .ok_or_else(|| SttError::Run("decoder gave no hidden state".into()))?;
-        for slot in past.iter_mut() {
-            *slot = res
-                .next()
-                .ok_or_else(|| SttError::Run("decoder gave too few outputs".into()))?;
-        }
-        let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-        let hidden = view.as_slice::<f32>().map_err(run_err)?;
-        self.vocab.logits(hidden, &mut self.logits);
-        Ok(())
+        let at = StepAt {
+            layers: self.layers,
+            width: self.width,
+        };
+        decoder_step(state, &self.vocab, at, token, past, cross, &mut self.logits)
     }
 
     /// The fixed work `talkie bench` times, as Whisper's
@@ -358,14 +336,11 @@ impl Moonshine {
         for _ in 0..cap {
             self.step_hook()?;
             self.step(&mut state, token, &mut past, cross)?;
-            let (next, _) = self.logits.iter().enumerate().fold(
-                (END as usize, f32::NEG_INFINITY),
-                |best, (i, &l)| if l > best.1 { (i, l) } else { best },
-            );
+            let next = argmax(&self.logits, END as usize);
             if next as u32 == END {
                 break;
             }
-            logprob_sum += super::whisper::log_softmax_at(&self.logits, next);
+            logprob_sum += log_softmax_at(&self.logits, next);
             token = next as u32;
             out.push(token);
         }

@@ -297,7 +297,7 @@ impl Engine {
                 parallel,
             } => {
                 // One Whisper window: longer audio is Whisper's alone.
-                if audio.len() > (super::whisper::MAX_FRAMES - 600) * super::mel::HOP {
+                if audio.len() > whisper.window_samples() {
                     return Ok((whisper.transcribe(audio)?, None));
                 }
                 let (t, v) = agreement.transcribe(whisper, moonshine, audio, *parallel)?;

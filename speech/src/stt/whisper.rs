@@ -101,10 +101,54 @@ pub struct Transcript {
     pub decoder_ms: f64,
 }
 
+/// The shape a decoder step graph was built with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StepAt {
+    pub layers: usize,
+    /// Model width `d` of the embedding input [1, 1, d].
+    pub width: usize,
+}
+
+/// One step of talkie's decoder graphs (Whisper's and Moonshine's alike):
+/// `token`'s embedding from `vocab` in, the hidden state projected on the
+/// vocabulary into `logits`; `past`, the self-attention cache, is replaced
+/// by the grown one.
+pub(super) fn decoder_step(
+    state: &mut TypedSimpleState,
+    vocab: &Vocab,
+    at: StepAt,
+    token: u32,
+    past: &mut [TValue],
+    cross: &[TValue],
+    logits: &mut [f32],
+) -> Result<(), SttError> {
+    let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, at.width));
+    let row = embedding.as_slice_mut().unwrap_or_default();
+    if !vocab.embed(token, row) {
+        return Err(SttError::Run(format!(
+            "token {token} outside the vocabulary"
+        )));
+    }
+    let inputs = step_inputs(embedding.into_tensor().into(), at.layers, past, cross)?;
+    let mut res = state.run(inputs).map_err(run_err)?.into_iter();
+    let hidden_t = res
+        .next()
+        .ok_or_else(|| SttError::Run("decoder returned no hidden state".into()))?;
+    for slot in past.iter_mut() {
+        *slot = res
+            .next()
+            .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
+    }
+    let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+    let hidden = view.as_slice::<f32>().map_err(run_err)?;
+    vocab.logits(hidden, logits);
+    Ok(())
+}
+
 /// A decoder step's inputs as talkie's graphs take them (Whisper's and
 /// Moonshine's alike): the token's embedding, then per layer the
 /// self-attention cache's K and V and the cross-attention K and V.
-pub(super) fn step_inputs(
+fn step_inputs(
     embedding: TValue,
     layers: usize,
     past: &[TValue],
@@ -193,6 +237,39 @@ fn model_width(decoder: &Plan) -> Option<usize> {
     fact.shape.as_concrete()?.get(2).copied()
 }
 
+/// Call the [`StepHook`], if one is installed.
+pub(super) fn call_hook(hook: &mut Option<StepHook>) -> Result<(), SttError> {
+    match hook.as_mut() {
+        Some(h) => h().map_err(SttError::Stopped),
+        None => Ok(()),
+    }
+}
+
+/// The index of the largest logit; `default` when every one is −∞ (or
+/// there are none).
+pub(super) fn argmax(logits: &[f32], default: usize) -> usize {
+    logits
+        .iter()
+        .enumerate()
+        .fold((default, f32::NEG_INFINITY), |best, (i, &l)| {
+            if l > best.1 {
+                (i, l)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// `sum` over `n` tokens as a mean (0 for none).
+pub(super) fn mean_logprob(sum: f32, n: usize) -> f32 {
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f32
+    }
+}
+
 pub(super) fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::MIN, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
@@ -271,10 +348,12 @@ impl Whisper {
     }
 
     fn step_hook(&mut self) -> Result<(), SttError> {
-        match self.hook.as_mut() {
-            Some(h) => h().map_err(SttError::Stopped),
-            None => Ok(()),
-        }
+        call_hook(&mut self.hook)
+    }
+
+    /// Audio samples one encoder window takes (the margin follows them).
+    pub fn window_samples(&self) -> usize {
+        (MAX_FRAMES - self.margin_frames) * HOP
     }
 
     /// Transcribe 16 kHz mono audio; audio longer than one window is cut
@@ -283,7 +362,7 @@ impl Whisper {
         let mut total = Transcript::default();
         let mut logprob_sum = 0.0;
         // Longest audio per window, so audio + margin fits in MAX_FRAMES.
-        let window_samples = (MAX_FRAMES - self.margin_frames) * HOP;
+        let window_samples = self.window_samples();
         for (i, window) in audio.chunks(window_samples).enumerate() {
             let t = self.transcribe_window(window)?;
             if !t.text.is_empty() {
@@ -300,11 +379,7 @@ impl Whisper {
                 total.no_speech_prob = t.no_speech_prob;
             }
         }
-        total.avg_logprob = if total.tokens > 0 {
-            logprob_sum / total.tokens as f32
-        } else {
-            0.0
-        };
+        total.avg_logprob = mean_logprob(logprob_sum, total.tokens);
         Ok(total)
     }
 
@@ -329,36 +404,6 @@ impl Whisper {
     fn empty_cache(&self) -> Vec<TValue> {
         let empty = || tract_ndarray::Array3::<f32>::zeros((1, 0, self.width)).into_tensor();
         (0..2 * self.layers).map(|_| empty().into()).collect()
-    }
-
-    /// One decoder step: `token` in, its hidden state out; `past` is the
-    /// self-attention cache, replaced by the grown one.
-    fn decode_step(
-        &self,
-        state: &mut TypedSimpleState,
-        token: u32,
-        past: &mut [TValue],
-        cross: &[TValue],
-    ) -> Result<TValue, SttError> {
-        let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, self.width));
-        let row = embedding.as_slice_mut().unwrap_or_default();
-        if !self.vocab.embed(token, row) {
-            return Err(SttError::Run(format!(
-                "token {token} outside the vocabulary"
-            )));
-        }
-        let inputs = step_inputs(embedding.into_tensor().into(), self.layers, past, cross)?;
-        let res = state.run(inputs).map_err(run_err)?;
-        let mut res = res.into_iter();
-        let hidden = res
-            .next()
-            .ok_or_else(|| SttError::Run("decoder returned no hidden state".into()))?;
-        for slot in past.iter_mut() {
-            *slot = res
-                .next()
-                .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
-        }
-        Ok(hidden)
     }
 
     /// The fixed work calibration and `talkie bench` time: `frames` mel
@@ -388,15 +433,27 @@ impl Whisper {
         }
     }
 
+    /// One decoder step ([`decoder_step`]), its logits into `self.logits`.
+    fn step_logits(
+        &mut self,
+        state: &mut TypedSimpleState,
+        token: u32,
+        past: &mut [TValue],
+        cross: &[TValue],
+    ) -> Result<(), SttError> {
+        let at = StepAt {
+            layers: self.layers,
+            width: self.width,
+        };
+        decoder_step(state, &self.vocab, at, token, past, cross, &mut self.logits)
+    }
+
     /// `steps` decoder steps fed the prompt token, with their logits.
     fn fixed_decoder_steps(&mut self, cross: &TVec<TValue>, steps: usize) -> Result<(), SttError> {
         let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         for _ in 0..steps {
-            let hidden_t = self.decode_step(&mut state, SOT, &mut past, cross)?;
-            let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-            let hidden = view.as_slice::<f32>().map_err(run_err)?;
-            self.vocab.logits(hidden, &mut self.logits);
+            self.step_logits(&mut state, SOT, &mut past, cross)?;
         }
         Ok(())
     }
@@ -429,10 +486,7 @@ impl Whisper {
                     None => break,
                 },
             };
-            let hidden_t = self.decode_step(&mut state, token, &mut past, cross)?;
-            let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-            let hidden = view.as_slice::<f32>().map_err(run_err)?;
-            self.vocab.logits(hidden, &mut self.logits);
+            self.step_logits(&mut state, token, &mut past, cross)?;
             if step == 0 {
                 no_speech_prob = log_softmax_at(&self.logits, NO_SPEECH as usize).exp();
             }
@@ -449,10 +503,7 @@ impl Whisper {
             let logits = &self.logits;
             // Special and timestamp tokens (from SOT on) are never text.
             let text_logits = logits.get(..SOT as usize).unwrap_or(logits);
-            let (next, _) = text_logits.iter().enumerate().fold(
-                (EOT as usize, f32::NEG_INFINITY),
-                |best, (i, &l)| if l > best.1 { (i, l) } else { best },
-            );
+            let next = argmax(text_logits, EOT as usize);
             if next as u32 == EOT {
                 break;
             }
@@ -473,9 +524,7 @@ impl Whisper {
         &mut self,
         audio: &[f32],
     ) -> Result<(Transcript, Encoded), SttError> {
-        let audio = audio
-            .get(..(MAX_FRAMES - self.margin_frames) * HOP)
-            .unwrap_or(audio);
+        let audio = audio.get(..self.window_samples()).unwrap_or(audio);
         self.window(audio)
     }
 
@@ -496,10 +545,7 @@ impl Whisper {
             let mut sum = 0.0f32;
             for (k, &token) in inputs.iter().enumerate() {
                 w.step_hook()?;
-                let hidden_t = w.decode_step(&mut state, token, &mut past, &encoded.0)?;
-                let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-                let hidden = view.as_slice::<f32>().map_err(run_err)?;
-                w.vocab.logits(hidden, &mut w.logits);
+                w.step_logits(&mut state, token, &mut past, &encoded.0)?;
                 if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
                     sum += log_softmax_at(&w.logits, target as usize);
                 }
@@ -526,11 +572,7 @@ impl Whisper {
         let t = Transcript {
             text,
             tokens: out.len(),
-            avg_logprob: if out.is_empty() {
-                0.0
-            } else {
-                logprob_sum / out.len() as f32
-            },
+            avg_logprob: mean_logprob(logprob_sum, out.len()),
             no_speech_prob,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
