@@ -5,6 +5,7 @@
 //! second recognizer: raw audio in, the same decoder loop and vocabulary.
 
 pub mod agreement;
+pub mod attention;
 pub mod bpe;
 pub mod calibrate;
 pub mod dot;

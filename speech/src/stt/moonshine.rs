@@ -13,8 +13,8 @@
 
 use super::vocab::Vocab;
 use super::whisper::{
-    argmax, call_hook, decoder_step, load_plan, log_softmax_at, mean_logprob, run_err, Encoded,
-    Plan, StepAt, StepHook, SttError, Transcript,
+    argmax, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at, mean_logprob,
+    run_err, Encoded, Plan, StepAt, StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::ModelPrecision;
@@ -150,7 +150,7 @@ impl Moonshine {
         max_tokens: usize,
     ) -> Result<Self, SttError> {
         let encoder = load_plan(&dir.join(encoder_file(precision)))?;
-        let decoder = load_plan(&dir.join(decoder_file(precision)))?;
+        let decoder = load_decoder_plan(&dir.join(decoder_file(precision)))?;
         let shape_err = |what: &str| ModelError::Load {
             path: dir.join(decoder_file(precision)),
             reason: format!("unexpected input shapes: {what}"),

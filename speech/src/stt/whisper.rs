@@ -217,13 +217,30 @@ impl std::fmt::Debug for Whisper {
 }
 
 pub(super) fn load_plan(path: &Path) -> Result<Plan, ModelError> {
+    load_plan_as(path, false)
+}
+
+/// A decoder graph with its attention chains fused into one op each
+/// (see [`super::attention`]).
+pub(super) fn load_decoder_plan(path: &Path) -> Result<Plan, ModelError> {
+    load_plan_as(path, true)
+}
+
+pub(super) fn load_plan_as(path: &Path, fuse_attention: bool) -> Result<Plan, ModelError> {
     models::verify(path)?;
     let err = |e: TractError| ModelError::Load {
         path: path.to_owned(),
         reason: format!("{e:?}"),
     };
-    tract_onnx::onnx()
-        .model_for_path(path)
+    let onnx = super::attention::onnx();
+    let mut proto = onnx.proto_model_for_path(path).map_err(err)?;
+    if fuse_attention {
+        if let Some(graph) = proto.graph.as_mut() {
+            let fused = super::attention::fuse(graph);
+            tracing::debug!(path = %path.display(), fused, "attention chains fused");
+        }
+    }
+    onnx.model_for_proto_model(&proto)
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(err)
@@ -310,7 +327,7 @@ impl Whisper {
         margin_frames: usize,
     ) -> Result<Self, SttError> {
         let encoder = load_plan(&dir.join(format!("whisper_encoder{suffix}.onnx")))?;
-        let decoder = load_plan(&dir.join(format!("whisper_decoder{suffix}.onnx")))?;
+        let decoder = load_decoder_plan(&dir.join(format!("whisper_decoder{suffix}.onnx")))?;
         let tok_path = dir.join("whisper_tokenizer.json");
         models::verify(&tok_path)?;
         let tokenizer = Tokenizer::load(&tok_path)?;
@@ -611,7 +628,73 @@ fn repeat_len(tokens: &[u32]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::{load_plan_as, quiet_noise, Plan};
     use super::{logit_indices, repeat_len, GenerationConfig};
+    use tract_onnx::prelude::*;
+
+    fn step(plan: &Plan, past_len: usize, ctx: usize) -> Vec<Vec<f32>> {
+        let d = 384;
+        let t = |n: usize, seed: usize| -> TValue {
+            let data = quiet_noise(n * d + seed, 2.0)[seed..].to_vec();
+            tract_ndarray::Array3::from_shape_vec((1, n, d), data)
+                .unwrap()
+                .into_tvalue()
+        };
+        let mut inputs = tvec!(t(1, 0));
+        for l in 0..4 {
+            inputs.extend([
+                t(past_len, 10 + l),
+                t(past_len, 20 + l),
+                t(ctx, 30 + l),
+                t(ctx, 40 + l),
+            ]);
+        }
+        plan.run(inputs)
+            .unwrap()
+            .iter()
+            .map(|o| {
+                o.try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    /// Every attention chain of both decoders is fused, and a fused step
+    /// gives the chain's outputs (fp32: to a few ulps; int8: its dynamic
+    /// quantization of activations turns ulps into steps, so looser).
+    #[test]
+    fn fused_attention_steps_like_the_onnx_chain() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/build");
+        for (suffix, tolerance) in [("", 1e-4), ("_int8", 0.05)] {
+            let path = dir.join(format!("whisper_decoder{suffix}.onnx"));
+            let chain = load_plan_as(&path, false).expect("make models");
+            let fused = load_plan_as(&path, true).unwrap();
+            let count = |p: &Plan| {
+                p.model()
+                    .nodes()
+                    .iter()
+                    .filter(|n| n.op().name() == super::super::attention::OP_TYPE)
+                    .count()
+            };
+            assert_eq!((count(&chain), count(&fused)), (0, 8), "{suffix}");
+            for (past, ctx) in [(0, 1), (3, 406), (17, 1500)] {
+                let (a, b) = (step(&chain, past, ctx), step(&fused, past, ctx));
+                assert_eq!(a.len(), 9);
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.len(), y.len());
+                    let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    let worst = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                    assert!(
+                        worst <= tolerance * scale,
+                        "{suffix} past {past} ctx {ctx}: {worst} of {scale}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn generation_config_reads_the_suppressed_ids() {
