@@ -12,8 +12,13 @@
 //! dev clips) put 49 % of the decoder step in that chain (packing 17 %,
 //! the axis moves 8 %, the f32 products 24 %).
 //!
-//! At load, [`fuse`] finds that chain in the ONNX graph and replaces it
-//! by one `TalkieAttention` node; [`Attention`] computes it straight from
+//! Moonshine's decoder (its exported form, kept by
+//! `models/moonshine_lean.py`) has the heads already apart and scales
+//! every cross-attention key by √(1/√hd) each step, a full copy of K; its
+//! chain is matched too ([`match_split`]).
+//!
+//! At load, [`fuse`] finds those chains in the ONNX graph and replaces
+//! each by one `TalkieAttention` node; [`Attention`] computes it straight from
 //! the operands' memory: per head, one dot product per key, a softmax, one
 //! weighted sum of the values. Same arithmetic, no copies. The files on
 //! disk do not change; a graph without the chain loads as before.
@@ -40,8 +45,13 @@ fn parse(
     let scale = node.get_attr::<f32>("scale")?;
     let heads = usize::try_from(heads).ok().filter(|&h| h > 0);
     let heads = heads.context("TalkieAttention: heads must be positive")?;
+    let split = node.get_attr_opt::<i64>("split_heads")? == Some(1);
     Ok((
-        expand(AttentionExpansion(Attention { heads, scale })),
+        expand(AttentionExpansion(Attention {
+            heads,
+            scale,
+            split,
+        })),
         vec![],
     ))
 }
@@ -49,10 +59,16 @@ fn parse(
 /// Softmax(q·kᵀ·scale)·v per head. q [B, Sq, d], k and v [B, Sk, d]
 /// (heads side by side in `d`) → [B, Sq, d]. No mask: every query sees
 /// every key (a decoder step's query is the newest position).
+///
+/// `split`: heads already apart, q [B, H, Sq, hd], k and v [B, H, Sk, hd]
+/// → [B, H, Sq, hd] (`heads` is then 1: each (batch, head) is a row),
+/// and an optional fourth input, a scalar, multiplies the scores
+/// (Moonshine scales q and kᵀ by its square root each).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
     pub heads: usize,
     pub scale: f32,
+    pub split: bool,
 }
 
 impl Eq for Attention {}
@@ -235,7 +251,10 @@ impl Op for Attention {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("heads={} scale={}", self.heads, self.scale)])
+        Ok(vec![format!(
+            "heads={} scale={} split={}",
+            self.heads, self.scale, self.split
+        )])
     }
 
     op_as_typed_op!();
@@ -245,19 +264,32 @@ impl EvalOp for Attention {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let [q, k, v] = &inputs[..] else {
+        let (Some(q), Some(k), Some(v)) = (inputs.first(), inputs.get(1), inputs.get(2)) else {
             bail!("TalkieAttention takes q, k, v");
         };
         let (qs, ks) = (q.shape(), k.shape());
-        ensure!(
-            qs.len() == 3 && ks.len() == 3 && v.shape() == ks,
-            "shapes {qs:?} {ks:?}"
-        );
-        let (b, sq, d, sk) = (qs[0], qs[1], qs[2], ks[1]);
-        ensure!(
-            ks[0] == b && ks[2] == d && d % self.heads == 0,
-            "shapes {qs:?} {ks:?}"
-        );
+        ensure!(v.shape() == ks, "shapes {qs:?} {ks:?}");
+        let (op, (b, sq, sk, d)) = if self.split {
+            ensure!(qs.len() == 4 && ks.len() == 4, "shapes {qs:?} {ks:?}");
+            ensure!(qs[..2] == ks[..2] && qs[3] == ks[3], "shapes {qs:?} {ks:?}");
+            let extra = match inputs.get(3) {
+                Some(t) => t.cast_to_scalar::<f32>()?,
+                None => 1.0,
+            };
+            let op = Attention {
+                heads: 1,
+                scale: self.scale * extra,
+                split: false,
+            };
+            (op, (qs[0] * qs[1], qs[2], ks[2], qs[3]))
+        } else {
+            ensure!(qs.len() == 3 && ks.len() == 3, "shapes {qs:?} {ks:?}");
+            ensure!(
+                ks[0] == qs[0] && ks[2] == qs[2] && qs[2] % self.heads == 0,
+                "shapes {qs:?} {ks:?}"
+            );
+            (self.clone(), (qs[0], qs[1], ks[1], qs[2]))
+        };
         let (q, k, v) = (
             q.try_as_plain_ram()?,
             k.try_as_plain_ram()?,
@@ -265,7 +297,7 @@ impl EvalOp for Attention {
         );
         let mut out = vec![0f32; b * sq * d];
         let mut scores = Vec::with_capacity(sk);
-        self.run(
+        op.run(
             (b, sq, sk, d),
             q.as_slice::<f32>()?,
             k.as_slice::<f32>()?,
@@ -273,14 +305,17 @@ impl EvalOp for Attention {
             &mut out,
             &mut scores,
         )?;
-        let out = tract_ndarray::Array3::from_shape_vec((b, sq, d), out)?;
+        let out = tract_ndarray::ArrayD::from_shape_vec(qs.to_vec(), out)?;
         Ok(tvec!(out.into_tvalue()))
     }
 }
 
 impl TypedOp for Attention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 3, "TalkieAttention takes q, k, v");
+        ensure!(
+            (3..=4).contains(&inputs.len()),
+            "TalkieAttention takes q, k, v"
+        );
         ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()));
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
@@ -312,11 +347,17 @@ impl Expansion for AttentionExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 3)?;
+        ensure!(
+            (3..=4).contains(&inputs.len()),
+            "TalkieAttention takes q, k, v"
+        );
         check_output_arity(outputs, 1)?;
-        for input in inputs {
+        let rank = if self.0.split { 4 } else { 3 };
+        for (i, input) in inputs.iter().enumerate() {
             s.equals(&input.datum_type, f32::datum_type())?;
-            s.equals(&input.rank, 3)?;
+            if i < 3 {
+                s.equals(&input.rank, rank)?;
+            }
         }
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].shape, &inputs[0].shape)?;
@@ -331,7 +372,7 @@ impl Expansion for AttentionExpansion {
 pub(super) fn fuse(graph: &mut pb::GraphProto) -> usize {
     let mut fused = Vec::new();
     for (i, node) in graph.node.iter().enumerate() {
-        if let Some(f) = match_chain(graph, i, node) {
+        if let Some(f) = match_chain(graph, i, node).or_else(|| match_split(graph, i, node)) {
             fused.push(f);
         }
     }
@@ -363,18 +404,6 @@ fn match_chain(graph: &pb::GraphProto, end: usize, node: &NodeProto) -> Option<(
     let shape = g.ints(node.input.get(1)?)?;
     (shape == [1, -1, d as i64] && k.1 == q.1 && v.1 == q.1 && k.2 == q.2 && v.2 == q.2)
         .then_some(())?;
-    let attr_i = |name: &str, i: i64| AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i,
-        ..Default::default()
-    };
-    let attr_f = |name: &str, f: f32| AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Float as i32,
-        f,
-        ..Default::default()
-    };
     Some((
         end,
         NodeProto {
@@ -382,10 +411,72 @@ fn match_chain(graph: &pb::GraphProto, end: usize, node: &NodeProto) -> Option<(
             op_type: OP_TYPE.into(),
             input: vec![q.0, k.0, v.0],
             output: node.output.clone(),
-            attribute: vec![attr_i("heads", q.1 as i64), attr_f("scale", scale)],
+            attribute: vec![attr_int("heads", q.1 as i64), attr_float("scale", scale)],
             ..Default::default()
         },
     ))
+}
+
+/// Moonshine's cross-attention (`models/moonshine_lean.py` keeps the
+/// exported graph's form): `MatMul(Softmax(MatMul(q', Mul(Transpose(k,
+/// [0,1,3,2]), s))), v)` with `k` and `v` graph inputs already split in
+/// heads [1, H, T, hd] and `q'` the scaled query; the node that replaces
+/// the last MatMul multiplies the scores by `s` instead of every key.
+fn match_split(graph: &pb::GraphProto, end: usize, node: &NodeProto) -> Option<(usize, NodeProto)> {
+    let g = Graph(graph);
+    (node.op_type == "MatMul").then_some(())?;
+    let v = node.input.get(1)?;
+    let probs = g.producer(node.input.first()?, "Softmax", None)?;
+    let axis = probs
+        .attribute
+        .iter()
+        .find(|a| a.name == "axis")
+        .map_or(-1, |a| a.i);
+    (axis == -1 || axis == 3).then_some(())?;
+    let qk = g.producer(probs.input.first()?, "MatMul", None)?;
+    let scaled = g.producer(qk.input.get(1)?, "Mul", None)?;
+    let kt = g.producer(scaled.input.first()?, "Transpose", Some(&[0, 1, 3, 2]))?;
+    let k = kt.input.first()?;
+    let inputs = |name: &String| graph.input.iter().any(|i| &i.name == name);
+    (inputs(k) && inputs(v)).then_some(())?;
+    Some((
+        end,
+        NodeProto {
+            name: format!("{}_fused", node.name),
+            op_type: OP_TYPE.into(),
+            input: vec![
+                qk.input.first()?.clone(),
+                k.clone(),
+                v.clone(),
+                scaled.input.get(1)?.clone(),
+            ],
+            output: node.output.clone(),
+            attribute: vec![
+                attr_int("heads", 1),
+                attr_float("scale", 1.0),
+                attr_int("split_heads", 1),
+            ],
+            ..Default::default()
+        },
+    ))
+}
+
+fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f,
+        ..Default::default()
+    }
 }
 
 /// Lookups over a graph's nodes and initializers.
@@ -534,6 +625,7 @@ mod tests {
             let op = Attention {
                 heads,
                 scale: 0.125,
+                split: false,
             };
             let mut out = vec![f32::NAN; sq * d];
             op.run((1, sq, sk, d), &q, &k, &v, &mut out, &mut Vec::new())
