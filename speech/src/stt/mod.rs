@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod dot;
 pub mod mel;
 pub mod moonshine;
+pub mod quant;
 pub mod recognizer;
 pub mod tokenizer;
 pub mod vocab;
