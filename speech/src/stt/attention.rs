@@ -15,9 +15,9 @@
 //! Moonshine's decoder (its exported form, kept by
 //! `models/moonshine_lean.py`) has the heads already apart and scales
 //! every cross-attention key by √(1/√hd) each step, a full copy of K; its
-//! chain is matched too ([`match_split`]).
+//! chain is matched too (`match_split`).
 //!
-//! At load, [`fuse`] finds those chains in the ONNX graph and replaces
+//! At load, `fuse` finds those chains in the ONNX graph and replaces
 //! each by one `TalkieAttention` node; [`Attention`] computes it straight from
 //! the operands' memory: per head, one dot product per key, a softmax, one
 //! weighted sum of the values. Same arithmetic, no copies. The files on
