@@ -846,15 +846,20 @@ mod tests {
     }
 
     /// Issue 30: every vocabulary-projection kernel this CPU runs gives
-    /// the portable loop's transcripts on every dev clip (int8, the form
-    /// the kiosk runs most). Under qemu the synthetic checks of
-    /// [`super::super::dot`] cover the Arm kernel; this one runs natively.
+    /// the portable loop's transcripts on every dev clip. fp32, so the
+    /// kernels are what differs: in int8 each activation is quantized
+    /// again, which turns the kernels' different summation orders into
+    /// whole steps, and since the attention op (same arithmetic, other
+    /// rounding than the unfused chain) dev_07 sits on such a near-tie
+    /// there ("gardens" with the portable and AVX2 kernels, "garden" with
+    /// AVX-512). Under qemu the synthetic checks of [`super::super::dot`]
+    /// cover the Arm kernel; this one runs natively.
     #[test]
     fn every_vocab_kernel_gives_the_portable_transcripts_on_the_dev_set() {
         use super::super::dot::Kernel;
         let (models, dev) = models_and_dev();
         let opts = RecognizerOptions {
-            precision: Precision::from(ModelPrecision::Int8),
+            precision: Precision::from(ModelPrecision::Fp32),
             threads: Threads::Fixed(1),
             vad_model: models.join(VAD_FILE),
             ..RecognizerOptions::default()
