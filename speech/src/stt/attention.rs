@@ -93,6 +93,20 @@ impl Attention {
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) -> TractResult<()> {
+        let (b, sq, sk, d) = shape;
+        ensure!(
+            d > 0 && sk > 0 && d % self.heads.max(1) == 0,
+            "attention over {sk} keys of width {d} in {} heads",
+            self.heads
+        );
+        ensure!(
+            q.len() >= b * sq * d && out.len() >= b * sq * d,
+            "q or out shorter than {b}×{sq}×{d}"
+        );
+        ensure!(
+            k.len() >= b * sk * d && v.len() >= b * sk * d,
+            "k or v shorter than {b}×{sk}×{d}"
+        );
         let softmax = Softmax::new()?;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -614,6 +628,36 @@ mod tests {
                 (x % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn shapes_it_cannot_compute_are_errors_not_panics() {
+        let op = Attention {
+            heads: 2,
+            scale: 1.0,
+            split: false,
+        };
+        let mut out = vec![0f32; 4];
+        let (q, kv) = (vec![1f32; 4], vec![1f32; 8]);
+        assert!(op
+            .run((1, 1, 0, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_err());
+        assert!(op
+            .run((1, 1, 2, 0), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_err());
+        assert!(op
+            .run((1, 1, 2, 3), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_err());
+        assert!(op
+            .run((1, 1, 4, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_err());
+        assert!(op
+            .run((1, 2, 2, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_err());
+        assert!(op
+            .run((1, 1, 2, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .is_ok());
+        assert_eq!(out, [1.0; 4], "softmax of equal scores, values all 1");
     }
 
     #[test]
