@@ -153,8 +153,17 @@ impl Attention {
         let (b, sq, sk, d) = shape;
         let heads = self.heads.max(1);
         let hd = d / heads;
+        // tract's reduce kernels split a row by its alignment (an unaligned
+        // head and tail go through a scratch buffer), so the same scores at
+        // another address sum in another order: each head's row starts on a
+        // 64-byte boundary, as tract's own tensors do, or the op's output
+        // would change in the last bits from run to run with where the
+        // allocator put `scores`.
+        let stride = sk.next_multiple_of(ALIGN_F32);
         scores.clear();
-        scores.resize(heads * sk, 0.0);
+        scores.resize(heads * stride + ALIGN_F32, 0.0);
+        let start = scores.as_ptr().align_offset(ALIGN_F32 * 4).min(ALIGN_F32);
+        let scores = &mut scores[start..start + heads * stride];
         for bi in 0..b {
             let keys = &k[bi * sk * d..][..sk * d];
             let values = &v[bi * sk * d..][..sk * d];
@@ -165,14 +174,14 @@ impl Attention {
                     for h in 0..heads {
                         let lo = h * hd;
                         let acc = dots::<FMA>(&qs[lo..lo + hd], rows, d, lo);
-                        let t0 = h * sk + block * LANES;
+                        let t0 = h * stride + block * LANES;
                         for (score, a) in scores[t0..].iter_mut().zip(&acc[..rows.len() / d]) {
                             *score = a * self.scale;
                         }
                     }
                 }
-                for head in scores.chunks_exact_mut(sk) {
-                    softmax.run(head)?;
+                for head in scores.chunks_exact_mut(stride) {
+                    softmax.run(&mut head[..sk])?;
                 }
                 let os = &mut out[row..][..d];
                 os.fill(0.0);
@@ -180,7 +189,7 @@ impl Attention {
                     for h in 0..heads {
                         let lo = h * hd;
                         axpy::<FMA>(
-                            scores[h * sk + t],
+                            scores[h * stride + t],
                             &value[lo..lo + hd],
                             &mut os[lo..lo + hd],
                         );
@@ -194,6 +203,9 @@ impl Attention {
 
 /// Keys scored together.
 const LANES: usize = 8;
+
+/// f32 values in 64 bytes: each head's scores start at such a boundary.
+const ALIGN_F32: usize = 16;
 
 /// `q` against up to [`LANES`] rows (`rows` holds whole rows of width
 /// `d`; the head starts at `lo`): one in-order accumulation per row.
@@ -313,7 +325,7 @@ impl EvalOp for Attention {
             v.try_as_plain_ram()?,
         );
         let mut out = vec![0f32; b * sq * d];
-        let mut scores = Vec::with_capacity(sk);
+        let mut scores = Vec::new();
         op.run(
             (b, sq, sk, d),
             q.as_slice::<f32>()?,

@@ -1,46 +1,164 @@
 //! The vocabulary projection's kernels: `out[v] = (q[v] · h) · scale[v]`
 //! for int8 rows `q` and an f32 hidden state `h`, chosen once at run time
-//! for the CPU (issue 30). Each converts int8 to f32 and accumulates with
-//! fused multiply-adds, so every kernel computes the same products as the
-//! portable loop and differs only in the order of the additions (relative
-//! differences around 1e-6; the tests hold each kernel to the portable one
-//! on the real vocabulary).
+//! for the CPU (issue 30).
+//!
+//! Every kernel computes the same integers. Each step the hidden state is
+//! quantized once to 15 bits (`hq = round(h / s)`, `s = max|h| / 16383`,
+//! [`Hidden`]), and each row's dot product `Σ hq[i] · q[v][i]` is summed
+//! exactly in 32-bit integers, so no kernel's order of additions matters:
+//! the logits are bit for bit the same on every kernel and every CPU, x86
+//! and Arm alike (the f32 kernels before differed in the last bits, enough
+//! to flip an int8 near-tie between two kernels of one machine). The
+//! rounding of `h` to 15 bits (relative 3e-5 of its largest element) is
+//! well below the int8 rows' own.
 //!
 //! | kernel | where | per instruction |
 //! |---|---|---|
-//! | `avx512` | x86_64 with AVX-512F | 16 lanes |
-//! | `avx2` | x86_64 with AVX2 and FMA | 8 lanes |
-//! | `neon` | every aarch64 (NEON is part of the architecture) | 4 lanes × 4 accumulators |
-//! | `portable` | anything else (armv7: `#[target_feature(enable = "neon")]` is not stable Rust on 32-bit Arm) | what the compiler makes of 16 independent sums |
+//! | `avx512-vnni` | x86_64 with AVX-512 VNNI (+BW) | 64 int8 products (`vpdpbusd`) |
+//! | `avx-vnni` | x86_64 with AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5) | 32 (`vpdpbusd`, VEX) |
+//! | `avx2` | x86_64 with AVX2 (Haswell on, Zen) | 16 (`vpmaddwd` on rows widened to 16 bits) |
+//! | `neon-dot` | aarch64 with the dot-product extension (Cortex-A76: Pi 5) | 16 (`sdot`) |
+//! | `neon` | every aarch64 (Cortex-A53/A72: Zero 2 W, Pi 3, Pi 4) | 4 (`smlal` on widened rows) |
+//! | `portable` | anything else (armv7) | what the compiler makes of an i32 loop |
 //!
-//! The projection reads the whole 20 MB matrix every decoder step, so past
-//! a few lanes it is bound by memory bandwidth, not arithmetic: the kernels
-//! stream each row once and keep `h` (1.5 KB) in L1.
+//! `vpdpbusd` multiplies unsigned by signed bytes, `sdot` signed by signed,
+//! so `hq` is split in two bytes: `hq = 128 · hi + lo`, `lo = hq & 127` in
+//! 0..=127, `hi = hq >> 7` in -128..=127. Then `q · hq = 128 · (q · hi) +
+//! q · lo`; for `vpdpbusd` `hi` is biased to `hi + 128` (0..=255) and
+//! `128 · Σq` (each row's sum, kept by the vocabulary) subtracted again.
+//! The sums are taken in wrapping 32-bit arithmetic, which is exact
+//! whenever the true result fits, and it does: `|q · hq| ≤ width · 128 ·
+//! 16383 < 2³¹` for `width ≤` [`MAX_WIDTH`].
+//!
+//! The projection reads the whole matrix (20 MB for Whisper) every decoder
+//! step; the kernels stream each row once and keep `h` in L1.
 
-/// Lanes of the portable dot product: independent accumulators the
-/// compiler may turn into SIMD registers.
-const LANES: usize = 16;
+/// The widest hidden state the integer sums hold exactly (see above).
+pub const MAX_WIDTH: usize = 1024;
+
+/// Largest magnitude of the quantized hidden state: 15 bits, so that its
+/// high byte is a signed byte for `sdot`.
+const HQ_MAX: f32 = 16383.0;
+
+/// One step's hidden state in the forms the kernels read, quantized once
+/// per step, on the stack (no allocation in the decoder step).
+pub struct Hidden {
+    width: usize,
+    /// `s`: `h ≈ hq · s`; NaN when `h` holds a NaN or an infinity.
+    scale: f32,
+    /// `hq`, 16-bit.
+    q: [i16; MAX_WIDTH],
+    /// `hq & 127`.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    lo: [u8; MAX_WIDTH],
+    /// `(hq >> 7) + 128`, the high byte biased to unsigned.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    hi: [u8; MAX_WIDTH],
+}
+
+impl Hidden {
+    /// Quantize `h`; None if it is wider than [`MAX_WIDTH`].
+    pub fn new(h: &[f32]) -> Option<Self> {
+        if h.len() > MAX_WIDTH {
+            return None;
+        }
+        let max = h.iter().fold(0.0f32, |m, &x| {
+            if x.is_finite() && m.is_finite() {
+                m.max(x.abs())
+            } else {
+                f32::NAN
+            }
+        });
+        let mut me = Self {
+            width: h.len(),
+            scale: if max > 0.0 || max.is_nan() {
+                max / HQ_MAX
+            } else {
+                1.0
+            },
+            q: [0; MAX_WIDTH],
+            lo: [0; MAX_WIDTH],
+            hi: [128; MAX_WIDTH],
+        };
+        if me.scale.is_finite() {
+            let inv = HQ_MAX / max.max(f32::MIN_POSITIVE);
+            for (i, &x) in h.iter().enumerate() {
+                // |x · inv| <= 16383 up to rounding; the clamp keeps a last-bit
+                // overshoot inside 15 bits.
+                let q = (x * inv).round().clamp(-HQ_MAX, HQ_MAX) as i16;
+                me.q[i] = q;
+                me.lo[i] = (q & 127) as u8;
+                me.hi[i] = ((q >> 7) + 128) as u8;
+            }
+        }
+        Some(me)
+    }
+
+    /// The quantized value `i` (0 past the width).
+    pub fn value(&self, i: usize) -> i16 {
+        self.q.get(i).copied().unwrap_or(0)
+    }
+
+    /// `s`, one step of the quantized hidden state.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+}
+
+/// `Σ q[i]` per row of `width`, which the VNNI kernels need.
+pub fn row_sums(rows: &[i8], width: usize) -> Vec<i32> {
+    if width == 0 {
+        return Vec::new();
+    }
+    rows.chunks_exact(width)
+        .map(|r| r.iter().map(|&q| i32::from(q)).sum())
+        .collect()
+}
+
+/// The logit from a row's exact integer dot product: the one place the
+/// float arithmetic happens, the same for every kernel.
+#[inline]
+fn finish(dot: i32, h_scale: f32, row_scale: f32) -> f32 {
+    dot as f32 * h_scale * row_scale
+}
 
 /// A projection kernel. [`Kernel::best`] is the fastest this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Portable,
     Avx2,
-    Avx512,
+    AvxVnni,
+    Avx512Vnni,
     Neon,
+    NeonDot,
 }
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 4] = [Kernel::Avx512, Kernel::Avx2, Kernel::Neon, Kernel::Portable];
+    pub const ALL: [Kernel; 6] = [
+        Kernel::Avx512Vnni,
+        Kernel::AvxVnni,
+        Kernel::Avx2,
+        Kernel::NeonDot,
+        Kernel::Neon,
+        Kernel::Portable,
+    ];
 
     /// The name shown on the status page and in benchmark reports.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
             Kernel::Avx2 => "avx2",
-            Kernel::Avx512 => "avx512",
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Neon => "neon",
+            Kernel::NeonDot => "neon-dot",
         }
     }
 
@@ -56,11 +174,21 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Kernel::Avx2 => is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            Kernel::AvxVnni => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -79,204 +207,329 @@ impl Kernel {
         Self::ALL.into_iter().filter(|k| k.runs_here()).collect()
     }
 
-    /// `out[v] = (rows[v] · h) · scale[v]` for each row of `width` values;
-    /// rows beyond `out`, `scale` or `rows` are left alone. `h` must hold
-    /// `width` values (nothing is written otherwise).
-    pub fn project(self, rows: &[i8], scale: &[f32], width: usize, h: &[f32], out: &mut [f32]) {
-        let Some(h) = h.get(..width) else {
-            return;
-        };
+    /// `out[v] = (rows[v] · h) · scale[v]` for each row of `h`'s width,
+    /// `sums` being [`row_sums`] of `rows`; rows beyond `out`, `scale`,
+    /// `sums` or `rows` are left alone, and nothing is written for an empty
+    /// `h`.
+    pub fn project(self, rows: &[i8], sums: &[i32], scale: &[f32], h: &Hidden, out: &mut [f32]) {
+        let width = h.width;
         if width == 0 {
             return;
         }
-        let n = out.len().min(scale.len()).min(rows.len() / width);
-        let (rows, scale, out) = (&rows[..n * width], &scale[..n], &mut out[..n]);
+        let n = out
+            .len()
+            .min(scale.len())
+            .min(sums.len())
+            .min(rows.len() / width);
+        let (rows, sums, scale, out) = (&rows[..n * width], &sums[..n], &scale[..n], &mut out[..n]);
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if self.runs_here() => {
-                // SAFETY: AVX-512F was detected on this CPU just above.
-                unsafe { x86::project_avx512(rows, scale, width, h, out) }
+            Kernel::Avx512Vnni if self.runs_here() => {
+                // SAFETY: AVX-512F, BW and VNNI were detected just above.
+                unsafe { x86::project_avx512_vnni(rows, sums, scale, h, out) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni if self.runs_here() => {
+                // SAFETY: AVX2 and AVX-VNNI were detected just above.
+                unsafe { x86::project_avx_vnni(rows, sums, scale, h, out) }
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 if self.runs_here() => {
-                // SAFETY: AVX2 and FMA were detected on this CPU just above.
-                unsafe { x86::project_avx2(rows, scale, width, h, out) }
+                // SAFETY: AVX2 was detected just above.
+                unsafe { x86::project_avx2(rows, scale, h, out) }
             }
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => arm::project_neon(rows, scale, width, h, out),
-            _ => project_portable(rows, scale, width, h, out),
-        }
-    }
-}
-
-/// The reference: 16 independent sums per row, then the row's scale.
-fn project_portable(rows: &[i8], scale: &[f32], width: usize, h: &[f32], out: &mut [f32]) {
-    for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(width)).zip(scale) {
-        let mut acc = [0.0f32; LANES];
-        let (qs, xs) = (row.chunks_exact(LANES), h.chunks_exact(LANES));
-        let tail: f32 = qs
-            .remainder()
-            .iter()
-            .zip(xs.remainder())
-            .map(|(&q, &x)| f32::from(q) * x)
-            .sum();
-        for (q, x) in qs.zip(xs) {
-            for j in 0..LANES {
-                acc[j] += f32::from(q[j]) * x[j];
+            Kernel::NeonDot if self.runs_here() => {
+                // SAFETY: the dot-product extension was detected just above.
+                unsafe { arm::project_neon_dot(rows, scale, h, out) }
             }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => arm::project_neon(rows, scale, h, out),
+            _ => project_portable(rows, scale, h, out),
         }
-        *o = (acc.iter().sum::<f32>() + tail) * s;
     }
 }
 
-/// The scalar tail of a row past the last full SIMD block.
+/// The reference: `Σ hq[i] · q[i]` in i32 per row.
+fn project_portable(rows: &[i8], scale: &[f32], h: &Hidden, out: &mut [f32]) {
+    let hq = &h.q[..h.width];
+    for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(h.width)).zip(scale) {
+        let dot = row.iter().zip(hq).fold(0i32, |a, (&q, &x)| {
+            a.wrapping_add(i32::from(q) * i32::from(x))
+        });
+        *o = finish(dot, h.scale, s);
+    }
+}
+
+/// `Σ hq[i] · q[i]` over a row's tail past the last full SIMD block.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn tail_dot(q: &[i8], x: &[f32]) -> f32 {
-    q.iter().zip(x).map(|(&q, &x)| f32::from(q) * x).sum()
+fn tail_dot(q: &[i8], hq: &[i16]) -> i32 {
+    q.iter().zip(hq).fold(0i32, |a, (&q, &x)| {
+        a.wrapping_add(i32::from(q) * i32::from(x))
+    })
+}
+
+/// `128 · Σ hi[i] · q[i] + Σ lo[i] · q[i]` (wrapping) over a tail: the
+/// VNNI kernels' biased sum, for the elements past their last SIMD block.
+#[cfg(target_arch = "x86_64")]
+fn tail_biased(q: &[i8], lo: &[u8], hi: &[u8]) -> i32 {
+    q.iter().zip(lo).zip(hi).fold(0i32, |a, ((&q, &l), &h)| {
+        let q = i32::from(q);
+        a.wrapping_add((i32::from(h) * q) << 7)
+            .wrapping_add(i32::from(l) * q)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::tail_dot;
+    use super::{finish, tail_biased, tail_dot, Hidden};
     use std::arch::x86_64::*;
 
-    /// 4 accumulators × 16 lanes: 64 int8 per iteration.
+    /// 64 products per `vpdpbusd`, two accumulators per half; the tail is
+    /// a masked load (zeros contribute nothing).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `rows.len() == out.len() * width`,
-    /// `scale.len() == out.len()`, `h.len() == width`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn project_avx512(
+    /// The CPU must have AVX-512F, BW and VNNI; `rows.len() == out.len() *
+    /// h.width`, `sums.len() == scale.len() == out.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn project_avx512_vnni(
         rows: &[i8],
+        sums: &[i32],
         scale: &[f32],
-        width: usize,
-        h: &[f32],
+        h: &Hidden,
         out: &mut [f32],
     ) {
-        let blocks = width / 64;
-        let singles = (width - blocks * 64) / 16;
-        let done = blocks * 64 + singles * 16;
-        let hp = h.as_ptr();
-        for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(width)).zip(scale) {
+        let width = h.width;
+        let full = width / 64;
+        let rest = width - full * 64;
+        let mask: u64 = if rest == 0 { 0 } else { (1u64 << rest) - 1 };
+        let (lp, hp) = (h.lo.as_ptr(), h.hi.as_ptr());
+        for (((o, row), &sum), &s) in out
+            .iter_mut()
+            .zip(rows.chunks_exact(width))
+            .zip(sums)
+            .zip(scale)
+        {
             let rp = row.as_ptr();
-            let mut a = [_mm512_setzero_ps(); 4];
-            for b in 0..blocks {
-                for (j, acc) in a.iter_mut().enumerate() {
-                    let i = b * 64 + j * 16;
-                    // SAFETY: i + 16 <= blocks * 64 <= width: inside the row
-                    // and inside h; unaligned loads.
-                    unsafe {
-                        let q = _mm_loadu_si128(rp.add(i).cast::<__m128i>());
-                        let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-                        *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(hp.add(i)), *acc);
-                    }
+            // SAFETY: every load reads [i, i + 64) with i + 64 <= full * 64
+            // <= width, inside the row and inside lo/hi (MAX_WIDTH long); the
+            // masked loads touch only the `rest` bytes below width.
+            let dot = unsafe {
+                let mut lo = [_mm512_setzero_si512(); 2];
+                let mut hi = [_mm512_setzero_si512(); 2];
+                for b in 0..full {
+                    let i = b * 64;
+                    let q = _mm512_loadu_si512(rp.add(i).cast());
+                    let j = b & 1;
+                    lo[j] = _mm512_dpbusd_epi32(lo[j], _mm512_loadu_si512(lp.add(i).cast()), q);
+                    hi[j] = _mm512_dpbusd_epi32(hi[j], _mm512_loadu_si512(hp.add(i).cast()), q);
                 }
-            }
-            for k in 0..singles {
-                let i = blocks * 64 + k * 16;
-                // SAFETY: i + 16 <= done <= width.
-                unsafe {
-                    let q = _mm_loadu_si128(rp.add(i).cast::<__m128i>());
-                    let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-                    a[0] = _mm512_fmadd_ps(q, _mm512_loadu_ps(hp.add(i)), a[0]);
+                if mask != 0 {
+                    let i = full * 64;
+                    let q = _mm512_maskz_loadu_epi8(mask, rp.add(i).cast());
+                    let l = _mm512_maskz_loadu_epi8(mask, lp.add(i).cast());
+                    let g = _mm512_maskz_loadu_epi8(mask, hp.add(i).cast());
+                    lo[0] = _mm512_dpbusd_epi32(lo[0], l, q);
+                    hi[0] = _mm512_dpbusd_epi32(hi[0], g, q);
                 }
-            }
-            let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-            let tail = tail_dot(&row[done..], &h[done..]);
-            *o = (_mm512_reduce_add_ps(sum) + tail) * s;
+                let hi = _mm512_add_epi32(hi[0], hi[1]);
+                let lo = _mm512_add_epi32(lo[0], lo[1]);
+                _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<7>(hi), lo))
+            };
+            *o = finish(dot.wrapping_sub(sum.wrapping_mul(128 * 128)), h.scale, s);
         }
     }
 
-    /// 4 accumulators × 8 lanes: 32 int8 per iteration.
+    /// 32 products per `vpdpbusd` (VEX form), two accumulators per half.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; lengths as for [`project_avx512`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn project_avx2(
+    /// The CPU must have AVX2 and AVX-VNNI; lengths as for
+    /// [`project_avx512_vnni`].
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn project_avx_vnni(
         rows: &[i8],
+        sums: &[i32],
         scale: &[f32],
-        width: usize,
-        h: &[f32],
+        h: &Hidden,
         out: &mut [f32],
     ) {
-        let blocks = width / 32;
-        let singles = (width - blocks * 32) / 8;
-        let done = blocks * 32 + singles * 8;
-        let hp = h.as_ptr();
+        let width = h.width;
+        let full = width / 32;
+        let done = full * 32;
+        let (lp, hp) = (h.lo.as_ptr(), h.hi.as_ptr());
+        for (((o, row), &sum), &s) in out
+            .iter_mut()
+            .zip(rows.chunks_exact(width))
+            .zip(sums)
+            .zip(scale)
+        {
+            let rp = row.as_ptr();
+            // SAFETY: every load reads [i, i + 32) with i + 32 <= done <= width.
+            let dot = unsafe {
+                let mut lo = [_mm256_setzero_si256(); 2];
+                let mut hi = [_mm256_setzero_si256(); 2];
+                for b in 0..full {
+                    let i = b * 32;
+                    let q = _mm256_loadu_si256(rp.add(i).cast());
+                    let j = b & 1;
+                    lo[j] = _mm256_dpbusd_avx_epi32(lo[j], _mm256_loadu_si256(lp.add(i).cast()), q);
+                    hi[j] = _mm256_dpbusd_avx_epi32(hi[j], _mm256_loadu_si256(hp.add(i).cast()), q);
+                }
+                let hi = _mm256_add_epi32(hi[0], hi[1]);
+                let lo = _mm256_add_epi32(lo[0], lo[1]);
+                hsum256(_mm256_add_epi32(_mm256_slli_epi32::<7>(hi), lo))
+            };
+            let tail = tail_biased(&row[done..], &h.lo[done..width], &h.hi[done..width]);
+            let dot = dot
+                .wrapping_add(tail)
+                .wrapping_sub(sum.wrapping_mul(128 * 128));
+            *o = finish(dot, h.scale, s);
+        }
+    }
+
+    /// Rows widened to 16 bits, multiplied with `hq` pairwise into i32
+    /// (`vpmaddwd`): 16 products per instruction, four accumulators.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `rows.len() == out.len() * h.width`,
+    /// `scale.len() == out.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn project_avx2(rows: &[i8], scale: &[f32], h: &Hidden, out: &mut [f32]) {
+        let width = h.width;
+        let blocks = width / 64;
+        let singles = (width - blocks * 64) / 16;
+        let done = blocks * 64 + singles * 16;
+        let xp = h.q.as_ptr();
         for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(width)).zip(scale) {
             let rp = row.as_ptr();
-            let mut a = [_mm256_setzero_ps(); 4];
-            for b in 0..blocks {
-                for (j, acc) in a.iter_mut().enumerate() {
-                    let i = b * 32 + j * 8;
-                    // SAFETY: i + 8 <= blocks * 32 <= width; the 8-byte
-                    // load reads row[i..i + 8] only.
-                    unsafe {
-                        let q = _mm_loadl_epi64(rp.add(i).cast::<__m128i>());
-                        let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                        *acc = _mm256_fmadd_ps(q, _mm256_loadu_ps(hp.add(i)), *acc);
+            // SAFETY: every load reads [i, i + 16) with i + 16 <= done <= width.
+            let dot = unsafe {
+                let mut a = [_mm256_setzero_si256(); 4];
+                for b in 0..blocks {
+                    for (j, acc) in a.iter_mut().enumerate() {
+                        let i = b * 64 + j * 16;
+                        let q = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i).cast()));
+                        let x = _mm256_loadu_si256(xp.add(i).cast());
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(q, x));
                     }
                 }
-            }
-            for k in 0..singles {
-                let i = blocks * 32 + k * 8;
-                // SAFETY: i + 8 <= done <= width.
-                unsafe {
-                    let q = _mm_loadl_epi64(rp.add(i).cast::<__m128i>());
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                    a[0] = _mm256_fmadd_ps(q, _mm256_loadu_ps(hp.add(i)), a[0]);
+                for k in 0..singles {
+                    let i = blocks * 64 + k * 16;
+                    let q = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i).cast()));
+                    let x = _mm256_loadu_si256(xp.add(i).cast());
+                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(q, x));
                 }
-            }
-            let v = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-            let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-            let v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
-            let tail = tail_dot(&row[done..], &h[done..]);
-            *o = (_mm_cvtss_f32(v) + tail) * s;
+                let v =
+                    _mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), _mm256_add_epi32(a[2], a[3]));
+                hsum256(v)
+            };
+            let dot = dot.wrapping_add(tail_dot(&row[done..], &h.q[done..width]));
+            *o = finish(dot, h.scale, s);
         }
+    }
+
+    /// The wrapping sum of eight i32 lanes.
+    #[target_feature(enable = "avx2")]
+    fn hsum256(v: __m256i) -> i32 {
+        let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+        _mm_cvtsi128_si32(v)
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::tail_dot;
+    use super::{finish, tail_dot, Hidden};
     use std::arch::aarch64::*;
 
-    /// 16 int8 per iteration, widened to four f32x4 and accumulated in four
-    /// registers. NEON is mandatory on aarch64, so no detection is needed.
-    pub(super) fn project_neon(
-        rows: &[i8],
-        scale: &[f32],
-        width: usize,
-        h: &[f32],
-        out: &mut [f32],
-    ) {
+    /// Rows widened to 16 bits, multiply-accumulated long into four i32x4
+    /// (`smlal`): 16 int8 per iteration. NEON is mandatory on aarch64.
+    pub(super) fn project_neon(rows: &[i8], scale: &[f32], h: &Hidden, out: &mut [f32]) {
+        let width = h.width;
         let blocks = width / 16;
         let done = blocks * 16;
         for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(width)).zip(scale) {
-            // SAFETY: NEON is part of aarch64; every load reads
-            // row[i..i + 16] and h[i..i + 16] with i + 16 <= done <= width.
-            let sum = unsafe {
-                let (rp, hp) = (row.as_ptr(), h.as_ptr());
-                let mut a = [vdupq_n_f32(0.0); 4];
+            // SAFETY: NEON is part of aarch64; every load reads [i, i + 16)
+            // of the row and of hq with i + 16 <= done <= width.
+            let dot = unsafe {
+                let (rp, xp) = (row.as_ptr(), h.q.as_ptr());
+                let mut a = [vdupq_n_s32(0); 4];
                 for b in 0..blocks {
                     let i = b * 16;
                     let q = vld1q_s8(rp.add(i));
-                    let lo = vmovl_s8(vget_low_s8(q));
-                    let hi = vmovl_high_s8(q);
-                    let parts = [
-                        vmovl_s16(vget_low_s16(lo)),
-                        vmovl_high_s16(lo),
-                        vmovl_s16(vget_low_s16(hi)),
-                        vmovl_high_s16(hi),
-                    ];
-                    for (j, (acc, p)) in a.iter_mut().zip(parts).enumerate() {
-                        *acc = vfmaq_f32(*acc, vcvtq_f32_s32(p), vld1q_f32(hp.add(i + 4 * j)));
-                    }
+                    let (ql, qh) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
+                    let (x0, x1) = (vld1q_s16(xp.add(i)), vld1q_s16(xp.add(i + 8)));
+                    a[0] = vmlal_s16(a[0], vget_low_s16(ql), vget_low_s16(x0));
+                    a[1] = vmlal_high_s16(a[1], ql, x0);
+                    a[2] = vmlal_s16(a[2], vget_low_s16(qh), vget_low_s16(x1));
+                    a[3] = vmlal_high_s16(a[3], qh, x1);
                 }
-                vaddvq_f32(vaddq_f32(vaddq_f32(a[0], a[1]), vaddq_f32(a[2], a[3])))
+                vaddvq_s32(vaddq_s32(vaddq_s32(a[0], a[1]), vaddq_s32(a[2], a[3])))
             };
-            *o = (sum + tail_dot(&row[done..], &h[done..])) * s;
+            let dot = dot.wrapping_add(tail_dot(&row[done..], &h.q[done..width]));
+            *o = finish(dot, h.scale, s);
+        }
+    }
+
+    /// `sdot`: four 4-byte signed dot products accumulated into `acc`. The
+    /// instruction is in inline assembly because its intrinsic
+    /// (`vdotq_s32`) is not stable Rust yet.
+    ///
+    /// # Safety
+    /// The CPU must have the dot-product extension.
+    #[target_feature(enable = "dotprod")]
+    #[inline]
+    unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: register-only instruction; the caller checked the feature.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// `q · hq = 128 · (q · hi) + q · lo` with `sdot` on both bytes:
+    /// 16 products per instruction.
+    ///
+    /// # Safety
+    /// The CPU must have the dot-product extension; `rows.len() ==
+    /// out.len() * h.width`, `scale.len() == out.len()`.
+    #[target_feature(enable = "dotprod")]
+    pub(super) unsafe fn project_neon_dot(rows: &[i8], scale: &[f32], h: &Hidden, out: &mut [f32]) {
+        let width = h.width;
+        let blocks = width / 16;
+        let done = blocks * 16;
+        // lo is 0..=127, so its bytes read as i8 unchanged; hi is stored
+        // biased by 128, so flipping its top bit gives the signed high byte.
+        let (lp, hp) = (h.lo.as_ptr().cast::<i8>(), h.hi.as_ptr());
+        let flip = vdupq_n_u8(0x80);
+        for ((o, row), &s) in out.iter_mut().zip(rows.chunks_exact(width)).zip(scale) {
+            // SAFETY: every load reads [i, i + 16) with i + 16 <= done <= width.
+            let dot = unsafe {
+                let rp = row.as_ptr();
+                let mut lo = [vdupq_n_s32(0); 2];
+                let mut hi = [vdupq_n_s32(0); 2];
+                for b in 0..blocks {
+                    let i = b * 16;
+                    let q = vld1q_s8(rp.add(i));
+                    let j = b & 1;
+                    lo[j] = sdot(lo[j], q, vld1q_s8(lp.add(i)));
+                    let g = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(hp.add(i)), flip));
+                    hi[j] = sdot(hi[j], q, g);
+                }
+                let hi = vaddvq_s32(vaddq_s32(hi[0], hi[1]));
+                let lo = vaddvq_s32(vaddq_s32(lo[0], lo[1]));
+                hi.wrapping_mul(128).wrapping_add(lo)
+            };
+            let dot = dot.wrapping_add(tail_dot(&row[done..], &h.q[done..width]));
+            *o = finish(dot, h.scale, s);
         }
     }
 }
@@ -303,25 +556,70 @@ mod tests {
         (rows, scale, h)
     }
 
+    /// Every kernel's logits for `rows` and `h`, the portable loop's first.
+    fn all(rows: &[i8], scale: &[f32], h: &[f32]) -> Vec<(Kernel, Vec<f32>)> {
+        let hidden = Hidden::new(h).expect("narrow enough");
+        let sums = row_sums(rows, h.len());
+        let mut kernels = Kernel::available();
+        kernels.sort_by_key(|&k| k != Kernel::Portable);
+        kernels
+            .into_iter()
+            .map(|k| {
+                let mut out = vec![f32::NAN; scale.len()];
+                k.project(rows, &sums, scale, &hidden, &mut out);
+                (k, out)
+            })
+            .collect()
+    }
+
     #[test]
-    fn every_kernel_here_matches_the_portable_loop_on_every_width() {
+    fn every_kernel_here_gives_the_portable_loop_bit_for_bit_on_every_width() {
         let kernels = Kernel::available();
         assert!(kernels.contains(&Kernel::Portable));
         #[cfg(target_arch = "aarch64")]
         assert!(kernels.contains(&Kernel::Neon));
-        // Whisper's 384, and widths with every kind of tail.
-        for w in [384, 1, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129] {
+        // Whisper's 384, Moonshine's 416, and widths with every kind of tail.
+        for w in [
+            384, 416, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129, 1024,
+        ] {
             let (rows, scale, h) = data(37, w);
-            let mut want = vec![0.0; 37];
-            Kernel::Portable.project(&rows, &scale, w, &h, &mut want);
-            for &k in &kernels {
-                let mut got = vec![f32::NAN; 37];
-                k.project(&rows, &scale, w, &h, &mut got);
-                for (v, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let tol = 1e-5 * (1.0 + e.abs());
+            let outs = all(&rows, &scale, &h);
+            let (_, want) = &outs[0];
+            for (k, got) in &outs[1..] {
+                let same = got
+                    .iter()
+                    .zip(want)
+                    .all(|(g, e)| g.to_bits() == e.to_bits());
+                assert!(same, "{} width {w}: {got:?} vs {want:?}", k.name());
+            }
+        }
+        eprintln!(
+            "kernels held to the portable loop: {:?}",
+            kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_integer_sums_are_the_dot_products_to_the_rounding_of_h() {
+        for w in [384, 17, 1024] {
+            let (rows, scale, h) = data(37, w);
+            let hidden = Hidden::new(&h).expect("narrow enough");
+            let step = f64::from(hidden.scale());
+            for (k, got) in all(&rows, &scale, &h) {
+                for (v, (g, row)) in got.iter().zip(rows.chunks_exact(w)).enumerate() {
+                    let s = f64::from(scale[v]);
+                    let exact: f64 = row
+                        .iter()
+                        .zip(&h)
+                        .map(|(&q, &x)| f64::from(q) * f64::from(x))
+                        .sum::<f64>()
+                        * s;
+                    // each element off by at most half a step, |q| <= 128;
+                    // then one f32 rounding of the sum and two of products
+                    let bound = w as f64 * 0.5 * step * 128.0 * s + 4e-7 * exact.abs();
                     assert!(
-                        (g - e).abs() <= tol,
-                        "{} width {w} row {v}: {g} vs {e}",
+                        (f64::from(*g) - exact).abs() <= bound,
+                        "{} width {w} row {v}: {g} vs {exact} (bound {bound})",
                         k.name()
                     );
                 }
@@ -330,15 +628,66 @@ mod tests {
     }
 
     #[test]
+    fn the_widest_extremes_sum_exactly_without_overflow() {
+        // |q · hq| at its largest: width 1024, q = -128, h at ± its maximum.
+        let w = MAX_WIDTH;
+        let rows = vec![-128i8; 2 * w];
+        let mut h = vec![-1.0f32; w];
+        let neg = vec![1.0f32; w];
+        let top = 128 * 16383 * w as i64;
+        assert!(top <= i64::from(i32::MAX));
+        let want = |dot: i64| dot as f32 * (1.0f32 / 16383.0);
+        for (k, got) in all(&rows, &[1.0, 1.0], &h) {
+            assert_eq!(got, [want(top); 2], "{}", k.name());
+        }
+        for (k, got) in all(&rows, &[1.0, 1.0], &neg) {
+            assert_eq!(got, [want(-top); 2], "{}", k.name());
+        }
+        // one element negative: every byte split meets a sign change
+        h[3] = 1.0;
+        let outs = all(&rows, &[1.0, 1.0], &h);
+        for (k, got) in &outs {
+            assert_eq!(got, &outs[0].1, "{}", k.name());
+        }
+        assert!(
+            Hidden::new(&vec![0.0; w + 1]).is_none(),
+            "wider than the sums hold"
+        );
+    }
+
+    #[test]
+    fn a_zero_state_gives_zeros_and_a_nan_state_nans() {
+        let (rows, scale, _) = data(5, 40);
+        for (k, got) in all(&rows, &scale, &[0.0; 40]) {
+            assert_eq!(got, [0.0; 5], "{}", k.name());
+        }
+        let mut h = [0.5f32; 40];
+        h[7] = f32::NAN;
+        for (k, got) in all(&rows, &scale, &h) {
+            assert!(got.iter().all(|x| x.is_nan()), "{}: {got:?}", k.name());
+        }
+        h[7] = f32::INFINITY;
+        for (k, got) in all(&rows, &scale, &h) {
+            assert!(got.iter().all(|x| x.is_nan()), "{}: {got:?}", k.name());
+        }
+    }
+
+    #[test]
     fn short_inputs_write_nothing_past_what_they_hold() {
         let (rows, scale, h) = data(4, 16);
+        let sums = row_sums(&rows, 16);
+        let hidden = Hidden::new(&h).expect("narrow");
         for k in Kernel::available() {
             let mut out = [7.0f32; 6];
-            k.project(&rows, &scale, 16, &h, &mut out);
+            k.project(&rows, &sums, &scale, &hidden, &mut out);
             assert_eq!(out[4..], [7.0, 7.0], "{}: only 4 rows", k.name());
             let mut out = [7.0f32; 4];
-            k.project(&rows, &scale, 16, &h[..15], &mut out);
-            assert_eq!(out, [7.0; 4], "{}: h too short", k.name());
+            k.project(&rows, &sums[..3], &scale, &hidden, &mut out);
+            assert_eq!(out[3], 7.0, "{}: only 3 sums", k.name());
+            let empty = Hidden::new(&[]).expect("narrow");
+            let mut out = [7.0f32; 4];
+            k.project(&rows, &sums, &scale, &empty, &mut out);
+            assert_eq!(out, [7.0; 4], "{}: no hidden state", k.name());
         }
     }
 

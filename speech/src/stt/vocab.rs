@@ -10,7 +10,7 @@
 //! 20 MB copy. On shared/eval/dev the transcripts are identical to the fp32
 //! projection's (checked with onnxruntime, `models/whisper_ref.py`).
 
-use super::dot::Kernel;
+use super::dot::{self, Hidden, Kernel};
 use crate::models::{self, ModelError};
 use std::io::BufReader;
 use std::path::Path;
@@ -23,6 +23,8 @@ pub const SCALE_FILE: &str = "whisper_vocab_scale.npy";
 /// The int8 vocabulary matrix.
 pub struct Vocab {
     rows: Vec<i8>,
+    /// Each row's sum ([`dot::row_sums`]), for the VNNI kernels.
+    sums: Vec<i32>,
     scale: Vec<f32>,
     width: usize,
     /// The projection kernel: [`Kernel::best`] for this CPU unless set.
@@ -91,9 +93,11 @@ impl Vocab {
     }
 
     /// From rows (`scale.len() × width`, row-major) and their scales; None
-    /// if the lengths disagree.
+    /// if the lengths disagree or `width` is 0 or above [`dot::MAX_WIDTH`].
     pub fn from_parts(rows: Vec<i8>, scale: Vec<f32>, width: usize) -> Option<Self> {
-        (width > 0 && rows.len() == scale.len() * width).then_some(Self {
+        let fits = width > 0 && width <= dot::MAX_WIDTH && rows.len() == scale.len() * width;
+        fits.then(|| Self {
+            sums: dot::row_sums(&rows, width),
             rows,
             scale,
             width,
@@ -132,12 +136,16 @@ impl Vocab {
     }
 
     /// `out[v] = hidden · E[v]` for every token `v` (`out` has [`len`]
-    /// entries, `hidden` `width`), with this CPU's kernel ([`Kernel`]).
+    /// entries, `hidden` `width`; nothing is written if it holds fewer),
+    /// with this CPU's kernel ([`Kernel`]) on `hidden` quantized to 15 bits
+    /// ([`Hidden`]): the same logits on every kernel.
     ///
     /// [`len`]: Vocab::len
     pub fn logits(&self, hidden: &[f32], out: &mut [f32]) {
-        self.kernel
-            .project(&self.rows, &self.scale, self.width, hidden, out);
+        if let Some(h) = hidden.get(..self.width).and_then(Hidden::new) {
+            self.kernel
+                .project(&self.rows, &self.sums, &self.scale, &h, out);
+        }
     }
 
     /// Time every kernel this CPU runs on this matrix (median of 5 steps
@@ -159,7 +167,8 @@ impl Vocab {
             let mut ms = [0.0f64; 5];
             for run in 0usize..7 {
                 let t = std::time::Instant::now();
-                k.project(&self.rows, &self.scale, self.width, &hidden, &mut out);
+                self.kernel = k;
+                self.logits(&hidden, &mut out);
                 if let Some(slot) = run.checked_sub(2).and_then(|i| ms.get_mut(i)) {
                     *slot = t.elapsed().as_secs_f64() * 1000.0;
                 }

@@ -734,6 +734,22 @@ mod tests {
 
     /// Moonshine's 8 cross-attention chains per form (natively only: its
     /// 100 MB decoder loads too slowly under emulation).
+    /// The same audio gives the same transcript to the last bit of its
+    /// log-probability, run after run (fp32, fused decoder). It did not:
+    /// tract's softmax kernels sum a row in an order set by its address,
+    /// and the attention op's scores lay wherever the allocator put them
+    /// (4 runs gave 3 different values; the op now aligns them).
+    #[test]
+    fn a_transcript_is_the_same_float_every_run() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/build");
+        let mut w = super::Whisper::load(&dir, "", 40, 100).expect("make models");
+        let audio = quiet_noise(2 * 16_000, 0.3);
+        let runs: Vec<u32> = (0..4)
+            .map(|_| w.transcribe(&audio).unwrap().avg_logprob.to_bits())
+            .collect();
+        assert!(runs.iter().all(|&r| r == runs[0]), "{runs:?}");
+    }
+
     #[test]
     fn fused_moonshine_attention_steps_like_the_onnx_chain() {
         fused_steps_like_the_chain(&[
