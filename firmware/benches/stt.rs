@@ -237,6 +237,137 @@ fn vocab_kernels(root: &Path) -> (String, serde_json::Value) {
     (md, serde_json::json!(rows))
 }
 
+/// Whisper tiny.en's dimensions, for the work each stage does.
+const D: f64 = 384.0;
+const LAYERS: f64 = 4.0;
+const VOCAB: f64 = 51_864.0;
+
+/// One core's f32 peak in GFLOP/s — vector lanes × 2 FMA units × 2 FLOP
+/// per fused multiply-add × clock — and how it was arrived at. The clock
+/// is the kernel's maximum frequency where cpufreq shows it, else
+/// `/proc/cpuinfo`'s "cpu MHz" (a VM's nominal clock); 2 FMA units is an
+/// assumption (true of server x86 cores and Cortex-A76, not of A53).
+fn peak() -> (f64, String) {
+    let cpu = talkie::stt::calibrate::CpuInfo::read();
+    let has = |f: &str| cpu.features.iter().any(|x| x == f);
+    let lanes = if has("avx512f") {
+        16.0
+    } else if has("avx2") && has("fma") {
+        8.0
+    } else {
+        4.0
+    };
+    let sysfs = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .ok()
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .map(|khz| (khz / 1000.0, "cpufreq maximum"));
+    let cpuinfo = || {
+        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|mhz| (mhz, "/proc/cpuinfo cpu MHz"))
+        })
+    };
+    let Some((mhz, source)) = sysfs.or_else(cpuinfo) else {
+        return (f64::NAN, "clock unknown".to_owned());
+    };
+    (
+        lanes * 2.0 * 2.0 * mhz / 1000.0,
+        format!("{lanes} f32 lanes × 2 FMA units (assumed) × 2 FLOP × {mhz:.0} MHz ({source})"),
+    )
+}
+
+/// Where a decoder step's and the encoder's time goes (issue 30), in
+/// process: Whisper's fixed calibration work (a 3 s press: 300 frames of
+/// audio in an 812-frame window, then 12 decoder steps), median of 5, for
+/// int8 and fp32 on 1 thread; each stage's FLOPs from the model's
+/// dimensions over its time, as a share of one core's f32 peak; beside
+/// onnxruntime's graphs when `target/bench/onnxruntime.json` has them.
+fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::Value) {
+    let (peak, how) = peak();
+    let frames = 812.0;
+    let t = frames / 2.0;
+    let enc_flop = 2.0
+        * (80.0 * 3.0 * D * frames
+            + D * 3.0 * D * t
+            + LAYERS * (12.0 * D * D * t + 2.0 * t * t * D));
+    // 12 steps with 0..11 keys of their own: 5.5 on average
+    let layer_flop = 2.0 * LAYERS * (14.0 * D * D + 2.0 * 5.5 * D + 2.0 * t * D);
+    let proj_flop = 2.0 * VOCAB * D;
+    let share = |flop: f64, ms: f64| flop / (ms / 1000.0) / 1e9 / peak;
+    let mut md = format!(
+        "One core's f32 peak: {peak:.0} GFLOP/s = {how}. Work from Whisper tiny.en's dimensions \
+         (d 384, 4 layers, 51,864 tokens): encoder {:.2} GFLOP for the 812-frame window, decoder layers \
+         {:.1} MFLOP per step, projection {:.1} MFLOP per step.\n\n\
+         | engine, form | encoder ms (share of peak) | decoder step ms | of which layers ms (share) | projection ms (share) |\n|---|---|---|---|---|\n",
+        enc_flop / 1e9,
+        layer_flop / 1e6,
+        proj_flop / 1e6,
+    );
+    let mut rows = Vec::new();
+    for (form, suffix) in [("int8", "_int8"), ("fp32", "")] {
+        let Ok(mut w) = talkie::stt::Whisper::load(&root.join("models/build"), suffix, 40, 512)
+        else {
+            md.push_str(&format!("| talkie {form} | models not built | | | |\n"));
+            continue;
+        };
+        let kernel = w.vocab_kernel();
+        let proj_ms = w
+            .vocab_timings()
+            .iter()
+            .find(|(k, _)| *k == kernel)
+            .map_or(f64::NAN, |&(_, ms)| ms);
+        // tract's default executor is one thread (the recognizer sets its
+        // own only inside its calls)
+        let runs: Vec<(f64, f64)> = (0..6)
+            .filter_map(|_| w.time_fixed_work(300, 12).ok())
+            .skip(1)
+            .collect();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let enc = median(runs.iter().map(|r| r.0).collect());
+        let step = median(runs.iter().map(|r| r.1 / 12.0).collect());
+        let layers = step - proj_ms;
+        md.push_str(&format!(
+            "| talkie {form}, projection kernel {} | {enc:.1} ({:.0} %) | {step:.2} | {layers:.2} ({:.0} %) | {proj_ms:.2} ({:.0} %) |\n",
+            kernel.name(),
+            100.0 * share(enc_flop, enc),
+            100.0 * share(layer_flop, layers),
+            100.0 * share(proj_flop, proj_ms),
+        ));
+        rows.push(serde_json::json!({
+            "form": form, "kernel": kernel.name(), "encoder_ms": enc, "decoder_step_ms": step,
+            "decoder_layers_ms": layers, "projection_ms": proj_ms,
+            "encoder_share_of_peak": share(enc_flop, enc),
+            "layers_share_of_peak": share(layer_flop, layers),
+            "projection_share_of_peak": share(proj_flop, proj_ms),
+        }));
+    }
+    if let Some(o) = ort {
+        let (enc, dec) = (
+            o["encoder_ms_per_clip"].as_f64().unwrap_or(f64::NAN),
+            o["decoder_graph_ms_per_step"].as_f64().unwrap_or(f64::NAN),
+        );
+        md.push_str(&format!(
+            "| onnxruntime {} fp32 (talkie's ONNX files, 1 thread; per dev clip, whole clip + 512 frames; \
+             the layers' graph through Python, projection in numpy not counted) | {enc:.1} | – | {dec:.2} | – |\n",
+            o["version"].as_str().unwrap_or("?"),
+        ));
+    }
+    md.push_str(
+        "\nThe projection reads 20 MB of int8 rows per step: on one core it is bound by how fast \
+         the core reads memory, not by arithmetic, so its share of the f32 peak is small by nature.\n",
+    );
+    (
+        md,
+        serde_json::json!({"peak_gflops": peak, "peak": how, "rows": rows}),
+    )
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let eval = std::env::var_os("TALKIE_EVAL_DIR")
@@ -336,6 +467,7 @@ fn main() {
         })
         .unwrap_or_else(|| "?".to_owned());
     let (kernel_table, kernel_json) = vocab_kernels(&root);
+    let (stage_table, stage_json) = stages(&root, ort.as_ref());
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let md = format!(
         "# Recognition benchmark\n\nMachine: {machine}; release build. Input: the {} clips of `shared/eval/dev`.\n\
@@ -350,6 +482,7 @@ fn main() {
          ## The vocabulary projection per kernel\n\nOne decoder step's logits (51,865 int8 rows × 384, the real matrix), \
          median of 200 runs in-process; the kiosk runs the first row's kernel.\n\n\
          | kernel | ms per step | GB/s read |\n|---|---|---|\n{kernel_table}\n\
+         ## Where the time goes, against the hardware\n\n{stage_table}\n\
          Command: `make bench` (faster-whisper first, then `cargo bench -p talkie --bench stt`).\n",
         refs.len(),
         auto_ms / fastest_fixed,
@@ -371,6 +504,7 @@ fn main() {
         "runs": json_runs,
         "auto_chose": chosen,
         "vocab_kernels": kernel_json,
+        "stages": stage_json,
         "auto_over_fastest_fixed": auto_ms / fastest_fixed,
         "onnxruntime": ort.map(|v| serde_json::json!({"version": v["version"], "threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),
         "faster_whisper": fw.map(|v| serde_json::json!({"threads": v["threads"], "mean_ms": v["mean_ms"], "wer": v["wer"]})),

@@ -80,7 +80,8 @@ pub struct CpuInfo {
     #[serde(default)]
     pub tract_isa: String,
     /// The vocabulary projection's kernel ([`super::dot::Kernel::best`]):
-    /// `avx512`, `avx2`, `neon` or `portable`.
+    /// `avx512-vnni`, `avx-vnni`, `avx2`, `neon-dot`, `neon` or `portable`
+    /// (every one gives the same logits; the fastest is chosen).
     #[serde(default)]
     pub vocab_kernel: String,
     /// Each kernel's median µs per decoder step on the real matrix, timed

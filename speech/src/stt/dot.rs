@@ -100,11 +100,6 @@ impl Hidden {
         Some(me)
     }
 
-    /// The quantized value `i` (0 past the width).
-    pub fn value(&self, i: usize) -> i16 {
-        self.q.get(i).copied().unwrap_or(0)
-    }
-
     /// `s`, one step of the quantized hidden state.
     pub fn scale(&self) -> f32 {
         self.scale
