@@ -175,23 +175,55 @@ pub struct Recognition {
     pub segments: Vec<crate::vad::Segment>,
 }
 
+/// Where Moonshine's measured form is stored: beside `stt.calibration_file`
+/// (`calibration.json` → `calibration.moonshine.json`).
+pub fn moonshine_cache_path(calibration_file: &Path) -> std::path::PathBuf {
+    let stem = calibration_file
+        .file_stem()
+        .map_or_else(|| "calibration".into(), |s| s.to_string_lossy());
+    calibration_file.with_file_name(format!("{stem}.moonshine.json"))
+}
+
+/// What makes a stored Moonshine measurement stale: talkie's version, the
+/// CPU, `stt.precision`, the thread count, and Moonshine's model files.
+fn moonshine_key(cpu: &CpuInfo, opts: &RecognizerOptions, threads: usize) -> CacheKey {
+    let mut key = CacheKey::new(
+        cpu,
+        &[],
+        opts.precision,
+        Threads::Fixed(threads as u32),
+        opts.encoder_margin_frames,
+    );
+    key.models = crate::models::entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.file.starts_with("moonshine_"))
+        .map(|e| (e.file, e.sha256))
+        .collect();
+    key
+}
+
 /// Moonshine's form: the one `stt.precision` fixes (fp16 has none: fp32),
 /// or with `auto` both forms timed on the fixed work (3 s of audio, 12
 /// decoder steps, after one warm-up) on `threads`, int8 kept unless fp32
 /// is more than 10 % faster (int8 is a quarter of the memory, and on the
-/// dev set no less accurate). Returns the model and why.
+/// dev set no less accurate). The measurement is stored in `cache`
+/// ([`moonshine_cache_path`]) and reused while its key holds, so a start
+/// neither loads fp32's 350 MB to time it nor spends the seconds again.
+/// Returns the model and why.
 fn measured_moonshine(
     dir: &Path,
     opts: &RecognizerOptions,
     threads: usize,
-    low_memory: bool,
+    cpu: &CpuInfo,
+    cache: &Path,
 ) -> Result<(Moonshine, String), RecognizeError> {
     let max_tokens = opts.max_tokens as usize;
     let forms: Vec<ModelPrecision> = match opts.precision.fixed() {
         Some(ModelPrecision::Int8) => vec![ModelPrecision::Int8],
         Some(_) => vec![ModelPrecision::Fp32],
         // Under 1 GiB fp32's 350 MB is not even loaded to be timed.
-        None if low_memory => vec![ModelPrecision::Int8],
+        None if cpu.low_memory() => vec![ModelPrecision::Int8],
         None => [ModelPrecision::Int8, ModelPrecision::Fp32]
             .into_iter()
             .filter(|&p| dir.join(super::moonshine::encoder_file(p)).exists())
@@ -206,27 +238,77 @@ fn measured_moonshine(
         let m = Moonshine::load(dir, *first, max_tokens)?;
         return Ok((m, format!("{first} (the only form)")));
     }
+    let key = moonshine_key(cpu, opts, threads);
+    if let Some(c) = calibrate::load_cache(cache, &key) {
+        let m = Moonshine::load(dir, c.chosen.precision, max_tokens)?;
+        let why = format!(
+            "{} as measured before ({}; stored in {})",
+            c.chosen.precision,
+            c.timings_line(),
+            cache.display()
+        );
+        return Ok((m, why));
+    }
     // One form in memory at a time: fp32 is timed and dropped, then int8
     // (a quarter of the memory) is timed and kept unless fp32 was more
     // than 10 % faster, when fp32 is loaded again.
+    let t0 = Instant::now();
     let ex = executor(threads)?;
-    let time = |m: &mut Moonshine| {
-        multithread_tract_scope(ex.clone(), || -> Result<f64, SttError> {
+    let time = |m: &mut Moonshine, precision| {
+        multithread_tract_scope(ex.clone(), || -> Result<calibrate::Timing, SttError> {
             m.time_fixed_work(30, 2)?;
-            let (e, d) = m.time_fixed_work(300, 12)?;
-            Ok(e + d)
+            let (encoder_ms, decoder_ms) = m.time_fixed_work(300, 12)?;
+            Ok(calibrate::Timing {
+                precision,
+                threads,
+                encoder_ms,
+                decoder_ms,
+                pruned: false,
+            })
         })
     };
-    let fp32_ms = time(&mut Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?)?;
+    let fp32 = time(
+        &mut Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?,
+        ModelPrecision::Fp32,
+    )?;
     let mut int8 = Moonshine::load(dir, ModelPrecision::Int8, max_tokens)?;
-    let int8_ms = time(&mut int8)?;
+    let int8_t = time(&mut int8, ModelPrecision::Int8)?;
+    let (int8_ms, fp32_ms) = (int8_t.total_ms(), fp32.total_ms());
     let seen = format!("int8 {int8_ms:.0} ms, fp32 {fp32_ms:.0} ms on 3 s of audio and 12 steps");
-    if int8_ms <= fp32_ms * 1.1 {
-        Ok((int8, format!("int8 measured ({seen})")))
+    let keep_int8 = int8_ms <= fp32_ms * 1.1;
+    let precision = if keep_int8 {
+        ModelPrecision::Int8
+    } else {
+        ModelPrecision::Fp32
+    };
+    let why = format!("{precision} measured ({seen})");
+    let mut stored = Calibration::fixed(
+        key,
+        cpu.clone(),
+        Choice {
+            precision,
+            threads,
+            decoder_threads: 0,
+        },
+    );
+    stored.model = SttModel::MoonshineBase.as_str().to_owned();
+    stored.timings = vec![int8_t, fp32];
+    stored.reason = why.clone();
+    stored.calibration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    stored.fixed = false;
+    if let Err(e) = calibrate::save_cache(cache, &stored) {
+        tracing::warn!(
+            file = %cache.display(),
+            error = %e,
+            "cannot store Moonshine's measurement; the next start measures again"
+        );
+    }
+    if keep_int8 {
+        Ok((int8, why))
     } else {
         drop(int8);
         let m = Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?;
-        Ok((m, format!("fp32 measured ({seen})")))
+        Ok((m, why))
     }
 }
 
@@ -425,8 +507,13 @@ impl Recognizer {
             } else {
                 calibration.chosen.threads
             };
-            let (moonshine, why) =
-                measured_moonshine(dir, opts, m_threads, calibration.cpu.low_memory())?;
+            let (moonshine, why) = measured_moonshine(
+                dir,
+                opts,
+                m_threads,
+                &calibration.cpu,
+                &moonshine_cache_path(&opts.calibration_file),
+            )?;
             calibration.model = opts.model.as_str().to_owned();
             calibration.reason = format!(
                 "{}; with moonshine-base {}: {why}",
@@ -471,7 +558,13 @@ impl Recognizer {
             opts.threads,
             opts.encoder_margin_frames,
         );
-        let (moonshine, why) = measured_moonshine(dir, opts, threads, cpu.low_memory())?;
+        let (moonshine, why) = measured_moonshine(
+            dir,
+            opts,
+            threads,
+            &cpu,
+            &moonshine_cache_path(&opts.calibration_file),
+        )?;
         let mut calibration = Calibration::fixed(
             key,
             cpu,
@@ -843,6 +936,43 @@ mod tests {
                 assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 5);
             }
         }
+    }
+
+    /// Issue 31: with `stt.precision = "auto"` Moonshine's form is timed
+    /// once, stored beside the calibration file, and reused while its key
+    /// holds (no fp32 load, no timing); another thread count is another
+    /// key, which the stored file does not answer.
+    #[test]
+    fn moonshine_form_is_measured_once_then_reused() {
+        let (models, _) = models_and_dev();
+        let cpu = CpuInfo::read();
+        if cpu.low_memory() {
+            eprintln!("under 1 GiB only int8 is a candidate: nothing to store");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = RecognizerOptions {
+            model: SttModel::MoonshineBase,
+            calibration_file: tmp.path().join("calibration.json"),
+            ..RecognizerOptions::default()
+        };
+        let cache = moonshine_cache_path(&opts.calibration_file);
+        assert_eq!(cache, tmp.path().join("calibration.moonshine.json"));
+        let (_, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
+        assert!(why.contains(" measured (int8 "), "{why}");
+        let stored: Calibration = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        assert_eq!(stored.model, "moonshine-base");
+        let forms: Vec<_> = stored.timings.iter().map(|t| t.precision).collect();
+        assert_eq!(forms, [ModelPrecision::Int8, ModelPrecision::Fp32]);
+        assert!(stored.timings.iter().all(|t| t.total_ms() > 0.0));
+
+        let (m, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
+        assert!(why.contains("as measured before"), "{why}");
+        assert_eq!(m.precision(), stored.chosen.precision);
+
+        let other = moonshine_key(&cpu, &opts, 2);
+        assert_ne!(other, stored.key);
+        assert!(calibrate::load_cache(&cache, &other).is_none());
     }
 
     /// Issue 30: every vocabulary-projection kernel this CPU runs gives
