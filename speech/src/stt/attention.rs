@@ -651,21 +651,18 @@ mod tests {
         };
         let mut out = vec![0f32; 4];
         let (q, kv) = (vec![1f32; 4], vec![1f32; 8]);
-        assert!(op
-            .run((1, 1, 0, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
-            .is_err());
-        assert!(op
-            .run((1, 1, 2, 0), &q, &kv, &kv, &mut out, &mut Vec::new())
-            .is_err());
-        assert!(op
-            .run((1, 1, 2, 3), &q, &kv, &kv, &mut out, &mut Vec::new())
-            .is_err());
-        assert!(op
-            .run((1, 1, 4, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
-            .is_err());
-        assert!(op
-            .run((1, 2, 2, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
-            .is_err());
+        // no keys, no width, heads not dividing the width, k/v shorter
+        // than 4 keys, q shorter than 2 queries
+        for shape in [
+            (1, 1, 0, 4),
+            (1, 1, 2, 0),
+            (1, 1, 2, 3),
+            (1, 1, 4, 4),
+            (1, 2, 2, 4),
+        ] {
+            let got = op.run(shape, &q, &kv, &kv, &mut out, &mut Vec::new());
+            assert!(got.is_err(), "{shape:?}");
+        }
         assert!(op
             .run((1, 1, 2, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
             .is_ok());
