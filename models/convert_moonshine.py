@@ -51,7 +51,8 @@ def main():
     from convert_whisper import quantize
 
     for part in ["encoder_kv", "decoder"]:
-        quantize(os.path.join(out, f"moonshine_{part}.onnx"), os.path.join(out, f"moonshine_{part}_int8.onnx"))
+        quantize(os.path.join(out, f"moonshine_{part}.onnx"), os.path.join(out, f"moonshine_{part}_int8.onnx"),
+                 per_channel=False)
 
 
 if __name__ == "__main__":
