@@ -2,7 +2,8 @@
 //! both transcribe; if their normalized texts are equal that is the
 //! answer, else each text is scored by both decoders (teacher-forced mean
 //! token log-probability, end token included) and the text with the
-//! higher sum wins. No tuned parameter. The two models err on different
+//! higher sum wins; each decoder scores a text by its likelier casing
+//! ([`scoring_forms`]). No tuned parameter. The two models err on different
 //! utterances (synthetic voices trip Moonshine, noise trips tiny.en), so
 //! the pair hears better than either.
 
@@ -86,6 +87,23 @@ pub fn normalize(text: &str) -> String {
     kept.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The forms a text is scored in: as written (trimmed) and, if it begins
+/// in lower case, with its first letter upper case. Case is not content
+/// (the WER normaliser and [`normalize`] ignore it), yet it moves the
+/// scores: Whisper often begins a question in lower case ("when does the
+/// next bus…"), which Moonshine's decoder finds unlikely however right the
+/// words are, while Whisper rates its own lower-case start above the
+/// capitalized one. Each decoder scores a text by its likelier form.
+pub fn scoring_forms(text: &str) -> Vec<String> {
+    let t = text.trim();
+    let mut chars = t.chars();
+    let mut forms = vec![t.to_owned()];
+    if let Some(first) = chars.next().filter(|c| c.is_lowercase()) {
+        forms.push(first.to_uppercase().chain(chars).collect());
+    }
+    forms
+}
+
 /// The two tokenizers cross-scoring needs.
 #[derive(Debug)]
 pub struct Agreement {
@@ -118,19 +136,22 @@ impl Agreement {
         })
     }
 
-    /// Both models on `audio`, on two threads when `parallel`; the chosen
-    /// text's transcript and the verdict.
+    /// Whisper on `whisper_audio` and Moonshine on `moonshine_audio` (the
+    /// same speech; Whisper's may start earlier: see
+    /// [`super::recognizer::WHISPER_LEAD_SAMPLES`]), on two threads when
+    /// `parallel`; the chosen text's transcript and the verdict.
     pub fn transcribe(
         &self,
         whisper: &mut Whisper,
         moonshine: &mut Moonshine,
-        audio: &[f32],
+        whisper_audio: &[f32],
+        moonshine_audio: &[f32],
         parallel: bool,
     ) -> Result<(Transcript, Verdict), SttError> {
         let (w, m) = both(
             parallel,
-            || whisper.transcribe_for_scoring(audio),
-            || moonshine.transcribe_for_scoring(audio),
+            || whisper.transcribe_for_scoring(whisper_audio),
+            || moonshine.transcribe_for_scoring(moonshine_audio),
         );
         let ((wt, we), (mt, me)) = (w?, m?);
         let mut verdict = Verdict {
@@ -170,21 +191,24 @@ impl Agreement {
         (m_text, m_enc): (&str, &Encoded),
         parallel: bool,
     ) -> Result<Scores, SttError> {
-        let wtok = |t: &str| self.whisper.encode(&format!(" {}", t.trim()));
-        let mtok = |t: &str| self.moonshine.encode(t.trim());
+        // Each text's likelier form under one decoder.
+        fn best(
+            text: &str,
+            mut score: impl FnMut(&str) -> Result<f32, SttError>,
+        ) -> Result<f32, SttError> {
+            scoring_forms(text)
+                .iter()
+                .try_fold(f32::NEG_INFINITY, |b, f| Ok(b.max(score(f)?)))
+        }
         let (by_whisper, by_moonshine) = both(
             parallel,
             || -> Result<[f32; 2], SttError> {
-                Ok([
-                    whisper.score(w_enc, &wtok(w_text))?,
-                    whisper.score(w_enc, &wtok(m_text))?,
-                ])
+                let mut by = |t: &str| whisper.score(w_enc, &self.whisper.encode(&format!(" {t}")));
+                Ok([best(w_text, &mut by)?, best(m_text, &mut by)?])
             },
             || -> Result<[f32; 2], SttError> {
-                Ok([
-                    moonshine.score(m_enc, &mtok(w_text))?,
-                    moonshine.score(m_enc, &mtok(m_text))?,
-                ])
+                let mut by = |t: &str| moonshine.score(m_enc, &self.moonshine.encode(t));
+                Ok([best(w_text, &mut by)?, best(m_text, &mut by)?])
             },
         );
         let (w, m) = (by_whisper?, by_moonshine?);
@@ -226,6 +250,23 @@ mod tests {
         );
         assert_eq!(normalize("  Hello,   world! "), "hello world");
         assert_ne!(normalize("the exit"), normalize("the exits"));
+    }
+
+    /// A text is scored as written and, when it starts in lower case,
+    /// capitalized too; nothing else about it changes.
+    #[test]
+    fn a_lower_case_start_is_also_scored_capitalized() {
+        assert_eq!(
+            scoring_forms(" when does it close? "),
+            ["when does it close?", "When does it close?"]
+        );
+        assert_eq!(scoring_forms("Where's the exit"), ["Where's the exit"]);
+        assert_eq!(
+            scoring_forms("éclair please"),
+            ["éclair please", "Éclair please"]
+        );
+        assert_eq!(scoring_forms("7:30 please"), ["7:30 please"]);
+        assert_eq!(scoring_forms("  "), [""]);
     }
 
     /// The rule on fixed scores: the higher sum across both decoders wins,

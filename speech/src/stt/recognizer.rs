@@ -314,6 +314,31 @@ fn measured_moonshine(
 
 /// Peak level a quiet utterance is raised to (−6 dBFS).
 pub const LEVEL_TARGET_PEAK: f32 = 0.5;
+/// Audio before the VAD span that Whisper hears too (and Moonshine does
+/// not): 200 ms, so Whisper starts `vad.speech_pad_ms` + 200 ms before the
+/// first speech. In 10 dB pink noise Silero marks speech late and the trim
+/// cut word onsets ("Where do I collect my luggage?" heard as "I collect my
+/// luggage"); Whisper, trained on 30 s windows, is unharmed by the extra
+/// audio, while Moonshine, trained on tight segments, mishears more with it
+/// (measured in docs/models.md). Only the start is widened: a speculative
+/// run's prefix holds it too, so its input stays the final run's.
+pub const WHISPER_LEAD_SAMPLES: usize = 3_200;
+
+/// Where the recognizer listens in a capture of `len` samples with these
+/// VAD segments: `(from, start, end)`, the speech span `start..end` (first
+/// segment's start to the last one's end) and Whisper's `from..end` with up
+/// to [`WHISPER_LEAD_SAMPLES`] before it; all equal when there is no speech.
+fn heard_span(segments: &[vad::Segment], len: usize) -> (usize, usize, usize) {
+    match (segments.first(), segments.last()) {
+        (Some(a), Some(b)) => {
+            let end = usize::try_from(b.end).unwrap_or(usize::MAX).min(len);
+            let start = usize::try_from(a.start).unwrap_or(end).min(end);
+            (start.saturating_sub(WHISPER_LEAD_SAMPLES), start, end)
+        }
+        _ => (0, 0, 0),
+    }
+}
+
 /// Most gain [`level_normalized`] applies (+30 dB).
 pub const LEVEL_MAX_GAIN: f32 = 31.6;
 
@@ -368,9 +393,17 @@ enum Engine {
 }
 
 impl Engine {
-    fn transcribe(&mut self, audio: &[f32]) -> Result<(Transcript, Option<Verdict>), SttError> {
+    /// `led` is the VAD span after up to [`WHISPER_LEAD_SAMPLES`] before
+    /// it (fewer at the start of the capture), `lead` samples long: Whisper
+    /// hears all of it, Moonshine the span.
+    fn transcribe(
+        &mut self,
+        led: &[f32],
+        lead: usize,
+    ) -> Result<(Transcript, Option<Verdict>), SttError> {
+        let audio = led.get(lead..).unwrap_or_default();
         match self {
-            Engine::Whisper(w) => Ok((w.transcribe(audio)?, None)),
+            Engine::Whisper(w) => Ok((w.transcribe(led)?, None)),
             Engine::Moonshine(m) => Ok((m.transcribe(audio)?, None)),
             Engine::Agreement {
                 whisper,
@@ -379,10 +412,10 @@ impl Engine {
                 parallel,
             } => {
                 // One Whisper window: longer audio is Whisper's alone.
-                if audio.len() > whisper.window_samples() {
-                    return Ok((whisper.transcribe(audio)?, None));
+                if led.len() > whisper.window_samples() {
+                    return Ok((whisper.transcribe(led)?, None));
                 }
-                let (t, v) = agreement.transcribe(whisper, moonshine, audio, *parallel)?;
+                let (t, v) = agreement.transcribe(whisper, moonshine, led, audio, *parallel)?;
                 Ok((t, Some(v)))
             }
         }
@@ -671,7 +704,7 @@ impl Recognizer {
         let t0 = Instant::now();
         let noise = super::whisper::quiet_noise(PIPELINE_RATE as usize, 1e-3);
         vad::segments(&mut self.vad, &self.seg, &noise)?;
-        self.engine.transcribe(&noise)?;
+        self.engine.transcribe(&noise, 0)?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
 
@@ -687,20 +720,14 @@ impl Recognizer {
         let samples: &[f32] = boosted.as_deref().unwrap_or(samples);
         let segments = vad::segments(&mut self.vad, &self.seg, samples)?;
         let vad_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let speech = match (segments.first(), segments.last()) {
-            (Some(a), Some(b)) => {
-                let end = usize::try_from(b.end)
-                    .unwrap_or(usize::MAX)
-                    .min(samples.len());
-                let start = usize::try_from(a.start).unwrap_or(end).min(end);
-                &samples[start..end]
-            }
-            _ => &samples[..0],
-        };
+        let (from, start, end) = heard_span(&segments, samples.len());
+        let led = samples.get(from..end).unwrap_or_default();
+        let lead = start - from;
+        let speech = led.get(lead..).unwrap_or_default();
         let (transcript, agreement) = if speech.is_empty() {
             (Transcript::default(), None)
         } else {
-            self.engine.transcribe(speech)?
+            self.engine.transcribe(led, lead)?
         };
         Ok(Recognition {
             text: transcript.text.clone(),
@@ -810,6 +837,24 @@ mod tests {
         assert_ne!(v.whisper_text, v.moonshine_text);
         let s = v.scores.expect("scored");
         assert!(s.moonshine_text.iter().sum::<f32>() > s.whisper_text.iter().sum::<f32>());
+    }
+
+    /// Whisper hears up to 200 ms before the first segment, clamped at
+    /// the capture's start; the speech span is the segments' own; no
+    /// segment, nothing heard; an end past the capture is clamped.
+    #[test]
+    fn whisper_hears_a_lead_before_the_speech_span() {
+        let seg = |start, end| vad::Segment { start, end };
+        assert_eq!(
+            heard_span(&[seg(8_000, 12_000), seg(20_000, 30_000)], 40_000),
+            (8_000 - WHISPER_LEAD_SAMPLES, 8_000, 30_000)
+        );
+        assert_eq!(heard_span(&[seg(1_000, 5_000)], 40_000), (0, 1_000, 5_000));
+        assert_eq!(
+            heard_span(&[seg(9_000, 50_000)], 40_000),
+            (5_800, 9_000, 40_000)
+        );
+        assert_eq!(heard_span(&[], 40_000), (0, 0, 0));
     }
 
     /// Quiet input is raised before the VAD, loud input left alone.
