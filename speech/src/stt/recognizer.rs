@@ -623,6 +623,17 @@ impl Recognizer {
         })
     }
 
+    /// The form each model runs in: `(Whisper's, Moonshine's)`, `None` for
+    /// a model this recognizer does not run.
+    pub fn model_forms(&self) -> (Option<ModelPrecision>, Option<ModelPrecision>) {
+        let whisper = Some(self.calibration.chosen.precision);
+        match &self.engine {
+            Engine::Whisper(_) => (whisper, None),
+            Engine::Moonshine(m) => (None, Some(m.precision())),
+            Engine::Agreement { moonshine, .. } => (whisper, Some(moonshine.precision())),
+        }
+    }
+
     /// Install a hook Whisper calls before every encoder window and decoder
     /// step (see [`super::whisper::StepHook`]).
     pub fn set_step_hook(&mut self, hook: Option<super::whisper::StepHook>) {
