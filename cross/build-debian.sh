@@ -107,7 +107,8 @@ if [ "$mode" = test ]; then
       --skip agreement_takes_the_text_both_decoders_prefer \
       --skip fused_moonshine_attention_steps_like_the_onnx_chain \
       --skip a_transcript_is_the_same_float_every_run \
-      --skip moonshine_form_is_measured_once_then_reused
+      --skip moonshine_form_is_measured_once_then_reused \
+      --skip auto_takes_agreement_only_within_the_latency_budget
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not

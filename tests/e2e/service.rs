@@ -90,9 +90,14 @@ async fn wait_transcripts(h: &talkie::service::ServiceHandle, n: u64) {
 /// process, each on its own port, each recognizes its own press, answers
 /// its own API, reloads, and both shut down cleanly through their handles.
 /// Issue 31: a press through the whole service with each `stt.model`:
-/// Whisper tiny.en, Moonshine base, and the two cross-scored (on dev_13,
-/// where Whisper alone mishears "pay" and "credit" and Moonshine's text
-/// wins).
+/// Whisper tiny.en, Moonshine base, and the two cross-scored, whose
+/// verdict reaches the transcript. The agreement press is dev_29, whose
+/// text both models give at every capture offset tried (0–110 ms in 10 ms
+/// steps: the press's start moves by a period from run to run, and dev_13,
+/// used before, read "pay" or "play" with it); which model "won" a tie of
+/// texts is not fixed, so the test asserts a winner and, unless the texts
+/// agreed, the scores. The rule itself is held by
+/// `agreement_takes_the_text_both_decoders_prefer` on fixed audio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_in_one_process_each_recognize_their_own_press() {
     let token = "in-process-technician-token-0123456789";
@@ -102,7 +107,7 @@ async fn services_in_one_process_each_recognize_their_own_press() {
             "dev_02.wav",
             "Can you show me the way to the main entrance?",
         ),
-        ("dev_13.wav", "Can I pay with a credit card here?"),
+        ("dev_29.wav", "Thank you very much, that was very helpful."),
     ];
     let dirs: Vec<tempfile::TempDir> = cases.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let mut handles = Vec::new();
@@ -137,10 +142,18 @@ async fn services_in_one_process_each_recognize_their_own_press() {
             .iter()
             .map(|t| t["text"].as_str().unwrap())
             .collect();
-        assert_eq!(got, [text], "{clip}");
-        let winner = &body["transcripts"][0]["agreement"]["winner"];
+        assert_eq!(got, [text], "{clip} {body}");
+        let verdict = &body["transcripts"][0]["agreement"];
+        let winner = &verdict["winner"];
         if model == talkie::base::config::SttModel::Agreement {
-            assert_eq!(winner, "moonshine-base", "{body}");
+            let w = winner.as_str().unwrap_or_default();
+            assert!(
+                ["agreed", "whisper-tiny", "moonshine-base"].contains(&w),
+                "{body}"
+            );
+            assert_eq!(verdict["scores"].is_null(), w == "agreed", "{body}");
+            let texts = [&verdict["whisper_text"], &verdict["moonshine_text"]];
+            assert!(texts.iter().any(|t| t.as_str() == Some(text)), "{body}");
         } else {
             assert!(winner.is_null(), "{body}");
         }

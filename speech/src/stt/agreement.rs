@@ -221,7 +221,7 @@ impl Agreement {
 
 /// `a` and `b`, on two threads when `parallel` (tract runs each on its
 /// calling thread), else one after the other.
-fn both<A: Send, B: Send>(
+pub(crate) fn both<A: Send, B: Send>(
     parallel: bool,
     a: impl FnOnce() -> A + Send,
     b: impl FnOnce() -> B + Send,

@@ -312,6 +312,95 @@ fn measured_moonshine(
     }
 }
 
+/// Whether a board can hold `agreement` at all (`stt.model = "auto"`):
+/// two cores (the models run side by side) and 1 GiB of RAM (both models
+/// in int8 peak at about 250 MB; a Zero 2 W has 512 MB). `Err` says why not.
+fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
+    if cpu.cores < 2 {
+        return Err(format!(
+            "{} core: agreement runs two models side by side",
+            cpu.cores
+        ));
+    }
+    if cpu.low_memory() {
+        return Err(format!(
+            "{} MB of RAM: agreement needs about 250 MB of it, under {} MB whisper-tiny alone",
+            cpu.mem_total_mb.unwrap_or(0),
+            calibrate::LOW_MEMORY_MB
+        ));
+    }
+    Ok(())
+}
+
+/// Release to text for a 3 s utterance with `agreement`, from each model's
+/// fixed work (3 s of audio, [`calibrate::CAL_STEPS`] decoder steps: each
+/// `(encoder ms, decoder ms)`) timed as agreement runs them: the slower of
+/// the two transcriptions (one after the other on one core), then the
+/// scoring when their texts differ, each decoder taking both texts, about
+/// two decoder passes.
+pub fn predicted_agreement_ms(whisper: (f64, f64), moonshine: (f64, f64), parallel: bool) -> f64 {
+    let (w, m) = (whisper.0 + whisper.1, moonshine.0 + moonshine.1);
+    if parallel {
+        w.max(m) + 2.0 * whisper.1.max(moonshine.1)
+    } else {
+        w + m + 2.0 * (whisper.1 + moonshine.1)
+    }
+}
+
+/// `stt.model = "auto"` with both models loaded: time agreement
+/// ([`time_agreement`]) and keep it if it fits `stt.latency_budget_ms`;
+/// the calibration's model and reason say which and why.
+fn auto_keeps_agreement(
+    whisper: &mut Whisper,
+    moonshine: &mut Moonshine,
+    threads: usize,
+    parallel: bool,
+    opts: &RecognizerOptions,
+    calibration: &mut Calibration,
+) -> Result<bool, RecognizeError> {
+    let ms = time_agreement(whisper, moonshine, threads, parallel)?;
+    let budget = f64::from(opts.latency_budget_ms);
+    let fits = ms <= budget;
+    let tier = if fits {
+        SttModel::Agreement
+    } else {
+        SttModel::WhisperTiny
+    };
+    calibration.model = tier.as_str().to_owned();
+    calibration.reason = format!(
+        "stt.model = \"auto\": {} (agreement measured {ms:.0} ms for a 3 s utterance, {} \
+         stt.latency_budget_ms = {budget:.0}); {}",
+        tier.as_str(),
+        if fits { "within" } else { "over" },
+        calibration.reason
+    );
+    Ok(fits)
+}
+
+/// Time both models' fixed work as agreement runs them (side by side when
+/// `parallel`, Whisper on `threads`), after a short warm-up of each: the
+/// [`predicted_agreement_ms`] for a 3 s utterance.
+fn time_agreement(
+    whisper: &mut Whisper,
+    moonshine: &mut Moonshine,
+    threads: usize,
+    parallel: bool,
+) -> Result<f64, RecognizeError> {
+    let ex = executor(threads)?;
+    let mut run = |frames: usize, steps: usize| {
+        agreement::both(
+            parallel,
+            || multithread_tract_scope(ex.clone(), || whisper.time_fixed_work(frames, steps)),
+            || moonshine.time_fixed_work(frames, steps),
+        )
+    };
+    let (w, m) = run(30, 2);
+    w?;
+    m?;
+    let (w, m) = run(calibrate::CAL_FRAMES, calibrate::CAL_STEPS);
+    Ok(predicted_agreement_ms(w?, m?, parallel))
+}
+
 /// Peak level a quiet utterance is raised to (−6 dBFS).
 pub const LEVEL_TARGET_PEAK: f32 = 0.5;
 /// Audio before the VAD span that Whisper hears too (and Moonshine does
@@ -532,7 +621,9 @@ impl Recognizer {
             calibration.chosen.decoder_threads(),
         );
         whisper.set_decoder_executor((dec != enc).then(|| executor(dec)).transpose()?);
-        let engine = if opts.model == SttModel::Agreement {
+        // `auto`: agreement only where its memory and two cores are there.
+        let tier_gate = (opts.model == SttModel::Auto).then(|| agreement_fits(&calibration.cpu));
+        let engine = if opts.model == SttModel::Agreement || tier_gate == Some(Ok(())) {
             let parallel = calibration.cpu.cores >= 2;
             // Moonshine runs on its own thread (one core) beside Whisper.
             let m_threads = if parallel {
@@ -557,13 +648,35 @@ impl Recognizer {
                     "after it (one core)"
                 }
             );
-            Engine::Agreement {
-                whisper: Box::new(whisper),
-                moonshine: Box::new(moonshine),
-                agreement: Box::new(Agreement::load(dir)?),
-                parallel,
+            let (mut whisper, mut moonshine) = (Box::new(whisper), Box::new(moonshine));
+            if opts.model == SttModel::Auto
+                && !auto_keeps_agreement(
+                    &mut whisper,
+                    &mut moonshine,
+                    enc,
+                    parallel,
+                    opts,
+                    &mut calibration,
+                )?
+            {
+                drop(moonshine);
+                Engine::Whisper(whisper)
+            } else {
+                Engine::Agreement {
+                    whisper,
+                    moonshine,
+                    agreement: Box::new(Agreement::load(dir)?),
+                    parallel,
+                }
             }
         } else {
+            if let Some(Err(why)) = tier_gate {
+                calibration.model = SttModel::WhisperTiny.as_str().to_owned();
+                calibration.reason = format!(
+                    "stt.model = \"auto\": whisper-tiny ({why}); {}",
+                    calibration.reason
+                );
+            }
             Engine::Whisper(Box::new(whisper))
         };
         log_calibration(&calibration, &opts.calibration_file);
@@ -813,14 +926,6 @@ mod tests {
         }
     }
 
-    /// Three dev clips in every precision give the transcripts of the
-    /// x86_64 fp32 run (one clip in a form the CPU does not compute
-    /// natively: fp16 off aarch64 `asimdhp` checks the graph, at 20 times
-    /// fp32's encoder time). `make cross-test` runs this test under
-    /// qemu-aarch64 for several CPU models (`QEMU_CPU`), so every Arm
-    /// kernel family tract picks (with and without dot-product, fp16 on
-    /// `max`) is checked for correctness; the ISA line it prints says
-    /// which family ran.
     /// `stt.model = "agreement"`: where the models agree nothing is scored;
     /// where they differ the text both decoders prefer wins (dev_13:
     /// Whisper hears "Can I paint with a credits card here?").
@@ -866,6 +971,83 @@ mod tests {
             (5_800, 9_000, 40_000)
         );
         assert_eq!(heard_span(&[], 40_000), (0, 0, 0));
+    }
+
+    /// The prediction from fixed numbers: side by side the slower model
+    /// plus two passes of the slower decoder; on one core everything adds.
+    #[test]
+    fn agreement_time_is_the_slower_model_plus_scoring() {
+        assert_eq!(
+            predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), true),
+            230.0
+        );
+        assert_eq!(
+            predicted_agreement_ms((60.0, 30.0), (40.0, 10.0), true),
+            150.0
+        );
+        assert_eq!(
+            predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), false),
+            380.0
+        );
+    }
+
+    /// `auto` refuses agreement on one core or under 1 GiB, saying why.
+    #[test]
+    fn agreement_needs_two_cores_and_a_gigabyte() {
+        let cpu = |cores, mem| CpuInfo {
+            cores,
+            mem_total_mb: mem,
+            ..CpuInfo::read()
+        };
+        assert_eq!(agreement_fits(&cpu(2, Some(1_024))), Ok(()));
+        assert_eq!(agreement_fits(&cpu(4, None)), Ok(()));
+        let one = agreement_fits(&cpu(1, Some(8_192))).unwrap_err();
+        assert!(one.contains("1 core"), "{one}");
+        let small = agreement_fits(&cpu(4, Some(512))).unwrap_err();
+        assert!(small.contains("512 MB of RAM"), "{small}");
+    }
+
+    /// `stt.model = "auto"` on this machine: a budget nothing meets keeps
+    /// Whisper alone, a budget of a minute takes agreement (where the board
+    /// can hold it at all), and the reason says which and why.
+    #[test]
+    fn auto_takes_agreement_only_within_the_latency_budget() {
+        let (models, eval) = models_and_dev();
+        let fits = agreement_fits(&CpuInfo::read());
+        for (budget, want) in [(1, "whisper-tiny"), (60_000, "agreement")] {
+            let opts = RecognizerOptions {
+                model: SttModel::Auto,
+                latency_budget_ms: budget,
+                precision: Precision::Int8,
+                threads: Threads::Fixed(1),
+                vad_model: models.join(VAD_FILE),
+                ..RecognizerOptions::default()
+            };
+            let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
+            let c = r.calibration().clone();
+            let want = if fits.is_ok() { want } else { "whisper-tiny" };
+            assert_eq!(c.model, want, "{}", c.reason);
+            assert!(
+                c.reason
+                    .starts_with(&format!("stt.model = \"auto\": {want}")),
+                "{}",
+                c.reason
+            );
+            match &fits {
+                Ok(()) => assert!(
+                    c.reason
+                        .contains(if budget == 1 { "over" } else { "within" }),
+                    "{}",
+                    c.reason
+                ),
+                Err(why) => assert!(c.reason.contains(why.as_str()), "{}", c.reason),
+            }
+            let forms = r.model_forms();
+            assert_eq!(forms.1.is_some(), want == "agreement", "{forms:?}");
+            let got = r.recognize(&read_clip(&eval.join("dev_00.wav"))).unwrap();
+            assert_eq!(got.agreement.is_some(), want == "agreement");
+            assert!(got.has_text(), "{got:?}");
+        }
     }
 
     /// Quiet input is raised before the VAD, loud input left alone.
@@ -930,6 +1112,14 @@ mod tests {
         }
     }
 
+    /// Three dev clips in every precision give the transcripts of the
+    /// x86_64 fp32 run (one clip in a form the CPU does not compute
+    /// natively: fp16 off aarch64 `asimdhp` checks the graph, at 20 times
+    /// fp32's encoder time). `make cross-test` runs this test under
+    /// qemu-aarch64 for several CPU models (`QEMU_CPU`), so every Arm
+    /// kernel family tract picks (with and without dot-product, fp16 on
+    /// `max`) is checked for correctness; the ISA line it prints says
+    /// which family ran.
     #[test]
     fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
         let (models, eval) = models_and_dev();

@@ -529,6 +529,7 @@ impl Config {
             precision: self.stt.precision,
             threads: self.stt.threads,
             max_tokens: self.stt.max_tokens,
+            latency_budget_ms: self.stt.latency_budget_ms,
             encoder_margin_frames: self.stt.encoder_margin_frames,
             calibration_file: self.stt.calibration_file.clone(),
             vad_model: self.vad.model.clone(),

@@ -148,10 +148,14 @@ pub use talkie_speech::options::{ModelPrecision, Precision, SttModel, Threads};
 pub struct SttConfig {
     /// Directory holding the Whisper encoder/decoder ONNX files and tokenizer.
     pub model_dir: PathBuf,
-    /// `whisper-tiny` (default) or `moonshine-base` (issue 31).
+    /// `whisper-tiny` (default), `moonshine-base`, `agreement` or `auto`
+    /// (issue 31).
     pub model: SttModel,
     /// Most tokens decoded for one utterance.
     pub max_tokens: u32,
+    /// `model = "auto"`: agreement is chosen only if its measured time for
+    /// a 3 s utterance (release to text, no speculation) fits this.
+    pub latency_budget_ms: u32,
     /// `auto` (measured at start-up), `fp32` or `int8` model files.
     pub precision: Precision,
     /// Threads for the encoder/decoder matrix products (1 = the worker
@@ -172,6 +176,7 @@ impl Default for SttConfig {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
             model: SttModel::WhisperTiny,
             max_tokens: 96,
+            latency_budget_ms: talkie_speech::options::DEFAULT_LATENCY_BUDGET_MS,
             precision: Precision::Auto,
             threads: Threads::Auto,
             encoder_margin_frames: 512,

@@ -130,6 +130,12 @@ fn stt(p: &mut Problems, c: &Config) {
         "must be a directory path",
     );
     range(p, "stt.max_tokens", c.stt.max_tokens, 1..=448);
+    range(
+        p,
+        "stt.latency_budget_ms",
+        c.stt.latency_budget_ms,
+        50..=60_000,
+    );
     if let super::schema::Threads::Fixed(n) = c.stt.threads {
         range(p, "stt.threads", n, 1..=16);
     }
