@@ -336,14 +336,16 @@ fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
 /// fixed work (3 s of audio, [`calibrate::CAL_STEPS`] decoder steps: each
 /// `(encoder ms, decoder ms)`) timed as agreement runs them: the slower of
 /// the two transcriptions (one after the other on one core), then the
-/// scoring when their texts differ, each decoder taking both texts, about
-/// two decoder passes.
-pub fn predicted_agreement_ms(whisper: (f64, f64), moonshine: (f64, f64), parallel: bool) -> f64 {
+/// scoring when their texts differ: each decoder takes both texts, one of
+/// them usually in two casings ([`agreement::scoring_forms`]: Whisper's
+/// lower-case start), so three decoder passes.
+fn predicted_agreement_ms(whisper: (f64, f64), moonshine: (f64, f64), parallel: bool) -> f64 {
+    const SCORING_PASSES: f64 = 3.0;
     let (w, m) = (whisper.0 + whisper.1, moonshine.0 + moonshine.1);
     if parallel {
-        w.max(m) + 2.0 * whisper.1.max(moonshine.1)
+        w.max(m) + SCORING_PASSES * whisper.1.max(moonshine.1)
     } else {
-        w + m + 2.0 * (whisper.1 + moonshine.1)
+        w + m + SCORING_PASSES * (whisper.1 + moonshine.1)
     }
 }
 
@@ -403,6 +405,9 @@ fn time_agreement(
 
 /// Peak level a quiet utterance is raised to (−6 dBFS).
 pub const LEVEL_TARGET_PEAK: f32 = 0.5;
+/// Most gain [`level_normalized`] applies (+30 dB).
+pub const LEVEL_MAX_GAIN: f32 = 31.6;
+
 /// Audio before the VAD span that Whisper hears too (and Moonshine does
 /// not): 200 ms, so Whisper starts `vad.speech_pad_ms` + 200 ms before the
 /// first speech. In 10 dB pink noise Silero marks speech late and the trim
@@ -427,9 +432,6 @@ fn heard_span(segments: &[vad::Segment], len: usize) -> (usize, usize, usize) {
         _ => (0, 0, 0),
     }
 }
-
-/// Most gain [`level_normalized`] applies (+30 dB).
-pub const LEVEL_MAX_GAIN: f32 = 31.6;
 
 /// A quiet utterance raised so its peak reaches [`LEVEL_TARGET_PEAK`]
 /// (at most [`LEVEL_MAX_GAIN`]); `None` when it is loud enough already.
@@ -974,20 +976,20 @@ mod tests {
     }
 
     /// The prediction from fixed numbers: side by side the slower model
-    /// plus two passes of the slower decoder; on one core everything adds.
+    /// plus three passes of the slower decoder; on one core everything adds.
     #[test]
     fn agreement_time_is_the_slower_model_plus_scoring() {
         assert_eq!(
             predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), true),
-            230.0
+            280.0
         );
         assert_eq!(
             predicted_agreement_ms((60.0, 30.0), (40.0, 10.0), true),
-            150.0
+            180.0
         );
         assert_eq!(
             predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), false),
-            380.0
+            460.0
         );
     }
 
