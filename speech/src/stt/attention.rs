@@ -30,13 +30,16 @@ use tract_onnx::tract_hir::internal::*;
 /// The fused node's ONNX op type (registered only in talkie's parser).
 pub(super) const OP_TYPE: &str = "TalkieAttention";
 
-/// `tract_onnx::onnx()` that also reads [`OP_TYPE`] nodes, and runs
-/// `DynamicQuantizeLinear` as [`super::quant::DynamicQuantizeU8`].
+/// `tract_onnx::onnx()` that also reads [`OP_TYPE`] and
+/// [`super::linear::OP_TYPE`] nodes, and runs `DynamicQuantizeLinear` as
+/// [`super::quant::DynamicQuantizeU8`].
 pub(super) fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert(OP_TYPE, parse);
     onnx.op_register
         .insert("DynamicQuantizeLinear", super::quant::parse);
+    onnx.op_register
+        .insert(super::linear::OP_TYPE, super::linear::parse);
     onnx
 }
 
@@ -572,7 +575,7 @@ impl Graph<'_> {
 
 /// Drop nodes none of whose outputs is read (by a node or as a graph
 /// output), until none is left.
-fn remove_unused(graph: &mut pb::GraphProto) {
+pub(super) fn remove_unused(graph: &mut pb::GraphProto) {
     loop {
         let used: std::collections::HashSet<String> = graph
             .node

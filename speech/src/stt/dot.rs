@@ -28,17 +28,23 @@
 //! `128 · Σq` (each row's sum, kept by the vocabulary) subtracted again.
 //! The sums are taken in wrapping 32-bit arithmetic, which is exact
 //! whenever the true result fits, and it does: `|q · hq| ≤ width · 128 ·
-//! 16383 < 2³¹` for `width ≤` [`MAX_WIDTH`].
+//! 16383 < 2³¹` for `width ≤ 1024` (wider states get fewer bits: see
+//! [`MAX_WIDTH`]).
 //!
 //! The projection reads the whole matrix (20 MB for Whisper) every decoder
 //! step; the kernels stream each row once and keep `h` in L1.
 
-/// The widest hidden state the integer sums hold exactly (see above).
-pub const MAX_WIDTH: usize = 1024;
+/// The widest hidden state [`Hidden`] holds. Up to 1024 it is quantized
+/// to 15 bits; wider ones (the int8 linear layers' 1536- and 1664-wide
+/// inputs, [`super::linear`]) to fewer, so that the sums stay exact.
+pub const MAX_WIDTH: usize = 2048;
 
 /// Largest magnitude of the quantized hidden state: 15 bits, so that its
-/// high byte is a signed byte for `sdot`.
-const HQ_MAX: f32 = 16383.0;
+/// high byte is a signed byte for `sdot`, and small enough that `width ·
+/// 128 · max` fits an i32 (14 bits at 2048).
+fn hq_max(width: usize) -> f32 {
+    (i32::MAX as usize / (128 * width.max(1))).min(16383) as f32
+}
 
 /// One step's hidden state in the forms the kernels read, quantized once
 /// per step, on the stack (no allocation in the decoder step).
@@ -75,10 +81,11 @@ impl Hidden {
                 f32::NAN
             }
         });
+        let hq_max = hq_max(h.len());
         let mut me = Self {
             width: h.len(),
             scale: if max > 0.0 || max.is_nan() {
-                max / HQ_MAX
+                max / hq_max
             } else {
                 1.0
             },
@@ -87,11 +94,11 @@ impl Hidden {
             hi: [128; MAX_WIDTH],
         };
         if me.scale.is_finite() {
-            let inv = HQ_MAX / max.max(f32::MIN_POSITIVE);
+            let inv = hq_max / max.max(f32::MIN_POSITIVE);
             for (i, &x) in h.iter().enumerate() {
-                // |x · inv| <= 16383 up to rounding; the clamp keeps a last-bit
-                // overshoot inside 15 bits.
-                let q = (x * inv).round().clamp(-HQ_MAX, HQ_MAX) as i16;
+                // |x · inv| <= hq_max up to rounding; the clamp keeps a
+                // last-bit overshoot inside it.
+                let q = (x * inv).round().clamp(-hq_max, hq_max) as i16;
                 me.q[i] = q;
                 me.lo[i] = (q & 127) as u8;
                 me.hi[i] = ((q >> 7) + 128) as u8;
@@ -575,7 +582,7 @@ mod tests {
         assert!(kernels.contains(&Kernel::Neon));
         // Whisper's 384, Moonshine's 416, and widths with every kind of tail.
         for w in [
-            384, 416, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129, 1024,
+            384, 416, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129, 1024, 1536, 1664,
         ] {
             let (rows, scale, h) = data(37, w);
             let outs = all(&rows, &scale, &h);
@@ -596,7 +603,7 @@ mod tests {
 
     #[test]
     fn the_integer_sums_are_the_dot_products_to_the_rounding_of_h() {
-        for w in [384, 17, 1024] {
+        for w in [384, 17, 1024, 1664] {
             let (rows, scale, h) = data(37, w);
             let hidden = Hidden::new(&h).expect("narrow enough");
             let step = f64::from(hidden.scale());
@@ -624,28 +631,31 @@ mod tests {
 
     #[test]
     fn the_widest_extremes_sum_exactly_without_overflow() {
-        // |q · hq| at its largest: width 1024, q = -128, h at ± its maximum.
-        let w = MAX_WIDTH;
-        let rows = vec![-128i8; 2 * w];
-        let mut h = vec![-1.0f32; w];
-        let neg = vec![1.0f32; w];
-        let top = 128 * 16383 * w as i64;
-        assert!(top <= i64::from(i32::MAX));
-        let want = |dot: i64| dot as f32 * (1.0f32 / 16383.0);
-        for (k, got) in all(&rows, &[1.0, 1.0], &h) {
-            assert_eq!(got, [want(top); 2], "{}", k.name());
-        }
-        for (k, got) in all(&rows, &[1.0, 1.0], &neg) {
-            assert_eq!(got, [want(-top); 2], "{}", k.name());
-        }
-        // one element negative: every byte split meets a sign change
-        h[3] = 1.0;
-        let outs = all(&rows, &[1.0, 1.0], &h);
-        for (k, got) in &outs {
-            assert_eq!(got, &outs[0].1, "{}", k.name());
+        // |q · hq| at its largest: q = -128, h at ± its maximum, at the
+        // widest 15-bit width and at wider ones with fewer bits.
+        for (w, bits_max) in [(1024, 16383), (1536, 10922), (MAX_WIDTH, 8191)] {
+            assert_eq!(hq_max(w), bits_max as f32);
+            let rows = vec![-128i8; 2 * w];
+            let mut h = vec![-1.0f32; w];
+            let neg = vec![1.0f32; w];
+            let top = 128 * bits_max * w as i64;
+            assert!(top <= i64::from(i32::MAX));
+            let want = |dot: i64| dot as f32 * (1.0f32 / bits_max as f32);
+            for (k, got) in all(&rows, &[1.0, 1.0], &h) {
+                assert_eq!(got, [want(top); 2], "{} width {w}", k.name());
+            }
+            for (k, got) in all(&rows, &[1.0, 1.0], &neg) {
+                assert_eq!(got, [want(-top); 2], "{} width {w}", k.name());
+            }
+            // one element negative: every byte split meets a sign change
+            h[3] = 1.0;
+            let outs = all(&rows, &[1.0, 1.0], &h);
+            for (k, got) in &outs {
+                assert_eq!(got, &outs[0].1, "{} width {w}", k.name());
+            }
         }
         assert!(
-            Hidden::new(&vec![0.0; w + 1]).is_none(),
+            Hidden::new(&vec![0.0; MAX_WIDTH + 1]).is_none(),
             "wider than the sums hold"
         );
     }

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod bpe;
 pub mod calibrate;
 pub mod dot;
+pub mod linear;
 pub mod mel;
 pub mod moonshine;
 pub mod quant;
