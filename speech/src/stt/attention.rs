@@ -511,12 +511,17 @@ fn attr_float(name: &str, f: f32) -> AttributeProto {
     }
 }
 
-/// Lookups over a graph's nodes and initializers.
-struct Graph<'a>(&'a pb::GraphProto);
+/// Lookups over a graph's nodes and initializers (also `linear.rs`'s).
+pub(super) struct Graph<'a>(pub(super) &'a pb::GraphProto);
 
 impl Graph<'_> {
     /// The node of type `op` producing `name`, with `perm` if given.
-    fn producer(&self, name: &str, op: &str, perm: Option<&[i64]>) -> Option<&NodeProto> {
+    pub(super) fn producer(
+        &self,
+        name: &str,
+        op: &str,
+        perm: Option<&[i64]>,
+    ) -> Option<&NodeProto> {
         let node = self
             .0
             .node
@@ -542,7 +547,7 @@ impl Graph<'_> {
         }
     }
 
-    fn initializer(&self, name: &str) -> Option<&pb::TensorProto> {
+    pub(super) fn initializer(&self, name: &str) -> Option<&pb::TensorProto> {
         self.0.initializer.iter().find(|t| t.name == name)
     }
 

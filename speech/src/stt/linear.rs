@@ -26,6 +26,7 @@
 //! (`load_decoder_plan`): an encoder's products are matrix by matrix,
 //! which tract's kernels run on every core.
 
+use super::attention::Graph;
 use super::dot::{row_sums, Hidden, Kernel};
 use std::sync::Arc;
 use tract_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, NodeProto};
@@ -246,21 +247,18 @@ pub(super) fn fuse(graph: &mut pb::GraphProto) -> usize {
 /// node it ends with, the node that replaces that one).
 fn match_chain(graph: &pb::GraphProto, mm: &NodeProto) -> Option<(usize, NodeProto)> {
     (mm.op_type == "MatMulInteger" && mm.input.len() == 4).then_some(())?;
-    let g = Lookup(graph);
-    let quant = g.producer(&mm.input[0])?;
-    (quant.op_type == "DynamicQuantizeLinear"
-        && quant.output.len() == 3
-        && mm.input[2] == quant.output[2])
-        .then_some(())?;
-    let (k, n, rows) = g.int8_rows(&mm.input[1])?;
-    g.int8_zero(&mm.input[3])?;
-    let (_, cast) = g.only_consumer(&mm.output[0], "Cast")?;
-    let (end, mul) = g.only_consumer(cast.output.first()?, "Mul")?;
+    let g = Graph(graph);
+    let quant = g.producer(&mm.input[0], "DynamicQuantizeLinear", None)?;
+    (quant.output.len() == 3 && mm.input[2] == quant.output[2]).then_some(())?;
+    let (k, n, rows) = int8_rows(g.initializer(&mm.input[1])?)?;
+    int8_zero(g.initializer(&mm.input[3])?)?;
+    let (_, cast) = only_consumer(graph, &mm.output[0], "Cast")?;
+    let (end, mul) = only_consumer(graph, cast.output.first()?, "Mul")?;
     let scales = mul.input.iter().find(|i| *i != &cast.output[0])?;
-    let scales = g.producer(scales).filter(|p| p.op_type == "Mul")?;
+    let scales = g.producer(scales, "Mul", None)?;
     let weight_scale = scales.input.iter().find(|i| *i != &quant.output[1])?;
     (scales.input.iter().any(|i| i == &quant.output[1])).then_some(())?;
-    let scale = g.floats(weight_scale)?;
+    let scale = floats(g.initializer(weight_scale)?)?;
     let scale = match scale.len() {
         1 => vec![scale[0]; n],
         len if len == n => scale,
@@ -297,81 +295,65 @@ fn match_chain(graph: &pb::GraphProto, mm: &NodeProto) -> Option<(usize, NodePro
     ))
 }
 
-/// Lookups over a graph's nodes and initializers.
-struct Lookup<'a>(&'a pb::GraphProto);
+/// The one node reading `name`, with its index, if it is of type `op`
+/// and nothing else reads it (a graph output counts as a reader).
+fn only_consumer<'g>(
+    graph: &'g pb::GraphProto,
+    name: &str,
+    op: &str,
+) -> Option<(usize, &'g NodeProto)> {
+    let mut readers = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.input.iter().any(|i| i == name));
+    let first = readers.next()?;
+    let output = graph.output.iter().any(|o| o.name == name);
+    (readers.next().is_none() && !output && first.1.op_type == op).then_some(first)
+}
 
-impl Lookup<'_> {
-    fn producer(&self, name: &str) -> Option<&NodeProto> {
-        self.0
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| o == name))
-    }
-
-    /// The one node reading `name`, if it is of type `op` and nothing
-    /// else reads it (a graph output counts as a reader).
-    fn only_consumer(&self, name: &str, op: &str) -> Option<(usize, &NodeProto)> {
-        let mut readers = self
-            .0
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.input.iter().any(|i| i == name));
-        let first = readers.next()?;
-        let output = self.0.output.iter().any(|o| o.name == name);
-        (readers.next().is_none() && !output && first.1.op_type == op).then_some(first)
-    }
-
-    fn initializer(&self, name: &str) -> Option<&pb::TensorProto> {
-        self.0.initializer.iter().find(|t| t.name == name)
-    }
-
-    /// A 2-D int8 initializer [k, n] as (k, n, its bytes transposed to
-    /// [n, k] rows).
-    fn int8_rows(&self, name: &str) -> Option<(usize, usize, Vec<u8>)> {
-        let t = self.initializer(name)?;
-        (t.data_type == pb::tensor_proto::DataType::Int8 as i32).then_some(())?;
-        let (k, n) = match t.dims.as_slice() {
-            &[k, n] => (usize::try_from(k).ok()?, usize::try_from(n).ok()?),
-            _ => return None,
-        };
-        let bytes: Vec<u8> = if t.raw_data.is_empty() {
-            t.int32_data.iter().map(|&v| v as i8 as u8).collect()
-        } else {
-            t.raw_data.clone()
-        };
-        (k > 0 && n > 0 && bytes.len() == k * n).then_some(())?;
-        let mut rows = vec![0u8; k * n];
-        for (i, col) in bytes.chunks_exact(n).enumerate() {
-            for (j, &b) in col.iter().enumerate() {
-                rows[j * k + i] = b;
-            }
+/// A 2-D int8 initializer [k, n] as (k, n, its bytes transposed to [n, k]
+/// rows).
+fn int8_rows(t: &pb::TensorProto) -> Option<(usize, usize, Vec<u8>)> {
+    (t.data_type == pb::tensor_proto::DataType::Int8 as i32).then_some(())?;
+    let (k, n) = match t.dims.as_slice() {
+        &[k, n] => (usize::try_from(k).ok()?, usize::try_from(n).ok()?),
+        _ => return None,
+    };
+    let bytes: Vec<u8> = if t.raw_data.is_empty() {
+        t.int32_data.iter().map(|&v| v as i8 as u8).collect()
+    } else {
+        t.raw_data.clone()
+    };
+    (k > 0 && n > 0 && bytes.len() == k * n).then_some(())?;
+    let mut rows = vec![0u8; k * n];
+    for (i, col) in bytes.chunks_exact(n).enumerate() {
+        for (j, &b) in col.iter().enumerate() {
+            rows[j * k + i] = b;
         }
-        Some((k, n, rows))
     }
+    Some((k, n, rows))
+}
 
-    /// An int8 initializer whose every element is 0.
-    fn int8_zero(&self, name: &str) -> Option<()> {
-        let t = self.initializer(name)?;
-        (t.data_type == pb::tensor_proto::DataType::Int8 as i32
-            && t.raw_data.iter().all(|&b| b == 0)
-            && t.int32_data.iter().all(|&v| v == 0))
-        .then_some(())
-    }
+/// An int8 initializer whose every element is 0.
+fn int8_zero(t: &pb::TensorProto) -> Option<()> {
+    (t.data_type == pb::tensor_proto::DataType::Int8 as i32
+        && t.raw_data.iter().all(|&b| b == 0)
+        && t.int32_data.iter().all(|&v| v == 0))
+    .then_some(())
+}
 
-    /// A float32 initializer's values.
-    fn floats(&self, name: &str) -> Option<Vec<f32>> {
-        let t = self.initializer(name)?;
-        (t.data_type == pb::tensor_proto::DataType::Float as i32).then_some(())?;
-        if !t.float_data.is_empty() {
-            return Some(t.float_data.clone());
-        }
-        let raw = t.raw_data.as_slice();
-        (raw.len() % 4 == 0 && !raw.is_empty()).then_some(())?;
-        raw.chunks_exact(4)
-            .map(|c| c.try_into().ok().map(f32::from_le_bytes))
-            .collect()
+/// A float32 initializer's values.
+fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    (t.data_type == pb::tensor_proto::DataType::Float as i32).then_some(())?;
+    if !t.float_data.is_empty() {
+        return Some(t.float_data.clone());
     }
+    let raw = t.raw_data.as_slice();
+    (raw.len().is_multiple_of(4) && !raw.is_empty()).then_some(())?;
+    raw.chunks_exact(4)
+        .map(|c| c.try_into().ok().map(f32::from_le_bytes))
+        .collect()
 }
 
 #[cfg(test)]
