@@ -89,7 +89,11 @@ CARGO_DENY_VERSION := 0.20.2
 CARGO_DENY := target/tools/bin/cargo-deny
 $(CARGO_DENY):
 	$(CARGO) install --debug --locked --no-default-features --version $(CARGO_DENY_VERSION) --root target/tools cargo-deny
+# cargo-deny reads `cargo metadata` for every platform; a fresh machine's
+# builds have fetched only the host's crates (windows-sys and the like were
+# missing offline), so fetch the whole lock file first.
 deny: deps $(CARGO_DENY)
+	$(CARGO) fetch --locked
 	$(CARGO_DENY) --offline check licenses bans
 
 # The fast tier (issue 29): formatting, lints, docs, the supply-chain gate
