@@ -30,20 +30,7 @@ use tract_onnx::tract_hir::internal::*;
 /// The fused node's ONNX op type (registered only in talkie's parser).
 pub(super) const OP_TYPE: &str = "TalkieAttention";
 
-/// `tract_onnx::onnx()` that also reads [`OP_TYPE`] and
-/// [`super::linear::OP_TYPE`] nodes, and runs `DynamicQuantizeLinear` as
-/// [`super::quant::DynamicQuantizeU8`].
-pub(super) fn onnx() -> tract_onnx::Onnx {
-    let mut onnx = tract_onnx::onnx();
-    onnx.op_register.insert(OP_TYPE, parse);
-    onnx.op_register
-        .insert("DynamicQuantizeLinear", super::quant::parse);
-    onnx.op_register
-        .insert(super::linear::OP_TYPE, super::linear::parse);
-    onnx
-}
-
-fn parse(
+pub(super) fn parse(
     _ctx: &tract_onnx::model::ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {

@@ -228,13 +228,27 @@ pub(super) fn load_decoder_plan(path: &Path) -> Result<Plan, ModelError> {
     load_plan_as(path, true)
 }
 
+/// `tract_onnx::onnx()` that also reads [`super::attention::OP_TYPE`] and
+/// [`super::linear::OP_TYPE`] nodes, and runs `DynamicQuantizeLinear` as
+/// [`super::quant::DynamicQuantizeU8`].
+fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert(super::attention::OP_TYPE, super::attention::parse);
+    onnx.op_register
+        .insert("DynamicQuantizeLinear", super::quant::parse);
+    onnx.op_register
+        .insert(super::linear::OP_TYPE, super::linear::parse);
+    onnx
+}
+
 pub(super) fn load_plan_as(path: &Path, fuse_attention: bool) -> Result<Plan, ModelError> {
     models::verify(path)?;
     let err = |e: TractError| ModelError::Load {
         path: path.to_owned(),
         reason: format!("{e:?}"),
     };
-    let onnx = super::attention::onnx();
+    let onnx = onnx();
     let mut proto = onnx.proto_model_for_path(path).map_err(err)?;
     if fuse_attention {
         if let Some(graph) = proto.graph.as_mut() {
