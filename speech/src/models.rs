@@ -66,23 +66,34 @@ pub fn entries() -> Result<Vec<ModelEntry>, ModelError> {
 }
 
 /// The manifest entries of the files `talkie run` loads from `dir`: the
-/// VAD, Whisper's files in the form `whisper` names (if it runs) and
-/// Moonshine's in the form `moonshine` names (if it runs), as JSON for the
-/// status page (file, kind, precision, sha256). The files were verified
-/// when they were loaded.
-pub fn in_use(dir: &Path, whisper: Option<&str>, moonshine: Option<&str>) -> serde_json::Value {
+/// VAD, Whisper's files in the forms `whisper` names (if it runs; the
+/// encoder's and the decoder's may differ) and Moonshine's in the forms
+/// `moonshine` names (if it runs), as JSON for the status page (file, kind,
+/// precision, sha256). The files were verified when they were loaded.
+pub fn in_use(
+    dir: &Path,
+    whisper: Option<crate::options::Forms>,
+    moonshine: Option<crate::options::Forms>,
+) -> serde_json::Value {
     let list: Vec<serde_json::Value> = entries()
         .unwrap_or_default()
         .into_iter()
         .filter(|e| {
-            let form = if e.kind.starts_with("moonshine-") {
+            let forms = if e.kind.starts_with("moonshine-") {
                 moonshine
             } else if e.kind.starts_with("stt-") {
                 whisper
             } else {
                 return true;
             };
-            form.is_some_and(|f| e.precision.as_deref().is_none_or(|p| p == f))
+            forms.is_some_and(|f| {
+                e.precision
+                    .as_deref()
+                    .is_none_or(|p| match f.of_kind(&e.kind) {
+                        Some(stage) => p == stage.as_str(),
+                        None => p == f.encoder.as_str() || p == f.decoder.as_str(),
+                    })
+            })
         })
         .filter(|e| dir.join(&e.file).exists())
         .map(|e| {
@@ -201,8 +212,9 @@ mod tests {
             f.sort();
             f
         };
+        use crate::options::{Forms, ModelPrecision::*};
         assert_eq!(
-            files(Some("int8"), None),
+            files(Some(Forms::same(Int8)), None),
             [
                 "silero_vad.onnx",
                 "whisper_decoder_int8.onnx",
@@ -213,7 +225,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            files(None, Some("fp32")),
+            files(None, Some(Forms::same(Fp32))),
             [
                 "moonshine_decoder.onnx",
                 "moonshine_encoder_kv.onnx",
@@ -224,12 +236,27 @@ mod tests {
                 "silero_vad.onnx",
             ]
         );
-        let both = files(Some("fp32"), Some("int8"));
+        let both = files(Some(Forms::same(Fp32)), Some(Forms::same(Int8)));
         assert_eq!(both.len(), 12, "{both:?}");
         assert!(both.contains(&"moonshine_decoder_int8.onnx".to_owned()));
         assert!(both.contains(&"whisper_decoder.onnx".to_owned()));
         assert!(!both.contains(&"moonshine_decoder.onnx".to_owned()));
         assert_eq!(files(None, None), ["silero_vad.onnx"]);
+        // Stages in different forms: each stage's own file.
+        let mixed = Forms {
+            encoder: Fp32,
+            decoder: Int8,
+        };
+        let split = files(Some(mixed), Some(mixed));
+        assert_eq!(split.len(), 12, "{split:?}");
+        for f in [
+            "whisper_encoder.onnx",
+            "whisper_decoder_int8.onnx",
+            "moonshine_encoder_kv.onnx",
+            "moonshine_decoder_int8.onnx",
+        ] {
+            assert!(split.contains(&f.to_owned()), "{f} in {split:?}");
+        }
     }
 
     #[test]

@@ -138,6 +138,49 @@ impl std::fmt::Display for ModelPrecision {
     }
 }
 
+/// The form of each stage of a model: calibration may run the decoder in
+/// another form than the encoder (issue 30: on an AVX2-only x86 tract's
+/// int8 encoder is 30 times slower than fp32, while the int8 decoder, on
+/// talkie's own integer kernels, is the fastest).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct Forms {
+    pub encoder: ModelPrecision,
+    pub decoder: ModelPrecision,
+}
+
+impl Forms {
+    /// Both stages in `p`.
+    pub fn same(p: ModelPrecision) -> Self {
+        Self {
+            encoder: p,
+            decoder: p,
+        }
+    }
+
+    /// The form of the model file of `stage` (`"encoder"` or `"decoder"`
+    /// as the manifest's kinds end); `None` for files of no stage.
+    pub fn of_kind(&self, kind: &str) -> Option<ModelPrecision> {
+        if kind.ends_with("-encoder") {
+            Some(self.encoder)
+        } else if kind.ends_with("-decoder") {
+            Some(self.decoder)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Forms {
+    /// `fp32`, or `fp32 encoder + int8 decoder`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.encoder == self.decoder {
+            write!(f, "{}", self.encoder)
+        } else {
+            write!(f, "{} encoder + {} decoder", self.encoder, self.decoder)
+        }
+    }
+}
+
 /// `stt.threads`: `"auto"` (measured with the precision) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Threads {

@@ -144,6 +144,7 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
             encoder_ms: r.calibration_encoder_ms,
             decoder_ms: r.calibration_decoder_ms,
             pruned: false,
+            decoder_only: false,
         })
         .collect();
     let memory: BTreeMap<_, _> = precisions
@@ -168,7 +169,7 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
             "calibration_input": {"audio_frames": calibrate::CAL_FRAMES, "encoder_window": "audio + stt.encoder_margin_frames", "decoder_steps": calibrate::CAL_STEPS},
             "rows": rows,
             "auto": auto.as_ref().map(|(c, why)| serde_json::json!({
-                "precision": c.precision, "threads": c.threads,
+                "precision": c.precision, "decoder_precision": c.forms().decoder, "threads": c.threads,
                 "decoder_threads": c.decoder_threads(), "reason": why,
             })),
         });
@@ -284,8 +285,8 @@ fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &s
     }
     match auto {
         Some((c, why)) => println!(
-            "\nauto would choose: precision {}, {} thread(s), decoder {} — {why}",
-            c.precision,
+            "\nauto would choose: {}, {} thread(s), decoder {} — {why}",
+            c.forms(),
             c.threads,
             c.decoder_threads()
         ),

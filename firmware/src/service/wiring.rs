@@ -65,11 +65,9 @@ pub(super) async fn load_models(
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
         let (whisper, moonshine) = r.model_forms();
-        let _ = shown.models.set(crate::models::in_use(
-            &dir,
-            whisper.map(|p| p.as_str()),
-            moonshine.map(|p| p.as_str()),
-        ));
+        let _ = shown
+            .models
+            .set(crate::models::in_use(&dir, whisper, moonshine));
         let _ = shown.calibration.set(r.calibration().clone());
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 || cfg.ptt.speculative {
             Some(SileroVad::load(&cfg.vad.model)?)

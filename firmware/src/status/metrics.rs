@@ -102,6 +102,7 @@ fn service(o: &mut Out, s: &Shared) {
             &[
                 ("model", &c.model),
                 ("precision", &c.chosen.precision.to_string()),
+                ("decoder_precision", &c.chosen.forms().decoder.to_string()),
                 ("threads", &c.chosen.threads.to_string()),
                 ("decoder_threads", &c.chosen.decoder_threads().to_string()),
                 ("source", c.source()),

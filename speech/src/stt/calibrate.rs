@@ -18,7 +18,7 @@
 //! its best time are kept, so cores are not taken for nothing.
 
 use crate::models;
-use crate::options::{ModelPrecision, Precision, Threads};
+use crate::options::{Forms, ModelPrecision, Precision, Threads};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -248,6 +248,11 @@ pub struct Timing {
     /// measurement, so the times are of the warm-up and the candidate lost.
     #[serde(default)]
     pub pruned: bool,
+    /// Only the decoder was timed, in full, against cross-attention K/V
+    /// of the calibration's length (`encoder_ms` is 0): the form's encoder
+    /// was pruned, but its decoder may still be the fastest (issue 30).
+    #[serde(default)]
+    pub decoder_only: bool,
 }
 
 impl Timing {
@@ -259,7 +264,13 @@ impl Timing {
 /// What calibration chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice {
+    /// The encoder's form (and the decoder's unless
+    /// [`Choice::decoder_precision`] says otherwise).
     pub precision: ModelPrecision,
+    /// The decoder's form when calibration found another form's decoder
+    /// faster behind this encoder; `None` = as `precision`.
+    #[serde(default)]
+    pub decoder_precision: Option<ModelPrecision>,
     /// Threads of the encoder (and of the decoder unless
     /// [`Choice::decoder_threads`] says otherwise).
     pub threads: usize,
@@ -271,6 +282,32 @@ pub struct Choice {
 }
 
 impl Choice {
+    /// One form for both stages, one thread count.
+    pub fn new(precision: ModelPrecision, threads: usize) -> Self {
+        Self {
+            precision,
+            decoder_precision: None,
+            threads,
+            decoder_threads: 0,
+        }
+    }
+
+    /// `forms` (the decoder's only when it differs), one thread count.
+    pub fn of_forms(forms: Forms, threads: usize) -> Self {
+        Self {
+            decoder_precision: (forms.decoder != forms.encoder).then_some(forms.decoder),
+            ..Self::new(forms.encoder, threads)
+        }
+    }
+
+    /// The form of each stage.
+    pub fn forms(&self) -> Forms {
+        Forms {
+            encoder: self.precision,
+            decoder: self.decoder_precision.unwrap_or(self.precision),
+        }
+    }
+
     /// The decoder's thread count.
     pub fn decoder_threads(&self) -> usize {
         if self.decoder_threads == 0 {
@@ -287,7 +324,7 @@ fn best_per_precision(timings: &[Timing]) -> BTreeMap<ModelPrecision, &Timing> {
     for p in ModelPrecision::ALL {
         let of_p: Vec<&Timing> = timings
             .iter()
-            .filter(|t| t.precision == p && !t.pruned)
+            .filter(|t| t.precision == p && !t.pruned && !t.decoder_only)
             .collect();
         let Some(fastest) = of_p
             .iter()
@@ -347,47 +384,52 @@ pub fn decide(
             fastest.total_ms()
         )
     };
-    let choice = Choice {
-        precision: chosen.precision,
-        threads: chosen.threads,
-        decoder_threads: 0,
-    };
+    let choice = Choice::new(chosen.precision, chosen.threads);
     Some(split_stages(timings, choice, chosen.total_ms(), why))
 }
 
-/// Threads per stage (issue 30): for the chosen form, the encoder on its
-/// fastest thread count and the decoder on its own, when that beats the
-/// best single count by more than [`THREADS_BAND`].
+/// Settings per stage (issue 30): the chosen form's encoder on its
+/// fastest thread count, and the fastest decoder measured — of any form
+/// (a decoder-only timing counts: [`Timing::decoder_only`]), on any thread
+/// count — when that beats the chosen single setting by more than
+/// [`THREADS_BAND`]. The encoder's large products gain from every core,
+/// the decoder's small ones lose to a second thread; and on an AVX2-only
+/// x86 the int8 decoder is the fastest behind tract's fp32 encoder.
 fn split_stages(
     timings: &[Timing],
     choice: Choice,
     total_ms: f64,
     why: String,
 ) -> (Choice, String) {
-    let of_p: Vec<&Timing> = timings
+    let enc = timings
         .iter()
-        .filter(|t| t.precision == choice.precision && !t.pruned)
-        .collect();
-    let enc = of_p
-        .iter()
+        .filter(|t| t.precision == choice.precision && !t.pruned && !t.decoder_only)
         .min_by(|a, b| a.encoder_ms.total_cmp(&b.encoder_ms));
-    let dec = of_p
+    let dec = timings
         .iter()
+        .filter(|t| !t.pruned)
         .min_by(|a, b| a.decoder_ms.total_cmp(&b.decoder_ms));
     match (enc, dec) {
         (Some(e), Some(d))
-            if e.threads != d.threads
+            if (e.threads, e.precision) != (d.threads, d.precision)
                 && e.encoder_ms + d.decoder_ms < total_ms * (1.0 - THREADS_BAND) =>
         {
             let split = e.encoder_ms + d.decoder_ms;
+            let choice = Choice {
+                precision: choice.precision,
+                decoder_precision: (d.precision != e.precision).then_some(d.precision),
+                threads: e.threads,
+                decoder_threads: if d.threads == e.threads { 0 } else { d.threads },
+            };
+            let form = if d.precision == e.precision {
+                String::new()
+            } else {
+                format!("{} ", d.precision)
+            };
             (
-                Choice {
-                    precision: choice.precision,
-                    threads: e.threads,
-                    decoder_threads: d.threads,
-                },
+                choice,
                 format!(
-                    "{why}; encoder on {} thread(s), decoder on {} ({split:.0} ms against {total_ms:.0} ms on one count)",
+                    "{why}; encoder on {} thread(s), {form}decoder on {} ({split:.0} ms against {total_ms:.0} ms in one setting)",
                     e.threads, d.threads
                 ),
             )
@@ -499,7 +541,12 @@ impl Calibration {
             .timings
             .iter()
             .map(|t| {
-                if t.pruned {
+                if t.decoder_only {
+                    format!(
+                        "{}/{}=decoder:{:.0}ms",
+                        t.precision, t.threads, t.decoder_ms
+                    )
+                } else if t.pruned {
                     format!(
                         "{}/{}=pruned(>{:.0}ms)",
                         t.precision,
@@ -530,6 +577,7 @@ impl Calibration {
         serde_json::json!({
             "model": self.model,
             "precision": self.chosen.precision.as_str(),
+            "decoder_precision": self.chosen.forms().decoder.as_str(),
             "threads": self.chosen.threads,
             "decoder_threads": self.chosen.decoder_threads(),
             "source": self.source(),
@@ -542,6 +590,7 @@ impl Calibration {
                 "decoder_ms": t.decoder_ms,
                 "total_ms": t.total_ms(),
                 "pruned": t.pruned,
+                "decoder_only": t.decoder_only,
             })).collect::<Vec<_>>(),
             "cpu": {
                 "model": self.cpu.model,
@@ -604,16 +653,31 @@ pub fn model_bytes(dir: &Path, p: ModelPrecision) -> u64 {
         .sum()
 }
 
-/// Measure every candidate with `time(precision, threads, warm_up)`, which
-/// runs the fixed work (or, with `warm_up`, a short version of it) and
-/// returns (encoder ms, decoder ms). Candidates are taken form by form,
-/// most threads first; a candidate whose warm-up alone is slower than the
-/// best full time so far is recorded as pruned and the form's smaller
-/// thread counts are skipped (fewer threads are not faster).
+/// What one timing call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// A short version of the fixed work (a quarter of the audio, one
+    /// decoder step): tract's lazy set-up, and the pruning test.
+    WarmUp,
+    /// The fixed work: [`CAL_FRAMES`] of audio, [`CAL_STEPS`] decoder steps.
+    Full,
+    /// The decoder's [`CAL_STEPS`] steps alone, against cross-attention
+    /// K/V of the length [`CAL_FRAMES`] gives (the encoder is not run).
+    Decoder,
+}
+
+/// Measure every candidate with `time(precision, threads, run)`, which
+/// runs the fixed work ([`Run`]) and returns (encoder ms, decoder ms).
+/// Candidates are taken form by form, most threads first; a candidate
+/// whose warm-up alone is slower than the best full time so far is
+/// recorded as pruned and the form's smaller thread counts are skipped
+/// (fewer threads are not faster) — but its decoder is then timed alone on
+/// every thread count ([`Timing::decoder_only`]), since [`decide`] may
+/// put it behind another form's encoder.
 pub fn measure<E>(
     precisions: &[ModelPrecision],
     threads: &[usize],
-    mut time: impl FnMut(ModelPrecision, usize, bool) -> Result<(f64, f64), E>,
+    mut time: impl FnMut(ModelPrecision, usize, Run) -> Result<(f64, f64), E>,
     mut progress: impl FnMut(&Timing),
 ) -> Result<Vec<Timing>, E> {
     let mut out: Vec<Timing> = Vec::new();
@@ -621,10 +685,10 @@ pub fn measure<E>(
         for &t in threads {
             let best = out
                 .iter()
-                .filter(|t| !t.pruned)
+                .filter(|t| !t.pruned && !t.decoder_only)
                 .map(Timing::total_ms)
                 .min_by(|a, b| a.total_cmp(b));
-            let (we, wd) = time(p, t, true)?;
+            let (we, wd) = time(p, t, Run::WarmUp)?;
             if best.is_some_and(|b| we + wd > b * PRUNE_FACTOR) {
                 let timing = Timing {
                     precision: p,
@@ -632,15 +696,31 @@ pub fn measure<E>(
                     encoder_ms: we,
                     decoder_ms: wd,
                     pruned: true,
+                    decoder_only: false,
                 };
                 progress(&timing);
                 out.push(timing);
+                for &dt in threads {
+                    // Two runs, the faster kept, as below.
+                    let (_, d1) = time(p, dt, Run::Decoder)?;
+                    let (_, d2) = time(p, dt, Run::Decoder)?;
+                    let timing = Timing {
+                        precision: p,
+                        threads: dt,
+                        encoder_ms: 0.0,
+                        decoder_ms: d1.min(d2),
+                        pruned: false,
+                        decoder_only: true,
+                    };
+                    progress(&timing);
+                    out.push(timing);
+                }
                 break;
             }
             // Two runs, the faster kept: the first may still pay for
             // tract's lazy set-up at this thread count.
-            let (e1, d1) = time(p, t, false)?;
-            let (e2, d2) = time(p, t, false)?;
+            let (e1, d1) = time(p, t, Run::Full)?;
+            let (e2, d2) = time(p, t, Run::Full)?;
             let (encoder_ms, decoder_ms) = if e1 + d1 <= e2 + d2 {
                 (e1, d1)
             } else {
@@ -652,6 +732,7 @@ pub fn measure<E>(
                 encoder_ms,
                 decoder_ms,
                 pruned: false,
+                decoder_only: false,
             };
             progress(&timing);
             out.push(timing);
@@ -671,6 +752,7 @@ mod tests {
             encoder_ms: ms * 0.6,
             decoder_ms: ms * 0.4,
             pruned: false,
+            decoder_only: false,
         }
     }
 
@@ -696,7 +778,58 @@ mod tests {
             encoder_ms: enc,
             decoder_ms: dec,
             pruned: false,
+            decoder_only: false,
         }
+    }
+
+    fn decoder_only(p: ModelPrecision, threads: usize, dec: f64) -> Timing {
+        Timing {
+            encoder_ms: 0.0,
+            decoder_only: true,
+            ..stages(p, threads, 0.0, dec)
+        }
+    }
+
+    /// The AVX2-only EPYC (issue 30): tract's int8 encoder is pruned, but
+    /// the int8 decoder on talkie's kernels is the fastest decoder, so it
+    /// runs behind the fp32 encoder; a decoder-only timing never makes its
+    /// form the encoder's, and a gain within the band changes nothing.
+    #[test]
+    fn another_forms_decoder_runs_behind_the_encoder_when_that_wins() {
+        let mut pruned = stages(Int8, 2, 2000.0, 30.0);
+        pruned.pruned = true;
+        let ts = [
+            stages(Fp32, 2, 100.0, 70.0),
+            stages(Fp32, 1, 150.0, 60.0),
+            pruned,
+            decoder_only(Int8, 2, 55.0),
+            decoder_only(Int8, 1, 45.0),
+        ];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!(c.precision, Fp32, "{why}");
+        assert_eq!(
+            c.forms(),
+            Forms {
+                encoder: Fp32,
+                decoder: Int8
+            }
+        );
+        assert_eq!((c.threads, c.decoder_threads()), (2, 1), "{why}");
+        assert!(
+            why.contains("int8 decoder on 1 (145 ms against 170 ms"),
+            "{why}"
+        );
+        // The same thread count: no second pool.
+        let ts = [stages(Fp32, 2, 100.0, 70.0), decoder_only(Int8, 2, 45.0)];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!((c.forms().decoder, c.decoder_threads), (Int8, 0), "{why}");
+        // Within 5 % of the single setting: one form.
+        let ts = [stages(Fp32, 2, 100.0, 70.0), decoder_only(Int8, 1, 63.0)];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!(c, Choice::new(Fp32, 2), "{why}");
+        assert_eq!(c.forms(), Forms::same(Fp32));
+        // Only decoder-only timings: nothing to choose.
+        assert!(decide(&[decoder_only(Int8, 1, 5.0)], &mem(), false).is_none());
     }
 
     #[test]
@@ -760,24 +893,39 @@ mod tests {
         let ts = measure::<()>(
             &[Fp32, Int8],
             &[2, 1],
-            |p, th, warm| {
-                calls.push((p, th, warm));
+            |p, th, run| {
+                calls.push((p, th, run));
                 let base = if p == Fp32 { 100.0 } else { 1600.0 };
-                let ms = if warm {
-                    base / 4.0
-                } else {
-                    base * 2.0 / th as f64
-                };
-                Ok((ms / 2.0, ms / 2.0))
+                Ok(match run {
+                    Run::WarmUp => (base / 8.0, base / 8.0),
+                    Run::Full => (base / th as f64, base / th as f64),
+                    // int8's decoder: 40 ms on one thread, 45 on two.
+                    Run::Decoder => (0.0, 35.0 + 5.0 * th as f64),
+                })
             },
             |_| {},
         )
         .unwrap();
-        assert_eq!(ts.len(), 3, "{ts:?}");
+        assert_eq!(ts.len(), 5, "{ts:?}");
         assert!(ts[2].pruned && ts[2].precision == Int8);
-        assert_eq!(calls.iter().filter(|c| c.0 == Int8).count(), 1);
-        let (c, _) = decide(&ts, &mem(), false).unwrap();
-        assert_eq!((c.precision, c.threads), (Fp32, 2));
+        // int8: the warm-up, then its decoder alone twice per count.
+        let int8: Vec<_> = calls.iter().filter(|c| c.0 == Int8).collect();
+        assert_eq!(int8.len(), 5, "{int8:?}");
+        assert!(int8[1..].iter().all(|c| c.2 == Run::Decoder));
+        assert!(ts[3..].iter().all(|t| t.decoder_only && !t.pruned));
+        assert_eq!(
+            (
+                ts[3].threads,
+                ts[3].decoder_ms,
+                ts[4].threads,
+                ts[4].decoder_ms
+            ),
+            (2, 45.0, 1, 40.0)
+        );
+        // fp32/2: 50 + 50 ms; int8's decoder on one thread saves 10 ms.
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!((c.precision, c.threads), (Fp32, 2), "{why}");
+        assert_eq!((c.forms().decoder, c.decoder_threads()), (Int8, 1), "{why}");
     }
 
     fn cpu() -> CpuInfo {
@@ -852,11 +1000,7 @@ mod tests {
             key,
             cpu: cpu(),
             timings: vec![t(Fp32, 2, 300.0)],
-            chosen: Choice {
-                precision: Fp32,
-                threads: 2,
-                decoder_threads: 0,
-            },
+            chosen: Choice::new(Fp32, 2),
             reason: "fastest".into(),
             calibration_ms: 900.0,
             reused: false,

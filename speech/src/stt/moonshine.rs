@@ -17,7 +17,7 @@ use super::whisper::{
     run_err, Encoded, Plan, StepAt, StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
-use crate::options::ModelPrecision;
+use crate::options::{Forms, ModelPrecision};
 use std::path::Path;
 use std::time::Instant;
 use tract_onnx::prelude::*;
@@ -36,6 +36,14 @@ pub fn encoder_file(precision: ModelPrecision) -> String {
 /// The decoder file of `precision` (see [`encoder_file`]).
 pub fn decoder_file(precision: ModelPrecision) -> String {
     format!("moonshine_decoder{}.onnx", suffix(precision))
+}
+
+/// The form Moonshine runs for `precision` (fp16 has none: fp32).
+fn own_form(precision: ModelPrecision) -> ModelPrecision {
+    match precision {
+        ModelPrecision::Int8 => ModelPrecision::Int8,
+        ModelPrecision::Fp32 | ModelPrecision::Fp16 => ModelPrecision::Fp32,
+    }
 }
 
 fn suffix(precision: ModelPrecision) -> &'static str {
@@ -118,7 +126,7 @@ pub struct Moonshine {
     width: usize,
     max_tokens: usize,
     hook: Option<StepHook>,
-    precision: ModelPrecision,
+    forms: Forms,
 }
 
 impl std::fmt::Debug for Moonshine {
@@ -149,10 +157,16 @@ impl Moonshine {
         precision: ModelPrecision,
         max_tokens: usize,
     ) -> Result<Self, SttError> {
-        let encoder = load_plan(&dir.join(encoder_file(precision)))?;
-        let decoder = load_decoder_plan(&dir.join(decoder_file(precision)))?;
+        Self::load_forms(dir, Forms::same(precision), max_tokens)
+    }
+
+    /// [`Moonshine::load`] with the encoder of one form and the decoder of
+    /// another (both give and take float32 cross-attention K/V).
+    pub fn load_forms(dir: &Path, forms: Forms, max_tokens: usize) -> Result<Self, SttError> {
+        let encoder = load_plan(&dir.join(encoder_file(forms.encoder)))?;
+        let decoder = load_decoder_plan(&dir.join(decoder_file(forms.decoder)))?;
         let shape_err = |what: &str| ModelError::Load {
-            path: dir.join(decoder_file(precision)),
+            path: dir.join(decoder_file(forms.decoder)),
             reason: format!("unexpected input shapes: {what}"),
         };
         let width = input_dim(&decoder, 0, 2).ok_or_else(|| shape_err("embedding [1, 1, d]"))?;
@@ -187,16 +201,16 @@ impl Moonshine {
             width,
             max_tokens,
             hook: None,
-            precision: match precision {
-                ModelPrecision::Int8 => ModelPrecision::Int8,
-                _ => ModelPrecision::Fp32,
+            forms: Forms {
+                encoder: own_form(forms.encoder),
+                decoder: own_form(forms.decoder),
             },
         })
     }
 
-    /// The form loaded (fp32 or int8).
-    pub fn precision(&self) -> ModelPrecision {
-        self.precision
+    /// The forms loaded (fp32 or int8 each).
+    pub fn forms(&self) -> Forms {
+        self.forms
     }
 
     /// Install (or remove) the [`StepHook`], called before the encoder and

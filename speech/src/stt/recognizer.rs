@@ -7,7 +7,7 @@ use super::agreement::{self, Agreement, Verdict};
 use super::calibrate::{self, CacheKey, Calibration, Choice, CpuInfo};
 use super::{Moonshine, SttError, Transcript, Whisper};
 use crate::models::ModelError;
-use crate::options::{ModelPrecision, RecognizerOptions, SttModel, Threads};
+use crate::options::{Forms, ModelPrecision, RecognizerOptions, SttModel, Threads};
 use crate::vad::{self, SegmenterConfig, SileroVad, VadError};
 use crate::SAMPLE_RATE as PIPELINE_RATE;
 use std::path::Path;
@@ -37,18 +37,19 @@ fn run_calibration(
     threads: &[usize],
     key: CacheKey,
     cpu: CpuInfo,
-    load: &dyn Fn(ModelPrecision) -> Result<Whisper, SttError>,
+    load: &dyn Fn(Forms) -> Result<Whisper, SttError>,
 ) -> Result<(Whisper, Calibration), RecognizeError> {
     let t0 = Instant::now();
-    let mut loaded: Option<(ModelPrecision, Whisper)> = None;
+    let mut loaded: Option<(Forms, Whisper)> = None;
     let mut pools: Vec<(usize, Executor)> = Vec::new();
     let timings = calibrate::measure(
         precisions,
         threads,
-        |p, t, warm| -> Result<(f64, f64), RecognizeError> {
-            if loaded.as_ref().is_none_or(|(lp, _)| *lp != p) {
+        |p, t, run| -> Result<(f64, f64), RecognizeError> {
+            let forms = Forms::same(p);
+            if loaded.as_ref().is_none_or(|(lf, _)| *lf != forms) {
                 loaded = None; // free the previous form before loading the next
-                loaded = Some((p, load(p)?));
+                loaded = Some((forms, load(forms)?));
             }
             let ex = match pools.iter().find(|(n, _)| *n == t) {
                 Some((_, ex)) => ex.clone(),
@@ -61,13 +62,11 @@ fn run_calibration(
             let Some((_, w)) = loaded.as_mut() else {
                 return Err(RecognizeError::Calibration("model not loaded".into()));
             };
-            let (frames, steps) = if warm {
-                (calibrate::CAL_FRAMES / 4, 1)
-            } else {
-                (calibrate::CAL_FRAMES, calibrate::CAL_STEPS)
-            };
-            Ok(multithread_tract_scope(ex, || {
-                w.time_fixed_work(frames, steps)
+            let (frames, steps) = (calibrate::CAL_FRAMES, calibrate::CAL_STEPS);
+            Ok(multithread_tract_scope(ex, || match run {
+                calibrate::Run::WarmUp => w.time_fixed_work(frames / 4, 1),
+                calibrate::Run::Full => w.time_fixed_work(frames, steps),
+                calibrate::Run::Decoder => w.time_decoder_only(frames, steps).map(|d| (0.0, d)),
             })?)
         },
         |t| {
@@ -77,6 +76,7 @@ fn run_calibration(
                 encoder_ms = format_args!("{:.0}", t.encoder_ms),
                 decoder_ms = format_args!("{:.0}", t.decoder_ms),
                 pruned = t.pruned,
+                decoder_only = t.decoder_only,
                 "calibration step"
             );
         },
@@ -89,10 +89,10 @@ fn run_calibration(
     let (chosen, reason) = calibrate::decide(&timings, &memory, low_memory)
         .ok_or_else(|| RecognizeError::Calibration("no candidate could be measured".into()))?;
     let whisper = match loaded {
-        Some((p, w)) if p == chosen.precision => w,
+        Some((f, w)) if f == chosen.forms() => w,
         other => {
             drop(other);
-            load(chosen.precision)?
+            load(chosen.forms())?
         }
     };
     let calibration = Calibration {
@@ -240,10 +240,10 @@ fn measured_moonshine(
     }
     let key = moonshine_key(cpu, opts, threads);
     if let Some(c) = calibrate::load_cache(cache, &key) {
-        let m = Moonshine::load(dir, c.chosen.precision, max_tokens)?;
+        let m = Moonshine::load_forms(dir, c.chosen.forms(), max_tokens)?;
         let why = format!(
             "{} as measured before ({}; stored in {})",
-            c.chosen.precision,
+            c.chosen.forms(),
             c.timings_line(),
             cache.display()
         );
@@ -264,6 +264,7 @@ fn measured_moonshine(
                 encoder_ms,
                 decoder_ms,
                 pruned: false,
+                decoder_only: false,
             })
         })
     };
@@ -273,24 +274,26 @@ fn measured_moonshine(
     )?;
     let mut int8 = Moonshine::load(dir, ModelPrecision::Int8, max_tokens)?;
     let int8_t = time(&mut int8, ModelPrecision::Int8)?;
-    let (int8_ms, fp32_ms) = (int8_t.total_ms(), fp32.total_ms());
-    let seen = format!("int8 {int8_ms:.0} ms, fp32 {fp32_ms:.0} ms on 3 s of audio and 12 steps");
-    let keep_int8 = int8_ms <= fp32_ms * 1.1;
-    let precision = if keep_int8 {
-        ModelPrecision::Int8
-    } else {
-        ModelPrecision::Fp32
+    // Each stage in its own form: int8 kept unless fp32 is more than 10 %
+    // faster (on an AVX2-only x86 tract's int8 encoder is many times
+    // slower while the int8 decoder, on talkie's kernels, is the fastest).
+    let stage = |int8: f64, fp32: f64| {
+        if int8 <= fp32 * 1.1 {
+            ModelPrecision::Int8
+        } else {
+            ModelPrecision::Fp32
+        }
     };
-    let why = format!("{precision} measured ({seen})");
-    let mut stored = Calibration::fixed(
-        key,
-        cpu.clone(),
-        Choice {
-            precision,
-            threads,
-            decoder_threads: 0,
-        },
+    let forms = Forms {
+        encoder: stage(int8_t.encoder_ms, fp32.encoder_ms),
+        decoder: stage(int8_t.decoder_ms, fp32.decoder_ms),
+    };
+    let seen = format!(
+        "encoder int8 {:.0} ms, fp32 {:.0} ms; decoder int8 {:.0} ms, fp32 {:.0} ms; on 3 s of audio and 12 steps",
+        int8_t.encoder_ms, fp32.encoder_ms, int8_t.decoder_ms, fp32.decoder_ms
     );
+    let why = format!("{forms} measured ({seen})");
+    let mut stored = Calibration::fixed(key, cpu.clone(), Choice::of_forms(forms, threads));
     stored.model = SttModel::MoonshineBase.as_str().to_owned();
     stored.timings = vec![int8_t, fp32];
     stored.reason = why.clone();
@@ -303,11 +306,11 @@ fn measured_moonshine(
             "cannot store Moonshine's measurement; the next start measures again"
         );
     }
-    if keep_int8 {
+    if forms == Forms::same(ModelPrecision::Int8) {
         Ok((int8, why))
     } else {
         drop(int8);
-        let m = Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?;
+        let m = Moonshine::load_forms(dir, forms, max_tokens)?;
         Ok((m, why))
     }
 }
@@ -551,10 +554,10 @@ impl Recognizer {
             opts.encoder_margin_frames,
         );
         key.talkie.clone_from(&opts.release);
-        let load_whisper = |p: ModelPrecision| {
-            Whisper::load(
+        let load_whisper = |forms: Forms| {
+            Whisper::load_forms(
                 dir,
-                p.suffix(),
+                forms,
                 opts.max_tokens as usize,
                 opts.encoder_margin_frames as usize,
             )
@@ -571,11 +574,7 @@ impl Recognizer {
                          stt.precision = \"auto\" would not use it here"
                     );
                 }
-                let choice = Choice {
-                    precision,
-                    threads,
-                    decoder_threads: 0,
-                };
+                let choice = Choice::new(precision, threads);
                 let c = if opts.precision.fixed().is_some() {
                     Calibration::fixed(key, cpu, choice)
                 } else {
@@ -585,17 +584,19 @@ impl Recognizer {
                         ..Calibration::fixed(key, cpu, choice)
                     }
                 };
-                (load_whisper(precision)?, c)
+                (load_whisper(Forms::same(precision))?, c)
             }
             // Auto with no model files at all: loading fp32 names the file.
             ([], _) => {
-                return Err(load_whisper(ModelPrecision::Fp32).err().map_or_else(
-                    || RecognizeError::Calibration("no Whisper model files found".into()),
-                    RecognizeError::from,
-                ))
+                return Err(load_whisper(Forms::same(ModelPrecision::Fp32))
+                    .err()
+                    .map_or_else(
+                        || RecognizeError::Calibration("no Whisper model files found".into()),
+                        RecognizeError::from,
+                    ))
             }
             _ => match calibrate::load_cache(&opts.calibration_file, &key) {
-                Some(c) => (load_whisper(c.chosen.precision)?, c),
+                Some(c) => (load_whisper(c.chosen.forms())?, c),
                 None => {
                     let (w, c) =
                         run_calibration(dir, &precisions, &threads, key, cpu, &load_whisper)?;
@@ -713,15 +714,8 @@ impl Recognizer {
             &cpu,
             &moonshine_cache_path(&opts.calibration_file),
         )?;
-        let mut calibration = Calibration::fixed(
-            key,
-            cpu,
-            Choice {
-                precision: moonshine.precision(),
-                threads,
-                decoder_threads: 0,
-            },
-        );
+        let mut calibration =
+            Calibration::fixed(key, cpu, Choice::of_forms(moonshine.forms(), threads));
         calibration.model = opts.model.as_str().to_owned();
         calibration.reason = format!(
             "stt.model = \"{}\": {why}; {threads} threads",
@@ -740,12 +734,12 @@ impl Recognizer {
 
     /// The form each model runs in: `(Whisper's, Moonshine's)`, `None` for
     /// a model this recognizer does not run.
-    pub fn model_forms(&self) -> (Option<ModelPrecision>, Option<ModelPrecision>) {
-        let whisper = Some(self.calibration.chosen.precision);
+    pub fn model_forms(&self) -> (Option<Forms>, Option<Forms>) {
+        let whisper = Some(self.calibration.chosen.forms());
         match &self.engine {
             Engine::Whisper(_) => (whisper, None),
-            Engine::Moonshine(m) => (None, Some(m.precision())),
-            Engine::Agreement { moonshine, .. } => (whisper, Some(moonshine.precision())),
+            Engine::Moonshine(m) => (None, Some(m.forms())),
+            Engine::Agreement { moonshine, .. } => (whisper, Some(moonshine.forms())),
         }
     }
 
@@ -905,6 +899,16 @@ mod tests {
             .join("dev");
         (root.join("models/build"), dev)
     }
+
+    /// Three dev clips and their reference transcripts (x86_64, fp32).
+    const THREE_CLIPS: [(&str, &str); 3] = [
+        ("dev_00.wav", "Where is the nearest restroom?"),
+        ("dev_01.wav", "What time does the museum close today?"),
+        (
+            "dev_02.wav",
+            "Can you show me the way to the main entrance?",
+        ),
+    ];
 
     /// The forms [`three_dev_clips_give_the_reference_transcripts_in_every_precision`]
     /// checks: every form, or those `TALKIE_TEST_PRECISIONS` names
@@ -1125,14 +1129,7 @@ mod tests {
     #[test]
     fn three_dev_clips_give_the_reference_transcripts_in_every_precision() {
         let (models, eval) = models_and_dev();
-        let expected = [
-            ("dev_00.wav", "Where is the nearest restroom?"),
-            ("dev_01.wav", "What time does the museum close today?"),
-            (
-                "dev_02.wav",
-                "Can you show me the way to the main entrance?",
-            ),
-        ];
+        let expected = THREE_CLIPS;
         let cpu = CpuInfo::read();
         let forms = forms_to_check();
         eprintln!(
@@ -1186,6 +1183,61 @@ mod tests {
         }
     }
 
+    /// Issue 30: a stored calibration that put the int8 decoder behind the
+    /// fp32 encoder is reused as it is: each stage loads in its own form
+    /// (what the page's model files list) and three dev clips give their
+    /// reference transcripts.
+    #[test]
+    fn stages_in_two_forms_load_from_the_stored_choice_and_transcribe() {
+        let (models, eval) = models_and_dev();
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = RecognizerOptions {
+            model: SttModel::WhisperTiny,
+            precision: Precision::Auto,
+            threads: Threads::Fixed(1),
+            calibration_file: tmp.path().join("calibration.json"),
+            vad_model: models.join(VAD_FILE),
+            ..RecognizerOptions::default()
+        };
+        let cpu = CpuInfo::read();
+        let precisions = calibrate::precision_candidates(opts.precision, &models, &cpu);
+        let mut key = CacheKey::new(
+            &cpu,
+            &precisions,
+            opts.precision,
+            opts.threads,
+            opts.encoder_margin_frames,
+        );
+        key.talkie.clone_from(&opts.release);
+        let mixed = Forms {
+            encoder: ModelPrecision::Fp32,
+            decoder: ModelPrecision::Int8,
+        };
+        let mut stored = Calibration::fixed(key, cpu, Choice::of_forms(mixed, 1));
+        stored.fixed = false;
+        stored.timings = vec![calibrate::Timing {
+            precision: ModelPrecision::Int8,
+            threads: 1,
+            encoder_ms: 0.0,
+            decoder_ms: 40.0,
+            pruned: false,
+            decoder_only: true,
+        }];
+        calibrate::save_cache(&opts.calibration_file, &stored).unwrap();
+        let mut r = Recognizer::load(&models, &opts).expect("models built (make models)");
+        assert_eq!(r.calibration().source(), "reused");
+        assert_eq!(r.model_forms(), (Some(mixed), None));
+        let api = r.calibration().to_json();
+        assert_eq!(
+            (&api["precision"], &api["decoder_precision"]),
+            (&serde_json::json!("fp32"), &serde_json::json!("int8"))
+        );
+        for (file, text) in THREE_CLIPS {
+            let got = r.recognize(&read_clip(&eval.join(file))).unwrap();
+            assert_eq!(got.text, text, "{mixed} {file}");
+        }
+    }
+
     /// Issue 31: with `stt.precision = "auto"` Moonshine's form is timed
     /// once, stored beside the calibration file, and reused while its key
     /// holds (no fp32 load, no timing); another thread count is another
@@ -1208,16 +1260,33 @@ mod tests {
         let cache = moonshine_cache_path(&opts.calibration_file);
         assert_eq!(cache, tmp.path().join("calibration.moonshine.json"));
         let (_, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
-        assert!(why.contains(" measured (int8 "), "{why}");
+        assert!(why.contains(" measured (encoder int8 "), "{why}");
         let stored: Calibration = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
         assert_eq!(stored.model, "moonshine-base");
         let forms: Vec<_> = stored.timings.iter().map(|t| t.precision).collect();
         assert_eq!(forms, [ModelPrecision::Int8, ModelPrecision::Fp32]);
         assert!(stored.timings.iter().all(|t| t.total_ms() > 0.0));
+        // Each stage in the form the rule gives for its own times.
+        let (i, f) = (&stored.timings[0], &stored.timings[1]);
+        let rule = |int8: f64, fp32: f64| {
+            if int8 <= fp32 * 1.1 {
+                ModelPrecision::Int8
+            } else {
+                ModelPrecision::Fp32
+            }
+        };
+        assert_eq!(
+            stored.chosen.forms(),
+            Forms {
+                encoder: rule(i.encoder_ms, f.encoder_ms),
+                decoder: rule(i.decoder_ms, f.decoder_ms),
+            },
+            "{why}"
+        );
 
         let (m, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
         assert!(why.contains("as measured before"), "{why}");
-        assert_eq!(m.precision(), stored.chosen.precision);
+        assert_eq!(m.forms(), stored.chosen.forms());
 
         let other = moonshine_key(&cpu, &opts, 2);
         assert_ne!(other, stored.key);

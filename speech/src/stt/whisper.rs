@@ -365,7 +365,34 @@ impl Whisper {
         max_tokens: usize,
         margin_frames: usize,
     ) -> Result<Self, SttError> {
-        let encoder = load_plan(&dir.join(format!("whisper_encoder{suffix}.onnx")))?;
+        Self::load_stages(dir, suffix, suffix, max_tokens, margin_frames)
+    }
+
+    /// [`Whisper::load`] in `forms`: the encoder of one form, the decoder
+    /// of another (both give and take float32 cross-attention K/V).
+    pub fn load_forms(
+        dir: &Path,
+        forms: crate::options::Forms,
+        max_tokens: usize,
+        margin_frames: usize,
+    ) -> Result<Self, SttError> {
+        Self::load_stages(
+            dir,
+            forms.encoder.suffix(),
+            forms.decoder.suffix(),
+            max_tokens,
+            margin_frames,
+        )
+    }
+
+    fn load_stages(
+        dir: &Path,
+        encoder_suffix: &str,
+        suffix: &str,
+        max_tokens: usize,
+        margin_frames: usize,
+    ) -> Result<Self, SttError> {
+        let encoder = load_plan(&dir.join(format!("whisper_encoder{encoder_suffix}.onnx")))?;
         let decoder = load_decoder_plan(&dir.join(format!("whisper_decoder{suffix}.onnx")))?;
         let tok_path = dir.join("whisper_tokenizer.json");
         models::verify(&tok_path)?;
@@ -478,6 +505,24 @@ impl Whisper {
         // As in `transcribe` (calibration measures before any split exists).
         self.on_decoder_pool(|w| w.fixed_decoder_steps(&cross, steps))?;
         Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// The decoder's part of [`Whisper::time_fixed_work`] alone: `steps`
+    /// steps against cross-attention K/V of the length `frames` of audio
+    /// gives (quiet noise; a step's work does not depend on the values),
+    /// without running the encoder. Calibration times another form's
+    /// decoder this way when that form's encoder lost. Returns decoder ms.
+    pub fn time_decoder_only(&mut self, frames: usize, steps: usize) -> Result<f64, SttError> {
+        let ctx = self.window_frames(frames.clamp(2, MAX_FRAMES) * HOP) / 2;
+        let noise = quiet_noise(ctx * self.width, 1e-2);
+        let kv = tract_ndarray::Array3::from_shape_vec((1, ctx, self.width), noise)
+            .map_err(run_err)?
+            .into_tensor();
+        let kv: TValue = kv.into();
+        let cross: TVec<TValue> = (0..2 * self.layers).map(|_| kv.clone()).collect();
+        let t0 = Instant::now();
+        self.on_decoder_pool(|w| w.fixed_decoder_steps(&cross, steps))?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
     }
 
     /// `f` on the decoder's own pool when the stages are split, else on
@@ -834,6 +879,27 @@ mod tests {
             .map(|_| w.transcribe(&audio).unwrap().avg_logprob.to_bits())
             .collect();
         assert!(runs.iter().all(|&r| r == runs[0]), "{runs:?}");
+    }
+
+    /// Calibration times a form's decoder without its encoder (issue 30):
+    /// the synthetic cross-attention K/V it steps against has the shape a
+    /// real window's encoder gives, and the steps run in two forms.
+    #[test]
+    fn the_decoder_times_alone_against_cross_kv_shaped_as_the_window() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/build");
+        let forms = crate::options::Forms {
+            encoder: crate::options::ModelPrecision::Fp32,
+            decoder: crate::options::ModelPrecision::Int8,
+        };
+        let mut w = super::Whisper::load_forms(&dir, forms, 40, 100).expect("make models");
+        assert!(w.time_decoder_only(300, 3).unwrap() > 0.0);
+        let samples = 300 * super::HOP;
+        let frames = w.window_frames(samples);
+        let cross = w.encode(&quiet_noise(samples, 1e-2), frames).unwrap();
+        assert_eq!(cross.len(), 2 * w.layers);
+        for kv in &cross {
+            assert_eq!(kv.shape(), [1, frames / 2, w.width]);
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ function render(s) {
     ["presses today", p.presses_today], ["too short", p.too_short], ["busy rejected", p.busy_rejected]]);
   const c = s.stt;
   const timings = c ? c.timings.map((t) => `${t.precision}/${t.threads} ${t.pruned ? ">" : ""}${Math.round(t.total_ms)} ms`).join(", ") : undefined;
-  rows("stt", [["model", c ? c.model : "loading"], ["precision, threads", c ? `${c.precision}, ${c.threads}${c.decoder_threads !== c.threads ? ` (decoder ${c.decoder_threads})` : ""} (${c.source}: ${c.reason})` : "loading"],
+  rows("stt", [["model", c ? c.model : "loading"], ["precision, threads", c ? `${c.precision}, ${c.threads}${c.decoder_threads !== c.threads || c.decoder_precision !== c.precision ? ` (decoder ${c.decoder_precision}, ${c.decoder_threads})` : ""} (${c.source}: ${c.reason})` : "loading"],
     ["calibration timings", c && c.timings.length ? timings : undefined],
     ["CPU", c ? `${c.cpu.model} · ${c.cpu.cores} cores · ${c.cpu.features.join(" ") || "no SIMD features known"} · tract ${c.cpu.tract_isa} · vocabulary kernel ${c.cpu.vocab_kernel}${Object.keys(c.cpu.vocab_kernel_us || {}).length ? " (" + Object.entries(c.cpu.vocab_kernel_us).map(([k, v]) => `${k} ${(v / 1000).toFixed(2)} ms`).join(", ") + " per step)" : ""}` : undefined],
     ["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
