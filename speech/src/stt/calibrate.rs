@@ -88,6 +88,10 @@ pub struct CpuInfo {
     /// at load; the fastest is [`CpuInfo::vocab_kernel`].
     #[serde(default)]
     pub vocab_kernel_us: BTreeMap<String, u64>,
+    /// Threads the projection is split over (measured at load: the
+    /// encoder's pool when faster than one thread; 0 or 1 = one).
+    #[serde(default)]
+    pub vocab_threads: usize,
 }
 
 /// tract's own view of the CPU: the ISA set its kernel dispatch uses.
@@ -128,6 +132,7 @@ impl CpuInfo {
             tract_isa: tract_isa(),
             vocab_kernel: super::dot::Kernel::best().name().to_owned(),
             vocab_kernel_us: BTreeMap::new(),
+            vocab_threads: 1,
             ..Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
         }
     }
@@ -171,6 +176,7 @@ impl CpuInfo {
             tract_isa: String::new(),
             vocab_kernel: String::new(),
             vocab_kernel_us: BTreeMap::new(),
+            vocab_threads: 1,
         }
     }
 
@@ -600,6 +606,7 @@ impl Calibration {
                 "tract_isa": self.cpu.tract_isa,
                 "vocab_kernel": self.cpu.vocab_kernel,
                 "vocab_kernel_us": self.cpu.vocab_kernel_us,
+                "vocab_threads": self.cpu.vocab_threads.max(1),
                 "mem_total_mb": self.cpu.mem_total_mb,
             },
         })

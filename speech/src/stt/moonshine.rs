@@ -208,6 +208,19 @@ impl Moonshine {
         })
     }
 
+    /// See [`super::Whisper::use_projection_pool`].
+    pub fn use_projection_pool(
+        &mut self,
+        pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    ) -> Vec<(usize, f64)> {
+        self.vocab.use_pool(pool)
+    }
+
+    /// Threads the vocabulary projection runs on.
+    pub fn projection_threads(&self) -> usize {
+        self.vocab.threads()
+    }
+
     /// The forms loaded (fp32 or int8 each).
     pub fn forms(&self) -> Forms {
         self.forms

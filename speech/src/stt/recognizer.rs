@@ -126,6 +126,7 @@ fn log_calibration(c: &Calibration, file: &Path) {
         features = %c.cpu.features.join(","),
         tract_isa = %c.cpu.tract_isa,
         vocab_kernel = %c.cpu.vocab_kernel,
+        vocab_threads = c.cpu.vocab_threads.max(1),
         vocab_kernel_us = %c
             .cpu
             .vocab_kernel_us
@@ -153,6 +154,36 @@ fn executor(threads: usize) -> Result<Executor, RecognizeError> {
             threads,
             reason: e.to_string(),
         })
+}
+
+/// The thread pool behind `executor` (none for one thread).
+fn pool_of(executor: &Executor) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    match executor {
+        Executor::MultiThread(pool) => Some(std::sync::Arc::clone(pool)),
+        _ => None,
+    }
+}
+
+/// Whisper's projection kernel and each kernel's time into the calibration.
+fn note_vocab_kernels(c: &mut Calibration, whisper: &Whisper) {
+    c.cpu.vocab_kernel = whisper.vocab_kernel().name().to_owned();
+    c.cpu.vocab_kernel_us = whisper
+        .vocab_timings()
+        .iter()
+        .map(|(k, ms)| (k.name().to_owned(), (ms * 1000.0).round() as u64))
+        .collect();
+}
+
+/// The projection's threads and each split's time (`avx2 on 2 threads`
+/// beside the kernels' own one-thread entries) into the calibration.
+fn note_projection(c: &mut Calibration, timings: &[(usize, f64)], threads: usize) {
+    c.cpu.vocab_threads = threads;
+    for &(n, ms) in timings.iter().filter(|(n, _)| *n > 1) {
+        c.cpu.vocab_kernel_us.insert(
+            format!("{} on {n} threads", c.cpu.vocab_kernel),
+            (ms * 1000.0).round() as u64,
+        );
+    }
 }
 
 /// The result for one utterance.
@@ -612,12 +643,7 @@ impl Recognizer {
             },
         };
         let mut calibration = calibration;
-        calibration.cpu.vocab_kernel = whisper.vocab_kernel().name().to_owned();
-        calibration.cpu.vocab_kernel_us = whisper
-            .vocab_timings()
-            .iter()
-            .map(|(k, ms)| (k.name().to_owned(), (ms * 1000.0).round() as u64))
-            .collect();
+        note_vocab_kernels(&mut calibration, &whisper);
         let mut whisper = whisper;
         let (enc, dec) = (
             calibration.chosen.threads,
@@ -682,12 +708,20 @@ impl Recognizer {
             }
             Engine::Whisper(Box::new(whisper))
         };
+        let executor = executor(calibration.chosen.threads)?;
+        // The encoder's pool is idle while the decoder runs: the projection
+        // may use it (not beside Moonshine, which has the second core).
+        let mut engine = engine;
+        if let Engine::Whisper(w) = &mut engine {
+            let timings = w.use_projection_pool(pool_of(&executor));
+            note_projection(&mut calibration, &timings, w.projection_threads());
+        }
         log_calibration(&calibration, &opts.calibration_file);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             engine,
             seg: opts.segmenter.clone(),
-            executor: executor(calibration.chosen.threads)?,
+            executor,
             calibration,
         })
     }
@@ -722,12 +756,16 @@ impl Recognizer {
             opts.model.as_str()
         );
         calibration.cpu.vocab_kernel = moonshine.vocab_kernel().name().to_owned();
+        let executor = executor(threads)?;
+        let mut moonshine = moonshine;
+        let timings = moonshine.use_projection_pool(pool_of(&executor));
+        note_projection(&mut calibration, &timings, moonshine.projection_threads());
         log_calibration(&calibration, &opts.calibration_file);
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             engine: Engine::Moonshine(Box::new(moonshine)),
             seg: opts.segmenter.clone(),
-            executor: executor(threads)?,
+            executor,
             calibration,
         })
     }

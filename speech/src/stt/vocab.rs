@@ -29,6 +29,9 @@ pub struct Vocab {
     width: usize,
     /// The projection kernel: [`Kernel::best`] for this CPU unless set.
     kernel: Kernel,
+    /// Threads the rows are split over ([`Vocab::use_pool`]): the caller
+    /// and the pool's others; `None` = the caller alone.
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -102,6 +105,7 @@ impl Vocab {
             scale,
             width,
             kernel: Kernel::best(),
+            pool: None,
         })
     }
 
@@ -142,10 +146,86 @@ impl Vocab {
     ///
     /// [`len`]: Vocab::len
     pub fn logits(&self, hidden: &[f32], out: &mut [f32]) {
-        if let Some(h) = hidden.get(..self.width).and_then(Hidden::new) {
-            self.kernel
-                .project(&self.rows, &self.sums, &self.scale, &h, out);
+        let Some(h) = hidden.get(..self.width).and_then(Hidden::new) else {
+            return;
+        };
+        match &self.pool {
+            Some(pool) if pool.current_num_threads() > 1 => {
+                // Every row is computed as on one thread (the same logits):
+                // the caller takes the first block, the pool the others.
+                let block = self.len().div_ceil(pool.current_num_threads()).max(1);
+                let kernel = self.kernel;
+                let h = &h;
+                let mut jobs = out
+                    .chunks_mut(block)
+                    .zip(self.rows.chunks(block * self.width))
+                    .zip(self.sums.chunks(block))
+                    .zip(self.scale.chunks(block));
+                let first = jobs.next();
+                pool.in_place_scope(|s| {
+                    for (((out, rows), sums), scale) in jobs {
+                        s.spawn(move |_| kernel.project(rows, sums, scale, h, out));
+                    }
+                    if let Some((((out, rows), sums), scale)) = first {
+                        kernel.project(rows, sums, scale, h, out);
+                    }
+                });
+            }
+            _ => self
+                .kernel
+                .project(&self.rows, &self.sums, &self.scale, &h, out),
         }
+    }
+
+    /// Split the rows over `pool`'s threads when that is measurably
+    /// faster (median of 5 steps after 2 warm-up steps, as
+    /// [`Vocab::choose_fastest`]; kept under 90 % of one thread's time):
+    /// the projection reads the whole matrix every step (20 MB for
+    /// Whisper), and one core cannot draw memory at the rate two do (on the
+    /// AVX2-only EPYC of docs/performance.md 12 against 22 GB/s). Given
+    /// the encoder's pool, idle while the decoder runs. Returns (threads,
+    /// median ms) for one thread and for the pool; empty without a pool of
+    /// two threads or more.
+    pub fn use_pool(
+        &mut self,
+        pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    ) -> Vec<(usize, f64)> {
+        self.pool = None;
+        let Some(pool) = pool.filter(|p| p.current_num_threads() > 1) else {
+            return Vec::new();
+        };
+        let one = self.median_step_ms();
+        let threads = pool.current_num_threads();
+        self.pool = Some(pool);
+        let split = self.median_step_ms();
+        if split >= one * 0.9 {
+            self.pool = None;
+        }
+        vec![(1, one), (threads, split)]
+    }
+
+    /// Threads a projection runs on (1 without a pool).
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
+    }
+
+    /// Median ms of 5 projections after 2 warm-up ones on a fixed hidden
+    /// state, with the kernel and threads set now.
+    fn median_step_ms(&self) -> f64 {
+        let hidden: Vec<f32> = (0..self.width)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let mut out = vec![0.0f32; self.len()];
+        let mut ms = [0.0f64; 5];
+        for run in 0usize..7 {
+            let t = std::time::Instant::now();
+            self.logits(&hidden, &mut out);
+            if let Some(slot) = run.checked_sub(2).and_then(|i| ms.get_mut(i)) {
+                *slot = t.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        ms[2]
     }
 
     /// Time every kernel this CPU runs on this matrix (median of 5 steps
@@ -158,23 +238,10 @@ impl Vocab {
         if kernels.len() < 2 {
             return Vec::new();
         }
-        let hidden: Vec<f32> = (0..self.width)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let mut out = vec![0.0f32; self.len()];
         let mut timings = Vec::with_capacity(kernels.len());
         for k in kernels {
-            let mut ms = [0.0f64; 5];
-            for run in 0usize..7 {
-                let t = std::time::Instant::now();
-                self.kernel = k;
-                self.logits(&hidden, &mut out);
-                if let Some(slot) = run.checked_sub(2).and_then(|i| ms.get_mut(i)) {
-                    *slot = t.elapsed().as_secs_f64() * 1000.0;
-                }
-            }
-            ms.sort_by(f64::total_cmp);
-            timings.push((k, ms[2]));
+            self.kernel = k;
+            timings.push((k, self.median_step_ms()));
         }
         if let Some(&(k, _)) = timings.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
             self.kernel = k;
@@ -266,5 +333,51 @@ mod tests {
         let mut out = [0.0f32; 64];
         v.logits(&[1.0; 384], &mut out);
         assert_eq!(out, [576.0; 64], "3 × 384 × 0.5 with the chosen kernel");
+    }
+
+    /// Rows split over a pool give the one-thread logits bit for bit, for
+    /// row counts that do not divide evenly and pools larger than the rows;
+    /// the split is kept only when it measured faster.
+    #[test]
+    fn rows_split_over_a_pool_give_the_same_logits() {
+        let width = 384;
+        for rows in [1usize, 7, 1001] {
+            let mut x: u32 = 0x9e37_79b9;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            };
+            let q: Vec<i8> = (0..rows * width).map(|_| next() as i8).collect();
+            let scale: Vec<f32> = (0..rows).map(|i| 1e-3 * (1 + i % 7) as f32).collect();
+            let hidden: Vec<f32> = (0..width)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut v = Vocab::from_parts(q, scale, width).expect("consistent");
+            let mut want = vec![0.0f32; rows];
+            v.logits(&hidden, &mut want);
+            for threads in [2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                v.pool = Some(std::sync::Arc::new(pool));
+                let mut got = vec![f32::NAN; rows];
+                v.logits(&hidden, &mut got);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{rows} rows on {threads} threads");
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let timed = v.use_pool(Some(std::sync::Arc::new(pool)));
+            assert_eq!(timed.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+            let faster = timed[1].1 < timed[0].1 * 0.9;
+            assert_eq!(v.threads(), if faster { 2 } else { 1 }, "{timed:?}");
+            assert!(v.use_pool(None).is_empty());
+            assert_eq!(v.threads(), 1);
+        }
     }
 }

@@ -349,6 +349,20 @@ impl Whisper {
         self.decoder_executor = executor;
     }
 
+    /// Split the vocabulary projection over `pool` when measured faster
+    /// ([`Vocab::use_pool`]): (threads, ms per step) of each way.
+    pub fn use_projection_pool(
+        &mut self,
+        pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    ) -> Vec<(usize, f64)> {
+        self.vocab.use_pool(pool)
+    }
+
+    /// Threads the vocabulary projection runs on.
+    pub fn projection_threads(&self) -> usize {
+        self.vocab.threads()
+    }
+
     /// Use another projection kernel; false if this CPU lacks it.
     pub fn set_vocab_kernel(&mut self, kernel: super::dot::Kernel) -> bool {
         self.vocab.set_kernel(kernel)

@@ -73,7 +73,7 @@ function render(s) {
   const timings = c ? c.timings.map((t) => `${t.precision}/${t.threads} ${t.pruned ? ">" : ""}${Math.round(t.total_ms)} ms`).join(", ") : undefined;
   rows("stt", [["model", c ? c.model : "loading"], ["precision, threads", c ? `${c.precision}, ${c.threads}${c.decoder_threads !== c.threads || c.decoder_precision !== c.precision ? ` (decoder ${c.decoder_precision}, ${c.decoder_threads})` : ""} (${c.source}: ${c.reason})` : "loading"],
     ["calibration timings", c && c.timings.length ? timings : undefined],
-    ["CPU", c ? `${c.cpu.model} · ${c.cpu.cores} cores · ${c.cpu.features.join(" ") || "no SIMD features known"} · tract ${c.cpu.tract_isa} · vocabulary kernel ${c.cpu.vocab_kernel}${Object.keys(c.cpu.vocab_kernel_us || {}).length ? " (" + Object.entries(c.cpu.vocab_kernel_us).map(([k, v]) => `${k} ${(v / 1000).toFixed(2)} ms`).join(", ") + " per step)" : ""}` : undefined],
+    ["CPU", c ? `${c.cpu.model} · ${c.cpu.cores} cores · ${c.cpu.features.join(" ") || "no SIMD features known"} · tract ${c.cpu.tract_isa} · vocabulary kernel ${c.cpu.vocab_kernel}${c.cpu.vocab_threads > 1 ? ` on ${c.cpu.vocab_threads} threads` : ""}${Object.keys(c.cpu.vocab_kernel_us || {}).length ? " (" + Object.entries(c.cpu.vocab_kernel_us).map(([k, v]) => `${k} ${(v / 1000).toFixed(2)} ms`).join(", ") + " per step)" : ""}` : undefined],
     ["transcripts", p.transcripts], ["no speech", p.no_speech], ["failures", p.stt_failures],
     ["last release → text", p.release_to_text_ms_last === null ? null : `${p.release_to_text_ms_last} ms`],
     ["p95 release → text", p.release_to_text_ms_p95_bucket === null ? null : `≤ ${p.release_to_text_ms_p95_bucket} ms`],
