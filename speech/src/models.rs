@@ -66,14 +66,14 @@ pub fn entries() -> Result<Vec<ModelEntry>, ModelError> {
 }
 
 /// The manifest entries of the files `talkie run` loads from `dir`: the
-/// VAD, Whisper's files in the forms `whisper` names (if it runs; the
-/// encoder's and the decoder's may differ) and Moonshine's in the forms
-/// `moonshine` names (if it runs), as JSON for the status page (file, kind,
-/// precision, sha256). The files were verified when they were loaded.
+/// VAD, Whisper's files in the forms `whisper` names (if it runs:
+/// `[encoder's, decoder's]`, which may differ) and Moonshine's in the
+/// forms `moonshine` names (if it runs), as JSON for the status page (file,
+/// kind, precision, sha256). The files were verified when they were loaded.
 pub fn in_use(
     dir: &Path,
-    whisper: Option<crate::options::Forms>,
-    moonshine: Option<crate::options::Forms>,
+    whisper: Option<[&str; 2]>,
+    moonshine: Option<[&str; 2]>,
 ) -> serde_json::Value {
     let list: Vec<serde_json::Value> = entries()
         .unwrap_or_default()
@@ -86,13 +86,16 @@ pub fn in_use(
             } else {
                 return true;
             };
-            forms.is_some_and(|f| {
-                e.precision
-                    .as_deref()
-                    .is_none_or(|p| match f.of_kind(&e.kind) {
-                        Some(stage) => p == stage.as_str(),
-                        None => p == f.encoder.as_str() || p == f.decoder.as_str(),
-                    })
+            forms.is_some_and(|[encoder, decoder]| {
+                e.precision.as_deref().is_none_or(|p| {
+                    if e.kind.ends_with("-encoder") {
+                        p == encoder
+                    } else if e.kind.ends_with("-decoder") {
+                        p == decoder
+                    } else {
+                        p == encoder || p == decoder
+                    }
+                })
             })
         })
         .filter(|e| dir.join(&e.file).exists())
@@ -212,9 +215,8 @@ mod tests {
             f.sort();
             f
         };
-        use crate::options::{Forms, ModelPrecision::*};
         assert_eq!(
-            files(Some(Forms::same(Int8)), None),
+            files(Some(["int8"; 2]), None),
             [
                 "silero_vad.onnx",
                 "whisper_decoder_int8.onnx",
@@ -225,7 +227,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            files(None, Some(Forms::same(Fp32))),
+            files(None, Some(["fp32"; 2])),
             [
                 "moonshine_decoder.onnx",
                 "moonshine_encoder_kv.onnx",
@@ -236,17 +238,14 @@ mod tests {
                 "silero_vad.onnx",
             ]
         );
-        let both = files(Some(Forms::same(Fp32)), Some(Forms::same(Int8)));
+        let both = files(Some(["fp32"; 2]), Some(["int8"; 2]));
         assert_eq!(both.len(), 12, "{both:?}");
         assert!(both.contains(&"moonshine_decoder_int8.onnx".to_owned()));
         assert!(both.contains(&"whisper_decoder.onnx".to_owned()));
         assert!(!both.contains(&"moonshine_decoder.onnx".to_owned()));
         assert_eq!(files(None, None), ["silero_vad.onnx"]);
         // Stages in different forms: each stage's own file.
-        let mixed = Forms {
-            encoder: Fp32,
-            decoder: Int8,
-        };
+        let mixed = ["fp32", "int8"];
         let split = files(Some(mixed), Some(mixed));
         assert_eq!(split.len(), 12, "{split:?}");
         for f in [

@@ -149,23 +149,16 @@ pub struct Forms {
 }
 
 impl Forms {
+    /// `[encoder's, decoder's]` names (`models::in_use`).
+    pub fn names(&self) -> [&'static str; 2] {
+        [self.encoder.as_str(), self.decoder.as_str()]
+    }
+
     /// Both stages in `p`.
     pub fn same(p: ModelPrecision) -> Self {
         Self {
             encoder: p,
             decoder: p,
-        }
-    }
-
-    /// The form of the model file of `stage` (`"encoder"` or `"decoder"`
-    /// as the manifest's kinds end); `None` for files of no stage.
-    pub fn of_kind(&self, kind: &str) -> Option<ModelPrecision> {
-        if kind.ends_with("-encoder") {
-            Some(self.encoder)
-        } else if kind.ends_with("-decoder") {
-            Some(self.decoder)
-        } else {
-            None
         }
     }
 }

@@ -67,7 +67,7 @@ pub(super) async fn load_models(
         let (whisper, moonshine) = r.model_forms();
         let _ = shown
             .models
-            .set(crate::models::in_use(&dir, whisper, moonshine));
+            .set(crate::models::in_use(&dir, whisper.map(|f| f.names()), moonshine.map(|f| f.names())));
         let _ = shown.calibration.set(r.calibration().clone());
         let vad = if cfg.ptt.vad_auto_stop_ms > 0 || cfg.ptt.speculative {
             Some(SileroVad::load(&cfg.vad.model)?)
