@@ -94,7 +94,11 @@ fn transcribe(
     threads: &'static str,
 ) -> Run {
     let calibration = root.join("target/bench/stt-calibration.json");
-    let _ = std::fs::remove_file(&calibration);
+    // Measured afresh by the `auto` run and kept for the report (fixed
+    // runs neither read nor write it).
+    if precision == "auto" || threads == "auto" {
+        let _ = std::fs::remove_file(&calibration);
+    }
     let (stdout, peak_rss_mb) = run_measured(
         Command::new(env!("CARGO_BIN_EXE_talkie"))
             .args([
@@ -491,11 +495,16 @@ fn main() {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .map(|c| {
-            format!(
-                "{} with {} thread(s)",
-                c["chosen"]["precision"].as_str().unwrap_or("?"),
-                c["chosen"]["threads"]
-            )
+            let c = &c["chosen"];
+            let form = |k: &str| c[k].as_str().map(str::to_owned);
+            let threads = c["threads"].as_u64().unwrap_or(0);
+            let dec_threads = c["decoder_threads"]
+                .as_u64()
+                .filter(|&n| n > 0)
+                .unwrap_or(threads);
+            let enc = form("precision").unwrap_or_else(|| "?".into());
+            let dec = form("decoder_precision").unwrap_or_else(|| enc.clone());
+            format!("encoder {enc} on {threads} thread(s), decoder {dec} on {dec_threads}")
         })
         .unwrap_or_else(|| "?".to_owned());
     let (kernel_table, kernel_json) = vocab_kernels(&root);

@@ -397,8 +397,8 @@ pub fn decide(
 /// Settings per stage (issue 30): the chosen form's encoder on its
 /// fastest thread count, and the fastest decoder measured — of any form
 /// (a decoder-only timing counts: [`Timing::decoder_only`]), on any thread
-/// count — when that beats the chosen single setting by more than
-/// [`THREADS_BAND`]. The encoder's large products gain from every core,
+/// count, the fewest threads within [`THREADS_BAND`] of it — when that
+/// beats the chosen single setting by more than [`THREADS_BAND`]. The encoder's large products gain from every core,
 /// the decoder's small ones lose to a second thread; and on an AVX2-only
 /// x86 the int8 decoder is the fastest behind tract's fp32 encoder.
 fn split_stages(
@@ -411,10 +411,23 @@ fn split_stages(
         .iter()
         .filter(|t| t.precision == choice.precision && !t.pruned && !t.decoder_only)
         .min_by(|a, b| a.encoder_ms.total_cmp(&b.encoder_ms));
+    // The fastest decoder; within THREADS_BAND of it the fewest threads
+    // (a second thread then serves the projection), then the encoder's form.
+    let fastest = timings
+        .iter()
+        .filter(|t| !t.pruned)
+        .map(|t| t.decoder_ms)
+        .min_by(f64::total_cmp);
     let dec = timings
         .iter()
         .filter(|t| !t.pruned)
-        .min_by(|a, b| a.decoder_ms.total_cmp(&b.decoder_ms));
+        .filter(|t| fastest.is_some_and(|f| t.decoder_ms <= f * (1.0 + THREADS_BAND)))
+        .min_by(|a, b| {
+            a.threads
+                .cmp(&b.threads)
+                .then((a.precision != choice.precision).cmp(&(b.precision != choice.precision)))
+                .then(a.decoder_ms.total_cmp(&b.decoder_ms))
+        });
     match (enc, dec) {
         (Some(e), Some(d))
             if (e.threads, e.precision) != (d.threads, d.precision)
@@ -826,6 +839,15 @@ mod tests {
             why.contains("int8 decoder on 1 (145 ms against 170 ms"),
             "{why}"
         );
+        // Decoders within 5 % of each other: the fewer threads.
+        let ts = [
+            stages(Fp32, 2, 100.0, 70.0),
+            stages(Fp32, 1, 150.0, 60.0),
+            decoder_only(Int8, 2, 40.0),
+            decoder_only(Int8, 1, 41.0),
+        ];
+        let (c, why) = decide(&ts, &mem(), false).unwrap();
+        assert_eq!((c.forms().decoder, c.decoder_threads()), (Int8, 1), "{why}");
         // The same thread count: no second pool.
         let ts = [stages(Fp32, 2, 100.0, 70.0), decoder_only(Int8, 2, 45.0)];
         let (c, why) = decide(&ts, &mem(), false).unwrap();
