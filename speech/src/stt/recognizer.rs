@@ -156,6 +156,25 @@ fn executor(threads: usize) -> Result<Executor, RecognizeError> {
         })
 }
 
+/// Whisper's candidate forms in `dir` and the key its stored calibration
+/// must have.
+fn whisper_key(
+    dir: &Path,
+    opts: &RecognizerOptions,
+    cpu: &CpuInfo,
+) -> (Vec<ModelPrecision>, CacheKey) {
+    let precisions = calibrate::precision_candidates(opts.precision, dir, cpu);
+    let mut key = CacheKey::new(
+        cpu,
+        &precisions,
+        opts.precision,
+        opts.threads,
+        opts.encoder_margin_frames,
+    );
+    key.talkie.clone_from(&opts.release);
+    (precisions, key)
+}
+
 /// The thread pool behind `executor` (none for one thread).
 fn pool_of(executor: &Executor) -> Option<std::sync::Arc<rayon::ThreadPool>> {
     match executor {
@@ -575,16 +594,8 @@ impl Recognizer {
             return Self::load_moonshine(dir, opts);
         }
         let cpu = CpuInfo::read();
-        let precisions = calibrate::precision_candidates(opts.precision, dir, &cpu);
+        let (precisions, key) = whisper_key(dir, opts, &cpu);
         let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
-        let mut key = CacheKey::new(
-            &cpu,
-            &precisions,
-            opts.precision,
-            opts.threads,
-            opts.encoder_margin_frames,
-        );
-        key.talkie.clone_from(&opts.release);
         let load_whisper = |forms: Forms| {
             Whisper::load_forms(
                 dir,
@@ -1238,15 +1249,7 @@ mod tests {
             ..RecognizerOptions::default()
         };
         let cpu = CpuInfo::read();
-        let precisions = calibrate::precision_candidates(opts.precision, &models, &cpu);
-        let mut key = CacheKey::new(
-            &cpu,
-            &precisions,
-            opts.precision,
-            opts.threads,
-            opts.encoder_margin_frames,
-        );
-        key.talkie.clone_from(&opts.release);
+        let (_, key) = whisper_key(&models, &opts, &cpu);
         let mixed = Forms {
             encoder: ModelPrecision::Fp32,
             decoder: ModelPrecision::Int8,
