@@ -224,6 +224,9 @@ impl Kernel {
             .min(sums.len())
             .min(rows.len() / width);
         let (rows, sums, scale, out) = (&rows[..n * width], &sums[..n], &scale[..n], &mut out[..n]);
+        // Only the VNNI kernels (x86_64) read the row sums.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = sums;
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni if self.runs_here() => {
