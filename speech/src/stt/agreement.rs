@@ -284,4 +284,42 @@ mod tests {
         assert_eq!(s([-0.2, -0.6], [-0.9, -0.1]).winner(), Winner::WhisperTiny);
         assert_eq!(s([-0.5, -0.5], [-0.5, -0.5]).winner(), Winner::WhisperTiny);
     }
+
+    /// A model's own text costs no scoring pass: its greedy pass's sum is
+    /// the teacher-forced score bit for bit (both models, dev_13, where
+    /// their texts differ), and the scoring tokenizers give each model's
+    /// own text back as the tokens it decoded, so the reuse applies.
+    #[test]
+    fn each_model_scores_its_own_text_from_its_greedy_pass() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dev = std::env::var_os("TALKIE_EVAL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/eval"))
+            .join("dev");
+        let models = root.join("models/build");
+        let mut r = hound::WavReader::open(dev.join("dev_13.wav")).unwrap();
+        let audio: Vec<f32> = r
+            .samples::<i16>()
+            .map(|s| f32::from(s.unwrap()) / 32_768.0)
+            .collect();
+        let a = Agreement::load(&models).expect("make models");
+        let mut w = Whisper::load(&models, "", 224, 100).expect("make models");
+        let mut m = Moonshine::load(&models, crate::options::ModelPrecision::Int8, 224)
+            .expect("make models");
+        let (wt, we) = w.transcribe_for_scoring(&audio).unwrap();
+        let (mt, me) = m.transcribe_for_scoring(&audio).unwrap();
+        assert_ne!(normalize(&wt.text), normalize(&mt.text), "{wt:?} {mt:?}");
+        let w_tokens = a.whisper.encode(&format!(" {}", wt.text));
+        let m_tokens = a.moonshine.encode(&mt.text);
+        let w_own = we.own_score(&w_tokens).expect("Whisper's own tokens");
+        let m_own = me.own_score(&m_tokens).expect("Moonshine's own tokens");
+        let w_forced = w.score(&Encoded::new(we.cross.clone()), &w_tokens).unwrap();
+        let m_forced = m.score(&Encoded::new(me.cross.clone()), &m_tokens).unwrap();
+        assert_eq!(w_own.to_bits(), w_forced.to_bits(), "{w_own} {w_forced}");
+        assert_eq!(m_own.to_bits(), m_forced.to_bits(), "{m_own} {m_forced}");
+        // Another text is scored by teacher forcing.
+        assert!(we
+            .own_score(&a.whisper.encode(&format!(" {}", mt.text)))
+            .is_none());
+    }
 }

@@ -14,7 +14,7 @@
 use super::vocab::Vocab;
 use super::whisper::{
     argmax, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at, mean_logprob,
-    run_err, Encoded, Plan, StepAt, StepHook, SttError, Transcript,
+    own_score, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::{Forms, ModelPrecision};
@@ -259,7 +259,7 @@ impl Moonshine {
         let audio = audio.get(..MAX_SAMPLES).unwrap_or(audio);
         // The encoder's convolutions need a few hundred samples.
         if audio.len() < 1_600 {
-            return Ok((Transcript::default(), Encoded(TVec::new())));
+            return Ok((Transcript::default(), Encoded::new(TVec::new())));
         }
         self.step_hook()?;
         let t0 = Instant::now();
@@ -269,7 +269,7 @@ impl Moonshine {
         let cap = self
             .max_tokens
             .min((audio.len() as f32 / 16_000.0 * TOKENS_PER_SECOND) as usize + 1);
-        let (out, logprob_sum) = self.decode(&cross, cap)?;
+        let (out, logprob_sum, end) = self.decode(&cross, cap)?;
         let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
@@ -278,14 +278,18 @@ impl Moonshine {
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
         };
-        Ok((t, Encoded(cross)))
+        let own = own_score(&out, logprob_sum, end);
+        Ok((t, Encoded { cross, own }))
     }
 
     /// Teacher-forced score of `tokens` (text tokens, no start token)
     /// given the audio behind `encoded`: the mean log-probability of each
     /// token and of the end token after them.
     pub fn score(&mut self, encoded: &Encoded, tokens: &[u32]) -> Result<f32, SttError> {
-        if encoded.0.is_empty() {
+        if let Some(s) = encoded.own_score(tokens) {
+            return Ok(s);
+        }
+        if encoded.cross.is_empty() {
             return Err(SttError::Run("no encoder output to score against".into()));
         }
         let mut past = self.empty_cache();
@@ -295,7 +299,7 @@ impl Moonshine {
         let targets = tokens.iter().copied().chain([END]);
         for (input, target) in inputs.zip(targets) {
             self.step_hook()?;
-            self.step(&mut state, input, &mut past, &encoded.0)?;
+            self.step(&mut state, input, &mut past, &encoded.cross)?;
             sum += log_softmax_at(&self.logits, target as usize);
         }
         Ok(sum / (tokens.len() + 1) as f32)
@@ -355,8 +359,13 @@ impl Moonshine {
         self.vocab.set_kernel(kernel)
     }
 
-    /// Greedy decoding: the tokens and the sum of their log-probabilities.
-    fn decode(&mut self, cross: &TVec<TValue>, cap: usize) -> Result<(Vec<u32>, f32), SttError> {
+    /// Greedy decoding: the tokens, the sum of their log-probabilities and
+    /// the end token's, if the pass ended on it.
+    fn decode(
+        &mut self,
+        cross: &TVec<TValue>,
+        cap: usize,
+    ) -> Result<(Vec<u32>, f32, Option<f32>), SttError> {
         let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         let (mut out, mut logprob_sum, mut token) = (Vec::new(), 0.0f32, START);
@@ -364,14 +373,15 @@ impl Moonshine {
             self.step_hook()?;
             self.step(&mut state, token, &mut past, cross)?;
             let next = argmax(&self.logits, END as usize);
+            let lsm = LogSoftmax::of(&self.logits);
             if next as u32 == END {
-                break;
+                return Ok((out, logprob_sum, Some(lsm.at(&self.logits, next))));
             }
-            logprob_sum += log_softmax_at(&self.logits, next);
+            logprob_sum += lsm.at(&self.logits, next);
             token = next as u32;
             out.push(token);
         }
-        Ok((out, logprob_sum))
+        Ok((out, logprob_sum, None))
     }
 }
 

@@ -172,13 +172,49 @@ fn step_inputs(
 }
 
 /// An encoder's output kept for teacher-forced scoring
-/// ([`Whisper::score`], [`super::Moonshine::score`]).
-pub struct Encoded(pub(super) TVec<TValue>);
+/// ([`Whisper::score`], [`super::Moonshine::score`]), with the greedy
+/// pass's own score.
+pub struct Encoded {
+    pub(super) cross: TVec<TValue>,
+    /// The greedy pass's tokens and their teacher-forced score, when it
+    /// ended on the end token: scoring these tokens again would feed the
+    /// decoder the same inputs and give the same logits, so
+    /// [`Encoded::own_score`] returns this sum instead (bit for bit the
+    /// same: both add the same log-probabilities, [`LogSoftmax`], in the
+    /// same order). `None` after a cut (token cap, repetition guard).
+    pub(super) own: Option<(Vec<u32>, f32)>,
+}
+
+impl Encoded {
+    /// An encoder output without a greedy pass to reuse.
+    pub(super) fn new(cross: TVec<TValue>) -> Self {
+        Self { cross, own: None }
+    }
+
+    /// The greedy pass's score of `tokens`, if they are its tokens.
+    pub(super) fn own_score(&self, tokens: &[u32]) -> Option<f32> {
+        self.own
+            .as_ref()
+            .and_then(|(own, score)| (own.as_slice() == tokens).then_some(*score))
+    }
+}
 
 impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Encoded").field(&self.0.len()).finish()
+        f.debug_struct("Encoded")
+            .field("cross", &self.cross.len())
+            .field("own", &self.own)
+            .finish()
     }
+}
+
+/// What one greedy pass gave ([`Whisper::decode_tokens`]).
+struct Greedy {
+    tokens: Vec<u32>,
+    logprob_sum: f32,
+    no_speech_prob: f32,
+    /// The end token's log-probability, if the pass ended on it.
+    end: Option<f32>,
 }
 
 /// A loaded, optimized Whisper.
@@ -326,10 +362,49 @@ pub(super) fn mean_logprob(sum: f32, n: usize) -> f32 {
     }
 }
 
+/// One step's log-softmax normalizer: `log p(i) = l[i] − max − ln Σ
+/// exp(l − max)`. Taken once per step, it serves every index asked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LogSoftmax {
+    max: f32,
+    ln_sum: f32,
+}
+
+impl LogSoftmax {
+    pub(super) fn of(logits: &[f32]) -> Self {
+        let max = logits.iter().copied().fold(f32::MIN, f32::max);
+        let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+        Self {
+            max,
+            ln_sum: sum.ln(),
+        }
+    }
+
+    /// `log p(ix)` for the logits this was taken of (`f32::MIN` outside).
+    pub(super) fn at(self, logits: &[f32], ix: usize) -> f32 {
+        logits
+            .get(ix)
+            .map_or(f32::MIN, |&l| l - self.max - self.ln_sum)
+    }
+}
+
 pub(super) fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::MIN, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    logits.get(ix).map_or(f32::MIN, |&l| l - max - sum.ln())
+    LogSoftmax::of(logits).at(logits, ix)
+}
+
+/// The mean of a greedy pass's token log-probabilities and its end
+/// token's, as teacher-forced scoring sums them ([`Encoded::own`]).
+pub(super) fn own_score(
+    tokens: &[u32],
+    logprob_sum: f32,
+    end: Option<f32>,
+) -> Option<(Vec<u32>, f32)> {
+    end.map(|e| {
+        (
+            tokens.to_vec(),
+            (logprob_sum + e) / (tokens.len() + 1) as f32,
+        )
+    })
 }
 
 impl Whisper {
@@ -574,14 +649,12 @@ impl Whisper {
     }
 
     /// Greedy decoding of one window from the encoder's `cross` output:
-    /// the tokens, the sum of their log-probabilities and the first step's
-    /// `<|nospeech|>` probability. `samples` (the window's audio) caps the
-    /// token count.
-    fn decode_tokens(
-        &mut self,
-        cross: &TVec<TValue>,
-        samples: usize,
-    ) -> Result<(Vec<u32>, f32, f32), SttError> {
+    /// the tokens, the sum of their log-probabilities (over the whole
+    /// vocabulary, before suppression: as [`Whisper::score`] takes them),
+    /// the first step's `<|nospeech|>` probability, and the end token's
+    /// log-probability if the pass ended on it. `samples` (the window's
+    /// audio) caps the token count.
+    fn decode_tokens(&mut self, cross: &TVec<TValue>, samples: usize) -> Result<Greedy, SttError> {
         let mut past = self.empty_cache();
         let prompt = [SOT, NO_TIMESTAMPS];
         let seconds = samples as f32 / 16_000.0;
@@ -591,6 +664,7 @@ impl Whisper {
         let mut out: Vec<u32> = Vec::new();
         let mut logprob_sum = 0.0f32;
         let mut no_speech_prob = 0.0f32;
+        let mut end = None;
         let mut state = self.decoder.spawn().map_err(run_err)?;
         for step in 0..prompt.len() + cap {
             self.step_hook()?;
@@ -608,6 +682,9 @@ impl Whisper {
             if step + 1 < prompt.len() {
                 continue;
             }
+            // Taken before suppression: a suppressed token's logit is −∞
+            // after it, and never the one asked for.
+            let lsm = LogSoftmax::of(&self.logits);
             let first = step + 1 == prompt.len();
             let begin: &[usize] = if first { &self.suppress_begin } else { &[] };
             for &i in self.suppress.iter().chain(begin) {
@@ -620,16 +697,22 @@ impl Whisper {
             let text_logits = logits.get(..SOT as usize).unwrap_or(logits);
             let next = argmax(text_logits, EOT as usize);
             if next as u32 == EOT {
+                end = Some(lsm.at(logits, next));
                 break;
             }
-            logprob_sum += log_softmax_at(logits, next);
+            logprob_sum += lsm.at(logits, next);
             out.push(next as u32);
             if let Some(l) = repeat_len(&out) {
                 out.truncate(out.len() - l);
                 break;
             }
         }
-        Ok((out, logprob_sum, no_speech_prob))
+        Ok(Greedy {
+            tokens: out,
+            logprob_sum,
+            no_speech_prob,
+            end,
+        })
     }
 
     /// For cross-scoring (issue 31): transcribe `audio` as one window
@@ -647,6 +730,9 @@ impl Whisper {
     /// audio behind `encoded`: the mean log-probability of each token and
     /// of `<|endoftext|>` after them, over the whole vocabulary.
     pub fn score(&mut self, encoded: &Encoded, tokens: &[u32]) -> Result<f32, SttError> {
+        if let Some(s) = encoded.own_score(tokens) {
+            return Ok(s);
+        }
         self.on_decoder_pool(|w| {
             let mut past = w.empty_cache();
             let mut state = w.decoder.spawn().map_err(run_err)?;
@@ -660,7 +746,7 @@ impl Whisper {
             let mut sum = 0.0f32;
             for (k, &token) in inputs.iter().enumerate() {
                 w.step_hook()?;
-                w.step_logits(&mut state, token, &mut past, &encoded.0)?;
+                w.step_logits(&mut state, token, &mut past, &encoded.cross)?;
                 if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
                     sum += log_softmax_at(&w.logits, target as usize);
                 }
@@ -681,18 +767,18 @@ impl Whisper {
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
-        let (out, logprob_sum, no_speech_prob) =
-            self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
-        let text = self.tokenizer.decode(&out, EOT).trim().to_owned();
+        let g = self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
+        let text = self.tokenizer.decode(&g.tokens, EOT).trim().to_owned();
         let t = Transcript {
             text,
-            tokens: out.len(),
-            avg_logprob: mean_logprob(logprob_sum, out.len()),
-            no_speech_prob,
+            tokens: g.tokens.len(),
+            avg_logprob: mean_logprob(g.logprob_sum, g.tokens.len()),
+            no_speech_prob: g.no_speech_prob,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
         };
-        Ok((t, Encoded(cross)))
+        let own = own_score(&g.tokens, g.logprob_sum, g.end);
+        Ok((t, Encoded { cross, own }))
     }
 }
 
