@@ -259,9 +259,10 @@ fn auto_precision_is_measured_once_then_reused_and_a_broken_cache_rewritten() {
         && l["precision"] == "fp32"));
 }
 
-/// `talkie bench --json --quick`: every field a board report needs.
+/// `talkie bench --json --quick`: every field a board report needs, the
+/// tiers and the one `auto` picks included.
 #[test]
-fn bench_reports_every_precision_and_thread_count_as_json() {
+fn bench_reports_every_precision_thread_count_and_tier_as_json() {
     let out = run(talkie()
         .args(["bench", "--json", "--quick", "--models"])
         .arg(models_dir())
@@ -302,6 +303,28 @@ fn bench_reports_every_precision_and_thread_count_as_json() {
         text(&out.stderr).contains("[1/"),
         "a progress line per step"
     );
+    // The tiers as the service loads them, and what `auto` picks.
+    let tiers = b["tiers"].as_array().unwrap();
+    let names: Vec<&str> = tiers.iter().map(|t| t["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["whisper-tiny", "moonshine-base", "agreement"],
+        "{b}"
+    );
+    for t in tiers {
+        assert!(t["utterance_ms"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["peak_rss_mb"].as_f64().unwrap() > 10.0, "{t}");
+        assert_eq!(t["files"]["count"], 1, "{t}");
+        assert!(!t["files"]["texts"][0].as_str().unwrap().is_empty(), "{t}");
+    }
+    assert!(tiers[2]["forms"].as_str().unwrap().contains("moonshine"));
+    let auto = b["auto_tier"]["model"].as_str().unwrap();
+    assert!(["whisper-tiny", "agreement"].contains(&auto), "{b}");
+    assert!(b["auto_tier"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("stt.model = \"auto\": {auto}")));
+    assert!(text(&out.stderr).contains("[tier 3/3] agreement"));
 }
 
 #[test]

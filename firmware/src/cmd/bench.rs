@@ -3,12 +3,15 @@
 //! online cores) on the calibration input and on any WAV files given; a
 //! table with a progress line per step, and with `--json` one JSON object
 //! with the CPU, tract's version, every row and the choice `auto` would
-//! make on this board.
+//! make on this board. Then the recognizer tiers (issue 31): whisper-tiny,
+//! moonshine-base and agreement, each with `precision` and `threads`
+//! `auto` as the service runs them, timed for a 3 s utterance (and on the
+//! files), and the tier `stt.model = "auto"` picks here, with its reason.
 
 use crate::audio::clip::load_pipeline_clip;
 use crate::audio::PIPELINE_RATE;
 use crate::base::config::models::stt_model_dir;
-use crate::base::config::{Config, ModelPrecision, Precision, Threads};
+use crate::base::config::{Config, ModelPrecision, Precision, SttModel, Threads};
 use crate::cmd::offline::OfflineError;
 use crate::stt::calibrate::{self, CpuInfo, Timing};
 use crate::stt::Recognizer;
@@ -34,6 +37,36 @@ pub struct BenchArgs {
     /// (for slow boards and emulators).
     #[arg(long)]
     pub quick: bool,
+    /// Skip the recognizer tiers (whisper-tiny, moonshine-base, agreement
+    /// and what `stt.model = "auto"` picks).
+    #[arg(long)]
+    pub no_tiers: bool,
+}
+
+/// One recognizer tier (`stt.model`) with `precision` and `threads` auto.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TierRow {
+    pub model: SttModel,
+    /// Each model's forms, e.g. "whisper fp32 encoder + int8 decoder,
+    /// moonshine int8".
+    pub forms: String,
+    /// Release→text of a 3 s utterance without speculation as `auto`
+    /// predicts it ([`Recognizer::time_utterance`]).
+    pub utterance_ms: f64,
+    pub files: Option<FileTotals>,
+    /// Peak resident memory while this tier loaded (its start-up
+    /// measurement included) and ran.
+    pub peak_rss_mb: Option<f64>,
+    pub load_ms: f64,
+    /// The calibration's reason line.
+    pub reason: String,
+}
+
+/// What `stt.model = "auto"` picks on this board, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoTier {
+    pub model: String,
+    pub reason: String,
 }
 
 /// One precision × threads row.
@@ -66,8 +99,16 @@ pub struct FileTotals {
 }
 
 /// `/proc/self/status` `VmHWM` in MB, after resetting it with
-/// `/proc/self/clear_refs` (Linux ≥ 4.0) at the start of the row.
+/// `/proc/self/clear_refs` (Linux ≥ 4.0) at the start of the row. The
+/// memory earlier rows freed is first handed back to the kernel
+/// (`malloc_trim`, glibc), else it would count in this row's peak.
 fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; no pointer is
+    // passed and every allocation stays valid.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -160,6 +201,11 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
         .cloned()
         .collect();
     let auto = calibrate::decide(&eligible, &memory, low_memory);
+    let (tiers, auto_tier) = if args.no_tiers {
+        (Vec::new(), None)
+    } else {
+        bench_tiers(cfg, &dir, &clips)
+    };
     if args.json {
         let doc = serde_json::json!({
             "talkie": crate::VERSION,
@@ -172,12 +218,136 @@ pub fn run(cfg: &Config, args: &BenchArgs) -> Result<(), OfflineError> {
                 "precision": c.precision, "decoder_precision": c.forms().decoder, "threads": c.threads,
                 "decoder_threads": c.decoder_threads(), "reason": why,
             })),
+            "tiers": tiers,
+            "auto_tier": auto_tier,
         });
         println!("{doc}");
     } else {
         print_table(&cpu, &rows, auto.as_ref().map(|(c, why)| (c, why.as_str())));
+        print_tiers(&tiers, auto_tier.as_ref());
     }
     Ok(())
+}
+
+/// Each tier loaded as the service loads it (`precision`, `threads`
+/// `auto`; the calibrations kept in a scratch directory, so the service's
+/// own are not touched, and shared between the tiers as the service
+/// shares them), then `stt.model = "auto"`. A tier that cannot load (its
+/// model files missing) is skipped with a line on stderr.
+fn bench_tiers(
+    cfg: &Config,
+    dir: &Path,
+    clips: &[(PathBuf, Vec<f32>)],
+) -> (Vec<TierRow>, Option<AutoTier>) {
+    let scratch = std::env::temp_dir().join(format!("talkie-bench-{}", std::process::id()));
+    let mut c = cfg.clone();
+    c.vad.model = dir.join(crate::models::VAD_FILE);
+    c.stt.precision = Precision::Auto;
+    c.stt.threads = Threads::Auto;
+    c.stt.calibration_file = scratch.join("calibration.json");
+    let tiers = [
+        SttModel::WhisperTiny,
+        SttModel::MoonshineBase,
+        SttModel::Agreement,
+    ];
+    let mut rows = Vec::new();
+    for (i, &model) in tiers.iter().enumerate() {
+        eprintln!("[tier {}/{}] {} ...", i + 1, tiers.len(), model.as_str());
+        c.stt.model = model;
+        match bench_tier(&c, dir, clips) {
+            Ok(row) => {
+                eprintln!(
+                    "[tier {}/{}] {}: {:.0} ms for a 3 s utterance ({})",
+                    i + 1,
+                    tiers.len(),
+                    model.as_str(),
+                    row.utterance_ms,
+                    row.forms
+                );
+                rows.push(row);
+            }
+            Err(e) => eprintln!(
+                "[tier {}/{}] {}: skipped: {e}",
+                i + 1,
+                tiers.len(),
+                model.as_str()
+            ),
+        }
+    }
+    eprintln!("[auto] stt.model = \"auto\" ...");
+    c.stt.model = SttModel::Auto;
+    let auto = match Recognizer::load(dir, &c.recognizer_options()) {
+        Ok(r) => Some(AutoTier {
+            model: r.calibration().model.clone(),
+            reason: r.calibration().reason.clone(),
+        }),
+        Err(e) => {
+            eprintln!("[auto] skipped: {e}");
+            None
+        }
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    (rows, auto)
+}
+
+fn bench_tier(
+    c: &Config,
+    dir: &Path,
+    clips: &[(PathBuf, Vec<f32>)],
+) -> Result<TierRow, OfflineError> {
+    reset_peak_rss();
+    let t0 = std::time::Instant::now();
+    let mut r = Recognizer::load(dir, &c.recognizer_options())?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let utterance_ms = r.time_utterance()?;
+    let forms = match r.model_forms() {
+        (Some(w), Some(m)) => format!("whisper {w}, moonshine {m}"),
+        (Some(w), None) => format!("whisper {w}"),
+        (None, Some(m)) => format!("moonshine {m}"),
+        (None, None) => String::new(),
+    };
+    let files = (!clips.is_empty())
+        .then(|| transcribe_files(&mut r, clips))
+        .transpose()?;
+    Ok(TierRow {
+        model: c.stt.model,
+        forms,
+        utterance_ms,
+        files,
+        peak_rss_mb: peak_rss_mb(),
+        load_ms,
+        reason: r.calibration().reason.clone(),
+    })
+}
+
+/// Every file through the recognizer (VAD trim and all): the sums.
+fn transcribe_files(
+    r: &mut Recognizer,
+    clips: &[(PathBuf, Vec<f32>)],
+) -> Result<FileTotals, OfflineError> {
+    let mut f = FileTotals {
+        count: clips.len(),
+        audio_s: 0.0,
+        encoder_ms: 0.0,
+        decoder_ms: 0.0,
+        total_ms: 0.0,
+        real_time_factor: 0.0,
+        texts: Vec::new(),
+    };
+    for (_, samples) in clips {
+        let rec = r.recognize(samples)?;
+        f.audio_s += samples.len() as f64 / f64::from(PIPELINE_RATE);
+        f.encoder_ms += rec.transcript.encoder_ms;
+        f.decoder_ms += rec.transcript.decoder_ms;
+        f.total_ms += rec.total_ms;
+        f.texts.push(rec.text);
+    }
+    f.real_time_factor = if f.audio_s > 0.0 {
+        f.total_ms / 1000.0 / f.audio_s
+    } else {
+        0.0
+    };
+    Ok(f)
 }
 
 fn bench_one(
@@ -206,31 +376,7 @@ fn bench_one(
         }
     }
     let files = (!clips.is_empty())
-        .then(|| -> Result<FileTotals, OfflineError> {
-            let mut f = FileTotals {
-                count: clips.len(),
-                audio_s: 0.0,
-                encoder_ms: 0.0,
-                decoder_ms: 0.0,
-                total_ms: 0.0,
-                real_time_factor: 0.0,
-                texts: Vec::new(),
-            };
-            for (_, samples) in clips {
-                let rec = r.recognize(samples)?;
-                f.audio_s += samples.len() as f64 / f64::from(PIPELINE_RATE);
-                f.encoder_ms += rec.transcript.encoder_ms;
-                f.decoder_ms += rec.transcript.decoder_ms;
-                f.total_ms += rec.total_ms;
-                f.texts.push(rec.text);
-            }
-            f.real_time_factor = if f.audio_s > 0.0 {
-                f.total_ms / 1000.0 / f.audio_s
-            } else {
-                0.0
-            };
-            Ok(f)
-        })
+        .then(|| transcribe_files(&mut r, clips))
         .transpose()?;
     Ok(Row {
         precision,
@@ -291,5 +437,40 @@ fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &s
             c.decoder_threads()
         ),
         None => println!("\nauto: nothing could be measured"),
+    }
+}
+
+fn print_tiers(tiers: &[TierRow], auto: Option<&AutoTier>) {
+    if tiers.is_empty() && auto.is_none() {
+        return;
+    }
+    println!("\nrecognizer tiers (precision and threads auto; release→text of a 3 s utterance without speculation):");
+    println!("tier            utterance_ms  files_ms  RTF     peak_RSS_MB  load_ms  forms");
+    for t in tiers {
+        let (files_ms, rtf) = t.files.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |f| {
+                (
+                    format!("{:.0}", f.total_ms),
+                    format!("{:.3}", f.real_time_factor),
+                )
+            },
+        );
+        println!(
+            "{:<14}  {:>12.0}  {:>8}  {:<6}  {:>11.0}  {:>7.0}  {}",
+            t.model.as_str(),
+            t.utterance_ms,
+            files_ms,
+            rtf,
+            t.peak_rss_mb.unwrap_or(0.0),
+            t.load_ms,
+            t.forms
+        );
+    }
+    if let Some(a) = auto {
+        println!(
+            "\nstt.model = \"auto\" would choose: {} — {}",
+            a.model, a.reason
+        );
     }
 }

@@ -865,6 +865,28 @@ impl Recognizer {
         )?)
     }
 
+    /// Release→text of a 3 s utterance without speculation as `auto`
+    /// predicts it for this recognizer's tier: one model's fixed work
+    /// ([`Recognizer::time_fixed_work`], 3 s of audio and
+    /// [`calibrate::CAL_STEPS`] decoder steps, after a short warm-up), or
+    /// for `agreement` both models' timed as it runs them plus the scoring
+    /// ([`predicted_agreement_ms`]). What `talkie bench` shows per tier.
+    pub fn time_utterance(&mut self) -> Result<f64, RecognizeError> {
+        let threads = self.calibration.chosen.threads;
+        if let Engine::Agreement {
+            whisper,
+            moonshine,
+            parallel,
+            ..
+        } = &mut self.engine
+        {
+            return time_agreement(whisper, moonshine, threads, *parallel);
+        }
+        self.time_fixed_work(30, 2)?;
+        let (e, d) = self.time_fixed_work(calibrate::CAL_FRAMES, calibrate::CAL_STEPS)?;
+        Ok(e + d)
+    }
+
     /// Run the whole graph once on a second of quiet noise, so the first
     /// visitor does not pay for tract's lazy set-up. Returns milliseconds.
     pub fn warm_up(&mut self) -> Result<f64, RecognizeError> {
