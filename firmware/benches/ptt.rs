@@ -7,7 +7,9 @@
 //! 400 ms pause inside one press, released 300 ms after the second phrase.
 //! Reports release → transcript (median, p95, mean), the speculative hit
 //! rate and the session WER (simple normalizer) per run, and press → LED
-//! from every press. `TALKIE_BENCH_HOLDS=300,800` runs fewer holds.
+//! from every press. `TALKIE_BENCH_HOLDS=300,800` runs fewer holds;
+//! `TALKIE_BENCH_STT_MODEL=agreement` (any `stt.model`) another recognizer
+//! tier than the configuration's default.
 //! Writes `target/bench/ptt.md` and `target/bench/ptt.json`.
 
 #[path = "../tests/common/mod.rs"]
@@ -88,6 +90,15 @@ fn speech_ends_ms(talkie: &str, models: &Path, clips: &[PathBuf]) -> Vec<u64> {
         .collect()
 }
 
+/// The holds to run: `TALKIE_BENCH_HOLDS` (comma-separated ms), else all.
+fn holds() -> Vec<u64> {
+    std::env::var("TALKIE_BENCH_HOLDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|h| h.trim().parse().ok()).collect())
+        .filter(|v: &Vec<u64>| !v.is_empty())
+        .unwrap_or_else(|| vec![100, 200, 300, 500, 800])
+}
+
 /// Play `dir/session.wav` with a script releasing `hold_ms` after each
 /// clip's speech end (`ends`: ms from each clip's start).
 fn play(
@@ -97,6 +108,7 @@ fn play(
     ends: &[u64],
     hold_ms: u64,
     speculative: bool,
+    stt_model: Option<&str>,
 ) -> Session {
     let tsv = std::fs::read_to_string(dir.join("clips.tsv")).unwrap();
     let mut script = String::new();
@@ -120,9 +132,10 @@ fn play(
         format!(
             "[audio]\nbackend = \"file\"\nfile = {:?}\nsim_clock = true\n[gpio]\nbackend = \"script\"\nscript = {script_path:?}\n\
              [ptt]\nspeculative = {speculative}\n\
-             [stt]\nmodel_dir = {models:?}\ncalibration_file = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n",
+             [stt]\nmodel_dir = {models:?}\ncalibration_file = {:?}\n{}[status]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("session.wav"),
-            dir.join("calibration.json")
+            dir.join("calibration.json"),
+            stt_model.map_or_else(String::new, |m| format!("model = {m:?}\n")),
         ),
     )
     .unwrap();
@@ -216,11 +229,9 @@ fn main() {
         .collect();
     let talkie = env!("CARGO_BIN_EXE_talkie");
     let models = root.join("models/build");
-    let holds: Vec<u64> = std::env::var("TALKIE_BENCH_HOLDS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|h| h.trim().parse().ok()).collect())
-        .filter(|v: &Vec<u64>| !v.is_empty())
-        .unwrap_or_else(|| vec![100, 200, 300, 500, 800]);
+    let holds = holds();
+    let stt_model = std::env::var("TALKIE_BENCH_STT_MODEL").ok();
+    let stt_model = stt_model.as_deref();
 
     // The 31 clips, one session WAV, a script per hold and setting.
     let dir = root.join("target/bench/ptt-session");
@@ -242,7 +253,7 @@ fn main() {
     let mut short_at_400 = None;
     for &hold in &holds {
         for speculative in [true, false] {
-            let s = play(talkie, &dir, &models, &ends, hold, speculative);
+            let s = play(talkie, &dir, &models, &ends, hold, speculative, stt_model);
             press_to_led.extend_from_slice(&s.press_to_led);
             if !speculative && hold == 300 {
                 let short: Vec<f64> = s
@@ -281,7 +292,7 @@ fn main() {
     scenario(&rdir, &joined);
     let rends = speech_ends_ms(talkie, &models, &joined);
     for speculative in [true, false] {
-        let s = play(talkie, &rdir, &models, &rends, 300, speculative);
+        let s = play(talkie, &rdir, &models, &rends, 300, speculative, stt_model);
         rows.push((
             format!(
                 "resumed speech ({} pairs, 400 ms pause), hold 300 ms",
@@ -335,6 +346,7 @@ fn main() {
     let json = serde_json::json!({
         "bench": "ptt",
         "machine": machine,
+        "stt_model": stt_model.unwrap_or("the default"),
         "input": format!("talkie::scenario sessions of the {} dev clips, 1.5 s gaps, real time, simulation clock", refs.len()),
         "press_to_led_ms": {"mean": led_mean, "p95": led_p95, "presses": press_to_led.len()},
         "runs": json_rows,
@@ -342,7 +354,7 @@ fn main() {
         "release_to_text_ms_le_5s_hold_300_off": {"n": short.len(), "mean": mean(&short)},
     });
     let md = format!(
-        "# Push-to-talk benchmark\n\nMachine: {machine}; release build.\n\
+        "# Push-to-talk benchmark\n\nMachine: {machine}; release build; `stt.model` {}.\n\
          Input: `talkie::scenario` sessions of the {} clips of `shared/eval/dev` (1.5 s gaps), played at real \
          time on the simulation clock by `talkie run --until-script-done` with the script button: press 300 ms \
          before each clip, release a hold after the clip's speech end (VAD), speculative recognition on and off. \
@@ -351,6 +363,7 @@ fn main() {
          press → LED shows listening: mean {led_mean:.2} ms, p95 {led_p95:.2} ms over {} presses.\n\n\
          faster-whisper reference: {fw_source}.\n\n\
          Command: `make bench` (`cargo bench -p talkie --bench ptt`; `TALKIE_BENCH_HOLDS=300,800` for fewer holds).\n",
+        stt_model.map_or_else(|| "default".to_owned(), |m| format!("\"{m}\"")),
         refs.len(),
         press_to_led.len(),
     );

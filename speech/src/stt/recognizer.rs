@@ -367,7 +367,9 @@ fn measured_moonshine(
 
 /// Whether a board can hold `agreement` at all (`stt.model = "auto"`):
 /// two cores (the models run side by side) and 1 GiB of RAM (both models
-/// in int8 peak at about 250 MB; a Zero 2 W has 512 MB). `Err` says why not.
+/// peak at 250–450 MB: int8 at the low end, Moonshine's fp32 encoder and
+/// the first start's measurement at the high; a Zero 2 W has 512 MB).
+/// `Err` says why not.
 fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     if cpu.cores < 2 {
         return Err(format!(
@@ -377,7 +379,7 @@ fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     }
     if cpu.low_memory() {
         return Err(format!(
-            "{} MB of RAM: agreement needs about 250 MB of it, under {} MB whisper-tiny alone",
+            "{} MB of RAM: agreement peaks at 250–450 MB, under {} MB whisper-tiny alone",
             cpu.mem_total_mb.unwrap_or(0),
             calibrate::LOW_MEMORY_MB
         ));

@@ -308,6 +308,10 @@ fn load_plan_fused(path: &Path, attention: bool, linear: bool) -> Result<Plan, M
     // As `model_for_path` does: the file's directory resolves external data.
     let dir = path.parent().and_then(Path::to_str);
     let parsed = onnx.parse(&proto, dir).map_err(err)?;
+    // The parsed model holds its own copy of every weight: the protobuf's
+    // (the file's size again) must not live through the optimization,
+    // where the load's memory peaks.
+    drop(proto);
     if !parsed.unresolved_inputs.is_empty() {
         return Err(ModelError::Load {
             path: path.to_owned(),
