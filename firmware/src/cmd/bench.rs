@@ -390,6 +390,19 @@ fn bench_one(
     })
 }
 
+/// A row's files columns: total ms and real-time factor ("-" without files).
+fn file_columns(files: Option<&FileTotals>) -> (String, String) {
+    files.map_or_else(
+        || ("-".to_owned(), "-".to_owned()),
+        |f| {
+            (
+                format!("{:.0}", f.total_ms),
+                format!("{:.3}", f.real_time_factor),
+            )
+        },
+    )
+}
+
 fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &str)>) {
     println!(
         "CPU: {} ({}, {} cores, {} MB RAM), features: {}; tract {TRACT_VERSION}; talkie {}",
@@ -407,15 +420,7 @@ fn print_table(cpu: &CpuInfo, rows: &[Row], auto: Option<(&calibrate::Choice, &s
     );
     println!("precision  threads  encoder_ms  decoder_ms  total_ms  files_ms  RTF     peak_RSS_MB  load_ms");
     for r in rows {
-        let (files_ms, rtf) = r.files.as_ref().map_or_else(
-            || ("-".to_owned(), "-".to_owned()),
-            |f| {
-                (
-                    format!("{:.0}", f.total_ms),
-                    format!("{:.3}", f.real_time_factor),
-                )
-            },
-        );
+        let (files_ms, rtf) = file_columns(r.files.as_ref());
         println!(
             "{:<9}  {:>7}  {:>10.0}  {:>10.0}  {:>8.0}  {:>8}  {:<6}  {:>11.0}  {:>7.0}",
             r.precision.as_str(),
@@ -447,15 +452,7 @@ fn print_tiers(tiers: &[TierRow], auto: Option<&AutoTier>) {
     println!("\nrecognizer tiers (precision and threads auto; release→text of a 3 s utterance without speculation):");
     println!("tier            utterance_ms  files_ms  RTF     peak_RSS_MB  load_ms  forms");
     for t in tiers {
-        let (files_ms, rtf) = t.files.as_ref().map_or_else(
-            || ("-".to_owned(), "-".to_owned()),
-            |f| {
-                (
-                    format!("{:.0}", f.total_ms),
-                    format!("{:.3}", f.real_time_factor),
-                )
-            },
-        );
+        let (files_ms, rtf) = file_columns(t.files.as_ref());
         println!(
             "{:<14}  {:>12.0}  {:>8}  {:<6}  {:>11.0}  {:>7.0}  {}",
             t.model.as_str(),

@@ -291,17 +291,8 @@ mod tests {
     /// own text back as the tokens it decoded, so the reuse applies.
     #[test]
     fn each_model_scores_its_own_text_from_its_greedy_pass() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dev = std::env::var_os("TALKIE_EVAL_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/eval"))
-            .join("dev");
-        let models = root.join("models/build");
-        let mut r = hound::WavReader::open(dev.join("dev_13.wav")).unwrap();
-        let audio: Vec<f32> = r
-            .samples::<i16>()
-            .map(|s| f32::from(s.unwrap()) / 32_768.0)
-            .collect();
+        let (models, dev) = crate::stt::testdata::models_and_dev();
+        let audio = crate::stt::testdata::read_clip(&dev.join("dev_13.wav"));
         let a = Agreement::load(&models).expect("make models");
         let mut w = Whisper::load(&models, "", 224, 100).expect("make models");
         let mut m = Moonshine::load(&models, crate::options::ModelPrecision::Int8, 224)

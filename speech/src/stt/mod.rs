@@ -14,6 +14,8 @@ pub mod mel;
 pub mod moonshine;
 pub mod quant;
 pub mod recognizer;
+#[cfg(test)]
+pub(crate) mod testdata;
 pub mod tokenizer;
 pub mod vocab;
 pub mod whisper;

@@ -409,12 +409,7 @@ mod tests {
     /// graphs; the int8 ones' texts for the same clips.
     #[test]
     fn three_dev_clips_give_the_reference_transcripts() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dev = std::env::var_os("TALKIE_EVAL_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/eval"))
-            .join("dev");
-        let models = root.join("models/build");
+        let (models, dev) = crate::stt::testdata::models_and_dev();
         for precision in [ModelPrecision::Fp32, ModelPrecision::Int8] {
             let mut m = Moonshine::load(&models, precision, 224).expect("make models");
             three_clips(&mut m, &dev, precision);
@@ -433,11 +428,7 @@ mod tests {
                 "Can you show me the way to the main entrance?",
             ),
         ] {
-            let mut r = hound::WavReader::open(dev.join(file)).unwrap();
-            let audio: Vec<f32> = r
-                .samples::<i16>()
-                .map(|s| f32::from(s.unwrap()) / 32_768.0)
-                .collect();
+            let audio = crate::stt::testdata::read_clip(&dev.join(file));
             let t = m.transcribe(&audio).unwrap();
             eprintln!(
                 "moonshine {precision:?} {file}: {:?} (encoder {:.0} ms, decoder {:.0} ms, {} tokens)",

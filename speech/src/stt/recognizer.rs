@@ -942,38 +942,7 @@ mod tests {
     use super::*;
     use crate::models::VAD_FILE;
     use crate::options::Precision;
-
-    /// A 16 kHz mono dev clip as samples.
-    fn read_clip(path: &Path) -> Vec<f32> {
-        let mut r = hound::WavReader::open(path).unwrap();
-        let spec = r.spec();
-        assert_eq!(
-            (spec.sample_rate, spec.channels),
-            (16_000, 1),
-            "{}",
-            path.display()
-        );
-        match spec.sample_format {
-            hound::SampleFormat::Int => {
-                let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
-                r.samples::<i32>()
-                    .map(|x| x.unwrap() as f32 / scale)
-                    .collect()
-            }
-            hound::SampleFormat::Float => r.samples::<f32>().map(|x| x.unwrap()).collect(),
-        }
-    }
-
-    /// The built models and the dev clips (`$TALKIE_EVAL_DIR/dev`, else
-    /// `../shared/eval/dev` beside the repository).
-    fn models_and_dev() -> (std::path::PathBuf, std::path::PathBuf) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dev = std::env::var_os("TALKIE_EVAL_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/eval"))
-            .join("dev");
-        (root.join("models/build"), dev)
-    }
+    use crate::stt::testdata::{models_and_dev, read_clip};
 
     /// Three dev clips and their reference transcripts (x86_64, fp32).
     const THREE_CLIPS: [(&str, &str); 3] = [
