@@ -872,7 +872,8 @@ impl Recognizer {
     /// ([`Recognizer::time_fixed_work`], 3 s of audio and
     /// [`calibrate::CAL_STEPS`] decoder steps, after a short warm-up), or
     /// for `agreement` both models' timed as it runs them plus the scoring
-    /// ([`predicted_agreement_ms`]). What `talkie bench` shows per tier.
+    /// (the prediction `stt.model = "auto"` holds against
+    /// `stt.latency_budget_ms`). What `talkie bench` shows per tier.
     pub fn time_utterance(&mut self) -> Result<f64, RecognizeError> {
         let threads = self.calibration.chosen.threads;
         if let Engine::Agreement {
