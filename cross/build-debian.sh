@@ -115,7 +115,7 @@ if [ "$mode" = test ]; then
       --skip auto_takes_agreement_only_within_the_latency_budget \
       --skip stages_in_two_forms_load_from_the_stored_choice_and_transcribe \
       --skip the_decoder_times_alone_against_cross_kv_shaped_as_the_window \
-      --skip each_model_scores_its_own_text_from_its_greedy_pass
+      --skip each_model_scores_from_its_greedy_pass_what_it_shares
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not

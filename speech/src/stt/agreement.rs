@@ -288,9 +288,10 @@ mod tests {
     /// A model's own text costs no scoring pass: its greedy pass's sum is
     /// the teacher-forced score bit for bit (both models, dev_13, where
     /// their texts differ), and the scoring tokenizers give each model's
-    /// own text back as the tokens it decoded, so the reuse applies.
+    /// own text back as the tokens it decoded, so the reuse applies; the
+    /// a text starting as the pass did is scored from the pass's cache.
     #[test]
-    fn each_model_scores_its_own_text_from_its_greedy_pass() {
+    fn each_model_scores_from_its_greedy_pass_what_it_shares() {
         let (models, dev) = crate::stt::testdata::models_and_dev();
         let audio = crate::stt::testdata::read_clip(&dev.join("dev_13.wav"));
         let a = Agreement::load(&models).expect("make models");
@@ -308,9 +309,27 @@ mod tests {
         let m_forced = m.score(&Encoded::new(me.cross.clone()), &m_tokens).unwrap();
         assert_eq!(w_own.to_bits(), w_forced.to_bits(), "{w_own} {w_forced}");
         assert_eq!(m_own.to_bits(), m_forced.to_bits(), "{m_own} {m_forced}");
-        // Another text is scored by teacher forcing.
-        assert!(we
-            .own_score(&a.whisper.encode(&format!(" {}", mt.text)))
-            .is_none());
+        // Another text (here: its first three words, then "please") is
+        // teacher-forced from where it leaves the greedy pass, on the
+        // pass's cache: bit for bit the score from the first token.
+        let other = |t: &str| {
+            let words: Vec<&str> = t.split_whitespace().take(3).collect();
+            format!("{} please", words.join(" "))
+        };
+        let w_other = a.whisper.encode(&format!(" {}", other(&wt.text)));
+        let m_other = a.moonshine.encode(&other(&mt.text));
+        assert!(we.own_score(&w_other).is_none());
+        for (p, what) in [
+            (we.shared_prefix(&w_other).map(|s| s.0), "Whisper"),
+            (me.shared_prefix(&m_other).map(|s| s.0), "Moonshine"),
+        ] {
+            assert!(p.is_some_and(|p| p >= 2), "{what}: {p:?}");
+        }
+        let w_shared = w.score(&we, &w_other).unwrap();
+        let w_full = w.score(&Encoded::new(we.cross.clone()), &w_other).unwrap();
+        assert_eq!(w_shared.to_bits(), w_full.to_bits(), "{w_shared} {w_full}");
+        let m_shared = m.score(&me, &m_other).unwrap();
+        let m_full = m.score(&Encoded::new(me.cross.clone()), &m_other).unwrap();
+        assert_eq!(m_shared.to_bits(), m_full.to_bits(), "{m_shared} {m_full}");
     }
 }

@@ -13,8 +13,9 @@
 
 use super::vocab::Vocab;
 use super::whisper::{
-    argmax, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at, mean_logprob,
-    own_score, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError, Transcript,
+    argmax, cache_prefix, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at,
+    mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError,
+    Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::{Forms, ModelPrecision};
@@ -269,7 +270,7 @@ impl Moonshine {
         let cap = self
             .max_tokens
             .min((audio.len() as f32 / 16_000.0 * TOKENS_PER_SECOND) as usize + 1);
-        let (out, logprob_sum, end) = self.decode(&cross, cap)?;
+        let (out, logprob_sum, lps, end, past) = self.decode(&cross, cap)?;
         let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
@@ -278,7 +279,7 @@ impl Moonshine {
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
         };
-        let own = own_score(&out, logprob_sum, end);
+        let own = own_pass(&out, lps, end, past);
         Ok((t, Encoded { cross, own }))
     }
 
@@ -292,12 +293,16 @@ impl Moonshine {
         if encoded.cross.is_empty() {
             return Err(SttError::Run("no encoder output to score against".into()));
         }
-        let mut past = self.empty_cache();
+        // Inputs 0..p (the start and p − 1 shared tokens) are the greedy
+        // pass's: its cache and its first p log-probabilities.
+        let (start, mut sum, mut past) = match encoded.shared_prefix(tokens) {
+            Some((p, sum, cache)) => (p, sum, cache_prefix(cache, 2, p)?),
+            None => (0, 0.0f32, self.empty_cache()),
+        };
         let mut state = self.decoder.spawn().map_err(run_err)?;
-        let mut sum = 0.0f32;
         let inputs = [START].into_iter().chain(tokens.iter().copied());
         let targets = tokens.iter().copied().chain([END]);
-        for (input, target) in inputs.zip(targets) {
+        for (input, target) in inputs.zip(targets).skip(start) {
             self.step_hook()?;
             self.step(&mut state, input, &mut past, &encoded.cross)?;
             sum += log_softmax_at(&self.logits, target as usize);
@@ -359,29 +364,34 @@ impl Moonshine {
         self.vocab.set_kernel(kernel)
     }
 
-    /// Greedy decoding: the tokens, the sum of their log-probabilities and
-    /// the end token's, if the pass ended on it.
+    /// Greedy decoding: the tokens, the sum of their log-probabilities,
+    /// each one's, the end token's if the pass ended on it, and the cache.
+    #[allow(clippy::type_complexity)]
     fn decode(
         &mut self,
         cross: &TVec<TValue>,
         cap: usize,
-    ) -> Result<(Vec<u32>, f32, Option<f32>), SttError> {
+    ) -> Result<(Vec<u32>, f32, Vec<f32>, Option<f32>, Vec<TValue>), SttError> {
         let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         let (mut out, mut logprob_sum, mut token) = (Vec::new(), 0.0f32, START);
+        let mut lps = Vec::new();
         for _ in 0..cap {
             self.step_hook()?;
             self.step(&mut state, token, &mut past, cross)?;
             let next = argmax(&self.logits, END as usize);
             let lsm = LogSoftmax::of(&self.logits);
             if next as u32 == END {
-                return Ok((out, logprob_sum, Some(lsm.at(&self.logits, next))));
+                let end = Some(lsm.at(&self.logits, next));
+                return Ok((out, logprob_sum, lps, end, past));
             }
-            logprob_sum += lsm.at(&self.logits, next);
+            let lp = lsm.at(&self.logits, next);
+            logprob_sum += lp;
+            lps.push(lp);
             token = next as u32;
             out.push(token);
         }
-        Ok((out, logprob_sum, None))
+        Ok((out, logprob_sum, lps, None, past))
     }
 }
 

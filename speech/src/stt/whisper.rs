@@ -182,7 +182,39 @@ pub struct Encoded {
     /// [`Encoded::own_score`] returns this sum instead (bit for bit the
     /// same: both add the same log-probabilities, [`LogSoftmax`], in the
     /// same order). `None` after a cut (token cap, repetition guard).
-    pub(super) own: Option<(Vec<u32>, f32)>,
+    pub(super) own: Option<Own>,
+}
+
+/// A greedy pass kept for scoring ([`Encoded::own`]).
+pub(super) struct Own {
+    pub tokens: Vec<u32>,
+    /// Each token's log-probability, in order.
+    pub lps: Vec<f32>,
+    /// The end token's.
+    pub end: f32,
+    /// The self-attention cache after the pass: its first positions are
+    /// the cache of any prefix of the pass's inputs.
+    pub past: Vec<TValue>,
+}
+
+impl std::fmt::Debug for Own {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Own")
+            .field("tokens", &self.tokens)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first `len` positions (along `axis`) of each cache tensor.
+pub(super) fn cache_prefix(
+    past: &[TValue],
+    axis: usize,
+    len: usize,
+) -> Result<Vec<TValue>, SttError> {
+    past.iter()
+        .map(|t| t.slice(axis, 0, len).map(TValue::from).map_err(run_err))
+        .collect()
 }
 
 impl Encoded {
@@ -193,9 +225,25 @@ impl Encoded {
 
     /// The greedy pass's score of `tokens`, if they are its tokens.
     pub(super) fn own_score(&self, tokens: &[u32]) -> Option<f32> {
-        self.own
-            .as_ref()
-            .and_then(|(own, score)| (own.as_slice() == tokens).then_some(*score))
+        let own = self.own.as_ref().filter(|o| o.tokens == tokens)?;
+        let sum = own.lps.iter().fold(0.0f32, |s, &l| s + l) + own.end;
+        Some(sum / (tokens.len() + 1) as f32)
+    }
+
+    /// Where `tokens` begin as the greedy pass's did: how many tokens
+    /// they share (at least one), the sum of those tokens'
+    /// log-probabilities (added in order, as scoring adds them), and the
+    /// pass's cache, whose first positions teacher forcing would rebuild.
+    pub(super) fn shared_prefix(&self, tokens: &[u32]) -> Option<(usize, f32, &[TValue])> {
+        let own = self.own.as_ref()?;
+        let p = own
+            .tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let sum = own.lps.get(..p)?.iter().fold(0.0f32, |s, &l| s + l);
+        (p > 0).then_some((p, sum, own.past.as_slice()))
     }
 }
 
@@ -211,6 +259,10 @@ impl std::fmt::Debug for Encoded {
 /// What one greedy pass gave ([`Whisper::decode_tokens`]).
 struct Greedy {
     tokens: Vec<u32>,
+    /// Each token's log-probability.
+    lps: Vec<f32>,
+    /// The self-attention cache at the end.
+    past: Vec<TValue>,
     logprob_sum: f32,
     no_speech_prob: f32,
     /// The end token's log-probability, if the pass ended on it.
@@ -396,18 +448,19 @@ pub(super) fn log_softmax_at(logits: &[f32], ix: usize) -> f32 {
     LogSoftmax::of(logits).at(logits, ix)
 }
 
-/// The mean of a greedy pass's token log-probabilities and its end
-/// token's, as teacher-forced scoring sums them ([`Encoded::own`]).
-pub(super) fn own_score(
+/// A greedy pass that ended on the end token, kept for scoring
+/// ([`Encoded::own`]).
+pub(super) fn own_pass(
     tokens: &[u32],
-    logprob_sum: f32,
+    lps: Vec<f32>,
     end: Option<f32>,
-) -> Option<(Vec<u32>, f32)> {
-    end.map(|e| {
-        (
-            tokens.to_vec(),
-            (logprob_sum + e) / (tokens.len() + 1) as f32,
-        )
+    past: Vec<TValue>,
+) -> Option<Own> {
+    end.map(|end| Own {
+        tokens: tokens.to_vec(),
+        lps,
+        end,
+        past,
     })
 }
 
@@ -669,6 +722,7 @@ impl Whisper {
         let mut logprob_sum = 0.0f32;
         let mut no_speech_prob = 0.0f32;
         let mut end = None;
+        let mut lps = Vec::new();
         let mut state = self.decoder.spawn().map_err(run_err)?;
         for step in 0..prompt.len() + cap {
             self.step_hook()?;
@@ -704,7 +758,9 @@ impl Whisper {
                 end = Some(lsm.at(logits, next));
                 break;
             }
-            logprob_sum += lsm.at(logits, next);
+            let lp = lsm.at(logits, next);
+            logprob_sum += lp;
+            lps.push(lp);
             out.push(next as u32);
             if let Some(l) = repeat_len(&out) {
                 out.truncate(out.len() - l);
@@ -713,6 +769,8 @@ impl Whisper {
         }
         Ok(Greedy {
             tokens: out,
+            lps,
+            past,
             logprob_sum,
             no_speech_prob,
             end,
@@ -738,7 +796,12 @@ impl Whisper {
             return Ok(s);
         }
         self.on_decoder_pool(|w| {
-            let mut past = w.empty_cache();
+            // Inputs 0..=p (the prompt and p − 1 shared tokens) are the
+            // greedy pass's: its cache and its first p log-probabilities.
+            let (start, mut sum, mut past) = match encoded.shared_prefix(tokens) {
+                Some((p, sum, cache)) => (p + 1, sum, cache_prefix(cache, 1, p + 1)?),
+                None => (0, 0.0f32, w.empty_cache()),
+            };
             let mut state = w.decoder.spawn().map_err(run_err)?;
             let inputs: Vec<u32> = [SOT, NO_TIMESTAMPS]
                 .into_iter()
@@ -747,8 +810,7 @@ impl Whisper {
             // After the prompt's last token, each step predicts the next
             // target: the tokens, then `<|endoftext|>`.
             let targets: Vec<u32> = tokens.iter().copied().chain([EOT]).collect();
-            let mut sum = 0.0f32;
-            for (k, &token) in inputs.iter().enumerate() {
+            for (k, &token) in inputs.iter().enumerate().skip(start) {
                 w.step_hook()?;
                 w.step_logits(&mut state, token, &mut past, &encoded.cross)?;
                 if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
@@ -781,7 +843,7 @@ impl Whisper {
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
         };
-        let own = own_score(&g.tokens, g.logprob_sum, g.end);
+        let own = own_pass(&g.tokens, g.lps, g.end, g.past);
         Ok((t, Encoded { cross, own }))
     }
 }
