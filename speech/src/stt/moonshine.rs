@@ -14,7 +14,7 @@
 use super::vocab::Vocab;
 use super::whisper::{
     argmax, cache_prefix, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at,
-    mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError,
+    lp_sum, mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError,
     Transcript,
 };
 use crate::models::{self, ModelError};
@@ -270,11 +270,11 @@ impl Moonshine {
         let cap = self
             .max_tokens
             .min((audio.len() as f32 / 16_000.0 * TOKENS_PER_SECOND) as usize + 1);
-        let (out, logprob_sum, lps, end, past) = self.decode(&cross, cap)?;
+        let (out, lps, end, past) = self.decode(&cross, cap)?;
         let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
-            avg_logprob: mean_logprob(logprob_sum, out.len()),
+            avg_logprob: mean_logprob(lp_sum(&lps), out.len()),
             no_speech_prob: 0.0,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
@@ -364,17 +364,17 @@ impl Moonshine {
         self.vocab.set_kernel(kernel)
     }
 
-    /// Greedy decoding: the tokens, the sum of their log-probabilities,
-    /// each one's, the end token's if the pass ended on it, and the cache.
+    /// Greedy decoding: the tokens, each one's log-probability, the end
+    /// token's if the pass ended on it, and the cache.
     #[allow(clippy::type_complexity)]
     fn decode(
         &mut self,
         cross: &TVec<TValue>,
         cap: usize,
-    ) -> Result<(Vec<u32>, f32, Vec<f32>, Option<f32>, Vec<TValue>), SttError> {
+    ) -> Result<(Vec<u32>, Vec<f32>, Option<f32>, Vec<TValue>), SttError> {
         let mut past = self.empty_cache();
         let mut state = self.decoder.spawn().map_err(run_err)?;
-        let (mut out, mut logprob_sum, mut token) = (Vec::new(), 0.0f32, START);
+        let (mut out, mut token) = (Vec::new(), START);
         let mut lps = Vec::new();
         for _ in 0..cap {
             self.step_hook()?;
@@ -383,15 +383,14 @@ impl Moonshine {
             let lsm = LogSoftmax::of(&self.logits);
             if next as u32 == END {
                 let end = Some(lsm.at(&self.logits, next));
-                return Ok((out, logprob_sum, lps, end, past));
+                return Ok((out, lps, end, past));
             }
             let lp = lsm.at(&self.logits, next);
-            logprob_sum += lp;
             lps.push(lp);
             token = next as u32;
             out.push(token);
         }
-        Ok((out, logprob_sum, lps, None, past))
+        Ok((out, lps, None, past))
     }
 }
 

@@ -176,12 +176,13 @@ fn step_inputs(
 /// pass's own score.
 pub struct Encoded {
     pub(super) cross: TVec<TValue>,
-    /// The greedy pass's tokens and their teacher-forced score, when it
-    /// ended on the end token: scoring these tokens again would feed the
-    /// decoder the same inputs and give the same logits, so
-    /// [`Encoded::own_score`] returns this sum instead (bit for bit the
-    /// same: both add the same log-probabilities, [`LogSoftmax`], in the
-    /// same order). `None` after a cut (token cap, repetition guard).
+    /// The greedy pass, when it ended on the end token: scoring its
+    /// tokens again would feed the decoder the same inputs and give the
+    /// same logits, so [`Encoded::own_score`] sums its log-probabilities
+    /// instead, and [`Encoded::shared_prefix`] starts another text from its
+    /// cache (bit for bit the same: both add the same log-probabilities,
+    /// [`LogSoftmax`], in the same order). `None` after a cut (token cap,
+    /// repetition guard).
     pub(super) own: Option<Own>,
 }
 
@@ -206,6 +207,12 @@ impl std::fmt::Debug for Own {
     }
 }
 
+/// Log-probabilities added in order from 0, as decoding and scoring add
+/// them.
+pub(super) fn lp_sum(lps: &[f32]) -> f32 {
+    lps.iter().fold(0.0f32, |s, &l| s + l)
+}
+
 /// The first `len` positions (along `axis`) of each cache tensor.
 pub(super) fn cache_prefix(
     past: &[TValue],
@@ -226,7 +233,7 @@ impl Encoded {
     /// The greedy pass's score of `tokens`, if they are its tokens.
     pub(super) fn own_score(&self, tokens: &[u32]) -> Option<f32> {
         let own = self.own.as_ref().filter(|o| o.tokens == tokens)?;
-        let sum = own.lps.iter().fold(0.0f32, |s, &l| s + l) + own.end;
+        let sum = lp_sum(&own.lps) + own.end;
         Some(sum / (tokens.len() + 1) as f32)
     }
 
@@ -242,7 +249,7 @@ impl Encoded {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count();
-        let sum = own.lps.get(..p)?.iter().fold(0.0f32, |s, &l| s + l);
+        let sum = lp_sum(own.lps.get(..p)?);
         (p > 0).then_some((p, sum, own.past.as_slice()))
     }
 }
@@ -263,7 +270,6 @@ struct Greedy {
     lps: Vec<f32>,
     /// The self-attention cache at the end.
     past: Vec<TValue>,
-    logprob_sum: f32,
     no_speech_prob: f32,
     /// The end token's log-probability, if the pass ended on it.
     end: Option<f32>,
@@ -719,7 +725,6 @@ impl Whisper {
             .max_tokens
             .min((seconds * TOKENS_PER_SECOND) as usize + 10);
         let mut out: Vec<u32> = Vec::new();
-        let mut logprob_sum = 0.0f32;
         let mut no_speech_prob = 0.0f32;
         let mut end = None;
         let mut lps = Vec::new();
@@ -759,7 +764,6 @@ impl Whisper {
                 break;
             }
             let lp = lsm.at(logits, next);
-            logprob_sum += lp;
             lps.push(lp);
             out.push(next as u32);
             if let Some(l) = repeat_len(&out) {
@@ -771,7 +775,6 @@ impl Whisper {
             tokens: out,
             lps,
             past,
-            logprob_sum,
             no_speech_prob,
             end,
         })
@@ -838,7 +841,7 @@ impl Whisper {
         let t = Transcript {
             text,
             tokens: g.tokens.len(),
-            avg_logprob: mean_logprob(g.logprob_sum, g.tokens.len()),
+            avg_logprob: mean_logprob(lp_sum(&g.lps), g.tokens.len()),
             no_speech_prob: g.no_speech_prob,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
