@@ -71,8 +71,23 @@ pub struct Hidden {
 impl Hidden {
     /// Quantize `h`; None if it is wider than [`MAX_WIDTH`].
     pub fn new(h: &[f32]) -> Option<Self> {
+        let mut me = Self {
+            width: 0,
+            scale: 1.0,
+            q: [0; MAX_WIDTH],
+            lo: [0; MAX_WIDTH],
+            hi: [128; MAX_WIDTH],
+        };
+        me.set(h).then_some(me)
+    }
+
+    /// Quantize `h` in place of the state held (an encoder's rows, one
+    /// after another, without a fresh 8 KB state each); false, and the
+    /// state unchanged, if `h` is wider than [`MAX_WIDTH`]. Only the first
+    /// `h.len()` elements are written: the kernels read no further.
+    pub fn set(&mut self, h: &[f32]) -> bool {
         if h.len() > MAX_WIDTH {
-            return None;
+            return false;
         }
         let max = h.iter().fold(0.0f32, |m, &x| {
             if x.is_finite() && m.is_finite() {
@@ -82,35 +97,45 @@ impl Hidden {
             }
         });
         let hq_max = hq_max(h.len());
-        let mut me = Self {
-            width: h.len(),
-            scale: if max > 0.0 || max.is_nan() {
-                max / hq_max
-            } else {
-                1.0
-            },
-            q: [0; MAX_WIDTH],
-            lo: [0; MAX_WIDTH],
-            hi: [128; MAX_WIDTH],
+        self.width = h.len();
+        self.scale = if max > 0.0 || max.is_nan() {
+            max / hq_max
+        } else {
+            1.0
         };
-        if me.scale.is_finite() {
+        if self.scale.is_finite() {
             let inv = hq_max / max.max(f32::MIN_POSITIVE);
             for (i, &x) in h.iter().enumerate() {
                 // |x · inv| <= hq_max up to rounding; the clamp keeps a
                 // last-bit overshoot inside it.
-                let q = (x * inv).round().clamp(-hq_max, hq_max) as i16;
-                me.q[i] = q;
-                me.lo[i] = (q & 127) as u8;
-                me.hi[i] = ((q >> 7) + 128) as u8;
+                let q = round_half_away(x * inv).clamp(-hq_max, hq_max) as i16;
+                self.q[i] = q;
+                self.lo[i] = (q & 127) as u8;
+                self.hi[i] = ((q >> 7) + 128) as u8;
             }
+        } else {
+            self.q[..h.len()].fill(0);
+            self.lo[..h.len()].fill(0);
+            self.hi[..h.len()].fill(128);
         }
-        Some(me)
+        true
     }
 
     /// `s`, one step of the quantized hidden state.
     pub fn scale(&self) -> f32 {
         self.scale
     }
+}
+
+/// `r.round()` (half away from zero) for `|r| < 2³¹`, the same integer
+/// (a zero's sign aside), without the call to libm's `roundf` that
+/// baseline x86-64 (no SSE4.1 rounding instruction) makes per element:
+/// truncation, then the exact remainder.
+#[inline]
+fn round_half_away(r: f32) -> f32 {
+    let t = r as i32 as f32;
+    let f = r - t;
+    t + f32::from(u8::from(f >= 0.5)) - f32::from(u8::from(f <= -0.5))
 }
 
 /// `Σ q[i]` per row of `width`, which the VNNI kernels need.
@@ -251,6 +276,40 @@ impl Kernel {
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => arm::project_neon(rows, scale, h, out),
             _ => project_portable(rows, scale, h, out),
+        }
+    }
+}
+
+impl Kernel {
+    /// [`Kernel::project`] of four states of one width, `out` holding
+    /// their four `n`-wide outputs one after another, on a kernel that
+    /// reads each row once for all four where this one has it (AVX2),
+    /// else four calls: the same floats either way.
+    pub fn project4(
+        self,
+        rows: &[i8],
+        sums: &[i32],
+        scale: &[f32],
+        hs: [&Hidden; 4],
+        out: &mut [f32],
+    ) {
+        let width = hs[0].width;
+        let n = out.len() / 4;
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx2
+            && self.runs_here()
+            && width > 0
+            && hs.iter().all(|h| h.width == width)
+            && scale.len() >= n
+            && rows.len() >= n * width
+        {
+            // SAFETY: AVX2 was detected just above; the widths and lengths
+            // are as the kernel needs.
+            unsafe { x86::project4_avx2(&rows[..n * width], &scale[..n], hs, &mut out[..4 * n]) };
+            return;
+        }
+        for (h, out) in hs.iter().zip(out.chunks_exact_mut(n.max(1))) {
+            self.project(rows, sums, scale, h, out);
         }
     }
 }
@@ -430,6 +489,50 @@ mod x86 {
             };
             let dot = dot.wrapping_add(tail_dot(&row[done..], &h.q[done..width]));
             *o = finish(dot, h.scale, s);
+        }
+    }
+
+    /// [`project_avx2`] for four states at once, `out` holding their
+    /// four outputs one after another: each row is widened once for all
+    /// four (an encoder's frames; the same integer sums, so the same
+    /// floats as four calls).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; the four states of one width `w`,
+    /// `rows.len() == scale.len() * w`, `out.len() == 4 * scale.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn project4_avx2(
+        rows: &[i8],
+        scale: &[f32],
+        hs: [&Hidden; 4],
+        out: &mut [f32],
+    ) {
+        let width = hs[0].width;
+        let n = scale.len();
+        let singles = width / 16;
+        let done = singles * 16;
+        let xp = hs.map(|h| h.q.as_ptr());
+        for (v, (row, &s)) in rows.chunks_exact(width).zip(scale).enumerate() {
+            let rp = row.as_ptr();
+            // SAFETY: every load reads [i, i + 16) with i + 16 <= done <= width.
+            let dots = unsafe {
+                let mut a = [_mm256_setzero_si256(); 4];
+                for k in 0..singles {
+                    let i = k * 16;
+                    let q = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i).cast()));
+                    for (acc, x) in a.iter_mut().zip(xp) {
+                        let x = _mm256_loadu_si256(x.add(i).cast());
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(q, x));
+                    }
+                }
+                a.map(|v| hsum256(v))
+            };
+            for (r, (h, dot)) in hs.iter().zip(dots).enumerate() {
+                let dot = dot.wrapping_add(tail_dot(&row[done..], &h.q[done..width]));
+                if let Some(o) = out.get_mut(r * n + v) {
+                    *o = finish(dot, h.scale, s);
+                }
+            }
         }
     }
 
@@ -706,5 +809,87 @@ mod tests {
             assert_eq!(Kernel::by_name(k.name()), Some(k));
         }
         assert_eq!(Kernel::by_name("sse9"), None);
+    }
+
+    /// The rounding the quantizer uses gives `f32::round`'s integers on
+    /// halves, near-halves and the quantizer's whole range.
+    #[test]
+    fn rounding_is_round_half_away_from_zero() {
+        let mut values = vec![
+            0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 16382.5, -16383.0,
+        ];
+        values.extend(
+            [0.5f32, 1.5, 8191.5]
+                .iter()
+                .flat_map(|&v| [v.next_down(), v.next_up(), -v.next_down(), -v.next_up()]),
+        );
+        values.extend((0..200_000).map(|i| (i as f32 - 100_000.0) * 0.16384));
+        for v in values {
+            assert_eq!(round_half_away(v) as i32, v.round() as i32, "{v}");
+        }
+    }
+
+    /// A state quantized in place of a wider one gives the floats of a
+    /// fresh one, on every kernel.
+    #[test]
+    fn a_state_set_again_projects_as_a_fresh_one() {
+        let (n, wide, narrow) = (3, 1664, 416);
+        let rows: Vec<i8> = (0..n * narrow).map(|i| (i % 251) as i8).collect();
+        let sums = row_sums(&rows, narrow);
+        let scale = vec![0.5; n];
+        let a: Vec<f32> = (0..wide).map(|i| (i as f32 * 0.37).sin() * 40.0).collect();
+        let b: Vec<f32> = (0..narrow).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut reused = Hidden::new(&a).expect("narrow enough");
+        assert!(reused.set(&b));
+        let fresh = Hidden::new(&b).expect("narrow enough");
+        for kernel in Kernel::available() {
+            let (mut x, mut y) = (vec![0f32; n], vec![1f32; n]);
+            kernel.project(&rows, &sums, &scale, &reused, &mut x);
+            kernel.project(&rows, &sums, &scale, &fresh, &mut y);
+            assert_eq!(x, y, "{}", kernel.name());
+        }
+        assert!(!reused.set(&vec![0.0; MAX_WIDTH + 1]), "too wide");
+    }
+
+    /// Four states at once give the floats of four single projections,
+    /// on every kernel, for widths with and without a tail.
+    #[test]
+    fn four_states_at_once_are_four_projections() {
+        for width in [416, 1664, 21] {
+            let n = 9;
+            let rows: Vec<i8> = (0..n * width)
+                .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
+                .collect();
+            let sums = row_sums(&rows, width);
+            let scale: Vec<f32> = (0..n).map(|i| 0.01 * (i + 1) as f32).collect();
+            let hs: Vec<Hidden> = (0..4)
+                .map(|r| {
+                    let h: Vec<f32> = (0..width)
+                        .map(|i| ((i * 7 + r * 13) as f32 * 0.21).sin() * 3.0)
+                        .collect();
+                    Hidden::new(&h).expect("narrow enough")
+                })
+                .collect();
+            for kernel in Kernel::available() {
+                let mut want = vec![0f32; 4 * n];
+                for (h, out) in hs.iter().zip(want.chunks_exact_mut(n)) {
+                    kernel.project(&rows, &sums, &scale, h, out);
+                }
+                let mut got = vec![f32::NAN; 4 * n];
+                kernel.project4(
+                    &rows,
+                    &sums,
+                    &scale,
+                    [&hs[0], &hs[1], &hs[2], &hs[3]],
+                    &mut got,
+                );
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{} width {width}",
+                    kernel.name()
+                );
+            }
+        }
     }
 }

@@ -36,6 +36,11 @@ use tract_onnx::tract_hir::internal::*;
 /// The fused node's ONNX op type (registered only in talkie's parser).
 pub(super) const OP_TYPE: &str = "TalkieLinearI8";
 
+/// Inputs of at least this many rows are split over the current tract
+/// pool's threads (an encoder's frames); a decoder step's single row is
+/// not worth a thread hand-off.
+pub const MIN_SPLIT_ROWS: usize = 8;
+
 /// `out[r, n] = (x[r] · W[n]) · scale[n]` for int8 rows `W` [n, k], `x`
 /// [..., k] → [..., n], `x`'s rows quantized by [`Hidden`].
 #[derive(Clone)]
@@ -93,12 +98,65 @@ impl LinearI8 {
             self.k,
             out.len()
         );
-        for (row, out) in x.chunks_exact(self.k).zip(out.chunks_exact_mut(self.n())) {
-            let h = Hidden::new(row).context("TalkieLinearI8: row too wide")?;
+        // Four quantized states (on the heap: 32 KB), refilled four rows
+        // at a time (the kernel reads each weight row once for all four),
+        // then one for the rest (a decoder step's single row).
+        let state = || Hidden::new(&[]).context("TalkieLinearI8: no state");
+        let (k, n) = (self.k, self.n());
+        let mut x4 = x.chunks_exact(4 * k);
+        let mut out4 = out.chunks_exact_mut(4 * n);
+        if x4.len() > 0 {
+            let mut hs = (0..4).map(|_| state()).collect::<TractResult<Vec<_>>>()?;
+            for (x, out) in x4.by_ref().zip(out4.by_ref()) {
+                for (h, row) in hs.iter_mut().zip(x.chunks_exact(k)) {
+                    ensure!(h.set(row), "TalkieLinearI8: row too wide");
+                }
+                if let [a, b, c, d] = hs.as_slice() {
+                    self.kernel
+                        .project4(&self.rows, &self.sums, &self.scale, [a, b, c, d], out);
+                }
+            }
+        }
+        let mut h = state()?;
+        for (row, out) in x4
+            .remainder()
+            .chunks_exact(k)
+            .zip(out4.into_remainder().chunks_exact_mut(n))
+        {
+            ensure!(h.set(row), "TalkieLinearI8: row too wide");
             self.kernel
                 .project(&self.rows, &self.sums, &self.scale, &h, out);
         }
         Ok(())
+    }
+
+    /// [`LinearI8::run`], the rows split over the current tract pool's
+    /// threads when there are [`MIN_SPLIT_ROWS`] or more; whole rows per
+    /// thread, so the result is the same floats as on one thread.
+    pub fn run_split(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        use rayon::prelude::*;
+        let rows = x.len() / self.k.max(1);
+        let pool = match tract_linalg::multithread::current_tract_executor() {
+            tract_linalg::multithread::Executor::MultiThread(pool)
+                if rows >= MIN_SPLIT_ROWS && pool.current_num_threads() > 1 =>
+            {
+                pool
+            }
+            _ => return self.run(x, out),
+        };
+        ensure!(
+            x.len().is_multiple_of(self.k) && out.len() == rows * self.n(),
+            "TalkieLinearI8: {} inputs for width {}, {} outputs",
+            x.len(),
+            self.k,
+            out.len()
+        );
+        let per = rows.div_ceil(pool.current_num_threads());
+        pool.install(|| {
+            x.par_chunks(per * self.k)
+                .zip(out.par_chunks_mut(per * self.n()))
+                .try_for_each(|(x, out)| self.run(x, out))
+        })
     }
 
     /// Use `kernel` (tests compare them); false when this CPU does not
@@ -164,7 +222,7 @@ impl EvalOp for LinearI8 {
         let shape = self.output_shape(x.shape(), self.n());
         let x = x.try_as_plain_ram()?;
         let mut out = vec![0f32; shape.iter().product()];
-        self.run(x.as_slice::<f32>()?, &mut out)?;
+        self.run_split(x.as_slice::<f32>()?, &mut out)?;
         let out = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), out)?;
         Ok(tvec!(out.into_tvalue()))
     }
@@ -267,7 +325,8 @@ fn match_chain(graph: &pb::GraphProto, mm: &NodeProto) -> Option<(usize, NodePro
     Some((
         end,
         NodeProto {
-            name: format!("{}_fused", mm.name),
+            // Output names are unique in a graph; node names may be empty.
+            name: format!("{}_fused", mul.output.first()?),
             op_type: OP_TYPE.into(),
             input: vec![quant.input.first()?.clone()],
             output: mul.output.clone(),
@@ -408,5 +467,37 @@ mod tests {
             LinearI8::new(rows, scale, k + 1).is_none(),
             "sizes disagree"
         );
+    }
+
+    /// An encoder's many rows split over a pool give the floats one
+    /// thread gives, bit for bit, for a row count the threads do not
+    /// divide.
+    #[test]
+    fn rows_split_over_a_pool_are_the_same_floats() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let (n, k, rows) = (7, 416, 19);
+        let w: Vec<i8> = (0..n * k)
+            .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
+            .collect();
+        let op = LinearI8::new(w, vec![0.02; n], k).expect("sizes agree");
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 29 % 97) as f32 - 48.0) / 17.0)
+            .collect();
+        let mut one = vec![0f32; rows * n];
+        op.run(&x, &mut one).expect("shapes agree");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a 2-thread pool");
+        let mut split = vec![f32::NAN; rows * n];
+        multithread_tract_scope(Executor::MultiThread(Arc::new(pool)), || {
+            op.run_split(&x, &mut split)
+        })
+        .expect("shapes agree");
+        assert!(one
+            .iter()
+            .zip(&split)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(op.run_split(&x[1..], &mut split).is_err(), "a partial row");
     }
 }
