@@ -132,7 +132,7 @@ impl LinearI8 {
 
     /// [`LinearI8::run`], the rows split over the current tract pool's
     /// threads when there are [`MIN_SPLIT_ROWS`] or more; whole rows per
-    /// thread, so the result is the same floats as on one thread.
+    /// piece, so the result is the same floats as on one thread.
     pub fn run_split(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
         use rayon::prelude::*;
         let rows = x.len() / self.k.max(1);
@@ -151,7 +151,10 @@ impl LinearI8 {
             self.k,
             out.len()
         );
-        let per = rows.div_ceil(pool.current_num_threads());
+        // Four pieces per thread, each a multiple of four rows: a thread
+        // slowed by another on its core (agreement runs Moonshine beside
+        // Whisper's pool) leaves its pieces to the others.
+        let per = rows.div_ceil(4 * pool.current_num_threads()).next_multiple_of(4);
         pool.install(|| {
             x.par_chunks(per * self.k)
                 .zip(out.par_chunks_mut(per * self.n()))
