@@ -140,8 +140,9 @@ impl std::fmt::Display for ModelPrecision {
 
 /// The form of each stage of a model: calibration may run the decoder in
 /// another form than the encoder (issue 30: on an AVX2-only x86 tract's
-/// int8 encoder is 30 times slower than fp32, while the int8 decoder, on
-/// talkie's own integer kernels, is the fastest).
+/// int8 encoder was 30 times slower than fp32 while the int8 decoder, on
+/// talkie's own integer kernels, was the fastest; encoders now run on
+/// those kernels too, and calibration still times each stage).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Forms {
     pub encoder: ModelPrecision,

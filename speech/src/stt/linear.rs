@@ -154,7 +154,9 @@ impl LinearI8 {
         // Four pieces per thread, each a multiple of four rows: a thread
         // slowed by another on its core (agreement runs Moonshine beside
         // Whisper's pool) leaves its pieces to the others.
-        let per = rows.div_ceil(4 * pool.current_num_threads()).next_multiple_of(4);
+        let per = rows
+            .div_ceil(4 * pool.current_num_threads())
+            .next_multiple_of(4);
         pool.install(|| {
             x.par_chunks(per * self.k)
                 .zip(out.par_chunks_mut(per * self.n()))

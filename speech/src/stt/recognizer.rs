@@ -325,8 +325,8 @@ fn measured_moonshine(
     let mut int8 = Moonshine::load(dir, ModelPrecision::Int8, max_tokens)?;
     let int8_t = time(&mut int8, ModelPrecision::Int8)?;
     // Each stage in its own form: int8 kept unless fp32 is more than 10 %
-    // faster (on an AVX2-only x86 tract's int8 encoder is many times
-    // slower while the int8 decoder, on talkie's kernels, is the fastest).
+    // faster (a CPU's int8 and fp32 products differ by stage: on the
+    // AVX2-only EPYC the int8 encoder is ~8 % slower, its decoder 2× faster).
     let stage = |int8: f64, fp32: f64| {
         if int8 <= fp32 * 1.1 {
             ModelPrecision::Int8
@@ -367,8 +367,9 @@ fn measured_moonshine(
 
 /// Whether a board can hold `agreement` at all (`stt.model = "auto"`):
 /// two cores (the models run side by side) and 1 GiB of RAM (both models
-/// peak at 250–450 MB: int8 at the low end, Moonshine's fp32 encoder and
-/// the first start's measurement at the high; a Zero 2 W has 512 MB).
+/// peak at 230–400 MB: both int8 once calibrated at the low end, the
+/// first start's timing of Moonshine's fp32 forms at the high; a Zero 2 W
+/// has 512 MB).
 /// `Err` says why not.
 fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     if cpu.cores < 2 {
@@ -379,7 +380,7 @@ fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     }
     if cpu.low_memory() {
         return Err(format!(
-            "{} MB of RAM: agreement peaks at 250–450 MB, under {} MB whisper-tiny alone",
+            "{} MB of RAM: agreement peaks at 230–400 MB, under {} MB whisper-tiny alone",
             cpu.mem_total_mb.unwrap_or(0),
             calibrate::LOW_MEMORY_MB
         ));
