@@ -918,8 +918,12 @@ mod tests {
                     .into_tvalue()
             })
             .collect();
-        plan.run(inputs)
-            .unwrap()
+        floats(&plan.run(inputs).unwrap())
+    }
+
+    /// A plan's f32 outputs as vectors.
+    fn floats(outputs: &[TValue]) -> Vec<Vec<f32>> {
+        outputs
             .iter()
             .map(|o| {
                 o.try_as_plain_ram()
@@ -929,6 +933,14 @@ mod tests {
                     .to_vec()
             })
             .collect()
+    }
+
+    /// Σ |a − b| over every element of every output.
+    fn distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.iter().zip(y).map(|(a, b)| (a - b).abs()).sum::<f32>())
+            .sum()
     }
 
     /// `files` (in models/build) load fused, with 8 attention ops each
@@ -1016,13 +1028,7 @@ mod tests {
             let reference = load_plan_as(&dir.join(fp32), true).unwrap();
             for (past, ctx) in [(0, 1), (3, 406), (17, 1500)] {
                 let want = step(&reference, past, ctx);
-                let off = |plan: &Plan| {
-                    step(plan, past, ctx)
-                        .iter()
-                        .zip(&want)
-                        .map(|(x, y)| x.iter().zip(y).map(|(a, b)| (a - b).abs()).sum::<f32>())
-                        .sum::<f32>()
-                };
+                let off = |plan: &Plan| distance(&step(plan, past, ctx), &want);
                 let (chain_off, fused_off) = (off(&chain), off(&fused));
                 eprintln!("{int8} past {past} ctx {ctx}: |chain - fp32| {chain_off}, |fused - fp32| {fused_off}");
                 assert!(
@@ -1058,27 +1064,9 @@ mod tests {
             let reference = super::load_plan(&dir.join(fp32)).unwrap();
             let n = shape.iter().product();
             let input = tract_ndarray::ArrayD::from_shape_vec(shape, quiet_noise(n, 0.5)).unwrap();
-            let run = |plan: &Plan| -> Vec<Vec<f32>> {
-                plan.run(tvec!(input.clone().into_tvalue()))
-                    .unwrap()
-                    .iter()
-                    .map(|o| {
-                        o.try_as_plain_ram()
-                            .unwrap()
-                            .as_slice::<f32>()
-                            .unwrap()
-                            .to_vec()
-                    })
-                    .collect()
-            };
+            let run = |plan: &Plan| floats(&plan.run(tvec!(input.clone().into_tvalue())).unwrap());
             let want = run(&reference);
-            let off = |plan: &Plan| {
-                run(plan)
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| x.iter().zip(y).map(|(a, b)| (a - b).abs()).sum::<f32>())
-                    .sum::<f32>()
-            };
+            let off = |plan: &Plan| distance(&run(plan), &want);
             let (chain_off, fused_off) = (off(&chain), off(&fused));
             eprintln!("{int8}: |chain - fp32| {chain_off}, |fused - fp32| {fused_off}");
             assert!(
