@@ -22,9 +22,10 @@
 //! CPU's fastest kernel (AVX-512 VNNI, AVX-VNNI, AVX2, NEON `sdot`, NEON,
 //! portable), so every kernel gives the same floats. The activation keeps
 //! 15 bits instead of 8, which moves the int8 forms' numbers toward
-//! fp32's. The files on disk do not change. Only decoders are fused
-//! (`load_decoder_plan`): an encoder's products are matrix by matrix,
-//! which tract's kernels run on every core.
+//! fp32's. The files on disk do not change. Decoders and encoders are
+//! both fused (`load_decoder_plan`, `load_plan`): an encoder's rows are
+//! split over the encoder's pool ([`LinearI8::run_split`]) and read each
+//! weight row once per four frames (`Kernel::project4`).
 
 use super::attention::Graph;
 use super::dot::{row_sums, Hidden, Kernel};
