@@ -330,6 +330,98 @@ impl Kernel {
     }
 }
 
+/// Rows `[n, k]` (row-major) packed for [`gemm_packed`]: tiles of 16
+/// rows, each tile `k.div_ceil(4)` groups of 16 × 4 bytes (row `j` of
+/// the tile at bytes `4j..4j + 4` of a group), `n` padded to a multiple of
+/// 16 and `k` to one of 4 with zero rows and columns. Empty if `rows` is
+/// not `n` whole rows or `k` is 0.
+pub fn pack16(rows: &[i8], k: usize) -> Vec<i8> {
+    if k == 0 || !rows.len().is_multiple_of(k) {
+        return Vec::new();
+    }
+    let n = rows.len() / k;
+    let groups = k.div_ceil(4);
+    let mut packed = vec![0i8; n.div_ceil(16) * groups * 64];
+    for (v, row) in rows.chunks_exact(k).enumerate() {
+        let (tile, j) = (v / 16, v % 16);
+        for (i, &q) in row.iter().enumerate() {
+            packed[(tile * groups + i / 4) * 64 + j * 4 + i % 4] = q;
+        }
+    }
+    packed
+}
+
+/// The rows [`pack16`] packed, back in row-major `[n, k]`.
+pub fn unpack16(packed: &[i8], n: usize, k: usize) -> Vec<i8> {
+    let groups = k.div_ceil(4);
+    let mut rows = vec![0i8; n * k];
+    for (v, row) in rows.chunks_exact_mut(k.max(1)).enumerate() {
+        let (tile, j) = (v / 16, v % 16);
+        for (i, q) in row.iter_mut().enumerate() {
+            if let Some(&p) = packed.get((tile * groups + i / 4) * 64 + j * 4 + i % 4) {
+                *q = p;
+            }
+        }
+    }
+    rows
+}
+
+/// Whether [`gemm_packed`] runs on this CPU (AVX-512 VNNI).
+pub fn gemm_runs_here() -> bool {
+    Kernel::Avx512Vnni.runs_here()
+}
+
+/// `out[r · n + v] = (rows[v] · hs[r]) · scale[v]` for every state `hs[r]`
+/// (all of one width `k`) and the `n` rows [`pack16`] packed, `sums`
+/// being [`row_sums`] of the unpacked rows: a matrix kernel (16 rows by up
+/// to 8 states per pass, no horizontal sums) with the exact integer sums,
+/// so the same floats as [`Kernel::project`] row by row. False, and
+/// nothing written, where the CPU lacks AVX-512 VNNI or the sizes
+/// disagree.
+pub fn gemm_packed(
+    packed: &[i8],
+    n: usize,
+    sums: &[i32],
+    scale: &[f32],
+    hs: &[Hidden],
+    out: &mut [f32],
+) -> bool {
+    let k = hs.first().map_or(0, |h| h.width);
+    let fits = k > 0
+        && hs.iter().all(|h| h.width == k)
+        && packed.len() == n.div_ceil(16) * k.div_ceil(4) * 64
+        && sums.len() >= n
+        && scale.len() >= n
+        && out.len() >= hs.len() * n;
+    if !fits || !gemm_runs_here() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut at = 0;
+        while at < hs.len() {
+            let left = hs.len() - at;
+            let r = [8, 4, 2, 1].into_iter().find(|&r| r <= left).unwrap_or(1);
+            let (states, o) = (&hs[at..at + r], &mut out[at * n..(at + r) * n]);
+            // SAFETY: AVX-512F, BW and VNNI were detected (gemm_runs_here);
+            // the sizes were checked above: `r` states of width k, `packed`
+            // n.div_ceil(16) tiles of k.div_ceil(4) groups, `o` r · n long.
+            unsafe {
+                match r {
+                    8 => x86::gemm_avx512_vnni::<8>(packed, n, sums, scale, states, o),
+                    4 => x86::gemm_avx512_vnni::<4>(packed, n, sums, scale, states, o),
+                    2 => x86::gemm_avx512_vnni::<2>(packed, n, sums, scale, states, o),
+                    _ => x86::gemm_avx512_vnni::<1>(packed, n, sums, scale, states, o),
+                }
+            }
+            at += r;
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The reference: `Σ hq[i] · q[i]` in i32 per row.
 fn project_portable(rows: &[i8], scale: &[f32], h: &Hidden, out: &mut [f32]) {
     let hq = &h.q[..h.width];
@@ -478,6 +570,69 @@ mod x86 {
             for (r, (h, dot)) in hs.iter().zip(dots).enumerate() {
                 if let Some(o) = out.get_mut(r * n + v) {
                     *o = finish(dot.wrapping_sub(sum.wrapping_mul(128 * 128)), h.scale, s);
+                }
+            }
+        }
+    }
+
+    /// [`super::gemm_packed`] for `R` states: per tile of 16 rows, `2R`
+    /// accumulators of 16 sums (each state's low and biased high byte),
+    /// one load of the weights per group of 4 columns for all `R`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VNNI; `hs.len() == R`, every
+    /// state `k` wide, `packed.len() == n.div_ceil(16) * k.div_ceil(4) *
+    /// 64`, `sums` and `scale` at least `n` long, `out` at least `R * n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn gemm_avx512_vnni<const R: usize>(
+        packed: &[i8],
+        n: usize,
+        sums: &[i32],
+        scale: &[f32],
+        hs: &[Hidden],
+        out: &mut [f32],
+    ) {
+        let groups = hs[0].width.div_ceil(4);
+        let lp: [*const u8; R] = std::array::from_fn(|r| hs[r].lo.as_ptr());
+        let hp: [*const u8; R] = std::array::from_fn(|r| hs[r].hi.as_ptr());
+        for (t, tile) in packed.chunks_exact(groups * 64).enumerate() {
+            let wp = tile.as_ptr();
+            // SAFETY: each weight load reads [64g, 64g + 64) of the tile;
+            // each state load 4 bytes at 4g < 4 · groups <= MAX_WIDTH (the
+            // bytes past the width meet zero weights).
+            let sums16 = unsafe {
+                let mut lo = [_mm512_setzero_si512(); R];
+                let mut hi = [_mm512_setzero_si512(); R];
+                for g in 0..groups {
+                    let w = _mm512_loadu_si512(wp.add(g * 64).cast());
+                    for r in 0..R {
+                        let l = _mm512_set1_epi32(lp[r].add(4 * g).cast::<i32>().read_unaligned());
+                        let h = _mm512_set1_epi32(hp[r].add(4 * g).cast::<i32>().read_unaligned());
+                        lo[r] = _mm512_dpbusd_epi32(lo[r], l, w);
+                        hi[r] = _mm512_dpbusd_epi32(hi[r], h, w);
+                    }
+                }
+                let mut d = [[0i32; 16]; R];
+                for r in 0..R {
+                    let v = _mm512_add_epi32(_mm512_slli_epi32::<7>(hi[r]), lo[r]);
+                    _mm512_storeu_si512(d[r].as_mut_ptr().cast(), v);
+                }
+                d
+            };
+            for (r, (h, d)) in hs.iter().zip(sums16).enumerate() {
+                for (j, dot) in d.into_iter().enumerate() {
+                    let v = t * 16 + j;
+                    if let (Some(&sum), Some(&s)) = (sums.get(v), scale.get(v)) {
+                        if v < n {
+                            if let Some(o) = out.get_mut(r * n + v) {
+                                *o = finish(
+                                    dot.wrapping_sub(sum.wrapping_mul(128 * 128)),
+                                    h.scale,
+                                    s,
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -969,6 +1124,55 @@ mod tests {
                     kernel.name()
                 );
             }
+        }
+    }
+
+    /// The packed matrix kernel gives [`Kernel::project`]'s floats bit for
+    /// bit, for row counts and widths that are not multiples of its tiles
+    /// and every number of states up to 11; packing round-trips.
+    #[test]
+    fn the_packed_matrix_kernel_is_the_projection_row_by_row() {
+        for (n, width) in [(37, 384), (16, 1664), (5, 21), (1, 4)] {
+            let rows: Vec<i8> = (0..n * width)
+                .map(|i| ((i * 89 % 255) as i32 - 127) as i8)
+                .collect();
+            let packed = pack16(&rows, width);
+            assert_eq!(unpack16(&packed, n, width), rows, "{n}x{width}");
+            let sums = row_sums(&rows, width);
+            let scale: Vec<f32> = (0..n).map(|i| 0.003 * (i + 1) as f32).collect();
+            let hs: Vec<Hidden> = (0..11)
+                .map(|r| {
+                    let h: Vec<f32> = (0..width)
+                        .map(|i| ((i * 5 + r * 17) as f32 * 0.13).cos() * (r + 1) as f32)
+                        .collect();
+                    Hidden::new(&h).expect("narrow enough")
+                })
+                .collect();
+            for states in [1, 3, 8, 11] {
+                let mut want = vec![0f32; states * n];
+                for (h, out) in hs[..states].iter().zip(want.chunks_exact_mut(n)) {
+                    Kernel::Portable.project(&rows, &sums, &scale, h, out);
+                }
+                let mut got = vec![f32::NAN; states * n];
+                let ran = gemm_packed(&packed, n, &sums, &scale, &hs[..states], &mut got);
+                assert_eq!(ran, gemm_runs_here(), "runs where the CPU has it");
+                if ran {
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{n}x{width}, {states} states"
+                    );
+                }
+            }
+            let mut out = vec![0f32; n];
+            assert!(!gemm_packed(
+                &packed[1..],
+                n,
+                &sums,
+                &scale,
+                &hs[..1],
+                &mut out
+            ));
         }
     }
 }

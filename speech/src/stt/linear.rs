@@ -28,7 +28,7 @@
 //! weight row once per four frames (`Kernel::project4`).
 
 use super::attention::Graph;
-use super::dot::{row_sums, Hidden, Kernel};
+use super::dot::{gemm_packed, pack16, row_sums, unpack16, Hidden, Kernel};
 use std::sync::Arc;
 use tract_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, NodeProto};
 use tract_onnx::prelude::*;
@@ -46,7 +46,10 @@ pub const MIN_SPLIT_ROWS: usize = 8;
 /// [..., k] → [..., n], `x`'s rows quantized by [`Hidden`].
 #[derive(Clone)]
 pub struct LinearI8 {
+    /// `W` row-major, or [`pack16`]ed for the AVX-512 VNNI matrix kernel
+    /// (`packed`): one layout at a time, not both in memory.
     rows: Arc<[i8]>,
+    packed: bool,
     sums: Arc<[i32]>,
     scale: Arc<[f32]>,
     k: usize,
@@ -77,13 +80,16 @@ impl LinearI8 {
     pub fn new(rows: Vec<i8>, scale: Vec<f32>, k: usize) -> Option<Self> {
         let n = scale.len();
         (k > 0 && k <= super::dot::MAX_WIDTH && n > 0 && rows.len() == n * k).then_some(())?;
-        Some(Self {
+        let mut op = Self {
             sums: row_sums(&rows, k).into(),
             rows: rows.into(),
+            packed: false,
             scale: scale.into(),
             k,
-            kernel: Kernel::best(),
-        })
+            kernel: Kernel::Portable,
+        };
+        op.set_kernel(Kernel::best());
+        Some(op)
     }
 
     fn n(&self) -> usize {
@@ -99,6 +105,9 @@ impl LinearI8 {
             self.k,
             out.len()
         );
+        if self.packed {
+            return self.run_packed(x, out);
+        }
         // Four quantized states (on the heap: 32 KB), refilled four rows
         // at a time (the kernel reads each weight row once for all four),
         // then one for the rest (a decoder step's single row).
@@ -131,6 +140,28 @@ impl LinearI8 {
         Ok(())
     }
 
+    /// [`LinearI8::run`] on the packed rows: up to eight of `x`'s rows
+    /// quantized at a time (on the heap) and multiplied by the whole
+    /// matrix in one pass of [`gemm_packed`].
+    fn run_packed(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        let (k, n) = (self.k, self.n());
+        let rows = x.len() / k;
+        let mut hs = (0..rows.min(8))
+            .map(|_| Hidden::new(&[]).context("TalkieLinearI8: no state"))
+            .collect::<TractResult<Vec<_>>>()?;
+        for (x, out) in x.chunks(8 * k).zip(out.chunks_mut(8 * n)) {
+            let states = x.len() / k;
+            for (h, row) in hs.iter_mut().zip(x.chunks_exact(k)) {
+                ensure!(h.set(row), "TalkieLinearI8: row too wide");
+            }
+            ensure!(
+                gemm_packed(&self.rows, n, &self.sums, &self.scale, &hs[..states], out),
+                "TalkieLinearI8: the packed kernel does not run here"
+            );
+        }
+        Ok(())
+    }
+
     /// [`LinearI8::run`], the rows split over the current tract pool's
     /// threads when there are [`MIN_SPLIT_ROWS`] or more; whole rows per
     /// piece, so the result is the same floats as on one thread.
@@ -152,12 +183,13 @@ impl LinearI8 {
             self.k,
             out.len()
         );
-        // Four pieces per thread, each a multiple of four rows: a thread
+        // Four pieces per thread, each a multiple of eight rows (the
+        // packed kernel's, and twice `project4`'s): a thread
         // slowed by another on its core (agreement runs Moonshine beside
         // Whisper's pool) leaves its pieces to the others.
         let per = rows
             .div_ceil(4 * pool.current_num_threads())
-            .next_multiple_of(4);
+            .next_multiple_of(8);
         pool.install(|| {
             x.par_chunks(per * self.k)
                 .zip(out.par_chunks_mut(per * self.n()))
@@ -167,9 +199,20 @@ impl LinearI8 {
 
     /// Use `kernel` (tests compare them); false when this CPU does not
     /// run it.
+    /// AVX-512 VNNI runs the packed matrix kernel ([`gemm_packed`]) on the
+    /// rows packed once here; the others the row kernels.
     pub fn set_kernel(&mut self, kernel: Kernel) -> bool {
         let ok = kernel.runs_here();
         if ok {
+            let packed = kernel == Kernel::Avx512Vnni;
+            if packed != self.packed {
+                self.rows = if packed {
+                    pack16(&self.rows, self.k).into()
+                } else {
+                    unpack16(&self.rows, self.n(), self.k).into()
+                };
+                self.packed = packed;
+            }
             self.kernel = kernel;
         }
         ok
