@@ -283,8 +283,9 @@ impl Kernel {
 impl Kernel {
     /// [`Kernel::project`] of four states of one width, `out` holding
     /// their four `n`-wide outputs one after another, on a kernel that
-    /// reads each row once for all four where this one has it (AVX-512
-    /// VNNI, AVX2), else four calls: the same floats either way.
+    /// reads each row once for all four where this one has it (AVX2; the
+    /// int8 layers run AVX-512 VNNI as a matrix kernel, [`gemm_packed`]),
+    /// else four calls: the same floats either way.
     pub fn project4(
         self,
         rows: &[i8],
@@ -296,33 +297,17 @@ impl Kernel {
         let width = hs[0].width;
         let n = out.len() / 4;
         #[cfg(target_arch = "x86_64")]
-        if self.runs_here()
+        if self == Kernel::Avx2
+            && self.runs_here()
             && width > 0
             && hs.iter().all(|h| h.width == width)
             && scale.len() >= n
-            && sums.len() >= n
             && rows.len() >= n * width
         {
-            let (rows, sums, scale, out) = (
-                &rows[..n * width],
-                &sums[..n],
-                &scale[..n],
-                &mut out[..4 * n],
-            );
-            match self {
-                // SAFETY (each arm): the kernel's instructions were
-                // detected just above (`runs_here`); the widths and lengths
-                // are as the kernels need.
-                Kernel::Avx512Vnni => {
-                    unsafe { x86::project4_avx512_vnni(rows, sums, scale, hs, out) };
-                    return;
-                }
-                Kernel::Avx2 => {
-                    unsafe { x86::project4_avx2(rows, scale, hs, out) };
-                    return;
-                }
-                _ => {}
-            }
+            // SAFETY: AVX2 was detected just above; the widths and lengths
+            // are as the kernel needs.
+            unsafe { x86::project4_avx2(&rows[..n * width], &scale[..n], hs, &mut out[..4 * n]) };
+            return;
         }
         for (h, out) in hs.iter().zip(out.chunks_exact_mut(n.max(1))) {
             self.project(rows, sums, scale, h, out);
@@ -509,69 +494,6 @@ mod x86 {
                 _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<7>(hi), lo))
             };
             *o = finish(dot.wrapping_sub(sum.wrapping_mul(128 * 128)), h.scale, s);
-        }
-    }
-
-    /// [`project_avx512_vnni`] for four states at once, `out` holding
-    /// their four outputs one after another: each 64-byte block of a row
-    /// is loaded once for all four (an encoder's frames; the same integer
-    /// sums, so the same floats as four calls).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F, BW and VNNI; the four states of one
-    /// width `w`, `rows.len() == scale.len() * w`, `sums.len() ==
-    /// scale.len()`, `out.len() == 4 * scale.len()`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn project4_avx512_vnni(
-        rows: &[i8],
-        sums: &[i32],
-        scale: &[f32],
-        hs: [&Hidden; 4],
-        out: &mut [f32],
-    ) {
-        let width = hs[0].width;
-        let n = scale.len();
-        let full = width / 64;
-        let rest = width - full * 64;
-        let mask: u64 = if rest == 0 { 0 } else { (1u64 << rest) - 1 };
-        let lp = hs.map(|h| h.lo.as_ptr());
-        let hp = hs.map(|h| h.hi.as_ptr());
-        for (v, ((row, &sum), &s)) in rows.chunks_exact(width).zip(sums).zip(scale).enumerate() {
-            let rp = row.as_ptr();
-            // SAFETY: as in `project_avx512_vnni`, for each of the four
-            // states (every one MAX_WIDTH long, `width` wide).
-            let dots = unsafe {
-                let mut lo = [_mm512_setzero_si512(); 4];
-                let mut hi = [_mm512_setzero_si512(); 4];
-                for b in 0..full {
-                    let i = b * 64;
-                    let q = _mm512_loadu_si512(rp.add(i).cast());
-                    for r in 0..4 {
-                        let l = _mm512_loadu_si512(lp[r].add(i).cast());
-                        let g = _mm512_loadu_si512(hp[r].add(i).cast());
-                        lo[r] = _mm512_dpbusd_epi32(lo[r], l, q);
-                        hi[r] = _mm512_dpbusd_epi32(hi[r], g, q);
-                    }
-                }
-                if mask != 0 {
-                    let i = full * 64;
-                    let q = _mm512_maskz_loadu_epi8(mask, rp.add(i).cast());
-                    for r in 0..4 {
-                        let l = _mm512_maskz_loadu_epi8(mask, lp[r].add(i).cast());
-                        let g = _mm512_maskz_loadu_epi8(mask, hp[r].add(i).cast());
-                        lo[r] = _mm512_dpbusd_epi32(lo[r], l, q);
-                        hi[r] = _mm512_dpbusd_epi32(hi[r], g, q);
-                    }
-                }
-                [0, 1, 2, 3].map(|r| {
-                    _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<7>(hi[r]), lo[r]))
-                })
-            };
-            for (r, (h, dot)) in hs.iter().zip(dots).enumerate() {
-                if let Some(o) = out.get_mut(r * n + v) {
-                    *o = finish(dot.wrapping_sub(sum.wrapping_mul(128 * 128)), h.scale, s);
-                }
-            }
         }
     }
 
