@@ -25,7 +25,9 @@
 //! fp32's. The files on disk do not change. Decoders and encoders are
 //! both fused (`load_decoder_plan`, `load_plan`): an encoder's rows are
 //! split over the encoder's pool ([`LinearI8::run_split`]) and read each
-//! weight row once per four frames (`Kernel::project4`).
+//! weight row once per four frames (`Kernel::project4`), or, on AVX-512
+//! VNNI, run as a matrix product on weights packed at load
+//! (`dot::gemm_packed`: 16 rows by up to 8 frames per pass).
 
 use super::attention::Graph;
 use super::dot::{gemm_packed, pack16, row_sums, unpack16, Hidden, Kernel};
