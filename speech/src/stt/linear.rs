@@ -19,8 +19,9 @@
 //! `x` as the vocabulary projection does ([`super::dot`]): the row
 //! quantized once to 15 bits (13–14 for the 1536/1664-wide inputs of the
 //! second FFN layer) and each output an exact integer dot product on the
-//! CPU's fastest kernel (AVX-512 VNNI, AVX-VNNI, AVX2, NEON `sdot`, NEON,
-//! portable), so every kernel gives the same floats. The activation keeps
+//! CPU's fastest kernel (AVX-512 VNNI, AVX2 — also where AVX-VNNI is,
+//! see `layer_kernel` — NEON `sdot`, NEON, portable), so every kernel
+//! gives the same floats. The activation keeps
 //! 15 bits instead of 8, which moves the int8 forms' numbers toward
 //! fp32's. The files on disk do not change. Decoders and encoders are
 //! both fused (`load_decoder_plan`, `load_plan`): an encoder's rows are
@@ -90,7 +91,7 @@ impl LinearI8 {
             k,
             kernel: Kernel::Portable,
         };
-        op.set_kernel(Kernel::best());
+        op.set_kernel(layer_kernel());
         Some(op)
     }
 
@@ -226,6 +227,20 @@ impl LinearI8 {
             *last = n;
         }
         shape
+    }
+}
+
+/// The kernel the int8 layers start on: the fastest this CPU runs, but
+/// AVX2 rather than AVX-VNNI, whose row kernel reads the weights once
+/// per frame where AVX2's `project4` reads them once per four: on an
+/// encoder's layers (704 frames, 384 × 1536 and 1536 × 384, one thread)
+/// AVX-VNNI took 18.9 / 24.3 ms against AVX2's 11.0 / 13.7 and the packed
+/// AVX-512 VNNI kernel's 4.7 / 8.6 (Xeon family 6 model 207, release; an
+/// Intel N100 has AVX-VNNI without AVX-512).
+fn layer_kernel() -> Kernel {
+    match Kernel::best() {
+        Kernel::AvxVnni if Kernel::Avx2.runs_here() => Kernel::Avx2,
+        k => k,
     }
 }
 
@@ -483,6 +498,12 @@ mod tests {
             .map(|i| ((i * 13 % 101) as f32 - 50.0) / 25.0)
             .collect();
         let mut op = LinearI8::new(rows.clone(), scale.clone(), k).expect("sizes agree");
+        assert_eq!(op.kernel, layer_kernel(), "starts on the layers' kernel");
+        assert_ne!(
+            op.kernel,
+            Kernel::AvxVnni,
+            "AVX2's four-frame kernel instead"
+        );
         assert!(op.set_kernel(Kernel::Portable));
         let mut want = vec![0f32; 3 * n];
         op.run(&x, &mut want).expect("shapes agree");
