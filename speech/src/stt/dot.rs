@@ -541,20 +541,16 @@ mod x86 {
                 }
                 d
             };
-            for (r, (h, d)) in hs.iter().zip(sums16).enumerate() {
-                for (j, dot) in d.into_iter().enumerate() {
-                    let v = t * 16 + j;
-                    if let (Some(&sum), Some(&s)) = (sums.get(v), scale.get(v)) {
-                        if v < n {
-                            if let Some(o) = out.get_mut(r * n + v) {
-                                *o = finish(
-                                    dot.wrapping_sub(sum.wrapping_mul(128 * 128)),
-                                    h.scale,
-                                    s,
-                                );
-                            }
-                        }
-                    }
+            // The tile's rows below n (the last tile's padding is dropped).
+            let (lo, hi) = (t * 16, (t * 16 + 16).min(n));
+            for ((h, d), out) in hs.iter().zip(sums16).zip(out.chunks_exact_mut(n)) {
+                for (((o, &dot), &sum), &s) in out[lo..hi]
+                    .iter_mut()
+                    .zip(&d)
+                    .zip(&sums[lo..hi])
+                    .zip(&scale[lo..hi])
+                {
+                    *o = finish(dot.wrapping_sub(sum.wrapping_mul(128 * 128)), h.scale, s);
                 }
             }
         }

@@ -202,6 +202,7 @@ impl LinearI8 {
 
     /// Use `kernel` (tests compare them); false when this CPU does not
     /// run it.
+    ///
     /// AVX-512 VNNI runs the packed matrix kernel ([`gemm_packed`]) on the
     /// rows packed once here; the others the row kernels.
     pub fn set_kernel(&mut self, kernel: Kernel) -> bool {
