@@ -46,6 +46,24 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         "{}",
         msgs[ready]
     );
+    // Each stage of the load says what it is and extends the start
+    // timeout again, so a slow board that progresses is not killed.
+    let loading = &msgs[..ready];
+    let stage = |s: &str| {
+        loading
+            .iter()
+            .any(|m| m.contains(&format!("STATUS=loading models: {s}")))
+    };
+    assert!(
+        stage("whisper-tiny: loading") && stage("warming up"),
+        "{loading:#?}"
+    );
+    for m in loading
+        .iter()
+        .filter(|m| m.contains("STATUS=loading models"))
+    {
+        assert!(m.contains("EXTEND_TIMEOUT_USEC=120000000"), "{m}");
+    }
     let pings = msgs.iter().filter(|m| m.trim() == "WATCHDOG=1").count();
     assert!(
         pings >= 2,

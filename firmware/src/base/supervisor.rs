@@ -134,11 +134,14 @@ impl Notifier {
     }
 
     pub fn send(&self, n: Notice) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(n).is_err() {
-                tracing::debug!("notify queue full; notice dropped");
-            }
-        }
+        self.sender().send(n);
+    }
+
+    /// A handle that sends to this notifier from another thread (the
+    /// model loader's progress); it does nothing once the notifier is
+    /// finished.
+    pub fn sender(&self) -> NoticeSender {
+        NoticeSender(self.tx.clone())
     }
 
     /// Flush what is queued and end the thread, waiting at most `budget`.
@@ -147,6 +150,21 @@ impl Notifier {
         if let Some(t) = self.thread.take() {
             if let Err(e) = t.join(budget) {
                 tracing::warn!(error = %e, "systemd notifications not flushed");
+            }
+        }
+    }
+}
+
+/// Sends to a [`Notifier`] from any thread ([`Notifier::sender`]).
+#[derive(Debug, Clone)]
+pub struct NoticeSender(Option<std::sync::mpsc::SyncSender<Notice>>);
+
+impl NoticeSender {
+    /// Queue `n`; a full queue drops it (as [`Notifier::send`]).
+    pub fn send(&self, n: Notice) {
+        if let Some(tx) = &self.0 {
+            if tx.try_send(n).is_err() {
+                tracing::debug!("notify queue full; notice dropped");
             }
         }
     }

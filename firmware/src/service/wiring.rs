@@ -19,8 +19,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-/// Start-up time granted to systemd while models load (EXTEND_TIMEOUT_USEC).
-const MODEL_LOAD_BUDGET_USEC: u32 = 120_000_000;
+/// Start-up time granted to systemd for each stage of loading the models
+/// (`EXTEND_TIMEOUT_USEC`, sent again as each stage begins: a board that is
+/// slow but progressing is not killed, a stage hung this long is). The
+/// longest stage measured: loading and timing one model form, 1–2 s on
+/// the Xeon of docs/models.md; a Pi is 5–10× slower per core.
+const MODEL_STAGE_BUDGET_USEC: u32 = 120_000_000;
 
 /// The threads of a running service.
 pub(super) struct Threads {
@@ -49,19 +53,29 @@ pub(super) async fn load_models(
     shared: &Arc<status::Shared>,
     notifier: &Notifier,
 ) -> Result<(Recognizer, Option<SileroVad>), ServiceError> {
-    notifier.send(Notice {
-        status: Some("loading models".into()),
-        extend_timeout_usec: Some(MODEL_LOAD_BUDGET_USEC),
-        ..Notice::default()
-    });
+    let sender = notifier.sender();
+    let stage = move |what: &str| {
+        tracing::info!(stage = what, "loading models");
+        sender.send(Notice {
+            status: Some(if what.is_empty() {
+                "loading models".into()
+            } else {
+                format!("loading models: {what}")
+            }),
+            extend_timeout_usec: Some(MODEL_STAGE_BUDGET_USEC),
+            ..Notice::default()
+        });
+    };
+    stage("");
     let dir = stt_model_dir(config, None);
     let cfg = with_vad_resolved(config, None);
     let shown = Arc::clone(shared);
     let loaded = tokio::task::spawn_blocking(move || {
         supervisor::test_hold_models();
         let t0 = Instant::now();
-        let mut r = Recognizer::load(&dir, &cfg.recognizer_options())?;
+        let mut r = Recognizer::load_with_progress(&dir, &cfg.recognizer_options(), &stage)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        stage("warming up");
         let warm_ms = r.warm_up()?;
         tracing::info!(dir = %dir.display(), load_ms = format_args!("{load_ms:.0}"), warm_up_ms = format_args!("{warm_ms:.0}"), "models loaded");
         let (whisper, moonshine) = r.model_forms();

@@ -21,6 +21,6 @@ pub mod vocab;
 pub mod whisper;
 
 pub use moonshine::Moonshine;
-pub use recognizer::{Recognition, RecognizeError, Recognizer};
+pub use recognizer::{Progress, Recognition, RecognizeError, Recognizer};
 pub use vocab::Vocab;
 pub use whisper::{StepHook, SttError, Transcript, Whisper};

@@ -29,6 +29,9 @@ pub enum RecognizeError {
     Calibration(String),
 }
 
+/// Told the stage a load begins ([`Recognizer::load_with_progress`]).
+pub type Progress<'a> = &'a dyn Fn(&str);
+
 /// Measure every candidate, keep the chosen form loaded (at most one form
 /// is in memory at a time besides the chosen one), and say what was chosen.
 fn run_calibration(
@@ -38,6 +41,7 @@ fn run_calibration(
     key: CacheKey,
     cpu: CpuInfo,
     load: &dyn Fn(Forms) -> Result<Whisper, SttError>,
+    progress: Progress<'_>,
 ) -> Result<(Whisper, Calibration), RecognizeError> {
     let t0 = Instant::now();
     let mut loaded: Option<(Forms, Whisper)> = None;
@@ -49,6 +53,7 @@ fn run_calibration(
             let forms = Forms::same(p);
             if loaded.as_ref().is_none_or(|(lf, _)| *lf != forms) {
                 loaded = None; // free the previous form before loading the next
+                progress(&format!("whisper-tiny: loading {p} to time it"));
                 loaded = Some((forms, load(forms)?));
             }
             let ex = match pools.iter().find(|(n, _)| *n == t) {
@@ -79,6 +84,12 @@ fn run_calibration(
                 decoder_only = t.decoder_only,
                 "calibration step"
             );
+            progress(&format!(
+                "whisper-tiny: timed {} on {} thread{}",
+                t.precision,
+                t.threads,
+                if t.threads == 1 { "" } else { "s" }
+            ));
         },
     )?;
     let memory = precisions
@@ -92,6 +103,7 @@ fn run_calibration(
         Some((f, w)) if f == chosen.forms() => w,
         other => {
             drop(other);
+            progress(&format!("whisper-tiny: loading {}", chosen.forms()));
             load(chosen.forms())?
         }
     };
@@ -105,6 +117,88 @@ fn run_calibration(
         calibration_ms: t0.elapsed().as_secs_f64() * 1000.0,
         reused: false,
         fixed: false,
+    };
+    Ok((whisper, calibration))
+}
+
+/// Whisper in the form `stt.precision` fixes, the stored calibration
+/// chose, or a new calibration measures ([`run_calibration`], stored in
+/// `stt.calibration_file`), and how it was decided.
+fn load_whisper_calibrated(
+    dir: &Path,
+    opts: &RecognizerOptions,
+    progress: Progress<'_>,
+) -> Result<(Whisper, Calibration), RecognizeError> {
+    let cpu = CpuInfo::read();
+    let (precisions, key) = whisper_key(dir, opts, &cpu);
+    let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
+    let load_whisper = |forms: Forms| {
+        Whisper::load_forms(
+            dir,
+            forms,
+            opts.max_tokens as usize,
+            opts.encoder_margin_frames as usize,
+        )
+    };
+    let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
+        // Both fixed, or only one form installed with one core.
+        (&[precision], &[threads]) => {
+            if !cpu.computes_natively(precision) {
+                tracing::warn!(
+                    precision = %precision,
+                    cpu = %cpu.model,
+                    "this CPU has no native fp16 arithmetic: tract widens every \
+                     product and recognition is several times slower than fp32; \
+                     stt.precision = \"auto\" would not use it here"
+                );
+            }
+            let choice = Choice::new(precision, threads);
+            let c = if opts.precision.fixed().is_some() {
+                Calibration::fixed(key, cpu, choice)
+            } else {
+                Calibration {
+                    reason: "the only candidate".into(),
+                    fixed: false,
+                    ..Calibration::fixed(key, cpu, choice)
+                }
+            };
+            progress(&format!("whisper-tiny: loading {precision}"));
+            (load_whisper(Forms::same(precision))?, c)
+        }
+        // Auto with no model files at all: loading fp32 names the file.
+        ([], _) => {
+            return Err(load_whisper(Forms::same(ModelPrecision::Fp32))
+                .err()
+                .map_or_else(
+                    || RecognizeError::Calibration("no Whisper model files found".into()),
+                    RecognizeError::from,
+                ))
+        }
+        _ => match calibrate::load_cache(&opts.calibration_file, &key) {
+            Some(c) => {
+                progress(&format!("whisper-tiny: loading {}", c.chosen.forms()));
+                (load_whisper(c.chosen.forms())?, c)
+            }
+            None => {
+                let (w, c) = run_calibration(
+                    dir,
+                    &precisions,
+                    &threads,
+                    key,
+                    cpu,
+                    &load_whisper,
+                    progress,
+                )?;
+                if let Err(e) = calibrate::save_cache(&opts.calibration_file, &c) {
+                    tracing::warn!(
+                        file = %opts.calibration_file.display(),
+                        error = %e,
+                        "cannot store the calibration; the next start measures again"
+                    );
+                }
+                (w, c)
+            }
+        },
     };
     Ok((whisper, calibration))
 }
@@ -260,6 +354,13 @@ fn moonshine_key(cpu: &CpuInfo, opts: &RecognizerOptions, threads: usize) -> Cac
 /// dev set no less accurate). The measurement is stored in `cache`
 /// ([`moonshine_cache_path`]) and reused while its key holds, so a start
 /// neither loads fp32's 350 MB to time it nor spends the seconds again.
+///
+/// Beside Whisper (`whisper`: its calibration), fp32 is not loaded to be
+/// timed either when Whisper's own measurement on this CPU timed fp32 and
+/// int8 and chose int8 for both stages ([`int8_measured_for_whisper`]):
+/// both models' int8 layers run on the same kernels, and loading
+/// Moonshine's fp32 beside Whisper was the first start's memory peak
+/// (410 MB against 243 MB once calibrated on the Xeon of docs/models.md).
 /// Returns the model and why.
 fn measured_moonshine(
     dir: &Path,
@@ -267,13 +368,29 @@ fn measured_moonshine(
     threads: usize,
     cpu: &CpuInfo,
     cache: &Path,
+    whisper: Option<&Calibration>,
+    progress: Progress<'_>,
 ) -> Result<(Moonshine, String), RecognizeError> {
     let max_tokens = opts.max_tokens as usize;
+    let load = |forms: Forms| {
+        progress(&format!("moonshine-base: loading {forms}"));
+        Moonshine::load_forms(dir, forms, max_tokens)
+    };
     let forms: Vec<ModelPrecision> = match opts.precision.fixed() {
         Some(ModelPrecision::Int8) => vec![ModelPrecision::Int8],
         Some(_) => vec![ModelPrecision::Fp32],
         // Under 1 GiB fp32's 350 MB is not even loaded to be timed.
         None if cpu.low_memory() => vec![ModelPrecision::Int8],
+        None if whisper.and_then(int8_measured_for_whisper).is_some() => {
+            let seen = whisper
+                .and_then(int8_measured_for_whisper)
+                .unwrap_or_default();
+            let m = load(Forms::same(ModelPrecision::Int8))?;
+            return Ok((
+                m,
+                format!("int8, as whisper-tiny measured on this CPU ({seen}); fp32 not loaded"),
+            ));
+        }
         None => [ModelPrecision::Int8, ModelPrecision::Fp32]
             .into_iter()
             .filter(|&p| dir.join(super::moonshine::encoder_file(p)).exists())
@@ -281,16 +398,16 @@ fn measured_moonshine(
     };
     let [first, rest @ ..] = forms.as_slice() else {
         // Nothing installed: loading fp32 names the missing file.
-        let m = Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?;
+        let m = load(Forms::same(ModelPrecision::Fp32))?;
         return Ok((m, "fp32".into()));
     };
     if rest.is_empty() {
-        let m = Moonshine::load(dir, *first, max_tokens)?;
+        let m = load(Forms::same(*first))?;
         return Ok((m, format!("{first} (the only form)")));
     }
     let key = moonshine_key(cpu, opts, threads);
     if let Some(c) = calibrate::load_cache(cache, &key) {
-        let m = Moonshine::load_forms(dir, c.chosen.forms(), max_tokens)?;
+        let m = load(c.chosen.forms())?;
         let why = format!(
             "{} as measured before ({}; stored in {})",
             c.chosen.forms(),
@@ -305,6 +422,7 @@ fn measured_moonshine(
     let t0 = Instant::now();
     let ex = executor(threads)?;
     let time = |m: &mut Moonshine, precision| {
+        progress(&format!("moonshine-base: timing {precision}"));
         multithread_tract_scope(ex.clone(), || -> Result<calibrate::Timing, SttError> {
             m.time_fixed_work(30, 2)?;
             let (encoder_ms, decoder_ms) = m.time_fixed_work(300, 12)?;
@@ -319,10 +437,10 @@ fn measured_moonshine(
         })
     };
     let fp32 = time(
-        &mut Moonshine::load(dir, ModelPrecision::Fp32, max_tokens)?,
+        &mut load(Forms::same(ModelPrecision::Fp32))?,
         ModelPrecision::Fp32,
     )?;
-    let mut int8 = Moonshine::load(dir, ModelPrecision::Int8, max_tokens)?;
+    let mut int8 = load(Forms::same(ModelPrecision::Int8))?;
     let int8_t = time(&mut int8, ModelPrecision::Int8)?;
     // Each stage in its own form: int8 kept unless fp32 is more than 10 %
     // faster (a CPU's int8 and fp32 products differ by stage: on the
@@ -360,16 +478,27 @@ fn measured_moonshine(
         Ok((int8, why))
     } else {
         drop(int8);
-        let m = Moonshine::load_forms(dir, forms, max_tokens)?;
+        let m = load(forms)?;
         Ok((m, why))
     }
 }
 
+/// Whisper's calibration timed fp32 and int8 (fp32 possibly pruned on its
+/// warm-up: slower already) and chose int8 for both stages: its timings line, which
+/// says so; `None` otherwise (a fixed precision, one form installed, or
+/// fp32 chosen for a stage).
+fn int8_measured_for_whisper(c: &Calibration) -> Option<String> {
+    let timed = |p: ModelPrecision| c.timings.iter().any(|t| t.precision == p);
+    let int8 = c.chosen.forms() == Forms::same(ModelPrecision::Int8);
+    (!c.fixed && int8 && timed(ModelPrecision::Fp32) && timed(ModelPrecision::Int8))
+        .then(|| c.timings_line())
+}
+
 /// Whether a board can hold `agreement` at all (`stt.model = "auto"`):
 /// two cores (the models run side by side) and 1 GiB of RAM (both models
-/// peak at 230–400 MB: both int8 once calibrated at the low end, the
-/// first start's timing of Moonshine's fp32 forms at the high; a Zero 2 W
-/// has 512 MB).
+/// peak at 230–250 MB on x86 where int8 wins, first start included; up to
+/// 410 MB on a first start that times Moonshine's fp32 forms, where
+/// Whisper's fp32 won a stage; a Zero 2 W has 512 MB).
 /// `Err` says why not.
 fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     if cpu.cores < 2 {
@@ -380,7 +509,7 @@ fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
     }
     if cpu.low_memory() {
         return Err(format!(
-            "{} MB of RAM: agreement peaks at 230–400 MB, under {} MB whisper-tiny alone",
+            "{} MB of RAM: agreement peaks at 230–410 MB, under {} MB whisper-tiny alone",
             cpu.mem_total_mb.unwrap_or(0),
             calibrate::LOW_MEMORY_MB
         ));
@@ -595,69 +724,24 @@ impl Recognizer {
     /// the forms and thread counts are measured first (or the stored
     /// calibration in `opts.calibration_file` is reused): see [`calibrate`].
     pub fn load(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
+        Self::load_with_progress(dir, opts, &|_| {})
+    }
+
+    /// [`Recognizer::load`], calling `progress` as each stage begins
+    /// ("whisper-tiny: loading int8", "moonshine-base: timing fp32",
+    /// "timing agreement", …): a first start that calibrates takes seconds
+    /// on a Xeon and may take a minute on a Pi, and the service tells
+    /// systemd it is still making progress (`EXTEND_TIMEOUT_USEC` per
+    /// stage, docs/systemd.md).
+    pub fn load_with_progress(
+        dir: &Path,
+        opts: &RecognizerOptions,
+        progress: Progress<'_>,
+    ) -> Result<Self, RecognizeError> {
         if opts.model == SttModel::MoonshineBase {
-            return Self::load_moonshine(dir, opts);
+            return Self::load_moonshine(dir, opts, progress);
         }
-        let cpu = CpuInfo::read();
-        let (precisions, key) = whisper_key(dir, opts, &cpu);
-        let threads = calibrate::thread_candidates(opts.threads, cpu.cores);
-        let load_whisper = |forms: Forms| {
-            Whisper::load_forms(
-                dir,
-                forms,
-                opts.max_tokens as usize,
-                opts.encoder_margin_frames as usize,
-            )
-        };
-        let (whisper, calibration) = match (precisions.as_slice(), threads.as_slice()) {
-            // Both fixed, or only one form installed with one core.
-            (&[precision], &[threads]) => {
-                if !cpu.computes_natively(precision) {
-                    tracing::warn!(
-                        precision = %precision,
-                        cpu = %cpu.model,
-                        "this CPU has no native fp16 arithmetic: tract widens every \
-                         product and recognition is several times slower than fp32; \
-                         stt.precision = \"auto\" would not use it here"
-                    );
-                }
-                let choice = Choice::new(precision, threads);
-                let c = if opts.precision.fixed().is_some() {
-                    Calibration::fixed(key, cpu, choice)
-                } else {
-                    Calibration {
-                        reason: "the only candidate".into(),
-                        fixed: false,
-                        ..Calibration::fixed(key, cpu, choice)
-                    }
-                };
-                (load_whisper(Forms::same(precision))?, c)
-            }
-            // Auto with no model files at all: loading fp32 names the file.
-            ([], _) => {
-                return Err(load_whisper(Forms::same(ModelPrecision::Fp32))
-                    .err()
-                    .map_or_else(
-                        || RecognizeError::Calibration("no Whisper model files found".into()),
-                        RecognizeError::from,
-                    ))
-            }
-            _ => match calibrate::load_cache(&opts.calibration_file, &key) {
-                Some(c) => (load_whisper(c.chosen.forms())?, c),
-                None => {
-                    let (w, c) =
-                        run_calibration(dir, &precisions, &threads, key, cpu, &load_whisper)?;
-                    if let Err(e) = calibrate::save_cache(&opts.calibration_file, &c) {
-                        tracing::warn!(
-                            file = %opts.calibration_file.display(),
-                            error = %e,
-                            "cannot store the calibration; the next start measures again"
-                        );
-                    }
-                    (w, c)
-                }
-            },
-        };
+        let (whisper, calibration) = load_whisper_calibrated(dir, opts, progress)?;
         let mut calibration = calibration;
         note_vocab_kernels(&mut calibration, &whisper);
         let mut whisper = whisper;
@@ -682,6 +766,8 @@ impl Recognizer {
                 m_threads,
                 &calibration.cpu,
                 &moonshine_cache_path(&opts.calibration_file),
+                Some(&calibration),
+                progress,
             )?;
             calibration.model = opts.model.as_str().to_owned();
             calibration.reason = format!(
@@ -694,6 +780,9 @@ impl Recognizer {
                 }
             );
             let (mut whisper, mut moonshine) = (Box::new(whisper), Box::new(moonshine));
+            if opts.model == SttModel::Auto {
+                progress("timing agreement (both models side by side)");
+            }
             if opts.model == SttModel::Auto
                 && !auto_keeps_agreement(
                     &mut whisper,
@@ -733,6 +822,7 @@ impl Recognizer {
             note_projection(&mut calibration, &timings, w.projection_threads());
         }
         log_calibration(&calibration, &opts.calibration_file);
+        progress("loading the VAD");
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             engine,
@@ -744,7 +834,11 @@ impl Recognizer {
 
     /// Moonshine base alone: its form measured ([`measured_moonshine`]);
     /// `auto` threads are every core (its encoder is most of the work).
-    fn load_moonshine(dir: &Path, opts: &RecognizerOptions) -> Result<Self, RecognizeError> {
+    fn load_moonshine(
+        dir: &Path,
+        opts: &RecognizerOptions,
+        progress: Progress<'_>,
+    ) -> Result<Self, RecognizeError> {
         let cpu = CpuInfo::read();
         let threads = match opts.threads {
             Threads::Fixed(n) => (n as usize).max(1),
@@ -763,6 +857,8 @@ impl Recognizer {
             threads,
             &cpu,
             &moonshine_cache_path(&opts.calibration_file),
+            None,
+            progress,
         )?;
         let mut calibration =
             Calibration::fixed(key, cpu, Choice::of_forms(moonshine.forms(), threads));
@@ -777,6 +873,7 @@ impl Recognizer {
         let timings = moonshine.use_projection_pool(pool_of(&executor));
         note_projection(&mut calibration, &timings, moonshine.projection_threads());
         log_calibration(&calibration, &opts.calibration_file);
+        progress("loading the VAD");
         Ok(Self {
             vad: SileroVad::load(&opts.vad_model)?,
             engine: Engine::Moonshine(Box::new(moonshine)),
@@ -976,6 +1073,46 @@ mod tests {
                 .collect(),
             Err(_) => ModelPrecision::ALL.to_vec(),
         }
+    }
+
+    /// Beside Whisper, Moonshine's fp32 is loaded to be timed only where
+    /// Whisper's own calibration did not measure int8 the faster form in
+    /// both stages.
+    #[test]
+    fn moonshine_skips_timing_fp32_where_whisper_measured_int8_faster() {
+        use ModelPrecision::{Fp32, Int8};
+        let t = |precision, ms| calibrate::Timing {
+            precision,
+            threads: 2,
+            encoder_ms: ms,
+            decoder_ms: ms,
+            pruned: false,
+            decoder_only: false,
+        };
+        let cpu = CpuInfo::read();
+        let key = CacheKey::new(&cpu, &[], Precision::Auto, Threads::Auto, 0);
+        let mut c = Calibration::fixed(key, cpu, Choice::new(Int8, 2));
+        c.fixed = false;
+        c.timings = vec![t(Fp32, 70.0), t(Int8, 60.0)];
+        let line = int8_measured_for_whisper(&c).expect("int8 measured faster");
+        assert!(
+            line.contains("fp32/2=140ms") && line.contains("int8/2=120ms"),
+            "{line}"
+        );
+        c.chosen = Choice::of_forms(
+            Forms {
+                encoder: Int8,
+                decoder: Fp32,
+            },
+            2,
+        );
+        assert_eq!(int8_measured_for_whisper(&c), None, "fp32 won a stage");
+        c.chosen = Choice::new(Int8, 2);
+        c.timings = vec![t(Int8, 60.0)];
+        assert_eq!(int8_measured_for_whisper(&c), None, "fp32 never timed");
+        c.timings = vec![t(Fp32, 70.0), t(Int8, 60.0)];
+        c.fixed = true;
+        assert_eq!(int8_measured_for_whisper(&c), None, "stt.precision fixed");
     }
 
     /// `stt.model = "agreement"`: where the models agree nothing is scored;
@@ -1297,8 +1434,26 @@ mod tests {
         };
         let cache = moonshine_cache_path(&opts.calibration_file);
         assert_eq!(cache, tmp.path().join("calibration.moonshine.json"));
-        let (_, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
+        let stages = std::cell::RefCell::new(Vec::new());
+        let told = |s: &str| stages.borrow_mut().push(s.to_owned());
+        let (_, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache, None, &told).unwrap();
         assert!(why.contains(" measured (encoder int8 "), "{why}");
+        // Each stage is told as it begins (the service extends systemd's
+        // start timeout on each).
+        let mut want = vec![
+            "moonshine-base: loading fp32",
+            "moonshine-base: timing fp32",
+            "moonshine-base: loading int8",
+            "moonshine-base: timing int8",
+        ];
+        if !why.starts_with("int8 measured") {
+            want.push("moonshine-base: loading ");
+        }
+        let got = stages.take();
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.starts_with(w), "{got:?}");
+        }
         let stored: Calibration = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
         assert_eq!(stored.model, "moonshine-base");
         let forms: Vec<_> = stored.timings.iter().map(|t| t.precision).collect();
@@ -1322,8 +1477,12 @@ mod tests {
             "{why}"
         );
 
-        let (m, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache).unwrap();
+        let (m, why) = measured_moonshine(&models, &opts, 1, &cpu, &cache, None, &told).unwrap();
         assert!(why.contains("as measured before"), "{why}");
+        assert_eq!(
+            stages.take(),
+            [format!("moonshine-base: loading {}", m.forms())]
+        );
         assert_eq!(m.forms(), stored.chosen.forms());
 
         let other = moonshine_key(&cpu, &opts, 2);
