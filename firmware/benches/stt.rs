@@ -107,6 +107,7 @@ fn transcribe(
                 "transcribe",
                 "--json",
             ])
+            .args(["--set", "stt.model=whisper-tiny"])
             .arg("--set")
             .arg(format!("stt.threads={threads}"))
             .arg("--set")

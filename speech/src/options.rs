@@ -10,8 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub enum SttModel {
     /// Whisper tiny.en (39 M parameters; `stt.precision` and `stt.threads`
-    /// measured at start-up when `auto`).
-    #[default]
+    /// measured at start-up when `auto`). [`RecognizerOptions`]' default:
+    /// a library caller loads one model unless it asks for more.
     #[serde(rename = "whisper-tiny")]
     WhisperTiny,
     /// Moonshine base, English (61 M parameters, fp32; issue 31): hears
@@ -28,6 +28,8 @@ pub enum SttModel {
     /// Chosen on the device at start-up: `agreement` where the board has
     /// two cores or more, 1 GiB of RAM or more and its measured time for a
     /// 3 s utterance fits `stt.latency_budget_ms`; else `whisper-tiny`.
+    /// The service's default (`stt.model`).
+    #[default]
     #[serde(rename = "auto")]
     Auto,
 }

@@ -36,8 +36,8 @@ fn session_config(
         &format!(
             "[device]\nid = {clip:?}\n[audio]\nbackend = \"file\"\nfile = {:?}\nrealtime = true\n\
              sim_clock = true\n[gpio]\nbackend = \"script\"\nscript = {:?}\n\
-             [stt]\nmodel_dir = {models:?}\nprecision = \"fp32\"\nthreads = 1\n[vad]\nmodel = {:?}\n\
-             [status]\nlisten = \"127.0.0.1:0\"\ntoken = {token:?}\n",
+             [stt]\nmodel_dir = {models:?}\nmodel = {TEST_STT_MODEL:?}\nprecision = \"fp32\"\n\
+             threads = 1\n[vad]\nmodel = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\ntoken = {token:?}\n",
             out.join("session.wav"),
             out.join("buttons.toml"),
             models.join("silero_vad.onnx")

@@ -27,7 +27,9 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         msgs
     });
     let cfg = file_service_config(dir.path(), "dev_00.wav", "");
+    // The default tier (`stt.model = "auto"`), as a kiosk starts it.
     let out = run(talkie()
+        .env_remove("TALKIE_STT__MODEL")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
         .arg("--config")
@@ -58,6 +60,14 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         stage("whisper-tiny: loading") && stage("warming up"),
         "{loading:#?}"
     );
+    // `auto` loads Moonshine beside Whisper and times agreement wherever
+    // two cores and 1 GiB of RAM allow it (then keeps it or drops it).
+    if agreement_can_fit() {
+        assert!(
+            stage("moonshine-base: loading int8") && stage("timing agreement"),
+            "{loading:#?}"
+        );
+    }
     for m in loading
         .iter()
         .filter(|m| m.contains("STATUS=loading models"))
@@ -72,6 +82,13 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
     let first_ping = msgs.iter().position(|m| m.trim() == "WATCHDOG=1").unwrap();
     assert!(first_ping > ready, "no ping before READY");
     assert!(msgs.last().unwrap().contains("STOPPING=1"));
+}
+
+/// Two cores and 1 GiB of RAM, where `stt.model = "auto"` loads both
+/// models to time agreement (the rule's own reading of the board).
+fn agreement_can_fit() -> bool {
+    let cpu = talkie_speech::stt::calibrate::CpuInfo::read();
+    cpu.cores >= 2 && !cpu.low_memory()
 }
 
 #[test]

@@ -359,6 +359,10 @@ fn bench_one(
     quick: bool,
 ) -> Result<Row, OfflineError> {
     let mut c = cfg.clone();
+    // The grid is the forms `auto`'s calibration chooses among: Whisper's.
+    if c.stt.model == SttModel::Auto {
+        c.stt.model = SttModel::WhisperTiny;
+    }
     c.vad.model = dir.join(crate::models::VAD_FILE);
     c.stt.precision = precision.into();
     c.stt.threads = Threads::Fixed(threads as u32);

@@ -14,7 +14,19 @@ use std::process::{Command, Output};
 
 /// Settings passed through from the test run to every talkie it starts:
 /// `TALKIE_STT__PRECISION=int8 make test` forces the slow path everywhere.
-pub const PASSED_THROUGH: &[&str] = &["TALKIE_STT__PRECISION", "TALKIE_STT__THREADS"];
+pub const PASSED_THROUGH: &[&str] = &[
+    "TALKIE_STT__PRECISION",
+    "TALKIE_STT__THREADS",
+    "TALKIE_STT__MODEL",
+];
+
+/// The recognizer every talkie a test starts runs unless the test says
+/// otherwise (`--set stt.model=…` wins) or the run passes
+/// `TALKIE_STT__MODEL` through: whisper-tiny, the fastest, so tests that
+/// are not about the tier do not pay for two models. The default tier
+/// (`auto`) runs in `run_notifies_systemd_loading_ready_watchdog_and_stopping`
+/// and the tiers in `services_in_one_process_each_recognize_their_own_press`.
+pub const TEST_STT_MODEL: &str = "whisper-tiny";
 
 /// One calibration of `stt.precision = "auto"` for the whole run: the
 /// first talkie measures, the others reuse it (same key).
@@ -37,6 +49,9 @@ pub fn talkie_at(exe: &Path) -> Command {
         }
     }
     c.env("TALKIE_STT__CALIBRATION_FILE", CALIBRATION_FILE);
+    if std::env::var_os("TALKIE_STT__MODEL").is_none() {
+        c.env("TALKIE_STT__MODEL", TEST_STT_MODEL);
+    }
     c
 }
 

@@ -148,7 +148,9 @@ pub use talkie_speech::options::{ModelPrecision, Precision, SttModel, Threads};
 pub struct SttConfig {
     /// Directory holding the Whisper encoder/decoder ONNX files and tokenizer.
     pub model_dir: PathBuf,
-    /// `whisper-tiny` (default), `moonshine-base`, `agreement` or `auto`
+    /// `auto` (default: `agreement` where two cores, 1 GiB of RAM and
+    /// `latency_budget_ms` allow it, measured at the first start; else
+    /// `whisper-tiny`), `whisper-tiny`, `moonshine-base` or `agreement`
     /// (issue 31).
     pub model: SttModel,
     /// Most tokens decoded for one utterance.
@@ -174,7 +176,7 @@ impl Default for SttConfig {
     fn default() -> Self {
         Self {
             model_dir: PathBuf::from("/usr/share/talkie/models"),
-            model: SttModel::WhisperTiny,
+            model: SttModel::Auto,
             max_tokens: 96,
             latency_budget_ms: talkie_speech::options::DEFAULT_LATENCY_BUDGET_MS,
             precision: Precision::Auto,

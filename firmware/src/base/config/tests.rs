@@ -28,6 +28,8 @@ fn empty_file_gives_defaults() {
     assert_eq!(l.config, Config::default());
     assert_eq!(l.config.audio.preroll_ms, 500);
     assert_eq!(l.config.audio.max_utterance_s, 30);
+    // Issue 31: the tier is chosen on the device unless configured.
+    assert_eq!(l.config.stt.model, SttModel::Auto);
 }
 
 #[test]
