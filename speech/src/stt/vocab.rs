@@ -20,6 +20,22 @@ pub const VOCAB_FILE: &str = "whisper_vocab_int8.npy";
 /// See [`VOCAB_FILE`].
 pub const SCALE_FILE: &str = "whisper_vocab_scale.npy";
 
+/// The longest a [`Vocab::keep_helper_awake`] thread spins: a decoder
+/// step's layers take 1–2 ms on the Xeon of docs/performance.md, several
+/// on a Pi; a guard never dropped costs no more than this.
+pub const AWAKE_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Dropped: the thread [`Vocab::keep_helper_awake`] woke goes back to the
+/// pool.
+#[derive(Debug)]
+pub struct Awake(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The int8 vocabulary matrix.
 pub struct Vocab {
     rows: Vec<i8>,
@@ -175,6 +191,27 @@ impl Vocab {
                 .kernel
                 .project(&self.rows, &self.sums, &self.scale, &h, out),
         }
+    }
+
+    /// Keep one of the projection pool's threads awake until the guard is
+    /// dropped (at most [`AWAKE_MAX`]): it runs the pool's jobs as they
+    /// come (`rayon::yield_now`) and spins between them. Taken at the start
+    /// of a decoder step, so the projection's second block starts at once
+    /// instead of after a sleeping thread's wake-up; `None` (nothing done)
+    /// when the projection runs on one thread.
+    pub fn keep_helper_awake(&self) -> Option<Awake> {
+        let pool = self.pool.as_ref().filter(|p| p.current_num_threads() > 1)?;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&done);
+        pool.spawn(move || {
+            let t0 = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Acquire) && t0.elapsed() < AWAKE_MAX {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        Some(Awake(done))
     }
 
     /// Split the rows over `pool`'s threads when that is measurably
@@ -367,6 +404,16 @@ mod tests {
                 v.logits(&hidden, &mut got);
                 let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{rows} rows on {threads} threads");
+                // With a pool thread kept awake (a decoder step's guard),
+                // the same logits; twice, as step after step.
+                for _ in 0..2 {
+                    let awake = v.keep_helper_awake();
+                    assert!(awake.is_some());
+                    got.fill(f32::NAN);
+                    v.logits(&hidden, &mut got);
+                    drop(awake);
+                    assert_eq!(bits(&got), bits(&want), "awake, {threads} threads");
+                }
             }
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(2)
@@ -378,6 +425,10 @@ mod tests {
             assert_eq!(v.threads(), if faster { 2 } else { 1 }, "{timed:?}");
             assert!(v.use_pool(None).is_empty());
             assert_eq!(v.threads(), 1);
+            assert!(
+                v.keep_helper_awake().is_none(),
+                "one thread: nothing to wake"
+            );
         }
     }
 }

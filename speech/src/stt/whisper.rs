@@ -122,6 +122,8 @@ pub(super) fn decoder_step(
     cross: &[TValue],
     logits: &mut [f32],
 ) -> Result<(), SttError> {
+    // The projection's helper thread, awake by the time the layers end.
+    let _awake = vocab.keep_helper_awake();
     let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, at.width));
     let row = embedding.as_slice_mut().unwrap_or_default();
     if !vocab.embed(token, row) {
