@@ -79,6 +79,10 @@ pub fn transcribe(
         &dir,
         &with_vad_resolved(cfg, models_dir).recognizer_options(),
     )?;
+    // As the service does after loading and after each utterance: the
+    // heap calibration and recognition freed goes back, so this command's
+    // peak RSS is the service's.
+    crate::base::telemetry::release_free_memory();
     for (n, file) in files.iter().enumerate() {
         if !json && files.len() > 1 {
             eprintln!("[{}/{}] {}", n + 1, files.len(), file.display());
@@ -88,6 +92,8 @@ pub fn transcribe(
             source,
         })?;
         let r = recognizer.recognize(&samples)?;
+        drop(samples);
+        crate::base::telemetry::release_free_memory();
         let sec = |n: usize| n as f64 / f64::from(PIPELINE_RATE);
         if json {
             let t = &r.transcript;

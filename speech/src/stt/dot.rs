@@ -294,8 +294,9 @@ impl Kernel {
         hs: [&Hidden; 4],
         out: &mut [f32],
     ) {
-        let width = hs[0].width;
         let n = out.len() / 4;
+        #[cfg(target_arch = "x86_64")]
+        let width = hs[0].width;
         #[cfg(target_arch = "x86_64")]
         if self == Kernel::Avx2
             && self.runs_here()
