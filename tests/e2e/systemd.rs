@@ -61,13 +61,13 @@ fn run_notifies_systemd_loading_ready_watchdog_and_stopping() {
         "{loading:#?}"
     );
     // `auto` loads Moonshine beside Whisper and times agreement wherever
-    // two cores and 1 GiB of RAM allow it (then keeps it or drops it).
-    if agreement_can_fit() {
-        assert!(
-            stage("moonshine-base: loading int8") && stage("timing agreement"),
-            "{loading:#?}"
-        );
-    }
+    // two cores and 1 GiB of RAM allow it (then keeps it or drops it), and
+    // loads Whisper alone where they do not.
+    assert_eq!(
+        stage("moonshine-base: loading") && stage("timing agreement"),
+        agreement_can_fit(),
+        "{loading:#?}"
+    );
     for m in loading
         .iter()
         .filter(|m| m.contains("STATUS=loading models"))

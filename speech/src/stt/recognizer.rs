@@ -372,6 +372,7 @@ fn measured_moonshine(
     progress: Progress<'_>,
 ) -> Result<(Moonshine, String), RecognizeError> {
     let max_tokens = opts.max_tokens as usize;
+    let int8_for_whisper = whisper.and_then(int8_measured_for_whisper);
     let load = |forms: Forms| {
         progress(&format!("moonshine-base: loading {forms}"));
         Moonshine::load_forms(dir, forms, max_tokens)
@@ -381,10 +382,8 @@ fn measured_moonshine(
         Some(_) => vec![ModelPrecision::Fp32],
         // Under 1 GiB fp32's 350 MB is not even loaded to be timed.
         None if cpu.low_memory() => vec![ModelPrecision::Int8],
-        None if whisper.and_then(int8_measured_for_whisper).is_some() => {
-            let seen = whisper
-                .and_then(int8_measured_for_whisper)
-                .unwrap_or_default();
+        None if int8_for_whisper.is_some() => {
+            let seen = int8_for_whisper.unwrap_or_default();
             let m = load(Forms::same(ModelPrecision::Int8))?;
             return Ok((
                 m,
