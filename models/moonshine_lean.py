@@ -11,11 +11,12 @@ talkie loads, shaped like talkie's Whisper graphs:
   encoder followed by the first-step graph's cross-attention projections,
   computed once per utterance;
 - `moonshine_decoder.onnx`: one decoder step for every position, the first
-  included: `embedding` [1, 1, d] (the token's row of the vocabulary
-  matrix), then per layer `past.{l}.key`, `past.{l}.value` (the
-  self-attention cache, length 0 at the first step), `cross.{l}.key`,
-  `cross.{l}.value`; out `hidden` [1, 1, d] (after the final norm) and the
-  grown cache `present.{l}.key`, `present.{l}.value`;
+  included: `embedding` [1, T, d] (the tokens' rows of the vocabulary
+  matrix: one per greedy step, a whole text to score it), then per layer
+  `past.{l}.key`, `past.{l}.value` (the self-attention cache, length 0 at
+  the first step), `cross.{l}.key`, `cross.{l}.value`; out `hidden`
+  [1, T, d] (after the final norm) and the grown cache
+  `present.{l}.key`, `present.{l}.value`;
 - `moonshine_vocab_int8.npy` [vocab, d] and `moonshine_vocab_scale.npy`
   [vocab]: the tied token embedding / output projection as int8 rows with
   one scale each, outside the graphs (one 13 MB copy instead of two fp32
@@ -129,11 +130,14 @@ def decoder(d):
     # [batch, heads, length, head_dim] of the step graph's cache inputs.
     dims = next(i for i in g.input if i.name.startswith("past_key_values.")).type.tensor_type.shape.dim
     heads, dim = dims[1].dim_value, dims[3].dim_value
-    inputs = [tensor("embedding", [1, 1, width])]
+    # Any number of tokens at once: the exported graph masks each token's
+    # self-attention to the cache and the tokens before it (a text is
+    # scored in one run; a greedy step is one token).
+    inputs = [tensor("embedding", [1, "tokens", width])]
     for l in layers:
         inputs += [tensor(f"past.{l}.{kv}", [1, heads, "past", dim]) for kv in ("key", "value")]
         inputs += [tensor(f"cross.{l}.{kv}", [1, heads, "frames", dim]) for kv in ("key", "value")]
-    outputs = [tensor("hidden", [1, 1, width])]
+    outputs = [tensor("hidden", [1, "tokens", width])]
     # The grown length left unnamed: tract derives it (past + 1).
     outputs += [tensor(f"present.{l}.{kv}", [1, heads, None, dim]) for l in layers for kv in ("key", "value")]
     graph = helper.make_graph(new_nodes, "moonshine_decoder_step", inputs, outputs, used_inits(g, nodes))

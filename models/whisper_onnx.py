@@ -6,11 +6,13 @@ that tract runs:
   cross-attention keys and values, computed once per utterance. The
   positional embedding is sliced to the frame count, so a 3 s press does
   not pay for a 30 s window.
-- decoder step: the token's embedding row `embedding` [1, 1, d], the
+- decoder step: the tokens' embedding rows `embedding` [1, T, d] (one
+  token per greedy step; a whole text at once to score it), the
   self-attention cache `past_k_L`, `past_v_L` [1, past, d] (start empty,
-  past = 0) and the encoder's cross K/V → `hidden` [1, d] (after the final
-  layer norm) and `present_k_L`, `present_v_L` [1, past + 1, d]. The
-  position is the cache length.
+  past = 0) and the encoder's cross K/V → `hidden` [T, d] (after the final
+  layer norm) and `present_k_L`, `present_v_L` [1, past + T, d]. The
+  first token's position is the cache length; each token sees the cache
+  and the tokens before it (a causal mask, `MASKED` after that).
 - vocabulary: the token embedding matrix [vocab, d], which Whisper uses
   twice (row lookup for the input token, and logits = hidden · Eᵀ). It is
   not in the graph: inside, tract holds it once per use in fp32 (2 × 80 MB
@@ -34,6 +36,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
+# Added to the score of a key a query must not see (the decoder's later
+# tokens when it takes several at once): exp underflows to exactly 0 in
+# float32 after it, and float16 holds it.
+MASKED = -1e4
 # IR version 9 (ONNX 1.14): readable by tract and by onnxruntime 1.22.
 IR_VERSION = 9
 
@@ -137,15 +143,30 @@ class Graph:
         shape = self.const([1, -1, n_heads, head_dim])
         return self.op("Transpose", [self.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
 
-    def attention(self, q, k, v, n_heads, head_dim):
+    def attention(self, q, k, v, n_heads, head_dim, mask=None):
+        """Attention over heads side by side; `mask` [Sq, Sk], if given, is
+        added to the scaled scores (0 where a query sees a key)."""
         d = n_heads * head_dim
         qh, kh, vh = (self.heads(t, n_heads, head_dim) for t in (q, k, v))
         kt = self.op("Transpose", [kh], perm=[0, 1, 3, 2])
         scale = self.init("attn_scale", np.array(1 / np.sqrt(head_dim), np.float32).astype(self.ft))
         scores = self.op("Mul", [self.op("MatMul", [qh, kt]), scale])
+        if mask is not None:
+            scores = self.op("Add", [scores, mask])
         probs = self.softmax(scores)
         out = self.op("Transpose", [self.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
         return self.op("Reshape", [out, self.const([1, -1, d])])
+
+    def causal_mask(self, past, end, positions):
+        """[T, P + T]: 0 where query i (at position P + i) sees key j (j ≤
+        P + i), MASKED after it. `past` (P) and `end` (P + T) are [1] int64;
+        the rows and columns are sliced from a constant [positions,
+        positions] table (tract plans a Slice with symbolic bounds, as for
+        the positional embedding; a mask built with Range it does not)."""
+        table = np.triu(np.full((positions, positions), MASKED, np.float32), k=1).astype(self.ft)
+        starts = self.op("Concat", [past, self.const([0])], axis=0)
+        ends = self.op("Concat", [end, end], axis=0)
+        return self.op("Slice", [self.init("causal_mask", table), starts, ends, self.const([0, 1])])
 
     def attention_per_head(self, q, k, v, n_heads, head_dim):
         """Attention one head at a time, `q` already scaled by
@@ -216,12 +237,15 @@ def encoder(weights, dtype=np.float32):
 def decoder(weights, dtype=np.float32):
     d, H, hd, _, n_dec, _ = dims(weights)
     g = Graph(weights, dtype)
-    x = g.input("embedding")  # [1, 1, d]: the token's row of the vocabulary matrix
+    x = g.input("embedding")  # [1, T, d]: the tokens' rows of the vocabulary matrix
     past = g.op("Gather", [g.op("Shape", ["past_k_0"]), g.const([1])], axis=0)  # [1]
-    pos = g.op("Gather", [g.weight("decoder/position_encodings/encodings"), past], axis=0)  # [1, d]
+    tokens = g.op("Gather", [g.op("Shape", ["embedding"]), g.const([1])], axis=0)  # [1]
+    end = g.op("Add", [past, tokens])
+    pos = g.op("Slice", [g.weight("decoder/position_encodings/encodings"), past, end, g.const([0])])  # [T, d]
     x = g.op("Add", [x, pos])
-    inputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 1, d])]
-    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, d])]
+    mask = g.causal_mask(past, end, g.w["decoder/position_encodings/encodings"].shape[0])
+    inputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, "tokens", d])]
+    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["tokens", d])]
     for i in range(n_dec):
         p = f"decoder/layer_{i}"
         h = g.layer_norm(x, p + "/self_attention/layer_norm")
@@ -235,7 +259,7 @@ def decoder(weights, dtype=np.float32):
         else:
             k_all = g.op("Concat", [f"past_k_{i}", k], [f"present_k_{i}"], axis=1)
             v_all = g.op("Concat", [f"past_v_{i}", v], [f"present_v_{i}"], axis=1)
-        x = g.op("Add", [x, g.linear(g.attention(q, k_all, v_all, H, hd), p + "/self_attention/linear_1")])
+        x = g.op("Add", [x, g.linear(g.attention(q, k_all, v_all, H, hd, mask), p + "/self_attention/linear_1")])
         h = g.layer_norm(x, p + "/attention/layer_norm")
         q = g.linear(h, p + "/attention/linear_0")
         cross = (g.input(f"cross_k_{i}"), g.input(f"cross_v_{i}"))
@@ -249,9 +273,9 @@ def decoder(weights, dtype=np.float32):
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "present", d]))
     x = g.layer_norm(x, "decoder/layer_norm")
     if g.fp16:
-        g.output(g.op("Reshape", [x, g.const([1, d])]), "hidden")
+        g.output(g.op("Reshape", [x, g.const([-1, d])]), "hidden")
     else:
-        g.op("Reshape", [x, g.const([1, d])], ["hidden"])
+        g.op("Reshape", [x, g.const([-1, d])], ["hidden"])
     name = "whisper_decoder_step" + ("_f16" if g.fp16 else "")
     graph = helper.make_graph(g.nodes, name, inputs, outputs, list(g.inits.values()))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talkie", ir_version=IR_VERSION)

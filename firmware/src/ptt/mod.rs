@@ -525,9 +525,10 @@ impl Controller {
                 v.winner.as_str(),
                 v.scores.map_or_else(String::new, |s| {
                     format!(
-                        "whisper text {:.3}, moonshine text {:.3}",
+                        "whisper text {:.3}, moonshine text {:.3} (scored in {:.0} ms)",
                         s.whisper_text.iter().sum::<f32>(),
-                        s.moonshine_text.iter().sum::<f32>()
+                        s.moonshine_text.iter().sum::<f32>(),
+                        s.ms
                     )
                 }),
             ),

@@ -39,19 +39,30 @@ pub(super) fn parse(
     let heads = usize::try_from(heads).ok().filter(|&h| h > 0);
     let heads = heads.context("TalkieAttention: heads must be positive")?;
     let split = node.get_attr_opt::<i64>("split_heads")? == Some(1);
+    let masked = node.get_attr_opt::<i64>("masked")? == Some(1);
+    ensure!(
+        !(split && masked),
+        "TalkieAttention: a mask with heads apart"
+    );
     Ok((
         expand(AttentionExpansion(Attention {
             heads,
             scale,
             split,
+            masked,
         })),
         vec![],
     ))
 }
 
-/// Softmax(q·kᵀ·scale)·v per head. q [B, Sq, d], k and v [B, Sk, d]
-/// (heads side by side in `d`) → [B, Sq, d]. No mask: every query sees
-/// every key (a decoder step's query is the newest position).
+/// Softmax(q·kᵀ·scale + mask)·v per head. q [B, Sq, d], k and v
+/// [B, Sk, d] (heads side by side in `d`) → [B, Sq, d].
+///
+/// `masked`: a fourth input [Sq, Sk] is added to every head's scaled
+/// scores (the decoder's causal mask when it takes several tokens at once:
+/// 0 where a query sees a key, a large negative number after it). Without
+/// it every query sees every key (a decoder step's one query is the newest
+/// position; the cross-attention sees all of the audio).
 ///
 /// `split`: heads already apart, q [B, H, Sq, hd], k and v [B, H, Sk, hd]
 /// → [B, H, Sq, hd] (`heads` is then 1: each (batch, head) is a row),
@@ -62,13 +73,15 @@ pub struct Attention {
     pub heads: usize,
     pub scale: f32,
     pub split: bool,
+    pub masked: bool,
 }
 
 impl Eq for Attention {}
 
 impl Attention {
     /// The op on plain slices: `q` is `b × sq × d`, `k` and `v` are
-    /// `b × sk × d`, `out` like `q`. `scores` is scratch (grown to
+    /// `b × sk × d`, `out` like `q`, `mask` (if any) `sq × sk`, added to
+    /// each head's scaled scores. `scores` is scratch (grown to
     /// `heads × sk`). The arithmetic is tract's for the chain it replaces:
     /// each score and each output a chain of fused multiply-adds in order
     /// (as its matrix kernels accumulate), tract's own softmax kernels.
@@ -77,13 +90,17 @@ impl Attention {
     pub fn run(
         &self,
         shape: (usize, usize, usize, usize),
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        mask: Option<&[f32]>,
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) -> TractResult<()> {
         let (b, sq, sk, d) = shape;
+        ensure!(
+            mask.is_none_or(|m| m.len() == sq * sk),
+            "a mask of {} for {sq} queries and {sk} keys",
+            mask.map_or(0, <[f32]>::len)
+        );
         ensure!(
             d > 0 && sk > 0 && d % self.heads.max(1) == 0,
             "attention over {sk} keys of width {d} in {} heads",
@@ -102,11 +119,12 @@ impl Attention {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { self.run_avx2(shape, (q, k, v), out, scores, &softmax) };
+            return unsafe { self.run_avx2(shape, (q, k, v), mask, out, scores, &softmax) };
         }
         self.run_generic::<{ cfg!(target_arch = "aarch64") }>(
             shape,
             (q, k, v),
+            mask,
             out,
             scores,
             &softmax,
@@ -122,11 +140,12 @@ impl Attention {
         &self,
         shape: (usize, usize, usize, usize),
         qkv: (&[f32], &[f32], &[f32]),
+        mask: Option<&[f32]>,
         out: &mut [f32],
         scores: &mut Vec<f32>,
         softmax: &Softmax,
     ) -> TractResult<()> {
-        self.run_generic::<true>(shape, qkv, out, scores, softmax)
+        self.run_generic::<true>(shape, qkv, mask, out, scores, softmax)
     }
 
     /// `FMA`: accumulate with `mul_add` (only where the CPU has it, or it
@@ -136,6 +155,7 @@ impl Attention {
         &self,
         shape: (usize, usize, usize, usize),
         (q, k, v): (&[f32], &[f32], &[f32]),
+        mask: Option<&[f32]>,
         out: &mut [f32],
         scores: &mut Vec<f32>,
         softmax: &Softmax,
@@ -167,6 +187,15 @@ impl Attention {
                         let t0 = h * stride + block * LANES;
                         for (score, a) in scores[t0..].iter_mut().zip(&acc[..rows.len() / d]) {
                             *score = a * self.scale;
+                        }
+                    }
+                }
+                // As the chain adds it: to the scaled scores.
+                if let Some(m) = mask {
+                    let m = &m[s * sk..][..sk];
+                    for head in scores.chunks_exact_mut(stride) {
+                        for (score, &add) in head.iter_mut().zip(m) {
+                            *score += add;
                         }
                     }
                 }
@@ -271,8 +300,8 @@ impl Op for Attention {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "heads={} scale={} split={}",
-            self.heads, self.scale, self.split
+            "heads={} scale={} split={} masked={}",
+            self.heads, self.scale, self.split, self.masked
         )])
     }
 
@@ -299,6 +328,7 @@ impl EvalOp for Attention {
                 heads: 1,
                 scale: self.scale * extra,
                 split: false,
+                masked: false,
             };
             (op, (qs[0] * qs[1], qs[2], ks[2], qs[3]))
         } else {
@@ -309,6 +339,18 @@ impl EvalOp for Attention {
             );
             (self.clone(), (qs[0], qs[1], ks[1], qs[2]))
         };
+        let mask = match (op.masked, inputs.get(3)) {
+            (true, Some(m)) => {
+                ensure!(m.shape() == [sq, sk], "mask {:?} for {sq}×{sk}", m.shape());
+                Some(m.try_as_plain_ram()?)
+            }
+            (true, None) => bail!("TalkieAttention: masked, but no mask"),
+            (false, _) => None,
+        };
+        let mask = match &mask {
+            Some(m) => Some(m.as_slice::<f32>()?),
+            None => None,
+        };
         let (q, k, v) = (
             q.try_as_plain_ram()?,
             k.try_as_plain_ram()?,
@@ -318,9 +360,12 @@ impl EvalOp for Attention {
         let mut scores = Vec::new();
         op.run(
             (b, sq, sk, d),
-            q.as_slice::<f32>()?,
-            k.as_slice::<f32>()?,
-            v.as_slice::<f32>()?,
+            (
+                q.as_slice::<f32>()?,
+                k.as_slice::<f32>()?,
+                v.as_slice::<f32>()?,
+            ),
+            mask,
             &mut out,
             &mut scores,
         )?;
@@ -376,6 +421,8 @@ impl Expansion for AttentionExpansion {
             s.equals(&input.datum_type, f32::datum_type())?;
             if i < 3 {
                 s.equals(&input.rank, rank)?;
+            } else if self.0.masked {
+                s.equals(&input.rank, 2)?;
             }
         }
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
@@ -413,7 +460,12 @@ fn match_chain(graph: &pb::GraphProto, end: usize, node: &NodeProto) -> Option<(
     let pv = g.producer(merged.input.first()?, "MatMul", None)?;
     let probs = g.producer(pv.input.first()?, "Softmax", None)?;
     let v = g.split_heads(pv.input.get(1)?)?;
-    let scaled = g.producer(probs.input.first()?, "Mul", None)?;
+    // Add(scaled, mask) when the graph masks the scores.
+    let (scores, mask) = match g.producer(probs.input.first()?, "Add", None) {
+        Some(add) => (add.input.first()?, Some(add.input.get(1)?.clone())),
+        None => (probs.input.first()?, None),
+    };
+    let scaled = g.producer(scores, "Mul", None)?;
     let scale = g.scalar(scaled.input.get(1)?)?;
     let qk = g.producer(scaled.input.first()?, "MatMul", None)?;
     let q = g.split_heads(qk.input.first()?)?;
@@ -423,14 +475,20 @@ fn match_chain(graph: &pb::GraphProto, end: usize, node: &NodeProto) -> Option<(
     let shape = g.ints(node.input.get(1)?)?;
     (shape == [1, -1, d as i64] && k.1 == q.1 && v.1 == q.1 && k.2 == q.2 && v.2 == q.2)
         .then_some(())?;
+    let mut attribute = vec![attr_int("heads", q.1 as i64), attr_float("scale", scale)];
+    let mut input = vec![q.0, k.0, v.0];
+    if let Some(mask) = mask {
+        attribute.push(attr_int("masked", 1));
+        input.push(mask);
+    }
     Some((
         end,
         NodeProto {
             name: format!("{}_fused", node.name),
             op_type: OP_TYPE.into(),
-            input: vec![q.0, k.0, v.0],
+            input,
             output: node.output.clone(),
-            attribute: vec![attr_int("heads", q.1 as i64), attr_float("scale", scale)],
+            attribute,
             ..Default::default()
         },
     ))
@@ -598,12 +656,26 @@ mod tests {
         k: &[f32],
         v: &[f32],
     ) -> Vec<f32> {
+        reference_causal(heads, scale, s, q, k, v, false)
+    }
+
+    /// [`reference`]; `causal`: query `i` sees keys `..= sk - sq + i` only.
+    fn reference_causal(
+        heads: usize,
+        scale: f32,
+        s: (usize, usize, usize),
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        causal: bool,
+    ) -> Vec<f32> {
         let (sq, sk, d) = s;
         let hd = d / heads;
         let mut out = vec![0f32; sq * d];
         for i in 0..sq {
             for h in 0..heads {
-                let sc: Vec<f64> = (0..sk)
+                let seen = if causal { sk - sq + i + 1 } else { sk };
+                let sc: Vec<f64> = (0..seen)
                     .map(|t| {
                         (0..hd)
                             .map(|j| q[i * d + h * hd + j] as f64 * k[t * d + h * hd + j] as f64)
@@ -615,7 +687,7 @@ mod tests {
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for j in 0..hd {
-                    let o: f64 = (0..sk)
+                    let o: f64 = (0..seen)
                         .map(|t| e[t] / z * v[t * d + h * hd + j] as f64)
                         .sum();
                     out[i * d + h * hd + j] = o as f32;
@@ -643,6 +715,7 @@ mod tests {
             heads: 2,
             scale: 1.0,
             split: false,
+            masked: false,
         };
         let mut out = vec![0f32; 4];
         let (q, kv) = (vec![1f32; 4], vec![1f32; 8]);
@@ -655,11 +728,17 @@ mod tests {
             (1, 1, 4, 4),
             (1, 2, 2, 4),
         ] {
-            let got = op.run(shape, &q, &kv, &kv, &mut out, &mut Vec::new());
+            let got = op.run(shape, (&q, &kv, &kv), None, &mut out, &mut Vec::new());
             assert!(got.is_err(), "{shape:?}");
         }
         assert!(op
-            .run((1, 1, 2, 4), &q, &kv, &kv, &mut out, &mut Vec::new())
+            .run(
+                (1, 1, 2, 4),
+                (&q, &kv, &kv),
+                None,
+                &mut out,
+                &mut Vec::new()
+            )
             .is_ok());
         assert_eq!(out, [1.0; 4], "softmax of equal scores, values all 1");
     }
@@ -677,14 +756,61 @@ mod tests {
                 heads,
                 scale: 0.125,
                 split: false,
+                masked: false,
             };
             let mut out = vec![f32::NAN; sq * d];
-            op.run((1, sq, sk, d), &q, &k, &v, &mut out, &mut Vec::new())
-                .unwrap();
+            op.run(
+                (1, sq, sk, d),
+                (&q, &k, &v),
+                None,
+                &mut out,
+                &mut Vec::new(),
+            )
+            .unwrap();
             let want = reference(heads, 0.125, (sq, sk, d), &q, &k, &v);
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{heads} {sq} {sk} {d}: {a} vs {b}");
             }
         }
+    }
+
+    /// Several queries at once with the decoder's causal mask (each sees
+    /// the keys up to its own position): the textbook formula over the
+    /// keys it sees; a mask of the wrong size is an error.
+    #[test]
+    fn a_causal_mask_hides_the_later_keys() {
+        let (heads, sq, sk, d) = (6, 4, 9, 384);
+        let (q, k, v) = (data(sq * d, 4), data(sk * d, 5), data(sk * d, 6));
+        let mask: Vec<f32> = (0..sq)
+            .flat_map(|i| (0..sk).map(move |j| if j > sk - sq + i { -1e4 } else { 0.0 }))
+            .collect();
+        let op = Attention {
+            heads,
+            scale: 0.125,
+            split: false,
+            masked: true,
+        };
+        let mut out = vec![f32::NAN; sq * d];
+        op.run(
+            (1, sq, sk, d),
+            (&q, &k, &v),
+            Some(&mask),
+            &mut out,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let want = reference_causal(heads, 0.125, (sq, sk, d), &q, &k, &v, true);
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let short = &mask[1..];
+        let got = op.run(
+            (1, sq, sk, d),
+            (&q, &k, &v),
+            Some(short),
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert!(got.is_err());
     }
 }

@@ -13,9 +13,9 @@
 
 use super::vocab::Vocab;
 use super::whisper::{
-    argmax, cache_prefix, call_hook, decoder_step, load_decoder_plan, load_plan, log_softmax_at,
-    lp_sum, mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt, StepHook, SttError,
-    Transcript,
+    argmax, cache_prefix, call_hook, decoder_prefill, decoder_step, load_decoder_plan, load_plan,
+    log_softmax_at, lp_sum, mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt,
+    StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::{Forms, ModelPrecision};
@@ -300,13 +300,29 @@ impl Moonshine {
             None => (0, 0.0f32, self.empty_cache()),
         };
         let mut state = self.decoder.spawn().map_err(run_err)?;
-        let inputs = [START].into_iter().chain(tokens.iter().copied());
-        let targets = tokens.iter().copied().chain([END]);
-        for (input, target) in inputs.zip(targets).skip(start) {
-            self.step_hook()?;
-            self.step(&mut state, input, &mut past, &encoded.cross)?;
-            sum += log_softmax_at(&self.logits, target as usize);
-        }
+        // Input k predicts target k: the tokens, then the end token. The
+        // inputs from `start` go through the decoder in one run.
+        let inputs: Vec<u32> = [START].into_iter().chain(tokens.iter().copied()).collect();
+        let targets: Vec<u32> = tokens.iter().copied().chain([END]).collect();
+        let at = StepAt {
+            layers: self.layers,
+            width: self.width,
+        };
+        self.step_hook()?;
+        let rest = inputs.get(start..).unwrap_or_default();
+        decoder_prefill(
+            &mut state,
+            &self.vocab,
+            at,
+            rest,
+            (&mut past, &encoded.cross),
+            &mut self.logits,
+            |i, logits| {
+                if let Some(&target) = targets.get(start + i) {
+                    sum += log_softmax_at(logits, target as usize);
+                }
+            },
+        )?;
         Ok(sum / (tokens.len() + 1) as f32)
     }
 
@@ -341,6 +357,31 @@ impl Moonshine {
     /// frames of quiet noise encoded, then `steps` decoder steps fed the
     /// start token. Returns (encoder ms, decoder ms).
     pub fn time_fixed_work(&mut self, frames: usize, steps: usize) -> Result<(f64, f64), SttError> {
+        self.fixed_work(frames, steps).map(|(e, d, _)| (e, d))
+    }
+
+    /// [`Moonshine::time_fixed_work`], then one teacher-forced scoring of
+    /// a `steps`-token text against the same encoder output (as agreement
+    /// scores a text: [`Moonshine::score`], one decoder run). Returns
+    /// (encoder ms, decoder ms, scoring ms).
+    pub fn time_scored_work(
+        &mut self,
+        frames: usize,
+        steps: usize,
+    ) -> Result<(f64, f64, f64), SttError> {
+        let (encoder_ms, decoder_ms, cross) = self.fixed_work(frames, steps)?;
+        let t0 = Instant::now();
+        // A step's work does not depend on which token it is.
+        self.score(&Encoded::new(cross), &vec![START; steps])?;
+        Ok((encoder_ms, decoder_ms, t0.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// The timed fixed work and the encoder output it decoded against.
+    fn fixed_work(
+        &mut self,
+        frames: usize,
+        steps: usize,
+    ) -> Result<(f64, f64, TVec<TValue>), SttError> {
         let audio = super::whisper::quiet_noise(frames.clamp(10, 6_400) * 160, 1e-2);
         let t0 = Instant::now();
         let cross = self.encode(&audio)?;
@@ -351,7 +392,7 @@ impl Moonshine {
         for _ in 0..steps {
             self.step(&mut state, START, &mut past, &cross)?;
         }
-        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3, cross))
     }
 
     /// The vocabulary projection's kernel.

@@ -517,21 +517,26 @@ fn agreement_fits(cpu: &CpuInfo) -> Result<(), String> {
 }
 
 /// Release to text for a 3 s utterance with `agreement`, from each model's
-/// fixed work (3 s of audio, [`calibrate::CAL_STEPS`] decoder steps: each
-/// `(encoder ms, decoder ms)`) timed as agreement runs them: the slower of
-/// the two transcriptions (one after the other on one core), then the
-/// scoring when their texts differ: each decoder takes both texts, one of
-/// them usually in two casings ([`agreement::scoring_forms`]: Whisper's
-/// lower-case start), three forms of which its own text as written costs
-/// nothing (its greedy pass scored it: [`super::whisper::Encoded`]), so two
-/// decoder passes.
-fn predicted_agreement_ms(whisper: (f64, f64), moonshine: (f64, f64), parallel: bool) -> f64 {
-    const SCORING_PASSES: f64 = 2.0;
+/// fixed work (3 s of audio, [`calibrate::CAL_STEPS`] decoder steps, then
+/// one scoring of a text that long: each `(encoder ms, decoder ms,
+/// scoring ms)`) timed as agreement runs them: the slower of the two
+/// transcriptions (one after the other on one core), then the scoring when
+/// their texts differ: each decoder takes both texts, one of them usually
+/// in two casings ([`agreement::scoring_forms`]: Whisper's lower-case
+/// start), three forms of which its own text as written costs nothing (its
+/// greedy pass scored it: [`super::whisper::Encoded`]), so two scoring
+/// runs.
+fn predicted_agreement_ms(
+    whisper: (f64, f64, f64),
+    moonshine: (f64, f64, f64),
+    parallel: bool,
+) -> f64 {
+    const SCORING_RUNS: f64 = 2.0;
     let (w, m) = (whisper.0 + whisper.1, moonshine.0 + moonshine.1);
     if parallel {
-        w.max(m) + SCORING_PASSES * whisper.1.max(moonshine.1)
+        w.max(m) + SCORING_RUNS * whisper.2.max(moonshine.2)
     } else {
-        w + m + SCORING_PASSES * (whisper.1 + moonshine.1)
+        w + m + SCORING_RUNS * (whisper.2 + moonshine.2)
     }
 }
 
@@ -578,8 +583,8 @@ fn time_agreement(
     let mut run = |frames: usize, steps: usize| {
         agreement::both(
             parallel,
-            || multithread_tract_scope(ex.clone(), || whisper.time_fixed_work(frames, steps)),
-            || moonshine.time_fixed_work(frames, steps),
+            || multithread_tract_scope(ex.clone(), || whisper.time_scored_work(frames, steps)),
+            || moonshine.time_scored_work(frames, steps),
         )
     };
     let (w, m) = run(30, 2);
@@ -1162,20 +1167,21 @@ mod tests {
     }
 
     /// The prediction from fixed numbers: side by side the slower model
-    /// plus two passes of the slower decoder; on one core everything adds.
+    /// plus two scoring runs of the slower scorer; on one core everything
+    /// adds.
     #[test]
     fn agreement_time_is_the_slower_model_plus_scoring() {
         assert_eq!(
-            predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), true),
-            230.0
+            predicted_agreement_ms((60.0, 30.0, 10.0), (80.0, 50.0, 15.0), true),
+            160.0
         );
         assert_eq!(
-            predicted_agreement_ms((60.0, 30.0), (40.0, 10.0), true),
-            150.0
+            predicted_agreement_ms((60.0, 30.0, 10.0), (40.0, 10.0, 5.0), true),
+            110.0
         );
         assert_eq!(
-            predicted_agreement_ms((60.0, 30.0), (80.0, 50.0), false),
-            380.0
+            predicted_agreement_ms((60.0, 30.0, 10.0), (80.0, 50.0, 15.0), false),
+            270.0
         );
     }
 

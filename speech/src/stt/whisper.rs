@@ -124,12 +124,68 @@ pub(super) fn decoder_step(
 ) -> Result<(), SttError> {
     // The projection's helper thread, awake by the time the layers end.
     let _awake = vocab.keep_helper_awake();
-    let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, 1, at.width));
-    let row = embedding.as_slice_mut().unwrap_or_default();
-    if !vocab.embed(token, row) {
+    let hidden_t = decoder_run(state, vocab, at, &[token], past, cross)?;
+    let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+    let hidden = view.as_slice::<f32>().map_err(run_err)?;
+    vocab.logits(hidden, logits);
+    Ok(())
+}
+
+/// Teacher forcing in one decoder run (issue 31: a text is scored in one
+/// pass, not one step per token): `tokens` in at once, each seeing the
+/// cache and the tokens before it (the graphs' causal mask), then each
+/// position's hidden state projected into `logits` and handed to `each`
+/// with its index, in order. `past` is replaced by the grown cache.
+pub(super) fn decoder_prefill(
+    state: &mut TypedSimpleState,
+    vocab: &Vocab,
+    at: StepAt,
+    tokens: &[u32],
+    (past, cross): (&mut [TValue], &[TValue]),
+    logits: &mut [f32],
+    mut each: impl FnMut(usize, &[f32]),
+) -> Result<(), SttError> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let hidden_t = decoder_run(state, vocab, at, tokens, past, cross)?;
+    let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
+    let hidden = view.as_slice::<f32>().map_err(run_err)?;
+    if hidden.len() != tokens.len() * at.width {
         return Err(SttError::Run(format!(
-            "token {token} outside the vocabulary"
+            "decoder returned {} values for {} tokens of width {}",
+            hidden.len(),
+            tokens.len(),
+            at.width
         )));
+    }
+    let _awake = vocab.keep_helper_awake();
+    for (i, row) in hidden.chunks_exact(at.width).enumerate() {
+        vocab.logits(row, logits);
+        each(i, logits);
+    }
+    Ok(())
+}
+
+/// `tokens`' embeddings from `vocab` through the decoder graph in one run:
+/// the hidden states (`tokens.len()` rows of `at.width`); `past` replaced
+/// by the grown cache.
+fn decoder_run(
+    state: &mut TypedSimpleState,
+    vocab: &Vocab,
+    at: StepAt,
+    tokens: &[u32],
+    past: &mut [TValue],
+    cross: &[TValue],
+) -> Result<TValue, SttError> {
+    let mut embedding = tract_ndarray::Array3::<f32>::zeros((1, tokens.len(), at.width));
+    let rows = embedding.as_slice_mut().unwrap_or_default();
+    for (&token, row) in tokens.iter().zip(rows.chunks_exact_mut(at.width)) {
+        if !vocab.embed(token, row) {
+            return Err(SttError::Run(format!(
+                "token {token} outside the vocabulary"
+            )));
+        }
     }
     let inputs = step_inputs(embedding.into_tensor().into(), at.layers, past, cross)?;
     let mut res = state.run(inputs).map_err(run_err)?.into_iter();
@@ -141,11 +197,12 @@ pub(super) fn decoder_step(
             .next()
             .ok_or_else(|| SttError::Run("decoder returned too few outputs".into()))?;
     }
-    let view = hidden_t.try_as_plain_ram().map_err(run_err)?;
-    let hidden = view.as_slice::<f32>().map_err(run_err)?;
-    vocab.logits(hidden, logits);
-    Ok(())
+    Ok(hidden_t)
 }
+
+/// The text token timed scoring repeats ([`Whisper::time_scored_work`];
+/// a step's work does not depend on which token it is): " the".
+const FIXED_TEXT_TOKEN: u32 = 262;
 
 /// A decoder step's inputs as talkie's graphs take them (Whisper's and
 /// Moonshine's alike): the token's embedding, then per layer the
@@ -387,11 +444,16 @@ fn load_plan_fused(path: &Path, attention: bool, linear: bool) -> Result<Plan, M
 }
 
 /// `d` of the decoder's `embedding` input [1, 1, d].
+/// `d` of the decoder's first input, the embeddings [1, T, d].
 fn model_width(decoder: &Plan) -> Option<usize> {
     let model = decoder.model();
     let input = model.inputs.first()?;
     let fact = model.outlet_fact(*input).ok()?;
-    fact.shape.as_concrete()?.get(2).copied()
+    (fact.shape.rank() == 3).then_some(())?;
+    fact.shape
+        .get(2)?
+        .as_i64()
+        .and_then(|d| usize::try_from(d).ok())
 }
 
 /// Call the [`StepHook`], if one is installed.
@@ -555,7 +617,7 @@ impl Whisper {
         let layers = encoder.model().outputs.len() / 2;
         let width = model_width(&decoder).ok_or_else(|| ModelError::Load {
             path: dir.join(format!("whisper_decoder{suffix}.onnx")),
-            reason: "input `embedding` is not [1, 1, d]".into(),
+            reason: "input `embedding` is not [1, tokens, d]".into(),
         })?;
         let mut vocab = Vocab::load(dir, width)?;
         let vocab_timings = vocab.choose_fastest();
@@ -651,6 +713,30 @@ impl Whisper {
     /// prompt token, so the count never depends on what is decoded).
     /// Returns (encoder ms, decoder ms).
     pub fn time_fixed_work(&mut self, frames: usize, steps: usize) -> Result<(f64, f64), SttError> {
+        self.fixed_work(frames, steps).map(|(e, d, _)| (e, d))
+    }
+
+    /// [`Whisper::time_fixed_work`], then one teacher-forced scoring of a
+    /// `steps`-token text against the same encoder output (as agreement
+    /// scores a text: [`Whisper::score`], one decoder run). Returns
+    /// (encoder ms, decoder ms, scoring ms).
+    pub fn time_scored_work(
+        &mut self,
+        frames: usize,
+        steps: usize,
+    ) -> Result<(f64, f64, f64), SttError> {
+        let (encoder_ms, decoder_ms, cross) = self.fixed_work(frames, steps)?;
+        let t0 = Instant::now();
+        self.score(&Encoded::new(cross), &vec![FIXED_TEXT_TOKEN; steps])?;
+        Ok((encoder_ms, decoder_ms, t0.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// The timed fixed work and the encoder output it decoded against.
+    fn fixed_work(
+        &mut self,
+        frames: usize,
+        steps: usize,
+    ) -> Result<(f64, f64, TVec<TValue>), SttError> {
         let audio = quiet_noise(frames.clamp(2, MAX_FRAMES) * HOP, 1e-2);
         let frames = self.window_frames(audio.len());
         let t0 = Instant::now();
@@ -659,7 +745,7 @@ impl Whisper {
         let t1 = Instant::now();
         // As in `transcribe` (calibration measures before any split exists).
         self.on_decoder_pool(|w| w.fixed_decoder_steps(&cross, steps))?;
-        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3))
+        Ok((encoder_ms, t1.elapsed().as_secs_f64() * 1e3, cross))
     }
 
     /// The decoder's part of [`Whisper::time_fixed_work`] alone: `steps`
@@ -813,16 +899,32 @@ impl Whisper {
                 .into_iter()
                 .chain(tokens.iter().copied())
                 .collect();
-            // After the prompt's last token, each step predicts the next
-            // target: the tokens, then `<|endoftext|>`.
+            // After the prompt's last token, each position predicts the
+            // next target: the tokens, then `<|endoftext|>`.
             let targets: Vec<u32> = tokens.iter().copied().chain([EOT]).collect();
-            for (k, &token) in inputs.iter().enumerate().skip(start) {
-                w.step_hook()?;
-                w.step_logits(&mut state, token, &mut past, &encoded.cross)?;
-                if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
-                    sum += log_softmax_at(&w.logits, target as usize);
-                }
-            }
+            let at = StepAt {
+                layers: w.layers,
+                width: w.width,
+            };
+            w.step_hook()?;
+            let rest = inputs.get(start..).unwrap_or_default();
+            let mut logits = std::mem::take(&mut w.logits);
+            let run = decoder_prefill(
+                &mut state,
+                &w.vocab,
+                at,
+                rest,
+                (&mut past, &encoded.cross),
+                &mut logits,
+                |i, logits| {
+                    let k = start + i;
+                    if let Some(&target) = k.checked_sub(1).and_then(|t| targets.get(t)) {
+                        sum += log_softmax_at(logits, target as usize);
+                    }
+                },
+            );
+            w.logits = logits;
+            run?;
             Ok(sum / (tokens.len() + 1) as f32)
         })
     }
@@ -889,9 +991,10 @@ mod tests {
     use tract_onnx::prelude::*;
     use tract_onnx::tract_hir::internal::DimLike;
 
-    /// One run of a decoder step graph on deterministic inputs: every
-    /// symbolic length is `past_len` for the self-attention cache
-    /// (`past…` inputs) and `ctx` for the rest (the cross K/V).
+    /// One run of a decoder step graph on deterministic inputs: one token
+    /// (`embedding`), every other symbolic length `past_len` for the
+    /// self-attention cache (`past…` inputs) and `ctx` for the rest (the
+    /// cross K/V).
     fn step(plan: &Plan, past_len: usize, ctx: usize) -> Vec<Vec<f32>> {
         let model = plan.model();
         let inputs: TVec<TValue> = model
@@ -908,6 +1011,8 @@ mod tests {
                     .map(|d| {
                         d.to_usize().unwrap_or(if name.starts_with("past") {
                             past_len
+                        } else if name == "embedding" {
+                            1
                         } else {
                             ctx
                         })
