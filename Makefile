@@ -174,12 +174,15 @@ chaos: deps models
 # in every 12, SIGKILL every SOAK_KILL_EVERY_MIN (10) minutes, LAN load.
 # Report: target/soak-report.md (lost, accepted twice, order, WER,
 # restarts by cause, RSS and descriptors over time, readiness, drops).
+# The kiosk runs the shipped default tier, `stt.model = "auto"`
+# (SOAK_STT_MODEL; the other e2e tests pin whisper-tiny for speed).
 SOAK_MINUTES ?= 60
 SOAK_KILL_EVERY_MIN ?= 10
+SOAK_STT_MODEL ?= auto
 soak: deps models
 	$(CARGO) build --release --bin talkie
 	TALKIE_SOAK_BIN=$(CURDIR)/target/release/talkie SOAK_MINUTES=$(SOAK_MINUTES) \
-	  SOAK_KILL_EVERY_MIN=$(SOAK_KILL_EVERY_MIN) \
+	  SOAK_KILL_EVERY_MIN=$(SOAK_KILL_EVERY_MIN) TALKIE_STT__MODEL=$(SOAK_STT_MODEL) \
 	  $(CARGO) test -p talkie --test e2e -- --ignored --nocapture soak
 
 # The unit tests of the architecture-specific crates (talkie-speech,

@@ -13,9 +13,9 @@
 
 use super::vocab::Vocab;
 use super::whisper::{
-    argmax, cache_prefix, call_hook, decoder_prefill, decoder_step, load_decoder_plan, load_plan,
-    log_softmax_at, lp_sum, mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan, StepAt,
-    StepHook, SttError, Transcript,
+    argmax, cache_prefix, call_hook, decoder_prefill, decoder_step, input_dim, load_decoder_plan,
+    load_plan, log_softmax_at, lp_sum, mean_logprob, own_pass, run_err, Encoded, LogSoftmax, Plan,
+    StepAt, StepHook, SttError, Transcript,
 };
 use crate::models::{self, ModelError};
 use crate::options::{Forms, ModelPrecision};
@@ -139,16 +139,6 @@ impl std::fmt::Debug for Moonshine {
     }
 }
 
-/// The concrete dimension `axis` of the model's input `ix`.
-fn input_dim(plan: &Plan, ix: usize, axis: usize) -> Option<usize> {
-    let model = plan.model();
-    let fact = model.outlet_fact(*model.inputs.get(ix)?).ok()?;
-    fact.shape
-        .get(axis)?
-        .as_i64()
-        .and_then(|d| usize::try_from(d).ok())
-}
-
 impl Moonshine {
     /// Load the graphs of `precision` and the vocabulary and tokenizer
     /// from `dir`, each verified against the manifest. At most
@@ -170,7 +160,8 @@ impl Moonshine {
             path: dir.join(decoder_file(forms.decoder)),
             reason: format!("unexpected input shapes: {what}"),
         };
-        let width = input_dim(&decoder, 0, 2).ok_or_else(|| shape_err("embedding [1, 1, d]"))?;
+        let width =
+            input_dim(&decoder, 0, 2).ok_or_else(|| shape_err("embedding [1, tokens, d]"))?;
         let heads = input_dim(&decoder, 1, 1).ok_or_else(|| shape_err("past [1, h, t, k]"))?;
         let head_dim = input_dim(&decoder, 1, 3).ok_or_else(|| shape_err("past [1, h, t, k]"))?;
         // Inputs: the embedding, then per layer past K, V and cross K, V.

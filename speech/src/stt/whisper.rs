@@ -105,7 +105,7 @@ pub struct Transcript {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StepAt {
     pub layers: usize,
-    /// Model width `d` of the embedding input [1, 1, d].
+    /// Model width `d` of the embedding input [1, T, d].
     pub width: usize,
 }
 
@@ -443,15 +443,18 @@ fn load_plan_fused(path: &Path, attention: bool, linear: bool) -> Result<Plan, M
         .map_err(err)
 }
 
-/// `d` of the decoder's `embedding` input [1, 1, d].
 /// `d` of the decoder's first input, the embeddings [1, T, d].
 fn model_width(decoder: &Plan) -> Option<usize> {
-    let model = decoder.model();
-    let input = model.inputs.first()?;
-    let fact = model.outlet_fact(*input).ok()?;
-    (fact.shape.rank() == 3).then_some(())?;
+    input_dim(decoder, 0, 2)
+}
+
+/// The fixed size of input `ix`'s axis `axis` (`None` if symbolic or
+/// missing).
+pub(super) fn input_dim(plan: &Plan, ix: usize, axis: usize) -> Option<usize> {
+    let model = plan.model();
+    let fact = model.outlet_fact(*model.inputs.get(ix)?).ok()?;
     fact.shape
-        .get(2)?
+        .get(axis)?
         .as_i64()
         .and_then(|d| usize::try_from(d).ok())
 }
