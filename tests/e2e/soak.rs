@@ -37,6 +37,9 @@ struct Reading {
     fds: usize,
     ready: bool,
     frames_dropped: u64,
+    /// `talkie_stt_info`'s `model` label: the tier the run recognizes
+    /// with (`auto` resolved; empty before the models are loaded).
+    tier: String,
 }
 
 fn read_proc(pid: u32) -> Option<(f64, usize)> {
@@ -427,6 +430,14 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
         *d = (*d).max(r.frames_dropped);
     }
     let distinct: HashSet<&String> = committed.iter().collect();
+    // The tiers the runs recognized with, as read from the metrics.
+    let tiers: std::collections::BTreeSet<&str> = run
+        .readings
+        .iter()
+        .map(|r| r.tier.as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let tiers = tiers.into_iter().collect::<Vec<_>>().join(", ");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -441,7 +452,8 @@ fn report(dir: &Path, cycle: &[&(String, String)], run: &SoakRun) -> Counts {
         "# talkie soak report\n\n\
          {} min at real time on {cpu} ({} cores); the unit's own timings (WatchdogSec, RestartSec, start limit); \
          agent failing 30 % and down 3 min in every 12; {}; LAN polls, metrics, wrong tokens, \
-         live-event clients (two of five never read). Binary: {}.\n\n\
+         live-event clients (two of five never read). Binary: {}; recognition tier \
+         (`talkie_stt_info`): {tiers}.\n\n\
          | figure | value |\n|---|---|\n\
          | transcripts recognized | {transcripts} |\n| committed to the outbox | {} ({} distinct) |\n\
          | agent requests | {requests} |\n| delivered (accepted by the agent) | {} |\n\
@@ -510,13 +522,19 @@ fn drive(
             let pid = kiosk.record.lock().unwrap().pid;
             if let Some((pid, (rss_mb, fds))) = pid.and_then(|p| Some((p, read_proc(p)?))) {
                 let ready = get(status_port, "/readyz", "").is_some_and(|(c, _)| c == 200);
-                let frames_dropped = get(status_port, "/metrics", "")
-                    .and_then(|(_, body)| {
-                        body.lines()
-                            .find_map(|l| l.strip_prefix("talkie_audio_frames_dropped_total "))
-                            .and_then(|v| v.trim().parse::<f64>().ok())
-                    })
+                let metrics = get(status_port, "/metrics", "").map(|(_, body)| body);
+                let metrics = metrics.as_deref().unwrap_or_default();
+                let frames_dropped = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("talkie_audio_frames_dropped_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
                     .map_or(0, |v| v as u64);
+                let tier = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("talkie_stt_info{"))
+                    .find_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned();
                 readings.push(Reading {
                     at_s: t0.elapsed().as_secs_f64(),
                     pid,
@@ -524,6 +542,7 @@ fn drive(
                     fds,
                     ready,
                     frames_dropped,
+                    tier,
                 });
             }
         }
