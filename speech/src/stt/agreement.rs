@@ -363,6 +363,5 @@ mod tests {
         let m_full = m.score(&Encoded::new(me.cross.clone()), &m_other).unwrap();
         assert!(close(m_shared, m_full), "{m_shared} {m_full}");
         assert_eq!(taken(), 4, "one run per text scored");
-        eprintln!("own/forced: Whisper {w_own} {w_forced}, Moonshine {m_own} {m_forced}; shared/full: {w_shared} {w_full}, {m_shared} {m_full}");
     }
 }

@@ -648,19 +648,8 @@ mod tests {
     use super::*;
 
     /// The textbook formula, one head at a time, in f64.
+    /// `causal`: query `i` sees keys `..= sk - sq + i` only.
     fn reference(
-        heads: usize,
-        scale: f32,
-        s: (usize, usize, usize),
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-    ) -> Vec<f32> {
-        reference_causal(heads, scale, s, q, k, v, false)
-    }
-
-    /// [`reference`]; `causal`: query `i` sees keys `..= sk - sq + i` only.
-    fn reference_causal(
         heads: usize,
         scale: f32,
         s: (usize, usize, usize),
@@ -743,6 +732,56 @@ mod tests {
         assert_eq!(out, [1.0; 4], "softmax of equal scores, values all 1");
     }
 
+    /// The op on `(sq, sk, d)` in `heads` against [`reference`]
+    /// (`causal`: with the decoder's mask, query `i` seeing keys up to
+    /// `sk - sq + i`); returns the inputs for further checks.
+    fn agrees_with_reference(
+        heads: usize,
+        (sq, sk, d): (usize, usize, usize),
+        causal: bool,
+    ) -> Inputs {
+        let seed = if causal { 4 } else { 1 };
+        let (q, k, v) = (
+            data(sq * d, seed),
+            data(sk * d, seed + 1),
+            data(sk * d, seed + 2),
+        );
+        let mask: Vec<f32> = (0..sq)
+            .flat_map(|i| (0..sk).map(move |j| if j > sk - sq + i { -1e4 } else { 0.0 }))
+            .collect();
+        let op = Attention {
+            heads,
+            scale: 0.125,
+            split: false,
+            masked: causal,
+        };
+        let mut out = vec![f32::NAN; sq * d];
+        let m = causal.then_some(mask.as_slice());
+        op.run((1, sq, sk, d), (&q, &k, &v), m, &mut out, &mut Vec::new())
+            .unwrap();
+        let want = reference(heads, 0.125, (sq, sk, d), &q, &k, &v, causal);
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{heads} {sq} {sk} {d}: {a} vs {b}");
+        }
+        Inputs {
+            op,
+            q,
+            k,
+            v,
+            mask,
+            out,
+        }
+    }
+
+    struct Inputs {
+        op: Attention,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        mask: Vec<f32>,
+        out: Vec<f32>,
+    }
+
     #[test]
     fn the_op_is_attention_on_odd_sizes() {
         for (heads, sq, sk, d) in [
@@ -751,26 +790,7 @@ mod tests {
             (2, 3, 5, 12),
             (8, 1, 406, 416),
         ] {
-            let (q, k, v) = (data(sq * d, 1), data(sk * d, 2), data(sk * d, 3));
-            let op = Attention {
-                heads,
-                scale: 0.125,
-                split: false,
-                masked: false,
-            };
-            let mut out = vec![f32::NAN; sq * d];
-            op.run(
-                (1, sq, sk, d),
-                (&q, &k, &v),
-                None,
-                &mut out,
-                &mut Vec::new(),
-            )
-            .unwrap();
-            let want = reference(heads, 0.125, (sq, sk, d), &q, &k, &v);
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "{heads} {sq} {sk} {d}: {a} vs {b}");
-            }
+            agrees_with_reference(heads, (sq, sk, d), false);
         }
     }
 
@@ -779,30 +799,15 @@ mod tests {
     /// keys it sees; a mask of the wrong size is an error.
     #[test]
     fn a_causal_mask_hides_the_later_keys() {
-        let (heads, sq, sk, d) = (6, 4, 9, 384);
-        let (q, k, v) = (data(sq * d, 4), data(sk * d, 5), data(sk * d, 6));
-        let mask: Vec<f32> = (0..sq)
-            .flat_map(|i| (0..sk).map(move |j| if j > sk - sq + i { -1e4 } else { 0.0 }))
-            .collect();
-        let op = Attention {
-            heads,
-            scale: 0.125,
-            split: false,
-            masked: true,
-        };
-        let mut out = vec![f32::NAN; sq * d];
-        op.run(
-            (1, sq, sk, d),
-            (&q, &k, &v),
-            Some(&mask),
-            &mut out,
-            &mut Vec::new(),
-        )
-        .unwrap();
-        let want = reference_causal(heads, 0.125, (sq, sk, d), &q, &k, &v, true);
-        for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
+        let (sq, sk, d) = (4, 9, 384);
+        let Inputs {
+            op,
+            q,
+            k,
+            v,
+            mask,
+            mut out,
+        } = agrees_with_reference(6, (sq, sk, d), true);
         let short = &mask[1..];
         let got = op.run(
             (1, sq, sk, d),
