@@ -39,11 +39,29 @@ fn mel_filters() -> Vec<f32> {
     w
 }
 
+/// The bins from each filter's first to its last non-zero weight (an
+/// empty range for an all-zero filter).
+fn spans(filters: &[f32]) -> Vec<std::ops::Range<usize>> {
+    filters
+        .chunks_exact(BINS)
+        .map(|row| {
+            let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+            let end = row.iter().rposition(|&w| w != 0.0).map_or(first, |l| l + 1);
+            first..end
+        })
+        .collect()
+}
+
 /// Reusable front end (FFT plan, window, filters, scratch).
 pub struct MelFrontEnd {
     fft: Arc<dyn RealToComplex<f32>>,
     window: Vec<f32>,
     filters: Vec<f32>,
+    /// Each filter's bins from its first to its last non-zero weight:
+    /// the sum skips only terms that are exactly `+0.0 · power`, so it is
+    /// the full row's sum bit for bit, in a tenth of the work (the 80 ×
+    /// 201 dense rows were 3.5 % of a `talkie transcribe` profile).
+    spans: Vec<std::ops::Range<usize>>,
     frame: Vec<f32>,
     spectrum: Vec<realfft::num_complex::Complex<f32>>,
     power: Vec<f32>,
@@ -74,6 +92,7 @@ impl MelFrontEnd {
                         as f32
                 })
                 .collect(),
+            spans: spans(&mel_filters()),
             filters: mel_filters(),
             frame: vec![0.0; N_FFT],
             spectrum,
@@ -112,9 +131,10 @@ impl MelFrontEnd {
             for (p, c) in self.power.iter_mut().zip(&self.spectrum) {
                 *p = c.norm_sqr();
             }
-            for m in 0..N_MELS {
-                let row = &self.filters[m * BINS..(m + 1) * BINS];
-                let e: f32 = row.iter().zip(&self.power).map(|(a, b)| a * b).sum();
+            for (m, span) in self.spans.iter().enumerate() {
+                let row = &self.filters[m * BINS + span.start..m * BINS + span.end];
+                let power = &self.power[span.clone()];
+                let e: f32 = row.iter().zip(power).map(|(a, b)| a * b).sum();
                 out[m * frames + t] = e.max(1e-10).log10();
             }
         }
@@ -122,5 +142,32 @@ impl MelFrontEnd {
         for v in out.iter_mut() {
             *v = ((*v).max(max - 8.0) + 4.0) / 4.0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside its span every filter weight is exactly zero (so the
+    /// span's sum is the whole row's), and the spans are the narrow
+    /// triangles they should be.
+    #[test]
+    fn every_non_zero_weight_lies_inside_its_filters_span() {
+        let filters = mel_filters();
+        let all = spans(&filters);
+        assert_eq!(all.len(), N_MELS);
+        for (m, (row, span)) in filters.chunks_exact(BINS).zip(&all).enumerate() {
+            for (k, &w) in row.iter().enumerate() {
+                assert!(
+                    span.contains(&k) || w.to_bits() == 0,
+                    "mel {m} bin {k}: {w}"
+                );
+            }
+            assert!(!span.is_empty() && span.len() < 20, "mel {m}: {span:?}");
+        }
+        let mut zero = vec![0.0f32; 2 * BINS];
+        zero[BINS + 7] = 1.0;
+        assert_eq!(spans(&zero), vec![0..0, 7..8]);
     }
 }
