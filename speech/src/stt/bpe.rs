@@ -26,14 +26,23 @@ pub enum Kind {
     SentencePiece,
 }
 
-/// A BPE tokenizer's vocabulary and merge ranks.
+/// A BPE tokenizer's merge table over token ids, and the ids the text's
+/// characters start as. Held as ids rather than the JSON's strings: the
+/// two tokenizers' 82,000 strings and 80,000 string pairs were 17 MB of
+/// the service's heap (heaptrack of `talkie transcribe`, agreement), the
+/// ids about 3 (issue 31's memory bound).
 #[derive(Debug)]
 pub struct Bpe {
     kind: Kind,
-    vocab: HashMap<String, u32>,
-    ranks: HashMap<(String, String), u32>,
-    /// Byte → printable character (byte-level only).
-    byte_chars: Vec<char>,
+    /// (left, right) → (rank, the merged token): every merge whose parts
+    /// and result are in the vocabulary (as the `tokenizers` library
+    /// requires of a model).
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Tokens of one character.
+    chars: HashMap<char, u32>,
+    /// Byte-level: each byte's printable character's token; SentencePiece:
+    /// the `<0xXX>` byte-fallback tokens.
+    bytes: Vec<Option<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -151,22 +160,50 @@ impl Bpe {
         if byte_level != (kind == Kind::ByteLevel) {
             return Err(format!("not a {kind:?} tokenizer"));
         }
-        let mut ranks = HashMap::new();
+        let vocab = tj.model.vocab;
+        let mut merges = HashMap::with_capacity(tj.model.merges.len());
+        let mut joined = String::new();
         for (rank, m) in tj.model.merges.into_iter().enumerate() {
-            let pair = match m {
-                Merge::Pair(a, b) => (a, b),
+            let (a, b) = match &m {
+                Merge::Pair(a, b) => (a.as_str(), b.as_str()),
                 Merge::Joined(s) => match s.split_once(' ') {
-                    Some((a, b)) => (a.to_owned(), b.to_owned()),
+                    Some(pair) => pair,
                     None => return Err(format!("merge {rank} is not a pair: {s:?}")),
                 },
             };
-            ranks.insert(pair, rank as u32);
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if let (Some(&l), Some(&r), Some(&to)) =
+                (vocab.get(a), vocab.get(b), vocab.get(joined.as_str()))
+            {
+                merges.insert((l, r), (rank as u32, to));
+            }
         }
+        let chars = vocab
+            .iter()
+            .filter_map(|(s, &id)| {
+                let mut cs = s.chars();
+                match (cs.next(), cs.next()) {
+                    (Some(c), None) => Some((c, id)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let bytes = match kind {
+            Kind::ByteLevel => byte_chars()
+                .iter()
+                .map(|c| vocab.get(c.to_string().as_str()).copied())
+                .collect(),
+            Kind::SentencePiece => (0..=255u8)
+                .map(|b| vocab.get(format!("<0x{b:02X}>").as_str()).copied())
+                .collect(),
+        };
         Ok(Self {
             kind,
-            vocab: tj.model.vocab,
-            ranks,
-            byte_chars: byte_chars(),
+            merges,
+            chars,
+            bytes,
         })
     }
 
@@ -181,40 +218,42 @@ impl Bpe {
         Self::from_json(&text, kind).map_err(failed)
     }
 
-    /// Merge `symbols` by rank, lowest first.
-    fn merge(&self, mut symbols: Vec<String>) -> Vec<String> {
+    /// Merge `symbols` by rank, lowest first, every occurrence of the
+    /// lowest-ranked pair in one pass.
+    fn merge(&self, mut symbols: Vec<u32>) -> Vec<u32> {
+        let mut out = Vec::with_capacity(symbols.len());
         while symbols.len() > 1 {
             let best = symbols
                 .windows(2)
                 .filter_map(|w| match w {
-                    [a, b] => self.ranks.get(&(a.clone(), b.clone())),
+                    [a, b] => self.merges.get(&(*a, *b)).map(|&(rank, _)| rank),
                     _ => None,
                 })
-                .min()
-                .copied();
+                .min();
             let Some(rank) = best else { break };
-            let mut out = Vec::with_capacity(symbols.len());
+            out.clear();
             let mut i = 0;
-            while i < symbols.len() {
-                if let (Some(a), Some(b)) = (symbols.get(i), symbols.get(i + 1)) {
-                    if self.ranks.get(&(a.clone(), b.clone())) == Some(&rank) {
-                        out.push(format!("{a}{b}"));
-                        i += 2;
-                        continue;
+            while let Some(&a) = symbols.get(i) {
+                if let Some(&b) = symbols.get(i + 1) {
+                    if let Some(&(r, to)) = self.merges.get(&(a, b)) {
+                        if r == rank {
+                            out.push(to);
+                            i += 2;
+                            continue;
+                        }
                     }
                 }
-                if let Some(a) = symbols.get(i) {
-                    out.push(a.clone());
-                }
+                out.push(a);
                 i += 1;
             }
-            symbols = out;
+            std::mem::swap(&mut symbols, &mut out);
         }
         symbols
     }
 
     /// Token ids of `text` (no special tokens added).
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        let byte = |b: u8| self.bytes.get(usize::from(b)).copied().flatten();
         let mut ids = Vec::new();
         match self.kind {
             Kind::ByteLevel => {
@@ -222,16 +261,7 @@ impl Bpe {
                 while !rest.is_empty() {
                     let n = pretoken_len(rest).clamp(1, rest.len());
                     let (piece, tail) = rest.split_at(n);
-                    let symbols = piece
-                        .bytes()
-                        .filter_map(|b| self.byte_chars.get(usize::from(b)))
-                        .map(|c| c.to_string())
-                        .collect();
-                    ids.extend(
-                        self.merge(symbols)
-                            .iter()
-                            .filter_map(|s| self.vocab.get(s).copied()),
-                    );
+                    ids.extend(self.merge(piece.bytes().filter_map(byte).collect()));
                     rest = tail;
                 }
             }
@@ -239,21 +269,14 @@ impl Bpe {
                 let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
                 let mut symbols = Vec::new();
                 for c in normalized.chars() {
-                    let s = c.to_string();
-                    if self.vocab.contains_key(&s) {
-                        symbols.push(s);
+                    if let Some(&id) = self.chars.get(&c) {
+                        symbols.push(id);
                     } else {
                         let mut buf = [0u8; 4];
-                        for b in c.encode_utf8(&mut buf).bytes() {
-                            symbols.push(format!("<0x{b:02X}>"));
-                        }
+                        symbols.extend(c.encode_utf8(&mut buf).bytes().filter_map(byte));
                     }
                 }
-                ids.extend(
-                    self.merge(symbols)
-                        .iter()
-                        .filter_map(|s| self.vocab.get(s).copied()),
-                );
+                ids.extend(self.merge(symbols));
             }
         }
         ids

@@ -75,7 +75,10 @@ fn read_npy<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<u64>, Vec<T>), Mod
         return Err(err("not in C order".into()));
     }
     let shape = npy.shape().to_vec();
-    let data = npy.into_vec::<T>().map_err(|e| err(e.to_string()))?;
+    let mut data = npy.into_vec::<T>().map_err(|e| err(e.to_string()))?;
+    // The reader grows the vector by doubling: Whisper's 19.9 MB of rows
+    // sat in a 32 MiB allocation.
+    data.shrink_to_fit();
     Ok((shape, data))
 }
 
