@@ -18,6 +18,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod hugepages;
 pub mod models;
 pub mod options;
 pub mod stt;

@@ -105,6 +105,8 @@ pub fn transcribe(
                 "vad_ms": r.vad_ms,
                 "encoder_ms": t.encoder_ms,
                 "decoder_ms": t.decoder_ms,
+                "projection_ms": t.projection_ms,
+                "projections": t.projections,
                 "total_ms": r.total_ms,
                 "tokens": t.tokens,
                 "avg_logprob": t.avg_logprob,

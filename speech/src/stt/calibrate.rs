@@ -92,6 +92,10 @@ pub struct CpuInfo {
     /// encoder's pool when faster than one thread; 0 or 1 = one).
     #[serde(default)]
     pub vocab_threads: usize,
+    /// KB of the projection's matrix in transparent huge pages
+    /// ([`crate::hugepages`]; 0 = none, all in small pages).
+    #[serde(default)]
+    pub vocab_huge_kb: u64,
 }
 
 /// tract's own view of the CPU: the ISA set its kernel dispatch uses.
@@ -133,6 +137,7 @@ impl CpuInfo {
             vocab_kernel: super::dot::Kernel::best().name().to_owned(),
             vocab_kernel_us: BTreeMap::new(),
             vocab_threads: 1,
+            vocab_huge_kb: 0,
             ..Self::parse(&cpuinfo, &meminfo, std::env::consts::ARCH, cores)
         }
     }
@@ -177,6 +182,7 @@ impl CpuInfo {
             vocab_kernel: String::new(),
             vocab_kernel_us: BTreeMap::new(),
             vocab_threads: 1,
+            vocab_huge_kb: 0,
         }
     }
 
@@ -620,6 +626,7 @@ impl Calibration {
                 "vocab_kernel": self.cpu.vocab_kernel,
                 "vocab_kernel_us": self.cpu.vocab_kernel_us,
                 "vocab_threads": self.cpu.vocab_threads.max(1),
+                "vocab_huge_kb": self.cpu.vocab_huge_kb,
                 "mem_total_mb": self.cpu.mem_total_mb,
             },
         })

@@ -261,7 +261,9 @@ impl Moonshine {
         let cap = self
             .max_tokens
             .min((audio.len() as f32 / 16_000.0 * TOKENS_PER_SECOND) as usize + 1);
+        let (calls0, ms0) = self.vocab.spent();
         let (out, lps, end, past) = self.decode(&cross, cap)?;
+        let (calls, ms) = self.vocab.spent();
         let t = Transcript {
             text: self.tokens.decode(&out),
             tokens: out.len(),
@@ -269,6 +271,8 @@ impl Moonshine {
             no_speech_prob: 0.0,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
+            projection_ms: ms - ms0,
+            projections: calls - calls0,
         };
         let own = own_pass(&out, lps, end, past);
         Ok((t, Encoded { cross, own }))
@@ -389,6 +393,12 @@ impl Moonshine {
     /// The vocabulary projection's kernel.
     pub fn vocab_kernel(&self) -> super::dot::Kernel {
         self.vocab.kernel()
+    }
+
+    /// Bytes of the vocabulary matrix in huge pages
+    /// ([`super::vocab::Vocab::huge_page_bytes`]).
+    pub fn vocab_huge_page_bytes(&self) -> u64 {
+        self.vocab.huge_page_bytes()
     }
 
     /// Use another projection kernel; false if this CPU lacks it.

@@ -221,6 +221,7 @@ fn log_calibration(c: &Calibration, file: &Path) {
         tract_isa = %c.cpu.tract_isa,
         vocab_kernel = %c.cpu.vocab_kernel,
         vocab_threads = c.cpu.vocab_threads.max(1),
+        vocab_huge_kb = c.cpu.vocab_huge_kb,
         vocab_kernel_us = %c
             .cpu
             .vocab_kernel_us
@@ -280,6 +281,7 @@ fn pool_of(executor: &Executor) -> Option<std::sync::Arc<rayon::ThreadPool>> {
 /// Whisper's projection kernel and each kernel's time into the calibration.
 fn note_vocab_kernels(c: &mut Calibration, whisper: &Whisper) {
     c.cpu.vocab_kernel = whisper.vocab_kernel().name().to_owned();
+    c.cpu.vocab_huge_kb = whisper.vocab_huge_page_bytes() / 1024;
     c.cpu.vocab_kernel_us = whisper
         .vocab_timings()
         .iter()
@@ -886,6 +888,7 @@ impl Recognizer {
             opts.model.as_str()
         );
         calibration.cpu.vocab_kernel = moonshine.vocab_kernel().name().to_owned();
+        calibration.cpu.vocab_huge_kb = moonshine.vocab_huge_page_bytes() / 1024;
         let executor = executor(threads)?;
         let mut moonshine = moonshine;
         let timings = moonshine.use_projection_pool(pool_of(&executor));

@@ -11,6 +11,7 @@
 //! projection's (checked with onnxruntime, `models/whisper_ref.py`).
 
 use super::dot::{self, Hidden, Kernel};
+use crate::hugepages::I8Buffer;
 use crate::models::{self, ModelError};
 use std::io::BufReader;
 use std::path::Path;
@@ -38,7 +39,7 @@ impl Drop for Awake {
 
 /// The int8 vocabulary matrix.
 pub struct Vocab {
-    rows: Vec<i8>,
+    rows: I8Buffer,
     /// Each row's sum ([`dot::row_sums`]), for the VNNI kernels.
     sums: Vec<i32>,
     scale: Vec<f32>,
@@ -48,6 +49,9 @@ pub struct Vocab {
     /// Threads the rows are split over ([`Vocab::use_pool`]): the caller
     /// and the pool's others; `None` = the caller alone.
     pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    /// Projections run and their time in ns ([`Vocab::spent`]).
+    calls: std::sync::atomic::AtomicU64,
+    spent_ns: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -60,26 +64,60 @@ impl std::fmt::Debug for Vocab {
     }
 }
 
-fn read_npy<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<u64>, Vec<T>), ModelError> {
-    models::verify(path)?;
-    let err = |reason: String| ModelError::Load {
+/// An npy file opened (C order, its sha256 checked against the manifest):
+/// its shape, element count and a reader of its elements.
+struct Npy<T: npyz::Deserialize> {
+    shape: Vec<u64>,
+    len: usize,
+    values: npyz::NpyReader<T, BufReader<std::fs::File>>,
+}
+
+fn load_err(path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Load {
         path: path.to_owned(),
-        reason,
-    };
+        reason: reason.to_string(),
+    }
+}
+
+fn open_npy<T: npyz::Deserialize>(path: &Path) -> Result<Npy<T>, ModelError> {
+    models::verify(path)?;
     let file = std::fs::File::open(path).map_err(|source| ModelError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| load_err(path, e))?;
     if npy.order() != npyz::Order::C {
-        return Err(err("not in C order".into()));
+        return Err(load_err(path, "not in C order"));
     }
     let shape = npy.shape().to_vec();
-    let mut data = npy.into_vec::<T>().map_err(|e| err(e.to_string()))?;
-    // The reader grows the vector by doubling: Whisper's 19.9 MB of rows
-    // sat in a 32 MiB allocation.
-    data.shrink_to_fit();
-    Ok((shape, data))
+    let len = usize::try_from(npy.len()).map_err(|e| load_err(path, e))?;
+    let values = npy.data::<T>().map_err(|e| load_err(path, e))?;
+    Ok(Npy { shape, len, values })
+}
+
+/// [`open_npy`]'s elements in a vector reserved at their count
+/// (collecting grows by doubling: 19.9 MB of rows sat in 32 MiB).
+fn read_npy<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<u64>, Vec<T>), ModelError> {
+    let npy = open_npy::<T>(path)?;
+    let mut data = Vec::with_capacity(npy.len);
+    for value in npy.values {
+        data.push(value.map_err(|e| load_err(path, e))?);
+    }
+    Ok((npy.shape, data))
+}
+
+/// The int8 rows of an npy file in huge pages where Linux has them
+/// ([`I8Buffer`]): the projection reads every row every step.
+fn read_rows(path: &Path) -> Result<(Vec<u64>, I8Buffer), ModelError> {
+    let mut npy = open_npy::<i8>(path)?;
+    let mut rows = I8Buffer::zeroed(npy.len);
+    for slot in rows.iter_mut() {
+        let value = npy.values.next();
+        *slot = value
+            .ok_or_else(|| load_err(path, "fewer values than its shape"))?
+            .map_err(|e| load_err(path, e))?;
+    }
+    Ok((npy.shape, rows))
 }
 
 impl Vocab {
@@ -97,7 +135,7 @@ impl Vocab {
         width: usize,
     ) -> Result<Self, ModelError> {
         let path = dir.join(rows_file);
-        let (shape, rows) = read_npy::<i8>(&path)?;
+        let (shape, rows) = read_rows(&path)?;
         let (scale_shape, scale) = read_npy::<f32>(&dir.join(scale_file))?;
         let size = scale.len();
         if shape != [size as u64, width as u64] || scale_shape != [size as u64] {
@@ -116,7 +154,8 @@ impl Vocab {
 
     /// From rows (`scale.len() × width`, row-major) and their scales; None
     /// if the lengths disagree or `width` is 0 or above [`dot::MAX_WIDTH`].
-    pub fn from_parts(rows: Vec<i8>, scale: Vec<f32>, width: usize) -> Option<Self> {
+    pub fn from_parts(rows: impl Into<I8Buffer>, scale: Vec<f32>, width: usize) -> Option<Self> {
+        let rows = rows.into();
         let fits = width > 0 && width <= dot::MAX_WIDTH && rows.len() == scale.len() * width;
         fits.then(|| Self {
             sums: dot::row_sums(&rows, width),
@@ -125,7 +164,17 @@ impl Vocab {
             width,
             kernel: Kernel::best(),
             pool: None,
+            calls: std::sync::atomic::AtomicU64::new(0),
+            spent_ns: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Bytes of the matrix in huge pages ([`crate::hugepages::backing`];
+    /// 0 where none or unknown): how much of the advice the kernel took,
+    /// for the calibration line and the status page.
+    pub fn huge_page_bytes(&self) -> u64 {
+        crate::hugepages::backing(self.rows.as_ptr() as usize, self.rows.len())
+            .map_or(0, |b| b.huge_bytes)
     }
 
     /// Tokens in the vocabulary.
@@ -165,6 +214,27 @@ impl Vocab {
     ///
     /// [`len`]: Vocab::len
     pub fn logits(&self, hidden: &[f32], out: &mut [f32]) {
+        let t0 = std::time::Instant::now();
+        self.project(hidden, out);
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.spent_ns
+            .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Projections run so far and their time in ms, as each ran in place
+    /// (after the decoder's layers, the caches as they left them): a
+    /// transcript's share is the difference across it.
+    pub fn spent(&self) -> (u64, f64) {
+        (
+            self.calls.load(std::sync::atomic::Ordering::Relaxed),
+            self.spent_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
+    /// [`Vocab::logits`] untimed.
+    fn project(&self, hidden: &[f32], out: &mut [f32]) {
         let Some(h) = hidden.get(..self.width).and_then(Hidden::new) else {
             return;
         };

@@ -99,6 +99,10 @@ pub struct Transcript {
     pub no_speech_prob: f32,
     pub encoder_ms: f64,
     pub decoder_ms: f64,
+    /// Of `decoder_ms`, the vocabulary projections ([`Vocab::spent`]), and
+    /// how many ran (one per decoder step).
+    pub projection_ms: f64,
+    pub projections: u64,
 }
 
 /// The shape a decoder step graph was built with.
@@ -544,6 +548,12 @@ impl Whisper {
         self.vocab.kernel()
     }
 
+    /// Bytes of the vocabulary matrix in huge pages
+    /// ([`Vocab::huge_page_bytes`]).
+    pub fn vocab_huge_page_bytes(&self) -> u64 {
+        self.vocab.huge_page_bytes()
+    }
+
     /// Each projection kernel's median ms per step, measured at load.
     pub fn vocab_timings(&self) -> &[(super::dot::Kernel, f64)] {
         &self.vocab_timings
@@ -678,6 +688,8 @@ impl Whisper {
             total.tokens += t.tokens;
             total.encoder_ms += t.encoder_ms;
             total.decoder_ms += t.decoder_ms;
+            total.projection_ms += t.projection_ms;
+            total.projections += t.projections;
             if i == 0 {
                 total.no_speech_prob = t.no_speech_prob;
             }
@@ -944,7 +956,9 @@ impl Whisper {
         let encoder_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
+        let (calls0, ms0) = self.vocab.spent();
         let g = self.on_decoder_pool(|w| w.decode_tokens(&cross, audio.len()))?;
+        let (calls, ms) = self.vocab.spent();
         let text = self.tokenizer.decode(&g.tokens, EOT).trim().to_owned();
         let t = Transcript {
             text,
@@ -953,6 +967,8 @@ impl Whisper {
             no_speech_prob: g.no_speech_prob,
             encoder_ms,
             decoder_ms: t1.elapsed().as_secs_f64() * 1e3,
+            projection_ms: ms - ms0,
+            projections: calls - calls0,
         };
         let own = own_pass(&g.tokens, g.lps, g.end, g.past);
         Ok((t, Encoded { cross, own }))
