@@ -134,18 +134,14 @@ fn quantize(h: &[f32], q: &mut [i16], lo: &mut [u8], hi: &mut [u8]) -> f32 {
         .iter()
         .fold(0u32, |m, &x| m.max(x.to_bits() & 0x7fff_ffff));
     let hq_max = hq_max(h.len());
-    if bits >= NOT_FINITE {
-        q.fill(0);
-        lo.fill(0);
-        hi.fill(128);
-        return f32::NAN;
-    }
     let max = f32::from_bits(bits);
-    if max == 0.0 {
+    // A state with an infinity or a NaN (scale NaN) or all zeros (scale
+    // 1): every element 0.
+    if bits >= NOT_FINITE || max == 0.0 {
         q.fill(0);
         lo.fill(0);
         hi.fill(128);
-        return 1.0;
+        return if max == 0.0 { 1.0 } else { f32::NAN };
     }
     let inv = hq_max / max.max(f32::MIN_POSITIVE);
     if inv.is_finite() {
@@ -166,9 +162,7 @@ fn quantize(h: &[f32], q: &mut [i16], lo: &mut [u8], hi: &mut [u8]) -> f32 {
             let r = t + f32::from(u8::from(f >= 0.5)) - f32::from(u8::from(f <= -0.5));
             // SAFETY: r is an integer in [-hq_max, hq_max] after the clamp.
             let v = unsafe { r.max(-hq_max).min(hq_max).to_int_unchecked::<i32>() } as i16;
-            *q = v;
-            *lo = (v & 127) as u8;
-            *hi = ((v >> 7) + 128) as u8;
+            store(v, q, lo, hi);
         }
     } else {
         // A largest magnitude below hq_max / f32::MAX (4.8e-35): inv
@@ -181,12 +175,19 @@ fn quantize(h: &[f32], q: &mut [i16], lo: &mut [u8], hi: &mut [u8]) -> f32 {
             .zip(hi.iter_mut())
         {
             let v = round_half_away(x * inv).clamp(-hq_max, hq_max) as i16;
-            *q = v;
-            *lo = (v & 127) as u8;
-            *hi = ((v >> 7) + 128) as u8;
+            store(v, q, lo, hi);
         }
     }
     max / hq_max
+}
+
+/// One quantized element `v` as [`Hidden`] holds it: itself, its low 7
+/// bits and its high part biased by 128 (the VNNI kernels' operands).
+#[inline(always)]
+fn store(v: i16, q: &mut i16, lo: &mut u8, hi: &mut u8) {
+    *q = v;
+    *lo = (v & 127) as u8;
+    *hi = ((v >> 7) + 128) as u8;
 }
 
 /// [`quantize`] compiled for AVX-512.

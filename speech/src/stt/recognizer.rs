@@ -1136,6 +1136,22 @@ mod tests {
         assert_eq!(int8_measured_for_whisper(&c), None, "stt.precision fixed");
     }
 
+    /// Options for `model` whose calibration file is in a fresh temporary
+    /// directory (kept alive by the first element), and Moonshine's stored
+    /// measurement beside it.
+    fn calibration_in_tempdir(
+        model: SttModel,
+    ) -> (tempfile::TempDir, RecognizerOptions, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = RecognizerOptions {
+            model,
+            calibration_file: tmp.path().join("calibration.json"),
+            ..RecognizerOptions::default()
+        };
+        let cache = moonshine_cache_path(&opts.calibration_file);
+        (tmp, opts, cache)
+    }
+
     /// Beside Whisper (agreement) Moonshine is int8 even where Whisper's
     /// calibration chose fp32 for a stage: fp32 is neither loaded nor timed
     /// (its weights would take the pair past [`AGREEMENT_MAX_MB`]).
@@ -1158,13 +1174,7 @@ mod tests {
         );
         whisper.fixed = false;
         assert_eq!(int8_measured_for_whisper(&whisper), None);
-        let tmp = tempfile::tempdir().unwrap();
-        let opts = RecognizerOptions {
-            model: SttModel::Agreement,
-            calibration_file: tmp.path().join("calibration.json"),
-            ..RecognizerOptions::default()
-        };
-        let cache = moonshine_cache_path(&opts.calibration_file);
+        let (_tmp, opts, cache) = calibration_in_tempdir(SttModel::Agreement);
         let stages = std::cell::RefCell::new(Vec::new());
         let told = |s: &str| stages.borrow_mut().push(s.to_owned());
         let (m, why) =
@@ -1490,13 +1500,7 @@ mod tests {
         let mut cpu = CpuInfo::read();
         cpu.mem_total_mb = Some(8192);
         assert!(!cpu.low_memory());
-        let tmp = tempfile::tempdir().unwrap();
-        let opts = RecognizerOptions {
-            model: SttModel::MoonshineBase,
-            calibration_file: tmp.path().join("calibration.json"),
-            ..RecognizerOptions::default()
-        };
-        let cache = moonshine_cache_path(&opts.calibration_file);
+        let (tmp, opts, cache) = calibration_in_tempdir(SttModel::MoonshineBase);
         assert_eq!(cache, tmp.path().join("calibration.moonshine.json"));
         let stages = std::cell::RefCell::new(Vec::new());
         let told = |s: &str| stages.borrow_mut().push(s.to_owned());
