@@ -519,6 +519,24 @@ impl CacheKey {
     }
 }
 
+/// A stored calibration is measured again when the setting it chose now
+/// runs the fixed work more than this many times faster than it was
+/// timed: the machine was busy when it was measured. A first start while a
+/// build ran on the same two cores (docs/performance.md) timed int8 on 2
+/// threads "pruned (> 326 ms)" and chose fp32 on 1 at 269 ms, where a
+/// quiet start times int8 on 2 at 86 ms; stored, that choice would stay
+/// until the key changed. Run-to-run noise on a quiet machine is well
+/// inside this factor.
+pub const STALE_FACTOR: f64 = 1.5;
+
+/// Whether `fresh` (the chosen setting's encoder and decoder ms on the
+/// fixed work, timed now) says that `stored` (the same, as calibration
+/// timed it) was measured on a busy machine ([`STALE_FACTOR`]).
+pub fn measured_busy(stored: (f64, f64), fresh: (f64, f64)) -> bool {
+    let (stored, fresh) = (stored.0 + stored.1, fresh.0 + fresh.1);
+    fresh > 0.0 && stored > STALE_FACTOR * fresh
+}
+
 /// How the precision and threads in use were decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -558,6 +576,27 @@ impl Calibration {
             reused: false,
             fixed: true,
         }
+    }
+
+    /// The chosen setting's (encoder ms, decoder ms) on the fixed work as
+    /// calibration timed them: the encoder's from its form and threads'
+    /// full timing, the decoder's from its own form and threads (a
+    /// decoder-only timing counts). `None` where either stage was not
+    /// timed in full (fixed by configuration, the only candidate, or a
+    /// timing the file does not hold).
+    pub fn chosen_ms(&self) -> Option<(f64, f64)> {
+        let full = |t: &&Timing| !t.pruned;
+        let encoder = self.timings.iter().filter(full).find(|t| {
+            !t.decoder_only
+                && t.precision == self.chosen.precision
+                && t.threads == self.chosen.threads
+        })?;
+        let forms = self.chosen.forms();
+        let decoder =
+            self.timings.iter().filter(full).find(|t| {
+                t.precision == forms.decoder && t.threads == self.chosen.decoder_threads()
+            })?;
+        Some((encoder.encoder_ms, decoder.decoder_ms))
     }
 
     /// `fp32/2=151ms fp32/1=203ms int8/2=pruned(>2304ms)` for the log.
