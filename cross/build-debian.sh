@@ -101,7 +101,8 @@ if [ "$mode" = test ]; then
     # stored Moonshine measurement and the stages in two forms (an fp32
     # encoder over three clips, or one window: minutes under emulation;
     # the int8 decoder's kernels are held to tract's chain here by
-    # fused_attention_steps_like_the_onnx_chain).
+    # fused_attention_steps_like_the_onnx_chain), and a stored
+    # calibration measured again (a whole Whisper calibration).
     # TALKIE_QEMU_ALL=0 skips this run (only the per-CPU checks below).
     [ "${TALKIE_QEMU_ALL:-1}" = 1 ] && cargo test "${std[@]}" --target "$triple" "${crates[@]}" --lib -- \
       --skip three_dev_clips_give_the_reference_transcripts \
@@ -117,7 +118,8 @@ if [ "$mode" = test ]; then
       --skip auto_takes_agreement_only_within_the_latency_budget \
       --skip stages_in_two_forms_load_from_the_stored_choice_and_transcribe \
       --skip the_decoder_times_alone_against_cross_kv_shaped_as_the_window \
-      --skip each_model_scores_from_its_greedy_pass_what_it_shares
+      --skip each_model_scores_from_its_greedy_pass_what_it_shares \
+      --skip a_calibration_stored_while_busy_is_measured_again
     # Recognition in every precision per CPU model, so each kernel family
     # tract picks is checked (max: dot-product; cortex-a72: Pi 4;
     # cortex-a53: Zero 2 W / Pi 3). Correctness only: emulated time is not
