@@ -217,6 +217,9 @@ impl Vocab {
         let t0 = std::time::Instant::now();
         self.project(hidden, out);
         let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Each step's time, where a mean hides the first steps of an
+        // utterance (docs/performance.md): `RUST_LOG=talkie_speech::stt::vocab=trace`.
+        tracing::trace!(us = ns / 1000, "vocabulary projection");
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.spent_ns
