@@ -284,6 +284,9 @@ fn peak() -> (f64, String) {
     )
 }
 
+/// Seconds of audio in the fixed work [`stages`] times (300 frames).
+const PRESS_S: f64 = 3.0;
+
 /// Where a decoder step's and the encoder's time goes (issue 30), in
 /// process: Whisper's fixed calibration work (a 3 s press: 300 frames of
 /// audio in an 812-frame window, then 12 decoder steps), median of 5, for
@@ -306,7 +309,7 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         "One core's f32 peak: {peak:.0} GFLOP/s = {how}. Work from Whisper tiny.en's dimensions \
          (d 384, 4 layers, 51,864 tokens): encoder {:.2} GFLOP for the 812-frame window, decoder layers \
          {:.1} MFLOP per step, projection {:.1} MFLOP per step.\n\n\
-         | engine, form | encoder ms (share of peak) | decoder step ms | of which layers ms (share) | projection ms (share) |\n|---|---|---|---|---|\n",
+         | engine, form | encoder ms (share of peak) | encoder ms per s of audio | decoder step ms | of which layers ms (share) | projection ms in the step (share) | projection ms back to back |\n|---|---|---|---|---|---|---|\n",
         enc_flop / 1e9,
         layer_flop / 1e6,
         proj_flop / 1e6,
@@ -328,11 +331,11 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         let Ok(mut w) =
             talkie::stt::Whisper::load_forms(&root.join("models/build"), forms, 40, 512)
         else {
-            md.push_str(&format!("| talkie {form} | models not built | | | |\n"));
+            md.push_str(&format!("| talkie {form} | models not built | | | | | |\n"));
             continue;
         };
         let kernel = w.vocab_kernel();
-        let proj_ms = w
+        let alone_ms = w
             .vocab_timings()
             .iter()
             .find(|(k, _)| *k == kernel)
@@ -351,8 +354,14 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         }
         // tract's default executor is one thread (the recognizer sets its
         // own only inside its calls)
-        let runs: Vec<(f64, f64)> = (0..6)
-            .filter_map(|_| w.time_fixed_work(300, 12).ok())
+        // (encoder ms, decoder ms, the decoder's projection ms) per run,
+        // each projection timed where it ran, after its step's layers.
+        let runs: Vec<(f64, f64, f64)> = (0..6)
+            .filter_map(|_| {
+                let (_, before) = w.projection_spent();
+                let (enc, dec) = w.time_fixed_work(300, 12).ok()?;
+                Some((enc, dec, w.projection_spent().1 - before))
+            })
             .skip(1)
             .collect();
         let median = |mut v: Vec<f64>| {
@@ -361,17 +370,21 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         };
         let enc = median(runs.iter().map(|r| r.0).collect());
         let step = median(runs.iter().map(|r| r.1 / 12.0).collect());
+        let proj_ms = median(runs.iter().map(|r| r.2 / 12.0).collect());
         let layers = step - proj_ms;
         md.push_str(&format!(
-            "| talkie {form}, projection kernel {} | {enc:.1} ({:.0} %) | {step:.2} | {layers:.2} ({:.0} %) | {proj_ms:.2} ({:.0} %) |\n",
+            "| talkie {form}, projection kernel {} | {enc:.1} ({:.0} %) | {:.1} | {step:.2} | {layers:.2} ({:.0} %) | {proj_ms:.2} ({:.0} %) | {alone_ms:.2} |\n",
             kernel.name(),
             100.0 * share(enc_flop, enc),
+            enc / PRESS_S,
             100.0 * share(layer_flop, layers),
             100.0 * share(proj_flop, proj_ms),
         ));
         rows.push(serde_json::json!({
-            "form": form, "kernel": kernel.name(), "encoder_ms": enc, "decoder_step_ms": step,
+            "form": form, "kernel": kernel.name(), "encoder_ms": enc,
+            "encoder_ms_per_audio_s": enc / PRESS_S, "decoder_step_ms": step,
             "decoder_layers_ms": layers, "projection_ms": proj_ms,
+            "projection_back_to_back_ms": alone_ms,
             "encoder_share_of_peak": share(enc_flop, enc),
             "layers_share_of_peak": share(layer_flop, layers),
             "projection_share_of_peak": share(proj_flop, proj_ms),
@@ -384,7 +397,7 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         );
         md.push_str(&format!(
             "| onnxruntime {} fp32 (talkie's ONNX files, 1 thread; per dev clip, whole clip + 512 frames; \
-             the layers' graph through Python, projection in numpy not counted) | {enc:.1} | – | {dec:.2} | – |\n",
+             the layers' graph through Python, projection in numpy not counted) | {enc:.1} | – | – | {dec:.2} | – | – |\n",
             o["version"].as_str().unwrap_or("?"),
         ));
     }
@@ -395,8 +408,13 @@ fn stages(root: &Path, ort: Option<&serde_json::Value>) -> (String, serde_json::
         ));
     }
     md.push_str(
-        "\nThe projection reads 20 MB of int8 rows per step: on one core it is bound by how fast \
-         the core reads memory, not by arithmetic, so its share of the f32 peak is small by nature.\n",
+        "\nThe encoder's time per second of audio is over the press's 3 s (its window adds 512 \
+         frames of margin whatever the length). The projection in the step is the mean of the \
+         12 steps' own projections, timed where each ran (after the step's layers, the caches as \
+         they left them); back to back is its median of 5 in a row on a fixed state at load, \
+         as the kernel was chosen. It reads 20 MB of int8 rows per step: on one core it is bound \
+         by how fast the core reads memory, not by arithmetic, so its share of the f32 peak is \
+         small by nature.\n",
     );
     (
         md,

@@ -559,6 +559,13 @@ impl Whisper {
         &self.vocab_timings
     }
 
+    /// Vocabulary projections run so far and their time in ms, each timed
+    /// where it ran ([`Vocab::spent`]): the difference across some work
+    /// is its projections' share.
+    pub fn projection_spent(&self) -> (u64, f64) {
+        self.vocab.spent()
+    }
+
     /// Run the decoder on `executor` (threads per stage); `None`: on the
     /// caller's executor, like the encoder.
     pub fn set_decoder_executor(&mut self, executor: Option<tract_linalg::multithread::Executor>) {
